@@ -1,0 +1,49 @@
+"""`ct-vae`: the headless command line.
+
+Each subcommand lives in its own module under training/commands/ and exposes
+`register(subparsers)`, which adds its parser and sets `func` (called with the parsed
+namespace; returns an exit code). Modules are discovered here, so adding a command is
+adding a file. Run with `python -m training.cli` too (torchrun uses that form).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+from training import __version__
+from training import commands
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ct-vae",
+        description="Ingest DICOM CT + RTSTRUCT, train a VAE and analyse its latent space, without a screen.",
+    )
+    parser.add_argument("--version", action="version", version=f"ct-vae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"training.commands.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

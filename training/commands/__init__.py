@@ -1,0 +1,1 @@
+"""Subcommands of `ct-vae`; one module each, discovered by training.cli."""

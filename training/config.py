@@ -1,0 +1,216 @@
+"""Serialisable settings, one dataclass per concern.
+
+Each is stored with every workspace and checkpoint (as JSON) so any figure can be traced
+back to the data and the settings that made it. Conventions: array axes (z, y, x),
+lengths in mm, intensities in Hounsfield units (HU) before windowing and in [0, 1] after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound="_Config")
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+@dataclass
+class _Config:
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
+        kwargs = {
+            k: tuple(v) if isinstance(v, list) and "tuple" in str(known[k].type) else v
+            for k, v in data.items()
+        }
+        obj = cls(**kwargs)
+        obj.validate()
+        return obj
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self: T, **changes: Any) -> T:
+        obj = dataclasses.replace(self, **changes)
+        obj.validate()
+        return obj
+
+    def validate(self) -> None:  # overridden where there is something to check
+        pass
+
+
+# Window presets in HU (lower, upper). "tissue" is the thesis' range of biological tissue;
+# "thorax" spans lung to bone as SPEC F3 states.
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "thorax": (-800.0, 700.0),
+    "tissue": (-1000.0, 1000.0),
+    "lung": (-1350.0, 150.0),
+    "mediastinum": (-160.0, 240.0),
+    "bone": (-450.0, 1050.0),
+    "brain": (0.0, 80.0),
+    "abdomen": (-125.0, 225.0),
+}
+
+
+@dataclass
+class PreprocessConfig(_Config):
+    """How source CT (HU) and RT masks become training arrays.
+
+    - window: HU limits [hu_min, hu_max] clipped and scaled to [0, 1]; window_name is the
+      preset they came from, or "custom".
+    - crop: centre crop to crop × crop pixels in-plane (None: keep the full slice).
+    - size: after cropping, resample in-plane to size × size pixels (None: keep).
+    - slices: "all"; "around" = slice_count slices centred on slice_center (a z position
+      in mm, patient coordinates; None = the middle of the series); "range" = slice
+      indices [slice_start, slice_stop) in position order (inferior to superior).
+    - mode: "2d" trains on slices; "3d" on volumes interpolated along depth to a cube of
+      edge `size or crop` (the thesis: 10×128×128 → 128×128×128), or `depth` when set.
+    - rois: ROI names in priority order: where ROIs overlap, the earlier name wins; the
+      exclusive one-hot layout adds a complement channel (class 0 = complement,
+      class k = rois[k-1]).
+    """
+
+    window_name: str = "thorax"
+    hu_min: float = -800.0
+    hu_max: float = 700.0
+    crop: int | None = 128
+    size: int | None = None
+    slices: str = "all"
+    slice_center: float | None = None
+    slice_count: int = 10
+    slice_start: int = 0
+    slice_stop: int | None = None
+    mode: str = "2d"
+    depth: int | None = None
+    rois: tuple[str, ...] = ()
+
+    @classmethod
+    def preset(cls, name: str, **kw: Any) -> "PreprocessConfig":
+        if name not in WINDOW_PRESETS:
+            raise ConfigError(f"unknown window preset {name!r}; known: {', '.join(WINDOW_PRESETS)}")
+        lo, hi = WINDOW_PRESETS[name]
+        return cls(window_name=name, hu_min=lo, hu_max=hi, **kw)
+
+    def validate(self) -> None:
+        if not self.hu_max > self.hu_min:
+            raise ConfigError(f"window: hu_max ({self.hu_max}) must exceed hu_min ({self.hu_min})")
+        for name in ("crop", "size", "depth"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 4):
+                raise ConfigError(f"{name} must be an integer ≥ 4 or None, got {v!r}")
+        if self.slices not in ("all", "around", "range"):
+            raise ConfigError(f"slices must be 'all', 'around' or 'range', got {self.slices!r}")
+        if self.slice_count < 1:
+            raise ConfigError("slice_count must be ≥ 1")
+        if self.mode not in ("2d", "3d"):
+            raise ConfigError(f"mode must be '2d' or '3d', got {self.mode!r}")
+        if len(set(self.rois)) != len(self.rois):
+            raise ConfigError("rois contains a name twice")
+
+    @property
+    def n_classes(self) -> int:
+        """RT classes including the complement; 0 when no ROI is chosen (CT only)."""
+        return len(self.rois) + 1 if self.rois else 0
+
+
+@dataclass
+class ModelConfig(_Config):
+    """The thesis VAE (chapter 6), one definition for 2D and 3D.
+
+    in_channels = 1 (CT) + n_classes (one-hot ROIs + complement; 0 for CT only).
+    Encoder: n_blocks blocks of convs_per_block 3×3(×3) convolutions with `filters`
+    filters, leaky ReLU, 2×2(×2) max pooling and dropout; a fully connected layer of
+    fc_units; heads µ and log σ² of size latent_dim. Decoder mirrors it; with RT channels
+    it splits into a CT head (sigmoid) and an RT head (softmax) at resolution split_at.
+    """
+
+    spatial_dims: int = 2
+    input_size: int = 128
+    n_classes: int = 0
+    latent_dim: int = 12
+    filters: int = 24
+    convs_per_block: int = 2
+    n_blocks: int = 4
+    dropout: float = 0.1
+    fc_units: int = 256
+    split_at: int | None = None
+    leaky_slope: float = 0.2
+
+    def validate(self) -> None:
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.latent_dim < 1:
+            raise ConfigError("latent_dim must be ≥ 1")
+        if self.input_size % (2 ** self.n_blocks):
+            raise ConfigError(
+                f"input_size {self.input_size} must be divisible by 2**n_blocks = {2 ** self.n_blocks}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout must be in [0, 1)")
+        if self.n_classes == 1:
+            raise ConfigError("n_classes is 0 (CT only) or ≥ 2 (ROIs + complement)")
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + self.n_classes
+
+
+@dataclass
+class TrainConfig(_Config):
+    """Optimisation and loss settings (thesis 4.2, 6.2; SPEC F12–F15).
+
+    recon_sigma2: the fixed variance σ² of the Gaussian reconstruction likelihood.
+    prior_sigma2: σz² of the prior N(0, σz² I).
+    mc_samples: U Monte-Carlo samples of z per input.
+    ce_weighting: "none" or "inverse_frequency" for the RT cross-entropy.
+    augment_every / augment_count: every K epochs draw A codes from the aggregate
+    posterior and train on data + decoded draws (0 = off).
+    threads: torch threads (0 = physical cores). device: "auto", "cpu", "cuda", "cuda:N".
+    """
+
+    epochs: int = 50
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    recon_sigma2: float = 0.01
+    prior_sigma2: float = 1.0
+    mc_samples: int = 1
+    ce_weight: float = 1.0
+    ce_weighting: str = "none"
+    checkpoint_every: int = 5
+    recon_every: int = 5
+    n_recon_examples: int = 8
+    early_stopping_patience: int = 0
+    max_loss: float = 1e12
+    augment_every: int = 0
+    augment_count: int = 0
+    device: str = "auto"
+    threads: int = 0
+    channels_last: bool = True
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "mc_samples", "checkpoint_every", "recon_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError("lr must be > 0")
+        if self.recon_sigma2 <= 0 or self.prior_sigma2 <= 0:
+            raise ConfigError("recon_sigma2 and prior_sigma2 must be > 0")
+        if self.ce_weighting not in ("none", "inverse_frequency"):
+            raise ConfigError("ce_weighting must be 'none' or 'inverse_frequency'")
