@@ -1,0 +1,115 @@
+"""Checkpoints: round trip, atomic writes, and loading that never runs code from the file."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from training.config import ModelConfig, PreprocessConfig, TrainConfig
+
+torch.set_num_threads(1)
+
+
+def _save(path, **over):
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    net(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    kw = dict(
+        model_config=ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2),
+        train_config=TrainConfig(epochs=3, batch_size=4),
+        preprocess_config=PreprocessConfig(crop=16, rois=("GTV",)),
+        model_state=net.state_dict(),
+        optimizer_state=opt.state_dict(),
+        epoch=2,
+        history=[{"epoch": 0, "train": {"loss": 1.5}, "test": {"loss": 2.0}}],
+        data_hash="abc123",
+        roi_names=("GTV",),
+        rng_state={"torch": torch.get_rng_state()},
+        trainer_state={"best_test": 1.25, "aug_images": torch.zeros(2, 4, 4)},
+    )
+    kw.update(over)
+    save_checkpoint(path, **kw)
+    return net, opt, kw
+
+
+def test_round_trip_keeps_everything(tmp_path):
+    net, opt, kw = _save(tmp_path / "last.pt")
+    ck = load_checkpoint(tmp_path / "last.pt")
+    assert ck.model_config == kw["model_config"]
+    assert ck.train_config == kw["train_config"]
+    assert ck.preprocess_config == kw["preprocess_config"]
+    assert ck.epoch == 2 and ck.data_hash == "abc123" and ck.roi_names == ("GTV",)
+    assert ck.history == kw["history"]
+    for k, v in net.state_dict().items():
+        assert torch.equal(ck.model_state[k], v)
+    opt2 = torch.optim.Adam(torch.nn.Linear(3, 2).parameters(), lr=1e-3)
+    opt2.load_state_dict(ck.optimizer_state)
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(ck.rng_state["torch"], kw["rng_state"]["torch"])
+    assert ck.trainer_state["best_test"] == 1.25
+    assert ck.path == tmp_path / "last.pt"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temp file left
+
+
+class _WritesMarker:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_loading_refuses_pickled_code_and_never_runs_it(tmp_path):
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "evil.pt"
+    payload = {"format": "ct-vae-checkpoint", "version": 1, "model_state": {}, "x": _WritesMarker(marker)}
+    torch.save(payload, evil)  # a torch-format file carrying a pickled object
+    with pytest.raises(CheckpointError, match="refused") as info:
+        load_checkpoint(evil)
+    assert str(evil) in str(info.value)
+    assert not marker.exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(payload))  # a plain pickle file
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not marker.exists()
+    # unpickling the same bytes unsafely would have run it: the test is meaningful
+    pickle.loads(raw.read_bytes())
+    assert marker.exists()
+
+
+def test_bad_files_give_one_clear_message(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="format marker"):
+        load_checkpoint(tmp_path / "other.pt")
+    _save(tmp_path / "good.pt")
+    data = (tmp_path / "good.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cut.pt"):
+        load_checkpoint(tmp_path / "cut.pt")
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "last.pt"
+    _save(target)
+    before = target.read_bytes()
+
+    def explode(f):
+        f.write(b"partial")
+        raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(target, explode)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

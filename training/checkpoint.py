@@ -1,0 +1,197 @@
+"""Training checkpoints: atomic writes and loading that never runs code from the file.
+
+A checkpoint is one `torch.save` file holding only tensors and plain values (str, int,
+float, bool, None, lists and dicts of those), so `torch.load(weights_only=True)` reads
+it; anything else in the file (a pickled object whose `__reduce__` would run code) makes
+loading fail with `CheckpointError` before that code can run.
+
+Contents: model weights, Adam state, the three settings dataclasses as JSON
+(`ModelConfig`, `TrainConfig`, `PreprocessConfig`), the number of completed epochs, the
+loss history (one dict per epoch), the workspace's data hash, the ROI names, the torch
+RNG state and the trainer's own small state (early-stopping counters, the current
+augmentation draws) so a resumed run continues the same loss curve.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+import torch
+
+from training.config import ModelConfig, PreprocessConfig, TrainConfig
+
+FORMAT = "ct-vae-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint cannot be written or read; the message names the file and the reason."""
+
+    def __init__(self, path: os.PathLike | str, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, with the settings parsed back into dataclasses.
+
+    epoch: the number of completed epochs (training resumes at this epoch index).
+    history: one dict per completed epoch, as the trainer records it (`"epoch"`,
+    `"train"` and `"test"` loss terms per image, seconds, images per second, ...).
+    """
+
+    model_config: ModelConfig
+    train_config: TrainConfig
+    preprocess_config: PreprocessConfig | None
+    model_state: dict[str, torch.Tensor]
+    optimizer_state: dict[str, Any] | None
+    epoch: int
+    history: list[dict[str, Any]]
+    data_hash: str
+    roi_names: tuple[str, ...] = ()
+    rng_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    trainer_state: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def atomic_write(path: os.PathLike | str, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file so readers see the old or the new content, never a partial one.
+
+    `write(f)` fills a temporary file in the same folder; it is flushed and fsynced, then
+    renamed over `path` (os.replace is atomic on one filesystem) and the folder is fsynced
+    so the rename itself survives a power cut.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders; the rename is still atomic
+        return path
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return path
+
+
+def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def save_checkpoint(
+    path: os.PathLike | str,
+    *,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+    preprocess_config: PreprocessConfig | None,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+    epoch: int,
+    history: list[dict[str, Any]],
+    data_hash: str,
+    roi_names: tuple[str, ...] | list[str] = (),
+    rng_state: dict[str, torch.Tensor] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically (temp file, fsync, os.replace). Returns the path."""
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_config": model_config.to_json(),
+        "train_config": train_config.to_json(),
+        "preprocess_config": preprocess_config.to_json() if preprocess_config else None,
+        "model_state": {k: v.detach().cpu() for k, v in model_state.items()},
+        "optimizer_state": _to_cpu(optimizer_state),
+        "epoch": int(epoch),
+        # JSON keeps the history to plain values whatever the trainer put in it.
+        "history": json.dumps(history),
+        "data_hash": str(data_hash),
+        "roi_names": list(roi_names),
+        "rng_state": _to_cpu(rng_state or {}),
+        "trainer_state": _to_cpu(trainer_state or {}),
+    }
+    try:
+        return atomic_write(path, lambda f: torch.save(payload, f))
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot write checkpoint ({exc.strerror or exc})") from exc
+
+
+def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
+    """Read a checkpoint onto the CPU with `weights_only=True` (no code from the file runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            path, "refused: the file holds Python objects other than tensors and plain values "
+            f"(only weights are loaded, never code): {str(exc).splitlines()[0]}"
+        ) from exc
+    except Exception as exc:  # truncated, not a torch file, ...
+        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise CheckpointError(path, "not a ct-vae checkpoint (format marker missing)")
+    if raw.get("version", 0) > VERSION:
+        raise CheckpointError(path, f"written by a newer version (format {raw['version']} > {VERSION})")
+    try:
+        pre = raw.get("preprocess_config")
+        return Checkpoint(
+            model_config=ModelConfig.from_json(raw["model_config"]),
+            train_config=TrainConfig.from_json(raw["train_config"]),
+            preprocess_config=PreprocessConfig.from_json(pre) if pre else None,
+            model_state=raw["model_state"],
+            optimizer_state=raw.get("optimizer_state"),
+            epoch=int(raw["epoch"]),
+            history=json.loads(raw.get("history") or "[]"),
+            data_hash=str(raw.get("data_hash", "")),
+            roi_names=tuple(raw.get("roi_names", ())),
+            rng_state=raw.get("rng_state") or {},
+            trainer_state=raw.get("trainer_state") or {},
+            path=path,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(path, f"checkpoint content is incomplete or invalid ({exc})") from exc
+
+
+def load_model(path: os.PathLike | str, device: str | torch.device = "cpu"):
+    """Return `(VAE in eval mode on device, Checkpoint)` for the latent tools and the GUI."""
+    from training.model import VAE  # imported here so checkpoints can be inspected without the model
+
+    ckpt = load_checkpoint(path)
+    model = VAE(ckpt.model_config)
+    try:
+        model.load_state_dict(ckpt.model_state)
+    except RuntimeError as exc:
+        raise CheckpointError(path, f"weights do not fit the stored ModelConfig ({exc})") from exc
+    model.to(device).eval()
+    return model, ckpt
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_cpu(v) for v in obj]
+    return obj
