@@ -1,0 +1,200 @@
+"""Similarity of patients in latent space (thesis 4.6, 7.5; SPEC F23).
+
+Every posterior is a diagonal Gaussian q_i = N(µ_i, diag σ_i²) given by (µ_i, log σ_i²),
+arrays of shape (N, J). The matrix here is always
+
+    D[i, j] = KL(q_i ‖ q_j) = ½ Σ_d [ log σ_jd² − log σ_id² + (σ_id² + (µ_id − µ_jd)²) / σ_jd² − 1 ]
+
+in nats: row i is the distribution the expectation is taken under ("from"), column j the
+reference ("to"). KL is asymmetric; the symmetric option used throughout the project is
+the mean of both directions, S[i, j] = ½ (KL(q_i ‖ q_j) + KL(q_j ‖ q_i)) (half of
+Jeffreys' divergence), so S has the same units and scale as one directed KL.
+
+The matrix is built from three matrix products instead of an (N, M, J) broadcast, so its
+cost is O(N·M·J) flops with O(N·M) memory and no Python loop over pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KL_DIRECTION = "KL(q_i || q_j): row i = posterior the expectation is under, column j = reference; nats"
+SYMMETRIC_DEFINITION = "0.5 * (KL(q_i || q_j) + KL(q_j || q_i)); nats"
+
+
+def _as2d(a, name: str) -> np.ndarray:
+    arr = np.asarray(a, dtype=np.float64)
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, J), got {arr.shape}")
+    return arr
+
+
+def kl_matrix(mu_p, logvar_p, mu_q=None, logvar_q=None) -> np.ndarray:
+    """D[i, j] = KL(p_i ‖ q_j) between diagonal Gaussians, float64 (N, M), nats.
+
+    p_i = N(mu_p[i], exp(logvar_p[i])), q_j likewise; with mu_q/logvar_q omitted q = p and
+    the diagonal is exactly 0. Inputs are (N, J) and (M, J) arrays (log-variances, not σ).
+    Negative round-off is clipped to 0.
+    """
+    mu_p = _as2d(mu_p, "mu_p")
+    lv_p = _as2d(logvar_p, "logvar_p")
+    same = mu_q is None and logvar_q is None
+    mu_q = mu_p if mu_q is None else _as2d(mu_q, "mu_q")
+    lv_q = lv_p if logvar_q is None else _as2d(logvar_q, "logvar_q")
+    if mu_p.shape != lv_p.shape or mu_q.shape != lv_q.shape or mu_p.shape[1] != mu_q.shape[1]:
+        raise ValueError(
+            f"shapes disagree: mu_p {mu_p.shape}, logvar_p {lv_p.shape}, mu_q {mu_q.shape}, logvar_q {lv_q.shape}"
+        )
+    var_p = np.exp(lv_p)
+    prec_q = np.exp(-lv_q)  # 1 / σ_q²
+    # Σ_d (σ_p² + µ_p²)/σ_q² − 2 µ_p µ_q/σ_q² + µ_q²/σ_q²  expands the quadratic term.
+    d = (var_p + mu_p * mu_p) @ prec_q.T
+    d -= 2.0 * (mu_p @ (mu_q * prec_q).T)
+    d += (mu_q * mu_q * prec_q).sum(1)[None, :]
+    d += lv_q.sum(1)[None, :] - lv_p.sum(1)[:, None]
+    d -= mu_p.shape[1]
+    d *= 0.5
+    np.maximum(d, 0.0, out=d)
+    if same:
+        np.fill_diagonal(d, 0.0)
+    return d
+
+
+def symmetrise(kl: np.ndarray) -> np.ndarray:
+    """S = ½ (D + Dᵀ) for a square directed KL matrix D (see SYMMETRIC_DEFINITION)."""
+    kl = np.asarray(kl, dtype=np.float64)
+    if kl.ndim != 2 or kl.shape[0] != kl.shape[1]:
+        raise ValueError(f"symmetrise needs a square matrix, got {kl.shape}")
+    return 0.5 * (kl + kl.T)
+
+
+def similarity_matrix(mu, logvar, symmetric: bool = False) -> np.ndarray:
+    """KL(q_i ‖ q_j) for all pairs of one set, or its symmetric mean when `symmetric`."""
+    d = kl_matrix(mu, logvar)
+    return symmetrise(d) if symmetric else d
+
+
+def nearest(kl: np.ndarray, i: int, k: int = 5, exclude_self: bool = True) -> list[tuple[int, float]]:
+    """The k columns j with the smallest kl[i, j], ascending: [(j, value), ...].
+
+    For a directed matrix this ranks references j by KL(q_i ‖ q_j).
+    """
+    row = np.asarray(kl, dtype=np.float64)[i].copy()
+    if exclude_self and kl.shape[0] == kl.shape[1]:
+        row[i] = np.inf
+    k = max(0, min(k, int(np.isfinite(row).sum())))
+    order = np.argsort(row, kind="stable")[:k]
+    return [(int(j), float(row[j])) for j in order]
+
+
+def nearest_all(kl: np.ndarray, k: int = 5, exclude_self: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (N, k) and values (N, k) of each row's k smallest entries, ascending."""
+    d = np.array(kl, dtype=np.float64)
+    if exclude_self and d.shape[0] == d.shape[1]:
+        np.fill_diagonal(d, np.inf)
+    k = min(k, d.shape[1] - (1 if exclude_self and d.shape[0] == d.shape[1] else 0))
+    part = np.argpartition(d, k - 1, axis=1)[:, :k] if k > 0 else np.zeros((len(d), 0), int)
+    vals = np.take_along_axis(d, part, 1)
+    order = np.argsort(vals, axis=1, kind="stable")
+    return np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
+
+
+@dataclass
+class Identification:
+    """Result of the identification experiment of thesis 7.5.
+
+    kl[i, j] = KL(q_b,i ‖ q_a,j): query i (patient i's slice b) against reference j
+    (patient j's slice a), or the symmetric mean when `symmetric`. A patient is identified
+    when its own reference has the smallest value in its row (ties count as not identified
+    unless the own reference is the first in order).
+    """
+
+    kl: np.ndarray  # (N, N)
+    names: list[str]
+    symmetric: bool
+    nearest: np.ndarray  # (N,) column of the smallest value per row
+    rank_of_self: np.ndarray  # (N,) 0 = own reference nearest
+    mean_same: float  # mean of the diagonal
+    mean_different: float  # mean of the off-diagonal entries
+    confusions: list[tuple[int, int, float, float]] = field(default_factory=list)
+    # (patient i, nearest j ≠ i, kl[i, j], kl[i, i]) for every patient not identified
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_identified(self) -> int:
+        return int((self.rank_of_self == 0).sum())
+
+    @property
+    def direction(self) -> str:
+        return (
+            "0.5*(KL(q_b,i || q_a,j) + KL(q_a,j || q_b,i))" if self.symmetric else "KL(q_b,i || q_a,j)"
+        ) + ": i = query (slice b), j = reference (slice a); nats"
+
+    def summary(self) -> str:
+        lines = [
+            f"identified {self.n_identified} of {self.n_patients} patients "
+            f"(own slice a nearest to own slice b); divergence {self.direction}",
+            f"mean divergence, same patient: {self.mean_same:.6g}; different patients: {self.mean_different:.6g}",
+        ]
+        for i, j, v, own in self.confusions:
+            lines.append(
+                f"  confused: {self.names[i]} nearest to {self.names[j]} ({v:.6g}) rather than itself ({own:.6g})"
+            )
+        return "\n".join(lines)
+
+
+def identify(mu_a, logvar_a, mu_b, logvar_b, names=None, symmetric: bool = False) -> Identification:
+    """Identification (thesis 7.5): is each patient's slice b nearest its own slice a?
+
+    Row i of each array belongs to patient i in both sets (shape (N, J)).
+    """
+    mu_a, lv_a, mu_b, lv_b = (_as2d(v, n) for v, n in ((mu_a, "mu_a"), (logvar_a, "logvar_a"), (mu_b, "mu_b"), (logvar_b, "logvar_b")))
+    n = len(mu_a)
+    if len(mu_b) != n:
+        raise ValueError(f"slice a has {n} patients and slice b {len(mu_b)}; they must match row by row")
+    names = [str(v) for v in (names if names is not None else range(n))]
+    d = kl_matrix(mu_b, lv_b, mu_a, lv_a)
+    if symmetric:
+        d = 0.5 * (d + kl_matrix(mu_a, lv_a, mu_b, lv_b).T)
+    order = np.argsort(d, axis=1, kind="stable")
+    rank = np.argmax(order == np.arange(n)[:, None], axis=1)
+    nearest_j = order[:, 0]
+    off = ~np.eye(n, dtype=bool)
+    confusions = []
+    for i in np.flatnonzero(rank != 0):
+        j = int(nearest_j[i]) if nearest_j[i] != i else int(order[i, 1])
+        confusions.append((int(i), j, float(d[i, j]), float(d[i, i])))
+    return Identification(
+        kl=d,
+        names=names,
+        symmetric=symmetric,
+        nearest=nearest_j,
+        rank_of_self=rank,
+        mean_same=float(np.mean(np.diag(d))),
+        mean_different=float(d[off].mean()) if n > 1 else float("nan"),
+        confusions=confusions,
+    )
+
+
+def write_matrix_csv(path, matrix: np.ndarray, names: list[str], symmetric: bool) -> None:
+    """Write a square KL matrix as CSV with the direction stated in a leading comment line."""
+    import csv
+    import io
+
+    from training.atomic_files import atomic_write_text
+
+    buf = io.StringIO()
+    definition = SYMMETRIC_DEFINITION if symmetric else KL_DIRECTION
+    buf.write(f"# {definition}\n")
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["patient"] + list(names))
+    for name, row in zip(names, np.asarray(matrix)):
+        w.writerow([name] + [repr(float(v)) for v in row])
+    atomic_write_text(path, buf.getvalue())
