@@ -1,0 +1,478 @@
+"""RT Structure Sets (RTSTRUCT): reading, rasterisation on a CT grid, exclusive labels.
+
+Conventions: contour points are DICOM patient coordinates (LPS, mm); masks and label
+volumes have array axes (z, y, x) = (slice k, row i, column j) of a
+`training.geometry.VolumeGeometry`.
+
+Rasterisation rule: a voxel belongs to a ROI when its centre lies inside the contour
+polygon of its slice (even–odd rule; a centre exactly on an edge may fall either way).
+All contours of one ROI on one slice are combined by even–odd parity (XOR), so an inner
+contour cuts a hole and a contour inside the hole is an island again. A contour goes to
+the slice its ContourImageSequence names when that SOP Instance UID is in the series;
+otherwise (a dangling reference, or none) to the slice nearest its plane, if that slice
+lies within half the local slice spacing, else it is dropped with a warning.
+
+ROI names are matched (`match_roi_names`) ignoring case, whitespace, '_' and '-':
+"Lung_Left", "lung left" and "LUNG-LEFT" are one name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.multival import MultiValue
+from pydicom.errors import InvalidDicomError
+
+from training.geometry import VolumeGeometry
+
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+class RTStructError(ValueError):
+    """An RTSTRUCT cannot be used; str() is "<path>: <reason>"."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Contour:
+    """One contour: (n, 3) points in LPS mm, its ContourGeometricType (upper case) and the
+    SOP Instance UID of the image it was drawn on (None when the file names none)."""
+
+    points: np.ndarray
+    geometric_type: str
+    referenced_sop_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class ROI:
+    """A structure: ROI Number, ROI Name, display colour (r, g, b) 0–255 or None, its
+    Frame of Reference UID ("" when not stated) and its contours."""
+
+    number: int
+    name: str
+    contours: tuple[Contour, ...] = ()
+    color: tuple[int, int, int] | None = None
+    frame_of_reference_uid: str = ""
+
+
+@dataclass(frozen=True)
+class StructureSet:
+    """What `read_rtstruct` found. `warnings` are problems met while parsing (bad contour
+    data, contours naming an unknown ROI); the set is still usable."""
+
+    path: str
+    frame_of_reference_uid: str
+    rois: tuple[ROI, ...]
+    referenced_series_uid: str | None = None
+    sop_instance_uid: str = ""
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def roi_names(self) -> list[str]:
+        return [r.name for r in self.rois]
+
+    def roi(self, name: str) -> ROI | None:
+        """The ROI called `name`, matched as `match_roi_names` does; None if absent."""
+        found = match_roi_names(self.roi_names, [name])[name]
+        return None if found is None else next(r for r in self.rois if r.name == found)
+
+
+@dataclass
+class RasterResult:
+    """masks: ROI name → bool (z, y, x) on the geometry's grid; warnings: one line each,
+    starting with the RTSTRUCT's path."""
+
+    masks: dict[str, np.ndarray] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+def _read_dataset(path: str | Path, **kwargs) -> pydicom.Dataset:
+    try:
+        try:
+            ds = pydicom.dcmread(str(path), **kwargs)
+        except InvalidDicomError:
+            # Files without the 128-byte preamble / 'DICM' (older writers, pydicom's own
+            # rtstruct.dcm) are still DICOM; the Modality check below rejects non-DICOM.
+            ds = pydicom.dcmread(str(path), force=True, **kwargs)
+    except (InvalidDicomError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise RTStructError(path, f"not readable as DICOM ({exc})") from exc
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise RTStructError(path, f"damaged DICOM file ({type(exc).__name__}: {exc})") from exc
+    modality = str(ds.get("Modality", "")).upper()
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if modality != "RTSTRUCT" and sop_class != RTSTRUCT_SOP_CLASS:
+        raise RTStructError(path, f"not an RT Structure Set (Modality {modality or 'missing'})")
+    return ds
+
+
+def roi_names(path: str | Path) -> list[str]:
+    """ROI names of an RTSTRUCT in StructureSetROISequence order, without reading contours.
+
+    Raises RTStructError when the file is not a readable RTSTRUCT.
+    """
+    ds = _read_dataset(
+        path, specific_tags=["Modality", "SOPClassUID", "StructureSetROISequence"]
+    )
+    names = []
+    for item in ds.get("StructureSetROISequence", []) or []:
+        name = str(item.get("ROIName", "") or "").strip()
+        names.append(name or f"ROI {item.get('ROINumber', '?')}")
+    return names
+
+
+def _colour(value) -> tuple[int, int, int] | None:
+    try:
+        rgb = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return rgb if len(rgb) == 3 else None  # type: ignore[return-value]
+
+
+def _contour_points(item) -> np.ndarray:
+    raw = item.get("ContourData", None)
+    if raw is None:
+        raise ValueError("no ContourData")
+    values = [raw] if not isinstance(raw, (list, tuple, MultiValue)) else raw
+    pts = np.asarray([float(v) for v in values], dtype=np.float64)
+    if pts.size == 0 or pts.size % 3:
+        raise ValueError(f"ContourData holds {pts.size} numbers, not a multiple of 3")
+    pts = pts.reshape(-1, 3)
+    if not np.isfinite(pts).all():
+        raise ValueError("ContourData holds non-finite numbers")
+    return pts
+
+
+def read_rtstruct(path: str | Path) -> StructureSet:
+    """Read ROI names, numbers, colours, contours (LPS mm) and references of an RTSTRUCT.
+
+    Raises RTStructError(path, reason) when the file is not a readable RTSTRUCT. Damaged
+    contours are skipped and reported in `StructureSet.warnings`.
+    """
+    ds = _read_dataset(path)
+    path = str(path)
+    warnings: list[str] = []
+    try:
+        return _parse(ds, path, warnings)
+    except RTStructError:
+        raise
+    except Exception as exc:  # a malformed sequence must not crash the caller
+        raise RTStructError(path, f"malformed structure set ({type(exc).__name__}: {exc})") from exc
+
+
+def _parse(ds: pydicom.Dataset, path: str, warnings: list[str]) -> StructureSet:
+    for_uid = ""
+    series_uid = None
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        for_uid = for_uid or str(fr.get("FrameOfReferenceUID", "") or "")
+        for study in fr.get("RTReferencedStudySequence", []) or []:
+            for series in study.get("RTReferencedSeriesSequence", []) or []:
+                uid = str(series.get("SeriesInstanceUID", "") or "")
+                series_uid = series_uid or uid or None
+
+    declared: dict[int, tuple[str, str]] = {}
+    order: list[int] = []
+    for item in ds.get("StructureSetROISequence", []) or []:
+        try:
+            number = int(item.get("ROINumber"))
+        except (TypeError, ValueError):
+            warnings.append(f"{path}: a StructureSetROISequence item has no valid ROI Number; skipped")
+            continue
+        name = str(item.get("ROIName", "") or "").strip() or f"ROI {number}"
+        roi_for = str(item.get("ReferencedFrameOfReferenceUID", "") or "")
+        if number in declared:
+            warnings.append(f"{path}: ROI Number {number} declared twice; the first kept")
+            continue
+        declared[number] = (name, roi_for)
+        order.append(number)
+    if not for_uid:
+        for_uid = next((f for _, f in declared.values() if f), "")
+        for_uid = for_uid or str(ds.get("FrameOfReferenceUID", "") or "")
+
+    contours: dict[int, list[Contour]] = defaultdict(list)
+    colours: dict[int, tuple[int, int, int] | None] = {}
+    for rc in ds.get("ROIContourSequence", []) or []:
+        try:
+            number = int(rc.get("ReferencedROINumber"))
+        except (TypeError, ValueError):
+            warnings.append(f"{path}: an ROIContourSequence item names no ROI; skipped")
+            continue
+        if number not in declared:
+            # Contours of an undeclared ROI still carry data; keep them under a made-up name.
+            warnings.append(
+                f"{path}: contours for ROI Number {number}, which StructureSetROISequence "
+                "does not declare; named 'ROI {number}'".replace("{number}", str(number))
+            )
+            declared[number] = (f"ROI {number}", "")
+            order.append(number)
+        colours[number] = _colour(rc.get("ROIDisplayColor", None))
+        name = declared[number][0]
+        for index, item in enumerate(rc.get("ContourSequence", []) or []):
+            try:
+                pts = _contour_points(item)
+            except (ValueError, TypeError) as exc:
+                warnings.append(f"{path}: ROI '{name}' contour {index}: {exc}; skipped")
+                continue
+            ref = None
+            for img in item.get("ContourImageSequence", []) or []:
+                ref = str(img.get("ReferencedSOPInstanceUID", "") or "") or None
+                if ref:
+                    break
+            kind = str(item.get("ContourGeometricType", "") or "").strip().upper()
+            contours[number].append(Contour(pts, kind, ref))
+
+    # Two ROIs with one name would collide as mask keys; the later gets its number appended.
+    seen: set[str] = set()
+    rois = []
+    for number in order:
+        name, roi_for = declared[number]
+        if name in seen:
+            new = f"{name} ({number})"
+            warnings.append(f"{path}: ROI name '{name}' used twice; ROI {number} renamed '{new}'")
+            name = new
+        seen.add(name)
+        rois.append(ROI(number, name, tuple(contours.get(number, ())), colours.get(number), roi_for))
+    return StructureSet(
+        path=path,
+        frame_of_reference_uid=for_uid,
+        rois=tuple(rois),
+        referenced_series_uid=series_uid,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
+        warnings=tuple(warnings),
+    )
+
+
+# ------------------------------------------------------------------------ rasterising
+
+
+def fill_polygons(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
+    """Even–odd fill of polygons given as (n, 2) arrays of fractional (row i, column j).
+
+    Returns bool (ny, nx): True where the pixel centre (i, j) lies inside an odd number of
+    the polygons. Scanline parity over the polygons' bounding box: a horizontal ray from
+    a centre crosses edges whose ends straddle the row (half-open in i); the centre is
+    inside when the number of crossings at columns ≤ j is odd.
+    """
+    ny, nx = shape
+    out = np.zeros(shape, dtype=bool)
+    polys = [np.asarray(p, dtype=np.float64) for p in polygons if len(p) >= 3]
+    if not polys:
+        return out
+    allp = np.concatenate(polys)
+    i0 = max(int(np.ceil(allp[:, 0].min())), 0)
+    i1 = min(int(np.floor(allp[:, 0].max())), ny - 1)
+    j0 = max(int(np.ceil(allp[:, 1].min())), 0)
+    j1 = min(int(np.floor(allp[:, 1].max())), nx - 1)
+    if i1 < i0 or j1 < j0:
+        return out
+    a = np.concatenate(polys)
+    b = np.concatenate([np.roll(p, -1, axis=0) for p in polys])
+    rows = np.arange(i0, i1 + 1, dtype=np.float64)
+    ya, yb = a[:, 0][:, None], b[:, 0][:, None]
+    cross = (ya <= rows) != (yb <= rows)  # (edges, rows)
+    e, r = np.nonzero(cross)
+    ya, yb = a[e, 0], b[e, 0]
+    t = (rows[r] - ya) / (yb - ya)  # yb != ya wherever the edge straddles the row
+    x = a[e, 1] + t * (b[e, 1] - a[e, 1])
+    width = j1 - j0 + 2  # one spare column for crossings right of the box
+    col = np.clip(np.ceil(x), j0, j1 + 1).astype(np.int64) - j0
+    counts = np.bincount(r * width + col, minlength=(i1 - i0 + 1) * width)
+    parity = np.cumsum(counts.reshape(i1 - i0 + 1, width), axis=1)[:, :-1] & 1
+    out[i0 : i1 + 1, j0 : j1 + 1] = parity.astype(bool)
+    return out
+
+
+def _z_tolerances(positions: np.ndarray, single_slice_mm: float) -> np.ndarray:
+    """Half the local slice spacing at each slice (the wider neighbouring gap), mm."""
+    if len(positions) < 2:
+        return np.full(len(positions), single_slice_mm)
+    gaps = np.diff(positions)
+    left = np.concatenate([[gaps[0]], gaps])
+    right = np.concatenate([gaps, [gaps[-1]]])
+    return 0.5 * np.maximum(left, right)
+
+
+def rasterise(
+    structure_set: StructureSet,
+    geometry: VolumeGeometry,
+    single_slice_tolerance_mm: float = 1.0,
+) -> RasterResult:
+    """Rasterise every ROI with closed planar contours onto `geometry`'s grid.
+
+    Returns RasterResult(masks: name → bool (z, y, x), warnings). Raises RTStructError
+    when the structure set's Frame of Reference UID differs from the geometry's (both
+    named; the check is skipped where either is unknown). ROIs holding no CLOSED_PLANAR
+    contour (only POINT / OPEN_PLANAR ones, or none) get no mask and a warning. Contours
+    not parallel to the slices, with fewer than 3 points, or with no slice within half a
+    slice spacing (`single_slice_tolerance_mm` for a one-slice series) are dropped with a
+    warning. When several planes of one ROI fall on one slice (contours drawn on a finer
+    z grid than the CT's), only the plane nearest the slice is kept, so that their parity
+    does not cancel. In-plane positions are measured from each slice's own
+    ImagePositionPatient, which keeps series with per-slice in-plane shifts exact.
+    """
+    path = structure_set.path
+    result = RasterResult()
+    geo_for = geometry.frame_of_reference_uid
+    ss_for = structure_set.frame_of_reference_uid
+    if geo_for and ss_for and geo_for != ss_for:
+        raise RTStructError(
+            path, f"Frame of Reference UID {ss_for} differs from the CT series' {geo_for}"
+        )
+    if not structure_set.rois:
+        result.warnings.append(f"{path}: the structure set holds no ROI")
+        return result
+
+    nz, ny, nx = geometry.shape
+    normal = geometry.normal
+    ipp = np.asarray(geometry.ipp, dtype=np.float64)
+    positions = ipp @ normal
+    tol = _z_tolerances(positions, single_slice_tolerance_mm)
+    # A contour is "on one plane" when its spread along the normal is small against the
+    # slice spacing; DS rounding of oblique coordinates stays far below this.
+    spacing = geometry.slice_spacing if nz > 1 else 2 * single_slice_tolerance_mm
+    plane_tol = float(np.clip(0.25 * spacing, 0.01, 0.5))
+    dy, dx = float(geometry.pixel_spacing[0]), float(geometry.pixel_spacing[1])
+    sop_index = {uid: k for k, uid in enumerate(geometry.sop_uids) if uid}
+    n_dangling = 0
+
+    for roi in structure_set.rois:
+        if geometry.frame_of_reference_uid and roi.frame_of_reference_uid and (
+            roi.frame_of_reference_uid != geo_for
+        ):
+            result.warnings.append(
+                f"{path}: ROI '{roi.name}' is in Frame of Reference {roi.frame_of_reference_uid}, "
+                f"not the CT's {geo_for}; no mask"
+            )
+            continue
+        closed = [c for c in roi.contours if c.geometric_type == "CLOSED_PLANAR"]
+        if not closed:
+            kinds = sorted({c.geometric_type or "untyped" for c in roi.contours})
+            what = f"only {', '.join(kinds)} contours" if kinds else "no contours"
+            result.warnings.append(f"{path}: ROI '{roi.name}' has {what}; no mask")
+            continue
+        dropped: dict[str, int] = defaultdict(int)
+        off_plane = 0
+        far_planes: list[float] = []
+        by_slice: dict[int, list[tuple[float, np.ndarray]]] = defaultdict(list)
+        for c in closed:
+            if len(c.points) < 3:
+                dropped["fewer than 3 points"] += 1
+                continue
+            s = c.points @ normal
+            if s.max() - s.min() > plane_tol:
+                dropped["not parallel to the slices"] += 1
+                continue
+            plane = float(s.mean())
+            k = sop_index.get(c.referenced_sop_uid) if c.referenced_sop_uid else None
+            if k is not None and abs(positions[k] - plane) > tol[k] + 1e-6:
+                off_plane += 1
+            if k is None:
+                if c.referenced_sop_uid:
+                    n_dangling += 1
+                k = int(np.argmin(np.abs(positions - plane)))
+                if abs(positions[k] - plane) > tol[k] + 1e-6:
+                    far_planes.append(plane)
+                    continue
+            by_slice[k].append((plane, c.points))
+
+        mask = np.zeros((nz, ny, nx), dtype=bool)
+        for k, items in by_slice.items():
+            planes = np.array([p for p, _ in items])
+            nearest = planes[np.argmin(np.abs(planes - positions[k]))]
+            keep = np.abs(planes - nearest) <= plane_tol
+            if not keep.all():
+                dropped["another plane of the ROI lies nearer the same slice"] += int((~keep).sum())
+            polys = []
+            for (_, pts), kept in zip(items, keep):
+                if kept:
+                    d = pts - ipp[k]
+                    polys.append(np.stack([d @ geometry.col_dir / dy, d @ geometry.row_dir / dx], axis=1))
+            mask[k] = fill_polygons(polys, (ny, nx))
+        if off_plane:
+            result.warnings.append(
+                f"{path}: ROI '{roi.name}': {off_plane} contour(s) lie more than half a slice "
+                "spacing from the image they reference; kept on that image"
+            )
+        if far_planes:
+            shown = ", ".join(f"{p:.2f}" for p in sorted(set(far_planes))[:5])
+            more = ", ..." if len(set(far_planes)) > 5 else ""
+            dropped[
+                f"no slice within half a slice spacing of their plane (at {shown}{more} mm "
+                f"along the normal; slices span {positions.min():.2f} to {positions.max():.2f})"
+            ] = len(far_planes)
+        for reason, count in dropped.items():
+            result.warnings.append(
+                f"{path}: ROI '{roi.name}': {count} contour(s) dropped: {reason}"
+            )
+        if not mask.any():
+            result.warnings.append(f"{path}: ROI '{roi.name}' covers no voxel centre of the series")
+        result.masks[roi.name] = mask
+    if n_dangling:
+        result.warnings.append(
+            f"{path}: {n_dangling} contour(s) reference images not in the series; placed by z"
+        )
+    return result
+
+
+# --------------------------------------------------------------------- exclusive labels
+
+_SEPARATORS = re.compile(r"[\s_\-]+")
+
+
+def normalise_roi_name(name: str) -> str:
+    """The key names are matched by: case-folded, whitespace, '_' and '-' removed."""
+    return _SEPARATORS.sub("", str(name)).casefold()
+
+
+def match_roi_names(available, wanted) -> dict[str, str | None]:
+    """Map each wanted ROI name to the available name it denotes, or None.
+
+    An exact match wins; otherwise the first available name equal after
+    `normalise_roi_name` (case, whitespace, '_' and '-' ignored).
+    """
+    available = list(available)
+    by_key: dict[str, str] = {}
+    for name in available:
+        by_key.setdefault(normalise_roi_name(name), name)
+    exact = set(available)
+    return {w: (w if w in exact else by_key.get(normalise_roi_name(w))) for w in wanted}
+
+
+def exclusive_labels(
+    masks: dict[str, np.ndarray],
+    rois,
+    shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """Exclusive one-hot layout as integer labels, uint8 with the masks' shape (z, y, x).
+
+    0 = complement (in no chosen ROI), k = rois[k-1]. Where ROIs overlap the earlier name
+    in `rois` wins. Names are matched as `match_roi_names` does; a ROI without a mask
+    simply has no voxels (the caller reports it). `shape` is needed only when no chosen
+    ROI has a mask.
+    """
+    rois = tuple(rois)
+    if len(rois) > 255:
+        raise ValueError(f"{len(rois)} ROIs do not fit uint8 labels (at most 255)")
+    found = match_roi_names(masks.keys(), rois)
+    present = [(k, masks[found[name]]) for k, name in enumerate(rois, start=1) if found[name] is not None]
+    if shape is None:
+        if not present:
+            raise ValueError("no chosen ROI has a mask; pass shape")
+        shape = present[0][1].shape
+    labels = np.zeros(shape, dtype=np.uint8)
+    for k, mask in reversed(present):  # earlier names are written last and so win
+        if mask.shape != tuple(shape):
+            raise ValueError(f"mask of ROI '{rois[k - 1]}' has shape {mask.shape}, not {tuple(shape)}")
+        labels[mask] = k
+    return labels
