@@ -1,0 +1,152 @@
+"""Workspace read API: round trip, chunk layout, split by patient, batch reads, atomicity."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from training.config import PreprocessConfig
+from training.workspace import (
+    Workspace,
+    WorkspaceError,
+    assign_splits,
+    write_arrays_workspace,
+)
+
+
+def _cohort(n_patients=6, n=5, shape=(16, 16), seed=0, rois=2):
+    rng = np.random.default_rng(seed)
+    images = {f"PAT-{i + 1:04d}": rng.random((n + i, *shape), dtype=np.float32) for i in range(n_patients)}
+    labels = {k: rng.integers(0, rois + 1, v.shape, dtype=np.uint8) for k, v in images.items()}
+    return images, labels
+
+
+def test_round_trip_2d(tmp_path):
+    images, labels = _cohort()
+    p = write_arrays_workspace(tmp_path / "w.h5", images, labels, roi_names=("A", "B"))
+    with Workspace.open(p) as ws:
+        assert ws.image_shape == (16, 16)
+        assert ws.roi_names == ("A", "B")
+        assert ws.preprocess.rois == ("A", "B")
+        assert [pi.pseudonym for pi in ws.patients] == sorted(images)
+        assert [pi.n_images for pi in ws.patients] == [len(images[k]) for k in sorted(images)]
+        idx = ws.index()
+        assert idx.shape == (sum(len(v) for v in images.values()), 2) and idx.dtype == np.int64
+        rng = np.random.default_rng(1)
+        rows = idx[rng.permutation(len(idx))[:7]]
+        got = ws.read_images(rows)
+        lab = ws.read_labels(rows)
+        assert got.dtype == np.float32 and got.shape == (7, 16, 16)
+        assert lab.dtype == np.uint8
+        for b, (pi, ii) in enumerate(rows):
+            key = ws.patients[pi].pseudonym
+            np.testing.assert_array_equal(got[b], images[key][ii])
+            np.testing.assert_array_equal(lab[b], labels[key][ii])
+        # out= is filled in place, consecutive rows read as one slice
+        out = np.zeros((3, 16, 16), np.float32)
+        r = ws.read_images([[0, 1], [0, 2], [0, 3]], out=out)
+        assert r is out
+        np.testing.assert_array_equal(out, images["PAT-0001"][1:4])
+        assert len(ws.data_hash) == 16
+
+
+def test_round_trip_3d_and_chunks(tmp_path):
+    rng = np.random.default_rng(0)
+    images = {f"P{i}": rng.random((1, 8, 12, 12), dtype=np.float32) for i in range(3)}
+    p = write_arrays_workspace(tmp_path / "w.h5", images)
+    with Workspace.open(p) as ws:
+        assert ws.image_shape == (8, 12, 12)
+        assert ws.preprocess.mode == "3d"
+        assert ws.read_labels(ws.index()) is None
+        np.testing.assert_array_equal(ws.read_images([[2, 0]])[0], images["P2"][0])
+        assert ws.images_dataset(0).chunks == (1, 1, 12, 12)
+    images2, _ = _cohort(2)
+    p2 = write_arrays_workspace(tmp_path / "w2.h5", images2)
+    with Workspace.open(p2) as ws:
+        assert ws.images_dataset(0).chunks == (1, 16, 16)
+
+
+def test_split_by_patient_seeded_and_recorded(tmp_path):
+    images, _ = _cohort(8)
+    p = write_arrays_workspace(tmp_path / "w.h5", images, test_fraction=0.25, seed=3)
+    with Workspace.open(p) as ws:
+        splits = [pi.split for pi in ws.patients]
+        assert splits.count("test") == 2 and splits.count("train") == 6
+        tr, te = ws.index("train"), ws.index("test")
+        assert not set(tr[:, 0]) & set(te[:, 0])
+        assert len(tr) + len(te) == len(ws.index())
+    with h5py.File(p, "r") as f:  # recorded in the file
+        assert [f["entries"][k].attrs["split"] for k in sorted(f["entries"])] == splits
+        assert f.attrs["split_seed"] == 3
+    p2 = write_arrays_workspace(tmp_path / "w2.h5", images, test_fraction=0.25, seed=3)
+    with Workspace.open(p2) as ws:
+        assert [pi.split for pi in ws.patients] == splits
+    # series of one patient stay together
+    s = assign_splits(["A", "A", "B", "C", "D"], 0.5, 0)
+    assert set(s) == {"A", "B", "C", "D"}
+    assert list(s.values()).count("test") == 2
+    assert assign_splits(["A"], 0.5, 0) == {"A": "train"}
+    assert "test" in assign_splits(["A", "B"], 0.01, 0).values()
+
+
+def test_split_stable_when_patients_are_added():
+    base = [f"PAT-{i:04d}" for i in range(1, 41)]
+    s1 = assign_splits(base, 0.25, 0)
+    s2 = assign_splits(base + ["PAT-0041"], 0.25, 0)
+    moved = sum(s1[p] != s2[p] for p in base)
+    assert moved <= 1
+
+
+def test_batches_larger_than_memory_read_chunk_by_chunk(tmp_path, monkeypatch):
+    images, _ = _cohort(3, n=10)
+    p = write_arrays_workspace(tmp_path / "w.h5", images)
+    calls = []
+    orig = h5py.Dataset.read_direct
+
+    def spy(self, arr, source_sel=None, dest_sel=None):
+        calls.append(source_sel)
+        return orig(self, arr, source_sel, dest_sel)
+
+    monkeypatch.setattr(h5py.Dataset, "read_direct", spy)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda *a: pytest.fail("whole-array read"))
+    with Workspace.open(p) as ws:
+        idx = ws.index()
+        seen = 0
+        for start in range(0, len(idx), 4):
+            batch = ws.read_images(idx[start:start + 4])
+            seen += len(batch)
+        assert seen == len(idx)
+    assert calls and all(isinstance(s, slice) for s in calls)
+
+
+def test_bad_rows_and_files(tmp_path):
+    images, _ = _cohort(2)
+    p = write_arrays_workspace(tmp_path / "w.h5", images)
+    with Workspace.open(p) as ws:
+        with pytest.raises(IndexError):
+            ws.read_images([[5, 0]])
+        with pytest.raises(IndexError):
+            ws.read_images([[0, 99]])
+        with pytest.raises(ValueError):
+            ws.index("validation")
+    with pytest.raises(WorkspaceError):
+        Workspace.open(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(WorkspaceError, match="junk.h5"):
+        Workspace.open(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["x"] = 1
+    with pytest.raises(WorkspaceError, match="not a ct-vae workspace"):
+        Workspace.open(tmp_path / "other.h5")
+
+
+def test_write_is_atomic_no_temp_left(tmp_path):
+    images, _ = _cohort(2)
+    p = write_arrays_workspace(tmp_path / "w.h5", images, preprocess=PreprocessConfig(crop=16))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["w.h5"]
+    with pytest.raises(ValueError):
+        write_arrays_workspace(p, {"a": np.zeros((1, 4, 4), np.float32), "b": np.zeros((1, 5, 5), np.float32)})
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["w.h5"]
+    with Workspace.open(p) as ws:  # old content intact
+        assert len(ws.patients) == 2 and ws.preprocess.crop == 16

@@ -1,0 +1,655 @@
+"""The HDF5 workspace: schema, atomic commits, reads by batch (SPEC F6, F7, F8).
+
+Layout of ``W.h5`` (schema version 1)::
+
+    attrs      format, schema_version, tool_version, created, modified, preprocess (JSON),
+               preprocess_hash, image_shape, salt, split_seed, test_fraction, merged_through
+    /meta/     provenance, skipped, identity, pseudonyms: JSON text (scalar string datasets)
+    /entries/<label>/           one per CT series; <label> = "PAT-0001" or "PAT-0001-2"
+        attrs  pseudonym, patient, split, content_hash, series_uid, frame_of_reference_uid,
+               spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files
+        source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice
+        source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x
+                      attrs geometry (VolumeGeometry.to_dict JSON), roi_names (JSON)
+        derived/<preprocess_hash>/images  float32 (n, H, W) or (n, D, H, W) in [0, 1]
+        derived/<preprocess_hash>/labels  uint8, same shape (absent for CT only)
+
+Chunks: one per 2D image, one per depth slice of a 3D volume, so a random batch reads
+exactly the chunks it needs. Reads loop over rows with ``read_direct`` into one
+preallocated array (a list index on an h5py dataset is ~20× slower).
+
+Atomicity: HDF5 is not crash-safe when modified in place, so the file is never modified
+in place. A writer commits each series as its own small file in ``W.h5.staging/`` (written
+to a temporary name, fsynced, renamed), and a merge writes a complete new copy of the
+workspace and ``os.replace``-s it. A SIGKILL at any instant leaves the old workspace plus
+complete staged files; ``Workspace.open`` reads those leftovers as part of the workspace
+and the next writer merges them. Staged files numbered ≤ ``merged_through`` were already
+merged (a crash between the rename and their removal) and are ignored.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from training import __version__
+from training.atomic import atomic_write_path
+from training.config import PreprocessConfig
+from training.geometry import VolumeGeometry
+from training.pseudonym import new_salt
+
+FORMAT = "ct-vae-workspace"
+SCHEMA_VERSION = 1
+_STAGED_RE = re.compile(r"^(\d{8})-(.+)\.h5$")
+_STR = h5py.string_dtype("utf-8")
+_SOURCE_COMPRESSION = "lzf"  # fast; HU and packed masks shrink 2–4×
+
+
+class WorkspaceError(Exception):
+    """The workspace file is missing, foreign, newer than this program, or inconsistent."""
+
+
+def preprocess_hash(cfg: PreprocessConfig) -> str:
+    return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:16]
+
+
+def staging_dir(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".staging")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class PatientInfo:
+    """One workspace entry: a CT series of a patient.
+
+    pseudonym: the entry's label ("PAT-0001", or "PAT-0001-2" for the patient's second CT
+    series); patient: the patient pseudonym ("PAT-0001"), the unit of the train/test
+    split. spacing: source voxel spacing (dz, dy, dx) in mm. rois: ROI names found in the
+    source RTSTRUCT(s). n_images: preprocessed images (2D slices, or 1 volume in 3D).
+    """
+
+    pseudonym: str
+    n_images: int
+    spacing: tuple[float, float, float]
+    rois: tuple[str, ...]
+    split: str
+    patient: str = ""
+    content_hash: str = ""
+    source_shape: tuple[int, ...] | None = None
+    warnings: tuple[str, ...] = ()
+    has_source: bool = False
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+@dataclass
+class EntryData:
+    """Everything one entry holds, in memory, for writing (see the module layout)."""
+
+    label: str
+    patient: str
+    content_hash: str
+    images: np.ndarray  # float32 (n, H, W) or (n, D, H, W) in [0, 1]
+    labels: np.ndarray | None = None  # uint8 same shape
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    rois: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    series_uid: str = ""
+    frame_of_reference_uid: str = ""
+    n_source_files: int = 0
+    hu: np.ndarray | None = None  # int16 (z, y, x)
+    masks: dict[str, np.ndarray] | None = None  # bool (z, y, x) per ROI
+    geometry: VolumeGeometry | None = None
+
+
+def _json_attr(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True)
+
+
+def write_source(grp: h5py.Group, hu: np.ndarray, masks: dict[str, np.ndarray] | None,
+                 geometry: VolumeGeometry | None) -> None:
+    """Store native-resolution HU (int16) and packed ROI masks in `grp` ("source")."""
+    hu16 = np.clip(np.rint(hu), -32768, 32767).astype(np.int16) if hu.dtype != np.int16 else hu
+    z, y, x = hu16.shape
+    grp.create_dataset("hu", data=hu16, chunks=(1, y, x), compression=_SOURCE_COMPRESSION)
+    names = sorted(masks) if masks else []
+    packed = np.zeros((len(names), z, y, (x + 7) // 8), dtype=np.uint8)
+    for r, name in enumerate(names):
+        packed[r] = np.packbits(np.asarray(masks[name], dtype=bool), axis=-1)
+    ds = grp.create_dataset(
+        "masks", data=packed, chunks=(1, 1, y, packed.shape[-1]) if names else None,
+        compression=_SOURCE_COMPRESSION if names else None,
+    )
+    ds.attrs["roi_names"] = _json_attr(names)
+    ds.attrs["width"] = x
+    grp.attrs["geometry"] = _json_attr(geometry.to_dict() if geometry is not None else None)
+
+
+def read_source(grp: h5py.Group) -> tuple[np.ndarray, dict[str, np.ndarray], VolumeGeometry | None]:
+    """Inverse of write_source: (HU int16 (z, y, x), {roi: bool (z, y, x)}, geometry)."""
+    hu = grp["hu"][...]
+    ds = grp["masks"]
+    names = json.loads(ds.attrs["roi_names"])
+    width = int(ds.attrs["width"])
+    masks = {}
+    for r, name in enumerate(names):
+        masks[name] = np.unpackbits(ds[r], axis=-1, count=width).astype(bool)
+    g = json.loads(grp.attrs["geometry"])
+    return hu, masks, (VolumeGeometry.from_dict(g) if g else None)
+
+
+def write_derived(grp: h5py.Group, images: np.ndarray, labels: np.ndarray | None) -> None:
+    images = np.asarray(images, dtype=np.float32)
+    chunks = (1,) * (images.ndim - 2) + images.shape[-2:]
+    grp.create_dataset("images", data=images, chunks=chunks)
+    if labels is not None:
+        grp.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8), chunks=chunks,
+                           compression="lzf")
+
+
+def write_entry(entries: h5py.Group, e: EntryData, phash: str) -> h5py.Group:
+    g = entries.create_group(e.label)
+    g.attrs["pseudonym"] = e.label
+    g.attrs["patient"] = e.patient or e.label
+    g.attrs["split"] = ""
+    g.attrs["content_hash"] = e.content_hash
+    g.attrs["series_uid"] = e.series_uid
+    g.attrs["frame_of_reference_uid"] = e.frame_of_reference_uid
+    g.attrs["spacing"] = np.asarray(e.spacing, dtype=np.float64)
+    g.attrs["rois"] = _json_attr(list(e.rois))
+    g.attrs["warnings"] = _json_attr(list(e.warnings))
+    g.attrs["n_source_files"] = int(e.n_source_files)
+    if e.hu is not None:
+        write_source(g.create_group("source"), e.hu, e.masks, e.geometry)
+    write_derived(g.create_group("derived").create_group(phash), e.images, e.labels)
+    return g
+
+
+def copy_entry(src: h5py.Group, dst_entries: h5py.Group, keep_derived: Iterable[str],
+               replace_derived: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None
+               ) -> h5py.Group:
+    """Copy an entry's attrs, source and the named derived groups (raw chunk copies)."""
+    g = dst_entries.create_group(src.name.rsplit("/", 1)[-1])
+    for k, v in src.attrs.items():
+        g.attrs[k] = v
+    if "source" in src:
+        src.file.copy(src["source"], g, name="source")
+    d = g.create_group("derived")
+    for h in keep_derived:
+        if replace_derived and h in replace_derived:
+            write_derived(d.create_group(h), *replace_derived[h])
+        elif "derived" in src and h in src["derived"]:
+            src.file.copy(src["derived"][h], d, name=h)
+    return g
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+def assign_splits(patients: Sequence[str], test_fraction: float, seed: int) -> dict[str, str]:
+    """Train/test by patient: the round(n·f) patients with the smallest seeded hash go to test.
+
+    Seeded and deterministic; ranking by a per-patient hash (not a permutation of the
+    list) keeps earlier patients on their side when more patients are added later.
+    With ≥ 2 patients and f > 0 both sides get at least one patient.
+    """
+    uniq = sorted(set(patients))
+    n = len(uniq)
+    n_test = int(round(n * test_fraction))
+    if n >= 2 and test_fraction > 0:
+        n_test = min(max(n_test, 1), n - 1)
+    elif n < 2:
+        n_test = 0
+    rank = sorted(uniq, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    test = set(rank[:n_test])
+    return {p: ("test" if p in test else "train") for p in uniq}
+
+
+# ----------------------------------------------------------------------------- file level
+
+
+def _read_meta(f: h5py.File, name: str, default: Any) -> Any:
+    if "meta" in f and name in f["meta"]:
+        raw = f["meta"][name][()]
+        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+    return default
+
+
+def _write_meta(f: h5py.File, name: str, obj: Any) -> None:
+    meta = f.require_group("meta")
+    if name in meta:
+        del meta[name]
+    meta.create_dataset(name, data=json.dumps(obj, sort_keys=True), dtype=_STR)
+
+
+def _init_attrs(f: h5py.File, cfg: PreprocessConfig, *, salt: str, seed: int,
+                test_fraction: float, created: str | None = None,
+                image_shape: Sequence[int] | None = None, merged_through: int = 0) -> None:
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["tool_version"] = __version__
+    f.attrs["created"] = created or now_iso()
+    f.attrs["modified"] = now_iso()
+    f.attrs["preprocess"] = cfg.to_json()
+    f.attrs["preprocess_hash"] = preprocess_hash(cfg)
+    f.attrs["image_shape"] = np.asarray(list(image_shape or []), dtype=np.int64)
+    f.attrs["salt"] = salt
+    f.attrs["split_seed"] = int(seed)
+    f.attrs["test_fraction"] = float(test_fraction)
+    f.attrs["merged_through"] = int(merged_through)
+    f.require_group("entries")
+
+
+def _check_format(f: h5py.File, path: Path) -> None:
+    if f.attrs.get("format") != FORMAT:
+        raise WorkspaceError(f"{path}: not a ct-vae workspace (no format={FORMAT!r} attribute)")
+    v = int(f.attrs.get("schema_version", 0))
+    if v > SCHEMA_VERSION:
+        raise WorkspaceError(
+            f"{path}: workspace schema version {v} is newer than this program's ({SCHEMA_VERSION}); "
+            "update ct-vae-explorer"
+        )
+
+
+def _record_splits(f: h5py.File) -> None:
+    ents = f["entries"]
+    patients = {k: ents[k].attrs.get("patient", k) for k in ents}
+    splits = assign_splits(list(patients.values()), float(f.attrs["test_fraction"]),
+                           int(f.attrs["split_seed"]))
+    for k, p in patients.items():
+        ents[k].attrs["split"] = splits[p]
+
+
+def _data_hash(phash: str, rows: Iterable[tuple[str, str, str]]) -> str:
+    h = hashlib.sha256(phash.encode())
+    for label, content, split in sorted(rows):
+        h.update(f"\n{label}\t{content}\t{split}".encode())
+    return h.hexdigest()[:16]
+
+
+def create_empty(path: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
+                 test_fraction: float = 0.25, seed: int = 0) -> Path:
+    """Write an empty workspace atomically (a fresh random pseudonym salt)."""
+    path = Path(path)
+    with atomic_write_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _init_attrs(f, cfg or PreprocessConfig(), salt=new_salt(), seed=seed,
+                        test_fraction=test_fraction)
+            for name, obj in (("provenance", []), ("skipped", []), ("identity", {}),
+                              ("pseudonyms", {})):
+                _write_meta(f, name, obj)
+    return path
+
+
+def list_staged(path: str | os.PathLike, merged_through: int = 0) -> list[tuple[int, Path]]:
+    d = staging_dir(path)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        m = _STAGED_RE.match(p.name)
+        if m and int(m.group(1)) > merged_through:
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def write_staged(path: str | os.PathLike, seq: int, entry: EntryData, phash: str, salt: str,
+                 identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
+    """Commit one entry as its own small HDF5 file in the staging folder (atomic)."""
+    final = staging_dir(path) / f"{seq:08d}-{entry.label}.h5"
+    with atomic_write_path(final) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT + "-staged"
+            f.attrs["salt"] = salt
+            f.attrs["preprocess_hash"] = phash
+            write_entry(f.create_group("entries"), entry, phash)
+            _write_meta(f, "identity", identity)
+            _write_meta(f, "pseudonyms", pseudonyms)
+    return final
+
+
+def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
+          replace_derived: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
+          drop_labels: Iterable[str] = (), skipped: list[list[str]] | None = None,
+          provenance: dict | None = None, image_shape: Sequence[int] | None = None) -> Path:
+    """Write a new copy of the workspace with all staged entries folded in; os.replace it.
+
+    new_cfg switches the current preprocessing (entries then need `replace_derived`
+    arrays for the new hash, keyed by label; entries without them keep no derived data).
+    skipped: [relative path, reason] rows that replace those of the same path.
+    """
+    path = Path(path)
+    with h5py.File(path, "r") as src:
+        _check_format(src, path)
+        merged_through = int(src.attrs.get("merged_through", 0))
+        staged = list_staged(path, merged_through)
+        old_cfg = PreprocessConfig.from_json(src.attrs["preprocess"])
+        cfg = new_cfg or old_cfg
+        phash = preprocess_hash(cfg)
+        old_hash = src.attrs["preprocess_hash"]
+        shape = image_shape if image_shape is not None else list(src.attrs["image_shape"])
+        if new_cfg is not None and preprocess_hash(new_cfg) != old_hash and image_shape is None:
+            shape = []
+        identity = _read_meta(src, "identity", {})
+        pseudonyms = _read_meta(src, "pseudonyms", {})
+        prov = _read_meta(src, "provenance", [])
+        skip_rows = {r[0]: r[1] for r in _read_meta(src, "skipped", [])}
+        if skipped:
+            skip_rows.update({r[0]: r[1] for r in skipped})
+        if provenance:
+            prov.append(provenance)
+        drop = set(drop_labels)
+        staged_files = []
+        try:
+            for seq, p in staged:
+                sf = h5py.File(p, "r")
+                if sf.attrs.get("salt") != src.attrs["salt"]:
+                    sf.close()
+                    continue
+                staged_files.append((seq, sf))
+                identity.update(_read_meta(sf, "identity", {}))
+                pseudonyms.update(_read_meta(sf, "pseudonyms", {}))
+            # Latest source of each label wins: staged (in order) over the main file.
+            sources: dict[str, h5py.Group] = {k: src["entries"][k] for k in src["entries"]}
+            for _, sf in staged_files:
+                for k in sf["entries"]:
+                    sources[k] = sf["entries"][k]
+            with atomic_write_path(path) as tmp:
+                with h5py.File(tmp, "w") as dst:
+                    _init_attrs(dst, cfg, salt=src.attrs["salt"], seed=int(src.attrs["split_seed"]),
+                                test_fraction=float(src.attrs["test_fraction"]),
+                                created=src.attrs.get("created"), image_shape=shape,
+                                merged_through=max([merged_through] + [s for s, _ in staged_files]))
+                    ents = dst["entries"]
+                    for label in sorted(sources):
+                        if label in drop:
+                            continue
+                        g = sources[label]
+                        rd = None
+                        if replace_derived and label in replace_derived:
+                            rd = {phash: replace_derived[label]}
+                        copy_entry(g, ents, [phash], rd)
+                        if not shape and phash in ents[label]["derived"]:
+                            shape = list(ents[label]["derived"][phash]["images"].shape[1:])
+                            dst.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
+                    _record_splits(dst)
+                    _write_meta(dst, "identity", identity)
+                    _write_meta(dst, "pseudonyms", pseudonyms)
+                    _write_meta(dst, "provenance", prov)
+                    _write_meta(dst, "skipped", [[k, v] for k, v in sorted(skip_rows.items())])
+        finally:
+            for _, sf in staged_files:
+                sf.close()
+    for _, p in staged:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    return path
+
+
+def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray],
+                           labels: dict[str, np.ndarray] | None = None,
+                           preprocess: PreprocessConfig | None = None, roi_names: Sequence[str] = (),
+                           test_fraction: float = 0.25, seed: int = 0) -> Path:
+    """Write a workspace straight from preprocessed arrays (tests, benchmarks, demos).
+
+    images: label → float32 (n, H, W) for 2D or (n, D, H, W) for 3D, in [0, 1].
+    labels: label → uint8 of the same shape (0 = complement, k = roi_names[k-1]).
+    Entries have no source group, so they cannot be re-derived. Atomic.
+    """
+    path = Path(path)
+    if not images:
+        raise ValueError("write_arrays_workspace: no images")
+    first = next(iter(images.values()))
+    mode = "3d" if first.ndim == 4 else "2d"
+    cfg = preprocess or PreprocessConfig(mode=mode, crop=None)
+    if roi_names and not cfg.rois:
+        cfg = cfg.replace(rois=tuple(roi_names))
+    if cfg.mode != mode:
+        cfg = cfg.replace(mode=mode)
+    phash = preprocess_hash(cfg)
+    shape = first.shape[1:]
+    with atomic_write_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            _init_attrs(f, cfg, salt=new_salt(), seed=seed, test_fraction=test_fraction,
+                        image_shape=shape)
+            for label, arr in images.items():
+                arr = np.asarray(arr, dtype=np.float32)
+                if arr.shape[1:] != shape:
+                    raise ValueError(f"{label}: image shape {arr.shape[1:]} differs from {shape}")
+                lab = None if labels is None else np.asarray(labels[label], dtype=np.uint8)
+                h = hashlib.sha256(arr.tobytes())
+                if lab is not None:
+                    h.update(lab.tobytes())
+                write_entry(f["entries"], EntryData(label=label, patient=label,
+                                                    content_hash=h.hexdigest()[:32],
+                                                    images=arr, labels=lab,
+                                                    rois=tuple(cfg.rois)), phash)
+            _record_splits(f)
+            _write_meta(f, "provenance", [{"time": now_iso(), "tool_version": __version__,
+                                           "source": "arrays", "n_entries": len(images),
+                                           "preprocess": cfg.to_dict()}])
+            for name, obj in (("skipped", []), ("identity", {}), ("pseudonyms", {})):
+                _write_meta(f, name, obj)
+    return path
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class Workspace:
+    """Read side of a workspace: patients, split index and batch reads.
+
+    Use as a context manager (``with Workspace.open(p) as ws:``). Entries committed to the
+    staging folder but not merged yet (a killed or running ingest) are included.
+    Rows are (patient index, image index) into `patients` and that entry's images.
+    """
+
+    def __init__(self, path: Path, files: list[h5py.File], groups: list[h5py.Group],
+                 main: h5py.File):
+        self.path = path
+        self._files = files
+        self._main = main
+        self.preprocess: PreprocessConfig = PreprocessConfig.from_json(main.attrs["preprocess"])
+        self.preprocess_hash: str = str(main.attrs["preprocess_hash"])
+        self.schema_version = int(main.attrs["schema_version"])
+        self._groups = groups
+        self._images: list[h5py.Dataset | None] = []
+        self._labels: list[h5py.Dataset | None] = []
+        shape = tuple(int(v) for v in main.attrs["image_shape"])
+        patients_of = [g.attrs.get("patient", g.name.rsplit("/", 1)[-1]) for g in groups]
+        splits = assign_splits(patients_of, float(main.attrs["test_fraction"]),
+                               int(main.attrs["split_seed"]))
+        infos = []
+        for g, pat in zip(groups, patients_of):
+            d = g.get("derived/" + self.preprocess_hash)
+            img = d["images"] if d is not None else None
+            if img is not None and not shape:
+                shape = img.shape[1:]
+            if img is not None and img.shape[1:] != shape:
+                img = None  # cannot be batched with the others; listed with n_images 0
+            self._images.append(img)
+            self._labels.append(d["labels"] if d is not None and "labels" in d and img is not None
+                                else None)
+            src = g.get("source")
+            infos.append(PatientInfo(
+                pseudonym=str(g.attrs.get("pseudonym", g.name.rsplit("/", 1)[-1])),
+                n_images=0 if img is None else int(img.shape[0]),
+                spacing=tuple(float(v) for v in g.attrs.get("spacing", (1.0, 1.0, 1.0))),
+                rois=tuple(json.loads(g.attrs.get("rois", "[]"))),
+                split=splits[pat],
+                patient=str(pat),
+                content_hash=str(g.attrs.get("content_hash", "")),
+                source_shape=tuple(src["hu"].shape) if src is not None else None,
+                warnings=tuple(json.loads(g.attrs.get("warnings", "[]"))),
+                has_source=src is not None,
+            ))
+        self.patients: list[PatientInfo] = infos
+        self.image_shape: tuple[int, ...] = tuple(int(v) for v in shape)
+        self.roi_names: tuple[str, ...] = tuple(self.preprocess.rois)
+        self.data_hash: str = _data_hash(
+            self.preprocess_hash, ((p.pseudonym, p.content_hash, p.split) for p in infos))
+
+    # -- opening
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Workspace":
+        path = Path(path)
+        if not path.exists():
+            raise WorkspaceError(f"{path}: no such workspace")
+        try:
+            main = h5py.File(path, "r")
+        except OSError as exc:
+            raise WorkspaceError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
+        files = [main]
+        try:
+            _check_format(main, path)
+            groups = {k: main["entries"][k] for k in main["entries"]}
+            for _, p in list_staged(path, int(main.attrs.get("merged_through", 0))):
+                try:
+                    sf = h5py.File(p, "r")
+                except OSError:
+                    continue  # removed by a concurrent merge, or unreadable: skip
+                if sf.attrs.get("salt") != main.attrs["salt"]:
+                    sf.close()
+                    continue
+                files.append(sf)
+                for k in sf["entries"]:
+                    groups[k] = sf["entries"][k]
+            ordered = [groups[k] for k in sorted(groups)]
+            return cls(path, files, ordered, main)
+        except BaseException:
+            for f in files:
+                f.close()
+            raise
+
+    def close(self) -> None:
+        for f in self._files:
+            try:
+                f.close()
+            except Exception:
+                pass
+        self._files = []
+
+    def __enter__(self) -> "Workspace":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- metadata
+    @property
+    def provenance(self) -> list[dict]:
+        return _read_meta(self._main, "provenance", [])
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path relative to the dropped folder, reason) of every unusable file."""
+        return [tuple(r) for r in _read_meta(self._main, "skipped", [])]
+
+    @property
+    def available_rois(self) -> tuple[str, ...]:
+        """Every ROI name found in any patient (sorted)."""
+        return tuple(sorted({r for p in self.patients for r in p.rois}))
+
+    @property
+    def split_seed(self) -> int:
+        return int(self._main.attrs["split_seed"])
+
+    @property
+    def test_fraction(self) -> float:
+        return float(self._main.attrs["test_fraction"])
+
+    @property
+    def n_images(self) -> int:
+        return sum(p.n_images for p in self.patients)
+
+    def patient_index(self, pseudonym: str) -> int:
+        for i, p in enumerate(self.patients):
+            if p.pseudonym == pseudonym:
+                return i
+        raise KeyError(f"no patient {pseudonym!r} in {self.path}")
+
+    # -- index and reads
+    def index(self, split: str | None = None) -> np.ndarray:
+        """int64 (N, 2) rows (patient index, image index), patient-major order."""
+        if split not in (None, "train", "test"):
+            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        parts = [
+            np.stack([np.full(p.n_images, i), np.arange(p.n_images)], axis=1)
+            for i, p in enumerate(self.patients)
+            if p.n_images and (split is None or p.split == split)
+        ]
+        if not parts:
+            return np.zeros((0, 2), dtype=np.int64)
+        return np.concatenate(parts).astype(np.int64)
+
+    def _read(self, datasets: list, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+        # Consecutive rows of one patient become one slice read; others one chunk each.
+        n = len(rows)
+        b = 0
+        while b < n:
+            p, i = int(rows[b, 0]), int(rows[b, 1])
+            e = b + 1
+            while e < n and rows[e, 0] == p and rows[e, 1] == i + (e - b):
+                e += 1
+            if not 0 <= p < len(datasets):
+                raise IndexError(f"patient index {p} out of range (0..{len(datasets) - 1})")
+            ds = datasets[p]
+            if ds is None:
+                raise IndexError(f"patient {p} has no images for the current preprocessing")
+            if i < 0 or i + (e - b) > ds.shape[0]:
+                raise IndexError(f"image rows {i}..{i + e - b - 1} out of range for patient {p}")
+            ds.read_direct(out, np.s_[i:i + (e - b)], np.s_[b:e])
+            b = e
+        return out
+
+    def read_images(self, rows: np.ndarray | Sequence, out: np.ndarray | None = None) -> np.ndarray:
+        """float32 (B, *image_shape) in [0, 1] for (patient, image) rows."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        if out is None:
+            out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
+        return self._read(self._images, rows, out)
+
+    def read_labels(self, rows: np.ndarray | Sequence, out: np.ndarray | None = None) -> np.ndarray | None:
+        """uint8 (B, *image_shape): 0 = complement, k = roi_names[k-1]; None for CT only."""
+        if not self.roi_names:
+            return None
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
+        if out is None:
+            out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
+        if any(self._labels[int(p)] is None for p in np.unique(rows[:, 0])):
+            raise IndexError("a requested patient has no labels for the current preprocessing")
+        return self._read(self._labels, rows, out)
+
+    def read_patient(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """All preprocessed images (and labels) of one entry."""
+        n = self.patients[index].n_images
+        rows = np.stack([np.full(n, index), np.arange(n)], axis=1)
+        return self.read_images(rows), self.read_labels(rows)
+
+    def read_source(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray], VolumeGeometry | None]:
+        """Native HU int16 (z, y, x), ROI masks and geometry of one entry."""
+        g = self._groups[index]
+        if "source" not in g:
+            raise WorkspaceError(f"{self.patients[index].pseudonym}: no source data stored")
+        return read_source(g["source"])
+
+    def images_dataset(self, index: int) -> h5py.Dataset | None:
+        """The h5py dataset behind an entry's images (chunk layout checks, streaming)."""
+        return self._images[index]
