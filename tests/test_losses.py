@@ -177,3 +177,12 @@ def test_loss_backpropagates_through_model():
     assert torch.isfinite(t.total)
     t.total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_half_precision_outputs_are_summed_in_float32():
+    out = fake_output(b=2)
+    half = VAEOutput(*(t.to(torch.bfloat16) for t in out[:5]), 1)
+    x_ct = rand(2, 1, 4, 4, seed=15).to(torch.bfloat16)
+    labels = torch.randint(0, 3, (2, 4, 4), generator=torch.Generator().manual_seed(16))
+    t = vae_loss(half, x_ct, labels, TrainConfig())
+    assert all(v.dtype == torch.float32 for v in t)

@@ -143,17 +143,19 @@ def loss_per_image(
     u = out.mc_samples
     if x_ct.dim() == out.ct.dim() - 1:
         x_ct = x_ct.unsqueeze(1)
-    target = x_ct.to(out.ct.dtype)
+    # sums over ~10⁴–10⁶ pixels lose too much in half precision (autocast), so ≥ float32
+    dtype = torch.promote_types(out.ct.dtype, torch.float32)
+    target = x_ct.to(dtype)
     if u > 1:
         target = target.repeat(u, *([1] * (target.dim() - 1)))
-    recon = _per_sample_mean(gaussian_nll(target, out.ct, train_cfg.recon_sigma2), u)
-    kl = kl_divergence(out.mu, out.logvar, train_cfg.prior_sigma2)
+    recon = _per_sample_mean(gaussian_nll(target, out.ct.to(dtype), train_cfg.recon_sigma2), u)
+    kl = kl_divergence(out.mu.to(dtype), out.logvar.to(dtype), train_cfg.prior_sigma2)
     if out.rt_logits is not None:
         if labels is None:
             raise ValueError("the model predicts RT classes; labels are required for the loss")
         lab = labels.repeat(u, *([1] * (labels.dim() - 1))) if u > 1 else labels
         ce = train_cfg.ce_weight * _per_sample_mean(
-            cross_entropy(out.rt_logits, lab, class_weights), u
+            cross_entropy(out.rt_logits.to(dtype), lab, class_weights), u
         )
     else:
         ce = torch.zeros_like(kl)
