@@ -90,8 +90,9 @@ def test_stream_yields_every_item_once_in_sampler_order_with_extras():
     all_img = np.concatenate([img, extra.images])
     all_lab = np.concatenate([lab, extra.labels])
     seen = []
-    for positions, x in stream.epoch(0):
+    for positions, x, labels in stream.epoch(0):
         assert torch.equal(x, build_input(all_img[positions], all_lab[positions], 3))
+        assert torch.equal(labels, torch.from_numpy(all_lab[positions]).long())
         seen.extend(positions.tolist())
     assert sorted(seen) == list(range(n + a))
     assert stream.n_batches() == 4

@@ -127,7 +127,8 @@ class BatchStream:
     rows: (N, 2) workspace rows (patient index, image index) of the split.
     extra: items appended after the workspace rows (dataset positions N .. N + A - 1).
     batch_size: this process's batch (the global batch divided by the process count).
-    `epoch(e)` yields (positions, x) with x a float32 CPU tensor (pinned when pin_memory).
+    `epoch(e)` yields (positions, x, labels): x float32 (B, 1 + n_classes, *S) and labels
+    int64 (B, *S) class indices (None for CT only), CPU tensors (pinned when pin_memory).
     """
 
     def __init__(self, source: BatchSource, rows: np.ndarray, *, n_classes: int, batch_size: int,
@@ -154,8 +155,8 @@ class BatchStream:
     def n_batches(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
-    def read(self, positions: np.ndarray) -> torch.Tensor:
-        """Model input for dataset positions, in the order given."""
+    def read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(model input, class-index labels or None) for dataset positions, in the order given."""
         positions = np.asarray(positions, dtype=np.int64)
         n_ws = len(self.rows)
         in_ws = positions < n_ws
@@ -181,14 +182,16 @@ class BatchStream:
                 images[in_ws] = ws_img
                 if self.n_classes:
                     labels[in_ws] = ws_lab
-        return build_input(images, labels, self.n_classes)
+        x = build_input(images, labels, self.n_classes)
+        lab = torch.from_numpy(np.ascontiguousarray(labels)).long() if self.n_classes else None
+        return x, lab
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         self.sampler.set_epoch(epoch)
         order = self.sampler.indices()
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
         """Yield this process's batches for an epoch, read ahead in a background thread."""
         return _Prefetcher(self, self.batches(epoch))
 
@@ -219,10 +222,11 @@ class _Prefetcher:
             for positions in batches:
                 if self._stop.is_set():
                     return
-                x = stream.read(positions)
+                x, lab = stream.read(positions)
                 if stream.pin_memory:
                     x = x.pin_memory()
-                if not self._put((positions, x)):
+                    lab = lab.pin_memory() if lab is not None else None
+                if not self._put((positions, x, lab)):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
             self._put(exc)
@@ -232,7 +236,7 @@ class _Prefetcher:
     def __iter__(self):
         return self
 
-    def __next__(self) -> tuple[np.ndarray, torch.Tensor]:
+    def __next__(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
         if self._stop.is_set():
             raise StopIteration
         item = self._queue.get()
