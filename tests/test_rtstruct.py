@@ -127,7 +127,8 @@ def test_circle_area_and_centroid_exact():
 def test_ring_hole_and_island_by_parity():
     geo = axial()
     outer = closed(circle(geo, 3, 32, 36, 20), SOPS[3])
-    inner = closed(circle(geo, 3, 32, 36, 10)[::-1], SOPS[3])  # winding is irrelevant
+    # Winding is irrelevant; CLOSED_PLANAR_XOR names the parity rule applied to all.
+    inner = Contour(circle(geo, 3, 32, 36, 10)[::-1], "CLOSED_PLANAR_XOR", SOPS[3])
     m = rasterise(sset(roi("ring", outer, inner)), geo).masks["ring"][3]
     assert abs(m.sum() - np.pi * 300) / (np.pi * 300) < 0.015
     assert not m[32, 36] and m[32, 36 + 15] and not m[32, 36 + 21]
@@ -279,7 +280,10 @@ def test_exclusive_labels_priority_complement_and_missing():
 # ------------------------------------------------------------------------ reading files
 
 
-def write_rtstruct(path, rois, for_uid=FOR, series_uid="1.2.826.0.1.3680043.8.498.2", preamble=True):
+SERIES = "1.2.826.0.1.3680043.8.498.2"
+
+
+def write_rtstruct(path, rois, for_uid=FOR, series_uid=SERIES, preamble=True):
     """Hand-built RTSTRUCT: rois = [(number, name, colour, [(type, points, ref), ...])]."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -342,7 +346,7 @@ def test_read_hand_built_rtstruct(tmp_path):
     ])
     ss = read_rtstruct(path)
     assert ss.path == str(path) and ss.frame_of_reference_uid == FOR
-    assert ss.referenced_series_uid == "1.2.826.0.1.3680043.8.498.2"
+    assert ss.referenced_series_uid == SERIES
     assert ss.roi_names == ["Disc", "Iso", "Bad", "ROI 9"]
     d = ss.roi("disc")
     assert d.number == 3 and d.color == (255, 0, 10) and d.frame_of_reference_uid == FOR

@@ -31,6 +31,8 @@ from pydicom.errors import InvalidDicomError
 from training.geometry import VolumeGeometry
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+# CLOSED_PLANAR_XOR (DICOM 2021) states the even-odd combination we apply to all contours.
+CLOSED_TYPES = ("CLOSED_PLANAR", "CLOSED_PLANAR_XOR")
 
 
 class RTStructError(ValueError):
@@ -168,7 +170,8 @@ def read_rtstruct(path: str | Path) -> StructureSet:
     except RTStructError:
         raise
     except Exception as exc:  # a malformed sequence must not crash the caller
-        raise RTStructError(path, f"malformed structure set ({type(exc).__name__}: {exc})") from exc
+        reason = f"malformed structure set ({type(exc).__name__}: {exc})"
+        raise RTStructError(path, reason) from exc
 
 
 def _parse(ds: pydicom.Dataset, path: str, warnings: list[str]) -> StructureSet:
@@ -187,7 +190,9 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str]) -> StructureSet:
         try:
             number = int(item.get("ROINumber"))
         except (TypeError, ValueError):
-            warnings.append(f"{path}: a StructureSetROISequence item has no valid ROI Number; skipped")
+            warnings.append(
+                f"{path}: a StructureSetROISequence item has no valid ROI Number; skipped"
+            )
             continue
         name = str(item.get("ROIName", "") or "").strip() or f"ROI {number}"
         roi_for = str(item.get("ReferencedFrameOfReferenceUID", "") or "")
@@ -242,7 +247,9 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str]) -> StructureSet:
             warnings.append(f"{path}: ROI name '{name}' used twice; ROI {number} renamed '{new}'")
             name = new
         seen.add(name)
-        rois.append(ROI(number, name, tuple(contours.get(number, ())), colours.get(number), roi_for))
+        rois.append(
+            ROI(number, name, tuple(contours.get(number, ())), colours.get(number), roi_for)
+        )
     return StructureSet(
         path=path,
         frame_of_reference_uid=for_uid,
@@ -355,7 +362,7 @@ def rasterise(
                 f"not the CT's {geo_for}; no mask"
             )
             continue
-        closed = [c for c in roi.contours if c.geometric_type == "CLOSED_PLANAR"]
+        closed = [c for c in roi.contours if c.geometric_type in CLOSED_TYPES]
         if not closed:
             kinds = sorted({c.geometric_type or "untyped" for c in roi.contours})
             what = f"only {', '.join(kinds)} contours" if kinds else "no contours"
@@ -392,12 +399,14 @@ def rasterise(
             nearest = planes[np.argmin(np.abs(planes - positions[k]))]
             keep = np.abs(planes - nearest) <= plane_tol
             if not keep.all():
-                dropped["another plane of the ROI lies nearer the same slice"] += int((~keep).sum())
+                reason = "another plane of the ROI lies nearer the same slice"
+                dropped[reason] += int((~keep).sum())
             polys = []
             for (_, pts), kept in zip(items, keep):
                 if kept:
                     d = pts - ipp[k]
-                    polys.append(np.stack([d @ geometry.col_dir / dy, d @ geometry.row_dir / dx], axis=1))
+                    ij = (d @ geometry.col_dir / dy, d @ geometry.row_dir / dx)
+                    polys.append(np.stack(ij, axis=1))
             mask[k] = fill_polygons(polys, (ny, nx))
         if off_plane:
             result.warnings.append(
@@ -416,7 +425,9 @@ def rasterise(
                 f"{path}: ROI '{roi.name}': {count} contour(s) dropped: {reason}"
             )
         if not mask.any():
-            result.warnings.append(f"{path}: ROI '{roi.name}' covers no voxel centre of the series")
+            result.warnings.append(
+                f"{path}: ROI '{roi.name}' covers no voxel centre of the series"
+            )
         result.masks[roi.name] = mask
     if n_dangling:
         result.warnings.append(
@@ -465,7 +476,9 @@ def exclusive_labels(
     if len(rois) > 255:
         raise ValueError(f"{len(rois)} ROIs do not fit uint8 labels (at most 255)")
     found = match_roi_names(masks.keys(), rois)
-    present = [(k, masks[found[name]]) for k, name in enumerate(rois, start=1) if found[name] is not None]
+    present = [
+        (k, masks[found[name]]) for k, name in enumerate(rois, start=1) if found[name] is not None
+    ]
     if shape is None:
         if not present:
             raise ValueError("no chosen ROI has a mask; pass shape")
@@ -473,6 +486,8 @@ def exclusive_labels(
     labels = np.zeros(shape, dtype=np.uint8)
     for k, mask in reversed(present):  # earlier names are written last and so win
         if mask.shape != tuple(shape):
-            raise ValueError(f"mask of ROI '{rois[k - 1]}' has shape {mask.shape}, not {tuple(shape)}")
+            raise ValueError(
+                f"mask of ROI '{rois[k - 1]}' has shape {mask.shape}, not {tuple(shape)}"
+            )
         labels[mask] = k
     return labels
