@@ -1,0 +1,83 @@
+"""`ct-vae info`: what a workspace holds — patients, series, slices, spacing, ROIs, split,
+preprocessing, provenance and every skipped file with its reason."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "info",
+        help="list a workspace's patients, ROIs, split and skipped files",
+        description="Print the contents of a workspace. Patients appear only by pseudonym.",
+    )
+    p.add_argument("workspace", type=Path, help="workspace file (.h5)")
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.set_defaults(func=main)
+
+
+def describe(path: Path) -> dict:
+    """The workspace summary as a plain dict (what `--json` prints)."""
+    from training.workspace import Workspace
+
+    with Workspace.open(path) as ws:
+        return {
+            "workspace": str(path),
+            "schema_version": ws.schema_version,
+            "data_hash": ws.data_hash,
+            "preprocess": ws.preprocess.to_dict(),
+            "image_shape": list(ws.image_shape),
+            "roi_names": list(ws.roi_names),
+            "available_rois": list(ws.available_rois),
+            "split_seed": ws.split_seed,
+            "test_fraction": ws.test_fraction,
+            "n_images": ws.n_images,
+            "patients": [
+                {"pseudonym": p.pseudonym, "patient": p.patient, "split": p.split,
+                 "n_images": p.n_images,
+                 "source_slices": p.source_shape[0] if p.source_shape else None,
+                 "source_shape": list(p.source_shape) if p.source_shape else None,
+                 "spacing_mm": list(p.spacing), "rois": list(p.rois), "warnings": list(p.warnings)}
+                for p in ws.patients
+            ],
+            "skipped": [{"path": s[0], "reason": s[1]} for s in ws.skipped],
+            "provenance": ws.provenance,
+        }
+
+
+def main(args: argparse.Namespace) -> int:
+    from training.workspace import WorkspaceError
+
+    try:
+        d = describe(args.workspace)
+    except WorkspaceError as exc:
+        print(f"ct-vae info: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(d, indent=1))
+        return 0
+    pp = d["preprocess"]
+    print(f"workspace {d['workspace']} (schema {d['schema_version']}, data hash {d['data_hash']})")
+    print(f"preprocessing: window {pp['window_name']} [{pp['hu_min']:g}, {pp['hu_max']:g}] HU, "
+          f"crop {pp['crop']}, size {pp['size']}, slices {pp['slices']}, mode {pp['mode']}, "
+          f"ROIs {', '.join(pp['rois']) or '(CT only)'}; image shape {tuple(d['image_shape'])}")
+    print(f"{len(d['patients'])} series, {d['n_images']} images; split seed {d['split_seed']}, "
+          f"test fraction {d['test_fraction']:g}")
+    print(f"{'series':<12} {'patient':<10} {'split':<5} {'images':>6} {'slices':>6}  "
+          f"{'spacing dz,dy,dx mm':<22} ROIs")
+    for p in d["patients"]:
+        sp = ",".join(f"{v:.3g}" for v in p["spacing_mm"])
+        print(f"{p['pseudonym']:<12} {p['patient']:<10} {p['split']:<5} {p['n_images']:>6} "
+              f"{p['source_slices'] if p['source_slices'] is not None else '-':>6}  {sp:<22} "
+              f"{', '.join(p['rois']) or '-'}")
+        for w in p["warnings"]:
+            print(f"{'':<12} warning: {w}")
+    if d["skipped"]:
+        print(f"skipped files ({len(d['skipped'])}):")
+        for s in d["skipped"]:
+            print(f"  {s['path']}: {s['reason']}")
+    return 0

@@ -1,0 +1,707 @@
+"""Ingest orchestration: discover → scan → load → rasterise → preprocess → commit.
+
+    ingest(paths, workspace_path, preprocess) -> IngestReport
+    rederive(workspace_path, new_cfg) -> IngestReport
+
+What is stored, and why (see training/workspace.py for the file layout):
+- one entry per CT series (a patient's second series is "PAT-0001-2"); its source
+  group keeps HU (int16, native grid), every ROI mask (packed bits) and the geometry,
+  so changed preprocessing re-derives from the workspace without touching DICOM;
+- a quick-identity table: HMAC-free SHA-256 of (absolute path, size, mtime_ns) → the
+  file's content hash, its series and, for an unusable file, the reason. Re-dropping
+  unchanged files therefore reads no DICOM at all; a copied or touched file is hashed
+  (bytes only) and, when its series' content hash is unchanged, not parsed either.
+- pseudonyms: HMAC-SHA256(salt, PatientID) → number; the salt is random per workspace.
+
+Privacy of stored paths: unusable files are listed by their path relative to the
+dropped folder (the dropped folder's own name and everything above it are not stored).
+Folder names below it may be a user's naming with patient names or IDs in them, so
+every occurrence of a PatientID or PatientName (whole, its ^-separated parts, or spelt
+with _ / space) read from the headers of this drop is replaced by that patient's
+pseudonym before the path is stored.
+
+Parallelism: series are hashed, loaded, rasterised and preprocessed in a process pool of
+`workers` processes; the parent commits. At most `workers + 1` series are in flight, so
+memory grows with the largest series, not with the folder.
+
+Atomicity: each committed series lands as its own staged file (workspace.write_staged);
+the merge at the end (also after cancel or an error) folds them into a new copy of the
+workspace. A killed ingest leaves the workspace openable with every committed series.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import fcntl
+import hashlib
+import multiprocessing
+import os
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from training import __version__
+from training.config import PreprocessConfig
+from training.pseudonym import (
+    format_pseudonym,
+    identifying_tokens,
+    patient_digest,
+    scrub,
+    series_label,
+)
+from training import workspace as wsmod
+from training.workspace import EntryData, PatientInfo, Workspace, WorkspaceError
+
+Progress = Callable[[str, int, int, str], None]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest (or rederive) did. Entries are named by their pseudonym labels.
+
+    skipped: (path relative to the dropped folder, reason) per unusable file.
+    rois_missing: chosen ROI name → labels of the entries that lack it.
+    """
+
+    added: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    rederived: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    rois_missing: dict[str, list[str]] = field(default_factory=dict)
+    cancelled: bool = False
+    n_files: int = 0
+    seconds: float = 0.0
+    workspace: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workspace": self.workspace, "added": self.added, "unchanged": self.unchanged,
+            "rederived": self.rederived, "skipped": [list(s) for s in self.skipped],
+            "rois_missing": self.rois_missing, "cancelled": self.cancelled,
+            "n_files": self.n_files, "seconds": round(self.seconds, 3),
+        }
+
+
+class IngestCancelled(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _attr(obj: Any, *names: str, default: Any = "") -> Any:
+    for n in names:
+        v = getattr(obj, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def _ref_files(ref: Any) -> list[Path]:
+    files = _attr(ref, "files", "paths", default=None)
+    if files is None:
+        slices = _attr(ref, "slices", "instances", default=[])
+        files = [_attr(s, "path", "file", default=s) for s in slices]
+    return [Path(p) for p in files]
+
+
+def hash_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while True:
+            b = fh.read(bufsize)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()[:32]
+
+
+def combine_hashes(hashes: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for x in sorted(hashes):
+        h.update(x.encode())
+    return h.hexdigest()[:32]
+
+
+def quick_identity(path: Path, st: os.stat_result) -> str:
+    key = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}"
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def discover(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, os.stat_result]]:
+    """Every regular file below the dropped paths: (path, path relative to its drop, stat)."""
+    out = []
+    seen = set()
+    for root in paths:
+        root = Path(root)
+        if root.is_file():
+            items = [(root, root.name)]
+        elif root.is_dir():
+            items = []
+            for dirpath, dirnames, filenames in os.walk(root):
+                dirnames.sort()
+                for fn in sorted(filenames):
+                    p = Path(dirpath) / fn
+                    items.append((p, str(p.relative_to(root))))
+        else:
+            items = []
+        for p, rel in items:
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            key = os.path.realpath(p)
+            if key in seen or not os.path.isfile(p):
+                continue
+            seen.add(key)
+            out.append((p, rel, st))
+    return out
+
+
+@contextlib.contextmanager
+def workspace_lock(path: Path):
+    """One writer per workspace (an advisory lock on W.h5.lock beside it)."""
+    lock = path.with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkspaceError(f"{path}: another process is writing this workspace") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
+            cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    from training.preprocess import preprocess_volume
+    from training.rtstruct import exclusive_labels, match_roi_names
+
+    labels = None
+    missing: list[str] = []
+    if cfg.rois:
+        found = match_roi_names(masks.keys(), cfg.rois)
+        missing = [r for r in cfg.rois if found[r] is None]
+        labels = exclusive_labels(masks, cfg.rois, shape=hu.shape)
+    images, labs = preprocess_volume(hu, labels, positions, cfg)
+    return images, labs, missing
+
+
+def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str) -> dict:
+    """Worker: hash the series' files; unless unchanged, load, rasterise and preprocess."""
+    from training.dicom import load_ct_series
+    from training.rtstruct import read_rtstruct, rasterise
+
+    files = _ref_files(ref)
+    hashes = {str(p): hash_file(p) for p in [*files, *map(Path, struct_paths)]}
+    content = combine_hashes(hashes.values())
+    out: dict[str, Any] = {"file_hashes": hashes, "content_hash": content}
+    if content == known_hash:
+        out["status"] = "unchanged"
+        return out
+    cfg = PreprocessConfig.from_json(cfg_json)
+    vol = load_ct_series(ref)
+    geometry = vol.geometry
+    warnings = list(vol.warnings)
+    masks: dict[str, np.ndarray] = {}
+    struct_skipped = []
+    for sp in struct_paths:
+        try:
+            ss = read_rtstruct(sp)
+            rr = rasterise(ss, geometry)
+        except Exception as exc:  # RTStructError and damaged contour data alike
+            struct_skipped.append((sp, getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
+            continue
+        warnings.extend(ss.warnings)
+        warnings.extend(rr.warnings)
+        for name, m in rr.masks.items():
+            masks[name] = m if name not in masks else (masks[name] | m)
+    hu16 = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
+    images, labels, missing = _derive(hu16, masks, geometry.positions, cfg)
+    out.update(status="loaded", hu=hu16, masks=masks, geometry=geometry, warnings=warnings,
+               images=images, labels=labels, missing=missing, struct_skipped=struct_skipped,
+               spacing=tuple(float(v) for v in geometry.spacing))
+    return out
+
+
+def _rederive_job(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
+                  cfg_json: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    return _derive(hu, masks, positions, PreprocessConfig.from_json(cfg_json))
+
+
+class _InlineExecutor:
+    """workers ≤ 1: run jobs in this process (tests can monkeypatch the loaders)."""
+
+    def submit(self, fn, *args):
+        f: cf.Future = cf.Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as exc:  # delivered through the future like a pool would
+            f.set_exception(exc)
+        return f
+
+    def shutdown(self, wait=True, cancel_futures=False):
+        pass
+
+
+def _executor(workers: int):
+    if workers <= 1:
+        return _InlineExecutor()
+    # forkserver: safe when the caller has threads (the GUI), cheap per task.
+    ctx = multiprocessing.get_context("forkserver")
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+
+def _bounded_map(executor, jobs: Iterable[tuple[Any, Callable, tuple]], limit: int,
+                 cancel: Callable[[], bool] | None):
+    """Yield (key, future) as they finish, with at most `limit` submitted at once."""
+    it = iter(jobs)
+    pending: dict[cf.Future, Any] = {}
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < limit and not (cancel and cancel()):
+            try:
+                key, fn, args = next(it)
+            except StopIteration:
+                exhausted = True
+                break
+            pending[executor.submit(fn, *args)] = key
+        if not pending:
+            return
+        done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+        for f in done:
+            yield pending.pop(f), f
+        if cancel and cancel():
+            exhausted = True
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class _State:
+    path: Path
+    cfg: PreprocessConfig
+    salt: str
+    identity: dict[str, list]
+    pseudonyms: dict[str, int]
+    entries: dict[str, dict]  # label → {content_hash, series_uid, patient}
+    image_shape: tuple[int, ...]
+
+    @classmethod
+    def read(cls, path: Path) -> "_State":
+        with h5py.File(path, "r") as f:
+            entries = {}
+            for k in f["entries"]:
+                a = f["entries"][k].attrs
+                entries[k] = {"content_hash": str(a.get("content_hash", "")),
+                              "series_uid": str(a.get("series_uid", "")),
+                              "patient": str(a.get("patient", k))}
+            return cls(path=path, cfg=PreprocessConfig.from_json(f.attrs["preprocess"]),
+                       salt=str(f.attrs["salt"]), identity=wsmod._read_meta(f, "identity", {}),
+                       pseudonyms=wsmod._read_meta(f, "pseudonyms", {}), entries=entries,
+                       image_shape=tuple(int(v) for v in f.attrs["image_shape"]))
+
+    def label_for_series(self, series_uid: str) -> str | None:
+        for k, e in self.entries.items():
+            if series_uid and e["series_uid"] == series_uid:
+                return k
+        return None
+
+    def pseudonym_for(self, patient_key: str) -> tuple[str, str]:
+        d = patient_digest(self.salt, patient_key)
+        if d not in self.pseudonyms:
+            self.pseudonyms[d] = max(self.pseudonyms.values(), default=0) + 1
+        return format_pseudonym(self.pseudonyms[d]), d
+
+    def new_label(self, pseudonym: str, taken: set[str]) -> str:
+        n = 1
+        while series_label(pseudonym, n) in self.entries or series_label(pseudonym, n) in taken:
+            n += 1
+        return series_label(pseudonym, n)
+
+
+def _prepare(path: Path, cfg: PreprocessConfig, test_fraction: float, seed: int) -> None:
+    if not path.exists():
+        wsmod.create_empty(path, cfg, test_fraction=test_fraction, seed=seed)
+    elif wsmod.list_staged(path):
+        wsmod.merge(path)  # fold in what a killed or cancelled ingest committed
+
+
+def _call(progress: Progress | None, phase: str, done: int, total: int, msg: str = "") -> None:
+    if progress is not None:
+        progress(phase, done, total, msg)
+
+
+# ----------------------------------------------------------------------------- rederive
+
+
+def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | None,
+                     cancel: Callable[[], bool] | None, workers: int,
+                     report: IngestReport) -> bool:
+    """Write a new workspace copy with derived arrays for `cfg` from the stored sources.
+
+    All or nothing: on cancel the old workspace stays as it was. Returns False on cancel.
+    """
+    phash = wsmod.preprocess_hash(cfg)
+    cfg_json = cfg.to_json()
+    with h5py.File(path, "r") as src:
+        labels = sorted(src["entries"])
+        total = len(labels)
+        with wsmod.atomic_write_path(path) as tmp:
+            with h5py.File(tmp, "w") as dst:
+                wsmod._init_attrs(dst, cfg, salt=src.attrs["salt"], seed=int(src.attrs["split_seed"]),
+                                  test_fraction=float(src.attrs["test_fraction"]),
+                                  created=src.attrs.get("created"),
+                                  merged_through=int(src.attrs.get("merged_through", 0)))
+                shape: tuple[int, ...] = ()
+                skipped_entries: list[str] = []
+
+                def jobs():
+                    for label in labels:
+                        g = src["entries"][label]
+                        if "source" not in g:
+                            skipped_entries.append(label)
+                            continue
+                        hu, masks, geo = wsmod.read_source(g["source"])
+                        pos = geo.positions if geo is not None else np.arange(hu.shape[0], dtype=float)
+                        yield label, _rederive_job, (hu, masks, pos, cfg_json)
+
+                ex = _executor(workers)
+                done = 0
+                try:
+                    for label, fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
+                        images, labs, missing = fut.result()
+                        g = wsmod.copy_entry(src["entries"][label], dst["entries"], [])
+                        if shape and images.shape[1:] != shape:
+                            del dst["entries"][label]
+                            report.skipped.append((label, f"image shape {images.shape[1:]} differs from "
+                                                   f"the workspace's {shape}; set crop or size"))
+                            continue
+                        shape = shape or images.shape[1:]
+                        wsmod.write_derived(g["derived"].create_group(phash), images, labs)
+                        for r in missing:
+                            report.rois_missing.setdefault(r, []).append(label)
+                        report.rederived.append(label)
+                        done += 1
+                        _call(progress, "rederive", done, total, label)
+                finally:
+                    ex.shutdown(wait=True, cancel_futures=True)
+                if cancel and cancel():
+                    raise IngestCancelled()
+                for label in skipped_entries:  # arrays-only entries cannot follow new settings
+                    report.skipped.append((label, "no source data stored; cannot re-derive"))
+                dst.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
+                wsmod._record_splits(dst)
+                prov = wsmod._read_meta(src, "provenance", [])
+                prov.append({"time": wsmod.now_iso(), "tool_version": __version__, "action": "rederive",
+                             "preprocess": cfg.to_dict(), "n_entries": len(report.rederived)})
+                for name in ("identity", "pseudonyms", "skipped"):
+                    wsmod._write_meta(dst, name, wsmod._read_meta(src, name, [] if name == "skipped" else {}))
+                wsmod._write_meta(dst, "provenance", prov)
+    return True
+
+
+def rederive(workspace_path: str | os.PathLike, new_cfg: PreprocessConfig,
+             progress: Progress | None = None, cancel: Callable[[], bool] | None = None,
+             *, workers: int = 2) -> IngestReport:
+    """Re-derive every entry's training arrays for `new_cfg` from the stored source
+    (no DICOM is read). Atomic and all-or-nothing; cancel keeps the old workspace."""
+    path = Path(workspace_path)
+    t0 = time.perf_counter()
+    report = IngestReport(workspace=str(path))
+    with workspace_lock(path):
+        if wsmod.list_staged(path):
+            wsmod.merge(path)
+        try:
+            _rederive_locked(path, new_cfg, progress, cancel, workers, report)
+        except IngestCancelled:
+            report.cancelled = True
+            report.rederived = []
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_path: str | os.PathLike,
+           preprocess: PreprocessConfig | None = None, *, progress: Progress | None = None,
+           on_patient: Callable[[PatientInfo], None] | None = None,
+           cancel: Callable[[], bool] | None = None, workers: int = 2,
+           test_fraction: float = 0.25, seed: int = 0) -> IngestReport:
+    """Add every CT series (with its RTSTRUCTs) found below `paths` to the workspace.
+
+    preprocess: settings for the derived arrays; when they differ from the workspace's,
+    existing entries are re-derived from their stored source first (report.rederived).
+    progress(phase, done, total, message): phases "discover", "scan", "ingest",
+    "rederive", "merge". on_patient(PatientInfo) after each committed series.
+    cancel() → True stops after the series in flight; what was committed stays.
+    test_fraction, seed: the split, used only when the workspace is created.
+    """
+    from training import dicom
+
+    cfg = preprocess or PreprocessConfig()
+    path = Path(workspace_path)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    t0 = time.perf_counter()
+    report = IngestReport(workspace=str(path))
+    with workspace_lock(path):
+        _prepare(path, cfg, test_fraction, seed)
+        st = _State.read(path)
+        if st.cfg.to_json() != cfg.to_json():
+            if st.entries:
+                try:
+                    _rederive_locked(path, cfg, progress, cancel, workers, report)
+                except IngestCancelled:
+                    report.cancelled = True
+                    report.rederived = []
+                    report.seconds = time.perf_counter() - t0
+                    return report
+            else:
+                wsmod.merge(path, new_cfg=cfg)
+            st = _State.read(path)
+        try:
+            _ingest_locked(paths, st, cfg, dicom, report, progress, on_patient, cancel, workers)
+        finally:
+            _call(progress, "merge", 0, 1, "writing the workspace")
+            skipped_rows = [[r, why] for r, why in report.skipped]
+            wsmod.merge(path, skipped=skipped_rows, provenance={
+                "time": wsmod.now_iso(), "tool_version": __version__, "action": "ingest",
+                "n_source_files": report.n_files, "added": len(report.added),
+                "unchanged": len(report.unchanged), "cancelled": report.cancelled,
+                "preprocess": cfg.to_dict()})
+            _call(progress, "merge", 1, 1, "done")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: IngestReport,
+                   progress, on_patient, cancel, workers: int) -> None:
+    phash = wsmod.preprocess_hash(cfg)
+    _call(progress, "discover", 0, 0, "listing files")
+    files = discover(paths)
+    report.n_files = len(files)
+    rel_of: dict[str, str] = {}
+    quick_of: dict[str, str] = {}
+    unknown: list[Path] = []
+    known_by_series: dict[str, list[Path]] = defaultdict(list)
+    known_series: set[str] = set()
+    for p, rel, stt in files:
+        q = quick_identity(p, stt)
+        rel_of[str(p)] = rel
+        quick_of[str(p)] = q
+        row = st.identity.get(q)
+        if row is None:
+            unknown.append(p)
+        elif row[2]:  # known unusable file: report it again without reading it
+            report.skipped.append((row[3] if len(row) > 3 else rel, row[2]))
+        else:
+            known_by_series[row[1]].append(p)
+            known_series.add(row[1])
+    _call(progress, "discover", len(files), len(files), f"{len(files)} files, {len(unknown)} new or changed")
+    if cancel and cancel():
+        report.cancelled = True
+        return
+
+    scan = None
+    if unknown:
+        scan = dicom.scan(unknown, progress=_scan_progress(progress), cancel=cancel)
+        touched = {str(_attr(s, "series_uid", "series_instance_uid")) for s in scan.series}
+        touched |= {str(_attr(s, "referenced_series_uid", default="")) for s in scan.structs}
+        rescan = [p for s in touched & known_series for p in known_by_series[s]]
+        if rescan:  # a series got new files: read it whole again
+            scan = dicom.scan(unknown + rescan, progress=_scan_progress(progress), cancel=cancel)
+            for s in touched & known_series:
+                known_series.discard(s)
+    if cancel and cancel():
+        report.cancelled = True
+        return
+
+    # Unchanged: series whose every file in this drop is known.
+    for s in sorted(known_series):
+        label = st.label_for_series(s)
+        if label:
+            report.unchanged.append(label)
+    if scan is None:
+        return
+
+    # Identifying tokens of this drop → pseudonyms (for scrubbing stored paths).
+    series = sorted(scan.series, key=lambda r: rel_of.get(str(_ref_files(r)[0]), "") if _ref_files(r) else "")
+    plan = []  # (label, ref, struct paths, patient pseudonym, digest)
+    replacements: dict[str, str] = {}
+    taken: set[str] = set()
+    for ref in series:
+        pid = str(_attr(ref, "patient_id", default=""))
+        pname = str(_attr(ref, "patient_name", default=""))
+        key = f"id:{pid}" if pid else f"study:{_attr(ref, 'study_uid', 'study_instance_uid')}"
+        pseudo, digest = st.pseudonym_for(key)
+        for tok in identifying_tokens([pid, pname]):
+            replacements.setdefault(tok, pseudo)
+        suid = str(_attr(ref, "series_uid", "series_instance_uid"))
+        label = st.label_for_series(suid) or st.new_label(pseudo, taken)
+        taken.add(label)
+        plan.append([label, ref, [], pseudo, digest, suid])
+
+    def rel(p) -> str:
+        return scrub(rel_of.get(str(p), Path(p).name), replacements)
+
+    for s in scan.skipped:
+        sp = str(_attr(s, "path", default=""))
+        reason = str(_attr(s, "reason", default="unusable"))
+        report.skipped.append((rel(sp), scrub(reason, replacements)))
+        q = quick_of.get(sp)
+        if q:
+            st.identity[q] = ["", "", scrub(reason, replacements), rel(sp)]
+
+    # RTSTRUCT → CT series: by referenced series UID, else by Frame of Reference UID.
+    by_series = {p[5]: p for p in plan}
+    for sref in scan.structs:
+        sp = str(_attr(sref, "path", default=""))
+        ref_series = str(_attr(sref, "referenced_series_uid", default="") or "")
+        ref_for = str(_attr(sref, "frame_of_reference_uid", default="") or "")
+        target = by_series.get(ref_series)
+        reason = None
+        if target is not None:
+            t_for = str(_attr(target[1], "frame_of_reference_uid", default="") or "")
+            if ref_for and t_for and ref_for != t_for:
+                reason = (f"RTSTRUCT Frame of Reference UID {ref_for} differs from its CT series' "
+                          f"{t_for}")
+                target = None
+        elif ref_for:
+            cands = [p for p in plan if str(_attr(p[1], "frame_of_reference_uid", default="")) == ref_for]
+            target = cands[0] if len(cands) == 1 else None
+            if target is None:
+                reason = ("its CT series is not in this drop (no CT series with its Frame of "
+                          "Reference UID)" if not cands else
+                          "several CT series share its Frame of Reference and none is referenced")
+        else:
+            reason = "its CT series is not in this drop"
+        if target is None:
+            report.skipped.append((rel(sp), reason or "no matching CT series"))
+            continue
+        target[2].append(sp)
+
+    total = len(plan)
+    done = 0
+    cfg_json = cfg.to_json()
+
+    def jobs():
+        for item in plan:
+            label, ref, structs = item[0], item[1], item[2]
+            known = st.entries.get(label, {}).get("content_hash", "")
+            yield item, _load_job, (ref, structs, cfg_json, known)
+
+    ex = _executor(workers)
+    seq = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
+    try:
+        for item, fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
+            label, ref, structs, pseudo, digest, suid = item
+            done += 1
+            try:
+                res = fut.result()
+            except Exception as exc:
+                files = _ref_files(ref)
+                where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
+                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+                report.skipped.append((where, scrub(str(reason), replacements)))
+                _call(progress, "ingest", done, total, f"skipped {label}")
+                continue
+            file_rows = {}
+            for fp, h in res["file_hashes"].items():
+                q = quick_of.get(fp)
+                if q:
+                    file_rows[q] = [h, suid, "", ""]
+            if res["status"] == "unchanged":
+                st.identity.update(file_rows)
+                report.unchanged.append(label)
+                _call(progress, "ingest", done, total, f"{label} unchanged")
+                continue
+            for sp, why in res["struct_skipped"]:
+                report.skipped.append((rel(sp), scrub(str(why), replacements)))
+            shape = tuple(res["images"].shape[1:])
+            if st.image_shape and shape != st.image_shape:
+                report.skipped.append((rel(_ref_files(ref)[0].parent), (
+                    f"preprocessed image shape {shape} differs from the workspace's "
+                    f"{st.image_shape}; set a crop or size")))
+                continue
+            st.image_shape = st.image_shape or shape
+            warnings = tuple(scrub(w, replacements) for w in res["warnings"])
+            entry = EntryData(
+                label=label, patient=pseudo, content_hash=res["content_hash"], images=res["images"],
+                labels=res["labels"], spacing=res["spacing"], rois=tuple(sorted(res["masks"])),
+                warnings=warnings, series_uid=suid,
+                frame_of_reference_uid=res["geometry"].frame_of_reference_uid,
+                n_source_files=len(res["file_hashes"]), hu=res["hu"], masks=res["masks"],
+                geometry=res["geometry"])
+            wsmod.write_staged(st.path, seq, entry, phash, st.salt, file_rows, {digest: st.pseudonyms[digest]})
+            seq += 1
+            st.identity.update(file_rows)
+            st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo}
+            report.added.append(label)
+            for r in res["missing"]:
+                report.rois_missing.setdefault(r, []).append(label)
+            if on_patient is not None:
+                on_patient(PatientInfo(pseudonym=label, n_images=int(res["images"].shape[0]),
+                                       spacing=res["spacing"], rois=entry.rois, split="",
+                                       patient=pseudo, content_hash=res["content_hash"],
+                                       source_shape=tuple(res["hu"].shape), warnings=warnings,
+                                       has_source=True))
+            _call(progress, "ingest", done, total, label)
+            del res, entry
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    if cancel and cancel():
+        report.cancelled = True
+    # identity rows of unchanged and skipped files go in with the final merge
+    _stash_identity(st)
+
+
+def _merged_through(path: Path) -> int:
+    with h5py.File(path, "r") as f:
+        return int(f.attrs.get("merged_through", 0))
+
+
+def _stash_identity(st: _State) -> None:
+    """Rows not carried by a staged entry (unchanged, unusable files) for the final merge."""
+    staged = {}
+    for _, p in wsmod.list_staged(st.path):
+        with h5py.File(p, "r") as f:
+            staged.update(wsmod._read_meta(f, "identity", {}))
+    extra = {q: r for q, r in st.identity.items() if q not in staged}
+    if not extra:
+        return
+    seq = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
+    final = wsmod.staging_dir(st.path) / f"{seq:08d}-identity.h5"
+    with wsmod.atomic_write_path(final) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = wsmod.FORMAT + "-staged"
+            f.attrs["salt"] = st.salt
+            f.create_group("entries")
+            wsmod._write_meta(f, "identity", extra)
+            wsmod._write_meta(f, "pseudonyms", st.pseudonyms)
+
+
+def _scan_progress(progress: Progress | None):
+    if progress is None:
+        return None
+
+    def cb(*args):
+        done = int(args[0]) if args else 0
+        total = int(args[1]) if len(args) > 1 else 0
+        progress("scan", done, total, "reading headers")
+
+    return cb
