@@ -3,28 +3,69 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="ct-vae-explorer",
-        description="Drop CT scans (DICOM + RTSTRUCT), train a VAE on them and explore what it learned.",
+        description="Drop CT scans (DICOM + RTSTRUCT), train a VAE on them and explore what it learned. "
+                    "Without arguments the last workspace is reopened (or an empty one started).",
+        epilog="Files live under the user data folder (platformdirs user_data_dir('ct-vae-explorer'); "
+               "override with CT_VAE_EXPLORER_DATA_DIR).",
     )
-    parser.add_argument("workspace", nargs="?", help="workspace file (.h5) to open")
-    parser.add_argument("--demo", action="store_true", help="open (or build) the demo workspace and model")
+    parser.add_argument("workspace", nargs="?", help="workspace file (.h5) to open or create")
+    parser.add_argument("--demo", action="store_true",
+                        help="build (or reuse) a phantom demo workspace and train a small model on it")
     return parser.parse_args(argv)
+
+
+def create_app():
+    """The QApplication (high-DPI scaling is on by default in Qt 6; keep fractional factors)."""
+    from explorer.qt import Qt, QtGui, QtWidgets
+
+    app = QtWidgets.QApplication.instance()
+    if app is None:
+        QtGui.QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
+            Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        app = QtWidgets.QApplication(sys.argv[:1])
+    app.setApplicationName("ct-vae-explorer")
+    app.setApplicationDisplayName("CT VAE Explorer")
+    app.setOrganizationName("ct-vae-explorer")
+    from explorer.main_window import app_icon
+
+    app.setWindowIcon(app_icon())
+    return app
+
+
+def build_window(args: argparse.Namespace):
+    """Create the main window for parsed arguments (used by main() and the tests)."""
+    from explorer.main_window import MainWindow
+    from explorer.settings import AppSettings, default_workspace_path
+    from explorer.state import AppState
+
+    state = AppState(AppSettings())
+    window = MainWindow(state)
+    if args.demo:
+        from explorer import demo
+
+        window.show()
+        demo.start_demo(window)
+    elif args.workspace:
+        window.open_workspace(Path(args.workspace).expanduser().resolve())
+    else:
+        last = state.settings.last_workspace
+        window.open_workspace(last if last and last.exists() else default_workspace_path())
+    return window
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from PySide6.QtWidgets import QApplication, QMainWindow
-
-    app = QApplication.instance() or QApplication(sys.argv[:1])
-    app.setApplicationName("ct-vae-explorer")
-    window = QMainWindow()
-    window.setWindowTitle("ct-vae-explorer")
-    window.resize(1280, 800)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    window = build_window(args)
     window.show()
     return app.exec()
 

@@ -1,0 +1,409 @@
+"""The main window: patient list and skipped files beside the tabs; menus; drops; jobs.
+
+Jobs that write the workspace (ingest, re-derive, demo preparation) run one at a time in
+a worker thread (explorer.workers.Job); their progress shows in the status bar with a
+cancel button, and patients appear in the list as they are committed.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from explorer import panels as panel_registry
+from explorer.qt import Qt, QtCore, QtGui, QtWidgets
+from explorer.settings import AppSettings, default_workspace_path
+from explorer.state import AppState
+from explorer.widgets.drop_zone import DropOverlay, local_paths
+from explorer.widgets.image_grid import as_slice
+from explorer.widgets.patient_list import PatientList, PatientRow
+from explorer.widgets.progress import JobProgress
+from explorer.widgets.skipped_panel import SkippedFiles
+from explorer import workers
+
+log = logging.getLogger(__name__)
+APP_TITLE = "CT VAE Explorer"
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
+
+
+def app_icon() -> QtGui.QIcon:
+    path = RESOURCES / "ct-vae-explorer.svg"
+    return QtGui.QIcon(str(path)) if path.exists() else QtGui.QIcon()
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    def __init__(self, state: AppState | None = None, *, restore: bool = True) -> None:
+        super().__init__()
+        self.state = state or AppState(AppSettings())
+        self.settings = self.state.settings
+        self.job: workers.Job | None = None
+        self._queued_drops: list[list[Path]] = []
+        self.setWindowIcon(app_icon())
+        self.setAcceptDrops(True)
+        self.setMinimumSize(720, 480)
+
+        # left: patients over skipped files
+        self.patient_list = PatientList()
+        self.skipped = SkippedFiles()
+        left = QtWidgets.QSplitter(Qt.Orientation.Vertical)
+        left.addWidget(self.patient_list)
+        left.addWidget(self.skipped)
+        left.setStretchFactor(0, 3)
+        left.setStretchFactor(1, 1)
+        left.setChildrenCollapsible(False)
+        self.left_splitter = left
+
+        # right: one tab per registered panel
+        self.tabs = QtWidgets.QTabWidget()
+        self.tabs.setDocumentMode(True)
+        self.panels: list[panel_registry.Panel] = []
+        for i, cls in enumerate(panel_registry.panel_classes()):
+            try:
+                panel = cls(self.state)
+            except Exception:  # a broken tab must not take the window down
+                log.exception("panel %s failed to build", cls)
+                continue
+            self.panels.append(panel)
+            self.tabs.addTab(panel, panel.title)
+            self.tabs.setTabToolTip(self.tabs.count() - 1, panel.tooltip or panel.title)
+
+        self.splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.tabs)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setSizes([420, 900])
+        self.splitter.setChildrenCollapsible(False)
+        self.setCentralWidget(self.splitter)
+        self.drop_overlay = DropOverlay(self.splitter)
+
+        # status bar
+        self.job_progress = JobProgress()
+        self.job_progress.cancelRequested.connect(self.cancel_job)
+        self.workspace_label = QtWidgets.QLabel()
+        self.workspace_label.setToolTip("The open workspace file")
+        self.statusBar().addPermanentWidget(self.job_progress)
+        self.statusBar().addPermanentWidget(self.workspace_label)
+
+        self._build_menus()
+        self.patient_list.patientClicked.connect(self.state.select_patient)
+        self.state.patientSelected.connect(self.patient_list.select)
+        self.state.workspaceChanged.connect(self._on_workspace_changed)
+        self.state.rederiveRequested.connect(self.rederive)
+        self.state.statusMessage.connect(lambda text, ms: self.statusBar().showMessage(text, ms))
+        QtWidgets.QApplication.instance().installEventFilter(self)
+
+        self.resize(1320, 820)
+        if restore:
+            if (geo := self.settings.window_geometry()) is not None:
+                self.restoreGeometry(geo)
+            if (st := self.settings.window_state()) is not None:
+                self.restoreState(st)
+        self._update_title()
+
+    def panel(self, key) -> "panel_registry.Panel | None":
+        """The tab with this title (e.g. "Train") or of this class, if present."""
+        for p in self.panels:
+            if (isinstance(key, str) and p.title == key) or (isinstance(key, type) and isinstance(p, key)):
+                return p
+        return None
+
+    # -- menus ---------------------------------------------------------------------------
+    def _action(self, text: str, slot, shortcut=None, tip: str = "", icon=None) -> QtGui.QAction:
+        act = QtGui.QAction(text, self)
+        if shortcut is not None:
+            act.setShortcut(QtGui.QKeySequence(shortcut))
+        if tip:
+            act.setStatusTip(tip)
+            act.setToolTip(tip)
+        if icon is not None:
+            act.setIcon(self.style().standardIcon(icon))
+        act.triggered.connect(slot)
+        return act
+
+    def _build_menus(self) -> None:
+        sp = QtWidgets.QStyle.StandardPixmap
+        ks = QtGui.QKeySequence.StandardKey
+        m = self.menuBar().addMenu("&File")
+        self.act_new = self._action("&New workspace…", self.new_workspace, ks.New,
+                                    "Start an empty workspace file", sp.SP_FileIcon)
+        self.act_open = self._action("&Open workspace…", self.open_workspace_dialog, ks.Open,
+                                     "Open a workspace file (.h5)", sp.SP_DialogOpenButton)
+        self.recent_menu = QtWidgets.QMenu("Open &recent", self)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.act_add = self._action("&Add DICOM folder…", self.add_folder_dialog, "Ctrl+I",
+                                    "Ingest a folder of DICOM files (or drop folders on the window)",
+                                    sp.SP_DirOpenIcon)
+        self.act_save_model = self._action("&Save model as…", self.save_model_dialog, ks.Save,
+                                           "Copy the current model checkpoint to a file", sp.SP_DialogSaveButton)
+        self.act_load_model = self._action("&Load model…", self.load_model_dialog, "Ctrl+L",
+                                           "Load a model checkpoint (weights only; no code runs)")
+        self.act_export = self._action("&Export current view…", self.export_dialog, "Ctrl+E",
+                                       "Save the current tab as an image (PNG) or its numbers (CSV)")
+        self.act_quit = self._action("&Quit", self.close, ks.Quit, "Close the window (training stops at a checkpoint)")
+        for a in (self.act_new, self.act_open):
+            m.addAction(a)
+        m.addMenu(self.recent_menu)
+        m.addAction(self.act_add)
+        m.addSeparator()
+        m.addAction(self.act_save_model)
+        m.addAction(self.act_load_model)
+        m.addAction(self.act_export)
+        m.addSeparator()
+        m.addAction(self.act_quit)
+
+        v = self.menuBar().addMenu("&View")
+        for i in range(self.tabs.count()):
+            act = self._action(self.tabs.tabText(i), lambda _=False, i=i: self.tabs.setCurrentIndex(i),
+                               f"Alt+{i + 1}" if i < 9 else None, f"Show the {self.tabs.tabText(i)} tab")
+            v.addAction(act)
+        h = self.menuBar().addMenu("&Help")
+        h.addAction(self._action("&About", self.about, None, "About this application"))
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        recent = [p for p in self.settings.recent_workspaces() if p.exists()]
+        if not recent:
+            a = self.recent_menu.addAction("(none)")
+            a.setEnabled(False)
+        for p in recent:
+            a = self.recent_menu.addAction(p.name)
+            a.setToolTip(str(p))
+            a.setStatusTip(str(p))
+            a.triggered.connect(lambda _=False, p=p: self.open_workspace(p))
+
+    # -- workspace -----------------------------------------------------------------------
+    def open_workspace(self, path: Path | str | None) -> None:
+        if self.job is not None:
+            self.state.show_message("Wait for the running job to finish (or cancel it) first")
+            return
+        self.skipped.clear()
+        self.state.set_checkpoint(None)
+        self.state.set_workspace(Path(path) if path else default_workspace_path())
+
+    def new_workspace(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(
+            self, "New workspace", str(default_workspace_path().parent / "workspace.h5"),
+            "Workspace (*.h5)")
+        if path:
+            if not path.endswith(".h5"):
+                path += ".h5"
+            if Path(path).exists():
+                self.state.show_message(f"{path} exists; opened it instead of replacing it")
+            self.open_workspace(path)
+
+    def open_workspace_dialog(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(
+            self, "Open workspace", str(default_workspace_path().parent), "Workspace (*.h5);;All files (*)")
+        if path:
+            self.open_workspace(path)
+
+    def _on_workspace_changed(self) -> None:
+        self._update_title()
+        if not self.state.busy:
+            self.reload_patients()
+
+    def _update_title(self) -> None:
+        ws = self.state.workspace_path
+        self.setWindowTitle(f"{ws.name} — {APP_TITLE}" if ws else APP_TITLE)
+        self.workspace_label.setText(f"Workspace: {ws}" if ws else "No workspace")
+
+    def reload_patients(self) -> None:
+        """Refill the patient list from the workspace (pseudonyms, counts, thumbnails)."""
+        selected = self.state.selected_patient
+        self.patient_list.clear_patients()
+        if not self.state.has_workspace_data():
+            return
+        try:
+            with self.state.open_workspace() as ws:
+                index = np.asarray(ws.index())
+                for i, p in enumerate(ws.patients):
+                    rows = index[index[:, 0] == i] if len(index) else index
+                    thumb = None
+                    if len(rows):
+                        thumb = as_slice(ws.read_images(rows[len(rows) // 2: len(rows) // 2 + 1])[0])
+                    self.patient_list.upsert(workers.patient_row(p, thumbnail=thumb))
+        except Exception as exc:  # a damaged file must not take the window down
+            log.exception("cannot read workspace")
+            self.state.show_message(f"Cannot read {self.state.workspace_path}: {workers.readable_error(exc)}", 0)
+        if selected:
+            self.patient_list.select(selected)
+
+    # -- drops ---------------------------------------------------------------------------
+    def eventFilter(self, obj, event) -> bool:
+        t = event.type()
+        if t in (QtCore.QEvent.Type.DragEnter, QtCore.QEvent.Type.DragMove, QtCore.QEvent.Type.Drop,
+                 QtCore.QEvent.Type.DragLeave) and isinstance(obj, QtWidgets.QWidget) \
+                and obj is not self and obj.window() is self:
+            return self._handle_drag(event)
+        return super().eventFilter(obj, event)
+
+    def dragEnterEvent(self, event) -> None:
+        self._handle_drag(event)
+
+    def dragMoveEvent(self, event) -> None:
+        self._handle_drag(event)
+
+    def dragLeaveEvent(self, event) -> None:
+        self._handle_drag(event)
+
+    def dropEvent(self, event) -> None:
+        self._handle_drag(event)
+
+    def _handle_drag(self, event) -> bool:
+        t = event.type()
+        if t == QtCore.QEvent.Type.DragLeave:
+            self.drop_overlay.hide()
+            return False
+        paths = local_paths(event.mimeData())
+        if not paths:
+            return False
+        event.setDropAction(Qt.DropAction.CopyAction)
+        event.accept()
+        if t == QtCore.QEvent.Type.DragEnter:
+            self.drop_overlay.show_for(len(paths))
+        elif t == QtCore.QEvent.Type.Drop:
+            self.drop_overlay.hide()
+            self.ingest_paths(paths)
+        return True
+
+    def add_folder_dialog(self) -> None:
+        folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Add a DICOM folder")
+        if folder:
+            self.ingest_paths([Path(folder)])
+
+    # -- jobs ----------------------------------------------------------------------------
+    def ingest_paths(self, paths: list[Path]) -> None:
+        """Ingest dropped folders/files into the open workspace in the background."""
+        if self.state.workspace_path is None:
+            self.state.set_workspace(default_workspace_path())
+        if self.job is not None:
+            self._queued_drops.append(list(paths))
+            self.state.show_message(f"Queued {len(paths)} item(s); they are ingested after the current job")
+            return
+        names = ", ".join(p.name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+        job = workers.Job(workers.run_ingest, list(paths), self.state.workspace_path,
+                          self.state.preprocess_for_ingest(), parent=self)
+        self._start_job(job, f"Ingesting {names}")
+
+    def rederive(self, cfg) -> None:
+        """Re-derive the workspace's arrays with new preprocessing settings, in the background."""
+        if self.job is not None:
+            self.state.show_message("Wait for the running job to finish (or cancel it) first")
+            return
+        job = workers.Job(workers.run_rederive, self.state.workspace_path, cfg, parent=self)
+        self._start_job(job, "Re-deriving with the new settings")
+
+    def run_job(self, job: "workers.Job", text: str) -> None:
+        """Run another workspace-writing job (e.g. the demo's preparation) with the same UI."""
+        self._start_job(job, text)
+
+    def _start_job(self, job: "workers.Job", text: str) -> None:
+        self.job = job
+        self.state.begin_busy()
+        self.job_progress.start(text)
+        self.state.show_message(text + "…", 0)
+        job.progress.connect(self.job_progress.set_progress)
+        job.patientCommitted.connect(self._on_patient_committed)
+        job.skipped.connect(self.skipped.add)
+        job.done.connect(self._on_job_done)
+        job.failed.connect(self._on_job_failed)
+        job.ended.connect(self._on_job_ended)
+        job.start()
+
+    def cancel_job(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def _on_patient_committed(self, row: PatientRow) -> None:
+        self.patient_list.upsert(row)
+
+    def _on_job_done(self, result) -> None:
+        self.state.show_message(workers.describe_result(result), 0)
+
+    def _on_job_failed(self, message: str) -> None:
+        self.state.show_message(message, 0)
+        QtWidgets.QMessageBox.warning(self, APP_TITLE, message) if not self.property("quiet") else None
+
+    def _on_job_ended(self) -> None:
+        job, self.job = self.job, None
+        self.job_progress.finish()
+        self.state.end_busy()
+        if job is not None and job.workspace_switch is not None:
+            self.state.set_workspace(job.workspace_switch)
+        else:
+            self.state.notify_workspace_changed()
+        if job is not None:
+            job.deleteLater()
+        if self._queued_drops:
+            self.ingest_paths(self._queued_drops.pop(0))
+
+    # -- models and export ---------------------------------------------------------------
+    def save_model_dialog(self) -> None:
+        src = self.state.checkpoint_path
+        if src is None or not src.exists():
+            self.state.show_message("No model yet: train one on the Train tab, or load one")
+            return
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save model", src.name, "Checkpoint (*.pt)")
+        if path:
+            try:
+                workers.copy_checkpoint(src, Path(path))
+                self.state.show_message(f"Saved the model to {path}")
+            except Exception as exc:
+                self.state.show_message(workers.readable_error(exc), 0)
+
+    def load_model_dialog(self) -> None:
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Load model", "", "Checkpoint (*.pt);;All files (*)")
+        if path:
+            self.load_model(Path(path))
+
+    def load_model(self, path: Path) -> bool:
+        try:
+            workers.check_checkpoint(path)
+        except Exception as exc:
+            msg = workers.readable_error(exc)
+            self.state.show_message(msg, 0)
+            if not self.property("quiet"):
+                QtWidgets.QMessageBox.warning(self, APP_TITLE, msg)
+            return False
+        self.state.set_checkpoint(path)
+        self.state.show_message(f"Loaded model {path.name}")
+        return True
+
+    def export_dialog(self) -> None:
+        panel = self.tabs.currentWidget()
+        exporter = getattr(panel, "export", None)
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(
+            self, "Export", f"{getattr(panel, 'title', 'view').lower()}.png",
+            "PNG image (*.png);;CSV numbers (*.csv)")
+        if not path:
+            return
+        try:
+            if exporter is not None:
+                exporter(Path(path))
+            else:
+                panel.grab().save(path)
+            self.state.show_message(f"Exported {path}")
+        except Exception as exc:
+            self.state.show_message(f"Export failed: {workers.readable_error(exc)}", 0)
+
+    def about(self) -> None:
+        QtWidgets.QMessageBox.about(
+            self, APP_TITLE,
+            "<b>CT VAE Explorer</b><p>Drop CT scans (DICOM + RTSTRUCT), train a variational "
+            "autoencoder on them and explore its latent space.</p>")
+
+    # -- closing -------------------------------------------------------------------------
+    def closeEvent(self, event) -> None:
+        self.settings.save_window(self.saveGeometry(), self.saveState())
+        if self.job is not None:
+            self.job.cancel()
+            self.job.wait(30_000)
+        for panel in self.panels:
+            try:
+                panel.shutdown()
+            except Exception:
+                log.exception("panel %s failed to shut down", panel)
+        QtWidgets.QApplication.instance().removeEventFilter(self)
+        super().closeEvent(event)

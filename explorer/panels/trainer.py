@@ -1,0 +1,469 @@
+"""Train tab (SPEC F17): settings form, start/pause/resume/stop, epoch progress with ETA,
+live loss curves (train solid, test dashed, optional log scale), and inputs over their
+reconstructions with a history slider (thesis fig. 7.2).
+
+Training runs in explorer.workers.TrainingWorker (a QThread driving training.trainer);
+this panel only reacts to its signals. Closing the window stops at a checkpoint and the
+next start offers to continue from it.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from explorer import workers
+from explorer.panels import Panel
+from explorer.qt import Qt, QtGui, QtWidgets, Signal
+from explorer.settings import runs_dir
+from explorer.widgets.image_grid import ReconstructionHistory
+from explorer.widgets.loss_plot import LossPlot
+
+# Small, fast defaults: a newcomer sees curves move within a minute on 2 CPU cores.
+MODEL_DEFAULTS = dict(latent_dim=8, filters=8, convs_per_block=1, n_blocks=3, dropout=0.1, fc_units=64)
+TRAIN_DEFAULTS = dict(epochs=30, batch_size=16, lr=1e-3, seed=0, recon_sigma2=0.01, prior_sigma2=1.0,
+                      mc_samples=1, ce_weight=1.0, ce_weighting="none", recon_every=2,
+                      checkpoint_every=5, early_stopping_patience=0, n_recon_examples=6)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TrainerPanel(Panel):
+    title = "Train"
+    tooltip = "Train the VAE and watch its losses and reconstructions"
+    trainingStateChanged = Signal(str)  # "idle", "running", "paused", "stopping"
+
+    def __init__(self, state, parent=None) -> None:
+        super().__init__(state, parent)
+        from training.config import ModelConfig, TrainConfig
+
+        self._ModelConfig, self._TrainConfig = ModelConfig, TrainConfig
+        self.worker: workers.TrainingWorker | None = None
+        self.run_state = "idle"
+        self._image_shape: tuple[int, ...] = ()
+        self._n_classes = 0
+        self._t_epochs: list[float] = []
+        self.last_checkpoint: Path | None = None
+        self.last_message = ""
+
+        # -- settings form
+        self.fields: dict[str, QtWidgets.QWidget] = {}
+        model_box = QtWidgets.QGroupBox("Model")
+        mf = QtWidgets.QFormLayout(model_box)
+        self._int(mf, "latent_dim", "Latent size J", 1, 512, "Dimensions of the latent space z")
+        self._int(mf, "filters", "Filters f", 1, 256, "Convolution filters per layer")
+        self._int(mf, "n_blocks", "Blocks", 1, 8, "Encoder blocks, each halving the size (input size must divide by 2^blocks)")
+        self._int(mf, "convs_per_block", "Convs per block N", 1, 6, "3×3 convolutions in each block")
+        self._int(mf, "fc_units", "Dense units", 4, 4096, "Units of the fully connected layer")
+        self._float(mf, "dropout", "Dropout", 0.0, 0.95, 2, 0.05, "Dropout probability after each block")
+        train_box = QtWidgets.QGroupBox("Training")
+        tf = QtWidgets.QFormLayout(train_box)
+        self._int(tf, "epochs", "Epochs", 1, 100000, "Passes over the training patients")
+        self._int(tf, "batch_size", "Batch size", 1, 4096, "Images per optimisation step")
+        self._float(tf, "lr", "Learning rate", 1e-6, 1.0, 5, 1e-4, "Adam learning rate")
+        self._int(tf, "seed", "Seed", 0, 2**31 - 1, "Random seed (same seed, same run on CPU)")
+        self._float(tf, "recon_sigma2", "Recon. σ²", 1e-5, 10.0, 4, 0.001, "Fixed variance of the Gaussian reconstruction term")
+        self._float(tf, "prior_sigma2", "Prior σz²", 1e-3, 100.0, 3, 0.1, "Variance of the prior N(0, σz² I)")
+        self._int(tf, "mc_samples", "MC samples U", 1, 64, "Latent samples per input")
+        self._float(tf, "ce_weight", "CE weight", 0.0, 1000.0, 2, 0.1, "Weight of the RT cross-entropy")
+        w = QtWidgets.QComboBox()
+        w.addItems(["none", "inverse_frequency"])
+        w.setToolTip("Class weighting of the RT cross-entropy (inverse frequency helps small ROIs)")
+        self.fields["ce_weighting"] = w
+        tf.addRow("CE weighting", w)
+        self._int(tf, "recon_every", "Recon. every", 1, 1000, "Show reconstructions every K epochs")
+        self._int(tf, "n_recon_examples", "Recon. examples", 1, 32, "Fixed train and test images shown with their reconstructions")
+        self._int(tf, "checkpoint_every", "Checkpoint every", 1, 1000, "Save a checkpoint every K epochs (and on stop)")
+        self._int(tf, "early_stopping_patience", "Early stop", 0, 1000, "Stop when the test loss has not improved for K epochs (0: off)")
+        self.info = QtWidgets.QLabel()
+        self.info.setWordWrap(True)
+        self.error = QtWidgets.QLabel()
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #b00020")
+        defaults = QtWidgets.QPushButton("Defaults")
+        defaults.setToolTip("Back to the small, fast defaults")
+        defaults.clicked.connect(self.reset_defaults)
+        form_w = QtWidgets.QWidget()
+        fl = QtWidgets.QVBoxLayout(form_w)
+        fl.addWidget(model_box)
+        fl.addWidget(train_box)
+        fl.addWidget(self.info)
+        fl.addWidget(self.error)
+        fl.addWidget(defaults, 0, Qt.AlignmentFlag.AlignLeft)
+        fl.addStretch(1)
+        scroll = QtWidgets.QScrollArea()
+        scroll.setWidget(form_w)
+        scroll.setWidgetResizable(True)
+        scroll.setMinimumWidth(280)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+
+        # -- controls
+        sp = QtWidgets.QStyle.StandardPixmap
+        self.start_btn = self._button("Start", sp.SP_MediaPlay, "Start training a new model (Ctrl+Return)", self.start)
+        self.start_btn.setShortcut(QtGui.QKeySequence("Ctrl+Return"))
+        self.pause_btn = self._button("Pause", sp.SP_MediaPause, "Pause after the current batch (Ctrl+P)", self.toggle_pause)
+        self.pause_btn.setShortcut(QtGui.QKeySequence("Ctrl+P"))
+        self.stop_btn = self._button("Stop", sp.SP_MediaStop, "Stop and save a checkpoint (Ctrl+.)", self.stop)
+        self.stop_btn.setShortcut(QtGui.QKeySequence("Ctrl+."))
+        self.progress = QtWidgets.QProgressBar()
+        self.progress.setToolTip("Epochs completed")
+        self.progress.setFormat("epoch %v / %m")
+        self.batch_progress = QtWidgets.QProgressBar()
+        self.batch_progress.setMaximumWidth(120)
+        self.batch_progress.setMaximumHeight(10)
+        self.batch_progress.setTextVisible(False)
+        self.batch_progress.setToolTip("Batches of the current epoch")
+        self.eta = QtWidgets.QLabel("")
+        self.eta.setMinimumWidth(190)
+        self.log_scale = QtWidgets.QCheckBox("Log scale")
+        self.log_scale.setToolTip("Logarithmic loss axis (the terms differ by orders of magnitude)")
+        controls = QtWidgets.QHBoxLayout()
+        for b in (self.start_btn, self.pause_btn, self.stop_btn):
+            controls.addWidget(b)
+        controls.addWidget(self.progress, 1)
+        controls.addWidget(self.batch_progress)
+        controls.addWidget(self.eta)
+        controls.addWidget(self.log_scale)
+
+        # continue banner (shown when a run was interrupted by closing the window)
+        self.banner = QtWidgets.QFrame()
+        self.banner.setStyleSheet("QFrame { background: #fff4ce; border: 1px solid #e0c060; border-radius: 4px; }"
+                                  " QLabel { border: none; }")
+        self.banner_text = QtWidgets.QLabel()
+        self.continue_btn = QtWidgets.QPushButton("Continue training")
+        self.continue_btn.setToolTip("Resume from the checkpoint saved when the window closed")
+        self.continue_btn.clicked.connect(self.continue_interrupted)
+        dismiss = QtWidgets.QPushButton("Dismiss")
+        dismiss.clicked.connect(self._dismiss_banner)
+        bl = QtWidgets.QHBoxLayout(self.banner)
+        bl.addWidget(self.banner_text, 1)
+        bl.addWidget(self.continue_btn)
+        bl.addWidget(dismiss)
+        self.banner.hide()
+
+        self.plot = LossPlot()
+        self.history = ReconstructionHistory()
+        self.log_scale.toggled.connect(self.plot.set_log)
+        self.log_scale.setChecked(True)
+        plots = QtWidgets.QSplitter(Qt.Orientation.Vertical)
+        plots.addWidget(self.plot)
+        plots.addWidget(self.history)
+        plots.setSizes([320, 380])
+        plots.setChildrenCollapsible(False)
+        right = QtWidgets.QWidget()
+        rl = QtWidgets.QVBoxLayout(right)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.banner)
+        rl.addLayout(controls)
+        rl.addWidget(plots, 1)
+        split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(scroll)
+        split.addWidget(right)
+        split.setStretchFactor(1, 1)
+        split.setSizes([300, 800])
+        split.setChildrenCollapsible(False)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addWidget(split)
+
+        self.reset_defaults()
+        for w in self.fields.values():
+            sig = getattr(w, "valueChanged", None) or w.currentTextChanged
+            sig.connect(self.validate)
+        state.busyChanged.connect(lambda _: self._update_buttons())
+        self._update_buttons()
+
+    # -- form helpers
+    def _int(self, form, key, label, lo, hi, tip):
+        w = QtWidgets.QSpinBox()
+        w.setRange(lo, hi)
+        w.setToolTip(tip)
+        self.fields[key] = w
+        form.addRow(label, w)
+
+    def _float(self, form, key, label, lo, hi, decimals, step, tip):
+        w = QtWidgets.QDoubleSpinBox()
+        w.setRange(lo, hi)
+        w.setDecimals(decimals)
+        w.setSingleStep(step)
+        w.setToolTip(tip)
+        self.fields[key] = w
+        form.addRow(label, w)
+
+    def _button(self, text, icon, tip, slot):
+        b = QtWidgets.QPushButton(self.style().standardIcon(icon), text)
+        b.setToolTip(tip)
+        b.clicked.connect(slot)
+        return b
+
+    def set_values(self, values: dict) -> None:
+        for key, value in values.items():
+            w = self.fields.get(key)
+            if w is None:
+                continue
+            if isinstance(w, QtWidgets.QComboBox):
+                w.setCurrentText(str(value))
+            else:
+                w.setValue(value)
+
+    def reset_defaults(self) -> None:
+        self.set_values({**MODEL_DEFAULTS, **TRAIN_DEFAULTS})
+        self.validate()
+
+    def _value(self, key):
+        w = self.fields[key]
+        return w.currentText() if isinstance(w, QtWidgets.QComboBox) else w.value()
+
+    def configs(self):
+        """(ModelConfig, TrainConfig) from the form and the workspace; raises ConfigError."""
+        if not self._image_shape:
+            raise ValueError("No training data yet: drop DICOM folders on the window first")
+        spatial = len(self._image_shape)
+        model = self._ModelConfig(
+            spatial_dims=spatial, input_size=int(self._image_shape[-1]), n_classes=self._n_classes,
+            **{k: self._value(k) for k in MODEL_DEFAULTS})
+        model.validate()
+        if len(set(self._image_shape)) != 1:
+            raise ValueError(f"images are {' × '.join(map(str, self._image_shape))}: the model needs "
+                             "square (2D) or cubic (3D) inputs; set crop/resize on the Data tab")
+        tkeys = [k for k in TRAIN_DEFAULTS if k in self._TrainConfig.__dataclass_fields__]
+        train = self._TrainConfig(**{k: self._value(k) for k in tkeys})
+        train.validate()
+        return model, train
+
+    def validate(self, *_) -> bool:
+        try:
+            self.configs()
+        except Exception as exc:
+            self.error.setText(workers.readable_error(exc))
+            self._valid = False
+        else:
+            self.error.setText("")
+            self._valid = True
+        self._update_buttons()
+        return self._valid
+
+    _valid = False
+
+    # -- workspace and checkpoints
+    def on_workspace_changed(self) -> None:
+        self._image_shape, self._n_classes = (), 0
+        text = "No training data yet."
+        if self.state.has_workspace_data():
+            try:
+                with self.state.open_workspace() as ws:
+                    self._image_shape = tuple(ws.image_shape)
+                    self._n_classes = ws.preprocess.n_classes
+                    n_train = len(ws.index("train"))
+                    n_test = len(ws.index("test"))
+                    text = (f"Input {' × '.join(map(str, self._image_shape)) or '–'}"
+                            f"{f', {self._n_classes} RT classes' if self._n_classes else ', CT only'}; "
+                            f"{n_train} train / {n_test} test images.")
+            except Exception as exc:
+                text = f"Cannot read the workspace: {workers.readable_error(exc)}"
+        self.info.setText(text)
+        self.validate()
+        self._check_interrupted()
+
+    def on_checkpoint_changed(self, path: str) -> None:
+        if self.worker is not None or not path:
+            return
+        try:
+            ckpt = workers.check_checkpoint(Path(path))
+        except Exception:
+            return
+        self.plot.clear_curves()
+        for row in ckpt.history:
+            self.plot.add_epoch(int(row.get("epoch", 0)), workers.losses_of(row))
+        self.set_values({k: getattr(ckpt.model_config, k) for k in MODEL_DEFAULTS})
+        self.set_values({k: getattr(ckpt.train_config, k) for k in TRAIN_DEFAULTS
+                         if hasattr(ckpt.train_config, k)})
+        self.progress.setRange(0, max(ckpt.train_config.epochs, 1))
+        self.progress.setValue(min(ckpt.epoch, ckpt.train_config.epochs))
+
+    def _check_interrupted(self) -> None:
+        run = self.state.settings.interrupted_run()
+        ws = self.state.workspace_path
+        if run and ws and Path(run[0]) == Path(ws) and Path(run[1]).exists() and self.worker is None:
+            try:
+                ck = workers.check_checkpoint(Path(run[1]))
+                done = f" after epoch {ck.epoch} of {ck.train_config.epochs}"
+            except Exception:
+                self.banner.hide()
+                return
+            self.banner_text.setText(f"Training was interrupted when the window closed{done}. "
+                                     "Continue from its checkpoint?")
+            self.banner.show()
+        else:
+            self.banner.hide()
+
+    def _dismiss_banner(self) -> None:
+        self.banner.hide()
+        self.state.settings.set_interrupted_run(None, None)
+
+    # -- commands
+    def start(self, resume_from: Path | None = None, out_dir: Path | None = None) -> bool:
+        """Start a new run (or resume from a checkpoint). Returns False when it cannot start.
+
+        out_dir: where the run's last.pt/best.pt/history.json go (default: a new
+        run-<time> folder in the workspace's runs folder); a resumed run keeps its folder.
+        """
+        if self.worker is not None:
+            return False
+        try:
+            if resume_from:
+                ck = workers.check_checkpoint(Path(resume_from))
+                model, train = ck.model_config, ck.train_config
+            else:
+                model, train = self.configs()
+        except Exception as exc:
+            self._show_error(workers.readable_error(exc))
+            return False
+        if self.state.busy:
+            self._show_error("Wait for the ingest to finish before training")
+            return False
+        if resume_from:
+            out_dir = Path(resume_from).parent
+        elif out_dir is None:
+            out_dir = runs_dir(self.state.workspace_path) / time.strftime("run-%Y%m%d-%H%M%S")
+        self.plot.clear_curves()
+        self.history.clear()
+        self.banner.hide()
+        self.state.settings.set_interrupted_run(None, None)
+        self.last_message = ""
+        self._t_epochs = []
+        self.progress.setRange(0, train.epochs)
+        worker = workers.TrainingWorker(self.state.workspace_path, model, train, out_dir,
+                                        resume=Path(resume_from) if resume_from else None, parent=self)
+        worker.started_run.connect(self._on_started)
+        worker.resumedHistory.connect(self._on_resumed_history)
+        worker.epochEnded.connect(self._on_epoch)
+        worker.reconstructions.connect(self._on_recon)
+        worker.batchEnded.connect(self._on_batch)
+        worker.checkpointSaved.connect(self._on_checkpoint)
+        worker.finished_run.connect(self._on_finished)
+        worker.failed.connect(self._on_failed)
+        worker.ended.connect(self._on_ended)
+        self.worker = worker
+        self._set_state("running")
+        worker.start()
+        self.state.show_message("Training started…")
+        return True
+
+    def continue_interrupted(self) -> None:
+        run = self.state.settings.interrupted_run()
+        if run:
+            self.start(resume_from=Path(run[1]))
+
+    def toggle_pause(self) -> None:
+        if self.worker is None:
+            return
+        if self.run_state == "paused":
+            self.worker.resume_training()
+            self._set_state("running")
+            self.state.show_message("Training resumed")
+        else:
+            self.worker.pause()
+            self._set_state("paused")
+            self.state.show_message("Training paused")
+
+    def stop(self) -> None:
+        if self.worker is not None and self.run_state != "stopping":
+            self.worker.stop()
+            self._set_state("stopping")
+            self.state.show_message("Stopping at a checkpoint…")
+
+    def is_training(self) -> bool:
+        return self.worker is not None
+
+    # -- worker signals
+    def _on_started(self, start_epoch: int, epochs: int) -> None:
+        self.progress.setRange(0, epochs)
+        self.progress.setValue(start_epoch)
+        self._start_time = time.monotonic()
+        self._start_epoch = start_epoch
+
+    def _on_resumed_history(self, history: list) -> None:
+        for row in history:
+            self.plot.add_epoch(int(row.get("epoch", 0)), workers.losses_of(row))
+
+    def _on_epoch(self, ev: dict) -> None:
+        epoch, epochs = ev["epoch"], ev["epochs"]
+        self.plot.add_epoch(epoch, {k: ev[k] for k in ("train", "test") if ev.get(k)})
+        self.progress.setRange(0, epochs)
+        self.progress.setValue(epoch)
+        elapsed = time.monotonic() - getattr(self, "_start_time", time.monotonic())
+        done = max(epoch - getattr(self, "_start_epoch", 0), 1)
+        eta = elapsed / done * (epochs - epoch)
+        rate = ev.get("images_per_s")
+        self.eta.setText(f"ETA {format_duration(eta)}" + (f" · {rate:.0f} img/s" if rate else ""))
+        total = (ev.get("train") or {}).get("total")
+        if total is not None:
+            self.state.show_message(f"Epoch {epoch}/{epochs}: train loss {total:.4g}", 0)
+
+    def _on_recon(self, epoch: int, rows: list) -> None:
+        self.history.add_snapshot(epoch, rows)
+
+    def _on_batch(self, batch: int, n_batches: int) -> None:
+        self.batch_progress.setRange(0, max(n_batches, 1))
+        self.batch_progress.setValue(batch)
+
+    def _on_checkpoint(self, path: str) -> None:
+        if self.worker is not None and Path(path) == self.worker.checkpoint_path:
+            self.last_checkpoint = Path(path)  # last.pt; best.pt is written beside it
+
+    def _on_finished(self, message: str) -> None:
+        self.last_message = message
+        self.state.show_message(message, 0)
+
+    def _on_failed(self, message: str) -> None:
+        self.last_message = message
+        self._show_error(message)
+
+    def _on_ended(self) -> None:
+        worker, self.worker = self.worker, None
+        self._set_state("idle")
+        self.eta.setText(self.eta.text().replace("ETA", "last ETA") if self.eta.text().startswith("ETA") else self.eta.text())
+        if self.last_checkpoint is not None and self.last_checkpoint.exists():
+            self.state.set_checkpoint(self.last_checkpoint)
+        if worker is not None:
+            worker.deleteLater()
+
+    def _show_error(self, message: str) -> None:
+        self.error.setText(message)
+        self.state.show_message(message, 0)
+
+    def _set_state(self, s: str) -> None:
+        self.run_state = s
+        self.pause_btn.setText("Resume" if s == "paused" else "Pause")
+        self.pause_btn.setIcon(self.style().standardIcon(
+            QtWidgets.QStyle.StandardPixmap.SP_MediaPlay if s == "paused"
+            else QtWidgets.QStyle.StandardPixmap.SP_MediaPause))
+        self._update_buttons()
+        self.trainingStateChanged.emit(s)
+
+    def _update_buttons(self) -> None:
+        idle = self.worker is None
+        self.start_btn.setEnabled(idle and self._valid and not self.state.busy)
+        self.pause_btn.setEnabled(not idle and self.run_state in ("running", "paused"))
+        self.stop_btn.setEnabled(not idle and self.run_state != "stopping")
+        for w in self.fields.values():
+            w.setEnabled(idle)
+
+    def shutdown(self, timeout_s: float = 120.0) -> None:
+        """Window closing: stop at a checkpoint and remember it for the next start."""
+        if self.worker is None:
+            return
+        worker = self.worker
+        worker.stop()
+        worker.wait(int(timeout_s * 1000))
+        ckpt = worker.checkpoint_path if worker.checkpoint_path.exists() else None
+        if ckpt is not None and self.state.workspace_path is not None:
+            self.state.settings.set_interrupted_run(self.state.workspace_path, ckpt)
+
+
+PANEL = TrainerPanel

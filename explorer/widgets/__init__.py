@@ -1,0 +1,1 @@
+"""Reusable widgets of the explorer (no computing: they show arrays they are given)."""

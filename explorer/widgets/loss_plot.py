@@ -1,0 +1,60 @@
+"""Live loss curves: total, reconstruction, KL and cross-entropy, train (solid) and test (dashed)."""
+
+from __future__ import annotations
+
+from explorer.qt import Qt, QtWidgets, pg
+
+TERMS = {"total": "total", "recon": "reconstruction", "kl": "KL", "ce": "cross-entropy"}
+COLORS = {"total": (30, 30, 30), "recon": (31, 119, 180), "kl": (214, 39, 40), "ce": (44, 160, 44)}
+SPLITS = ("train", "test")
+
+
+class LossPlot(pg.PlotWidget):
+    """Per-epoch losses; `add(split, term, epoch, value)`; `set_log(bool)`."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setToolTip("Losses per epoch (per image); solid: train, dashed: test")
+        self.plotItem.setLabel("bottom", "epoch")
+        self.plotItem.setLabel("left", "loss")
+        self.plotItem.showGrid(x=True, y=True, alpha=0.2)
+        self.legend = self.plotItem.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.data: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+        self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
+
+    def _curve(self, split: str, term: str) -> pg.PlotDataItem:
+        key = (split, term)
+        if key not in self.curves:
+            style = Qt.PenStyle.SolidLine if split == "train" else Qt.PenStyle.DashLine
+            pen = pg.mkPen(COLORS.get(term, (120, 120, 120)), width=2, style=style)
+            name = f"{TERMS.get(term, term)} ({split})"
+            self.curves[key] = self.plotItem.plot([], [], pen=pen, name=name, symbol=None)
+            self.data[key] = ([], [])
+        return self.curves[key]
+
+    def add(self, split: str, term: str, epoch: float, value: float) -> None:
+        curve = self._curve(split, term)
+        xs, ys = self.data[(split, term)]
+        xs.append(float(epoch))
+        ys.append(float(value))
+        curve.setData(xs, ys)
+
+    def add_epoch(self, epoch: int, losses: dict[str, dict[str, float]]) -> None:
+        """losses: {"train": {"total": …, "recon": …, "kl": …, "ce": …}, "test": {…}}."""
+        for split, terms in losses.items():
+            for term, value in (terms or {}).items():
+                if value is None:
+                    continue
+                self.add(split, term, epoch, value)
+
+    def points(self, split: str, term: str) -> int:
+        return len(self.data.get((split, term), ([], []))[0])
+
+    def set_log(self, on: bool) -> None:
+        self.plotItem.setLogMode(x=False, y=bool(on))
+
+    def clear_curves(self) -> None:
+        for curve in self.curves.values():
+            self.plotItem.removeItem(curve)
+        self.legend.clear()
+        self.curves, self.data = {}, {}

@@ -1,0 +1,99 @@
+"""A stack of preprocessed slices with ROI overlays and a slider through them.
+
+Images (n, H, W) in [0, 1], labels (n, H, W) uint8 (0 = complement, k = rois[k-1]) or
+None; shown as stored: anterior at the top, the patient's left on the image's right.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from explorer.qt import Qt, QtWidgets, pg
+
+ROI_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+              (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+
+
+def label_lut(n_classes: int, alpha: int = 110) -> np.ndarray:
+    """RGBA lookup table: class 0 transparent, class k the k-th ROI colour."""
+    lut = np.zeros((max(n_classes, 1) + 1, 4), np.uint8)
+    for k in range(1, len(lut)):
+        lut[k, :3] = ROI_COLORS[(k - 1) % len(ROI_COLORS)]
+        lut[k, 3] = alpha
+    return lut
+
+
+class SlicePreview(QtWidgets.QWidget):
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.images: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+        self.roi_names: list[str] = []
+        self.view_widget = pg.GraphicsLayoutWidget()
+        self.view = self.view_widget.addViewBox(lockAspect=True, invertY=True)
+        self.view.setMenuEnabled(False)
+        self.image_item = pg.ImageItem()
+        self.label_item = pg.ImageItem()
+        self.label_item.setZValue(1)
+        self.view.addItem(self.image_item)
+        self.view.addItem(self.label_item)
+        self.slider = QtWidgets.QSlider(Qt.Orientation.Horizontal)
+        self.slider.setToolTip("Slice (inferior → superior)")
+        self.slider.valueChanged.connect(self._show)
+        self.caption = QtWidgets.QLabel("Select a patient to preview its preprocessed slices")
+        self.overlay = QtWidgets.QCheckBox("ROI overlay")
+        self.overlay.setChecked(True)
+        self.overlay.setToolTip("Show the exclusive ROI labels over the CT")
+        self.overlay.toggled.connect(lambda on: self.label_item.setVisible(on))
+        self.legend = QtWidgets.QLabel()
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.overlay)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.caption)
+        lay.addWidget(self.view_widget, 1)
+        lay.addLayout(row)
+        lay.addWidget(self.legend)
+
+    def set_stack(self, images: np.ndarray | None, labels: np.ndarray | None = None,
+                  roi_names: list[str] | tuple[str, ...] = (), caption: str = "") -> None:
+        self.images = None if images is None else np.asarray(images, np.float32)
+        self.labels = None if labels is None else np.asarray(labels)
+        self.roi_names = list(roi_names)
+        if self.images is not None and self.images.ndim == 2:
+            self.images = self.images[None]
+            self.labels = None if self.labels is None else self.labels[None]
+        n = 0 if self.images is None else len(self.images)
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(n - 1, 0))
+        self.slider.setValue(n // 2)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(n > 1)
+        self.caption.setText(caption)
+        self.label_item.setLookupTable(label_lut(len(self.roi_names)))
+        self.legend.setText("  ".join(
+            f'<span style="color: rgb{ROI_COLORS[i % len(ROI_COLORS)]}">■</span> {name}'
+            for i, name in enumerate(self.roi_names)))
+        if n == 0:
+            self.image_item.clear()
+            self.label_item.clear()
+            return
+        self._show(self.slider.value())
+        self.view.autoRange(padding=0.01)
+
+    def current_image(self) -> np.ndarray | None:
+        return None if self.images is None else self.images[self.slider.value()]
+
+    def _show(self, index: int) -> None:
+        if self.images is None or not len(self.images):
+            return
+        index = int(np.clip(index, 0, len(self.images) - 1))
+        self.image_item.setImage(self.images[index], levels=(0.0, 1.0), autoLevels=False)
+        if self.labels is not None and self.roi_names:
+            self.label_item.setImage(self.labels[index].astype(np.uint8), autoLevels=False,
+                                     levels=(0, len(self.roi_names) + 1))
+            self.label_item.setLookupTable(label_lut(len(self.roi_names)))
+            self.label_item.setLevels(None)
+        else:
+            self.label_item.clear()

@@ -1,0 +1,440 @@
+"""Thin adapters running the headless core in worker threads and speaking Qt signals.
+
+Nothing here computes: `run_ingest` calls training.ingest.ingest, `run_rederive` calls
+training.ingest.rederive, TrainingWorker drives training.trainer. Core callbacks run on
+the worker thread and only emit signals (queued to the GUI thread); widgets are never
+touched from a worker. Progress signals are throttled so a fast callback cannot flood
+the GUI's event loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from explorer.qt import QObject, QThread, Signal
+from explorer.widgets.patient_list import PatientRow
+
+log = logging.getLogger(__name__)
+PROGRESS_INTERVAL_S = 0.05
+
+
+class CancelFlag(threading.Event):
+    """A threading.Event that is also a zero-argument callable returning whether it is set."""
+
+    def __call__(self) -> bool:
+        return self.is_set()
+
+
+def readable_error(exc: BaseException) -> str:
+    """One line for the user: what went wrong and where, no traceback."""
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"The disk is full{f' ({exc.filename})' if exc.filename else ''}: free some space and try again."
+    if isinstance(exc, OSError) and exc.errno in (errno.EACCES, errno.EPERM):
+        return f"Permission denied: {exc.filename or exc}"
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+        return f"The disk is full: {exc}"
+    text = str(exc).strip() or type(exc).__name__
+    name = type(exc).__name__
+    if name in ("ConfigError", "CheckpointError", "WorkspaceError", "DicomError", "IngestError",
+                "TrainingError", "TrainingFailed", "FileNotFoundError"):
+        return text
+    return f"{name}: {text}"
+
+
+def patient_row(info: Any, thumbnail: np.ndarray | None = None) -> PatientRow:
+    """PatientRow from a training.workspace.PatientInfo (or anything with its attributes)."""
+    if isinstance(info, PatientRow):
+        return info
+    get = (lambda k, d=None: info.get(k, d)) if isinstance(info, dict) else \
+          (lambda k, d=None: getattr(info, k, d))
+    spacing = get("spacing")
+    return PatientRow(
+        pseudonym=str(get("pseudonym", "?")),
+        n_images=int(get("n_images", 0) or 0),
+        spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
+        rois=tuple(get("rois", ()) or ()),
+        split=str(get("split", "") or ""),
+        thumbnail=thumbnail if thumbnail is not None else get("thumbnail"),
+    )
+
+
+def _parse_progress(args: tuple, kwargs: dict) -> tuple[int, int, str]:
+    """(done, total, text) from progress(done, total[, text]) or progress(event)."""
+    if len(args) == 1 and not isinstance(args[0], (int, float)):
+        ev = args[0]
+        get = ev.get if isinstance(ev, dict) else (lambda k, d=None: getattr(ev, k, d))
+        done = get("done", get("current", 0))
+        total = get("total", 0)
+        text = get("message", get("text", get("stage", ""))) or ""
+        return int(done or 0), int(total or 0), str(text)
+    done = int(args[0]) if len(args) > 0 else int(kwargs.get("done", 0))
+    total = int(args[1]) if len(args) > 1 else int(kwargs.get("total", 0))
+    text = str(args[2]) if len(args) > 2 else str(kwargs.get("message", kwargs.get("text", "")))
+    return done, total, text
+
+
+def describe_result(result: Any) -> str:
+    if result is None:
+        return "Done"
+    if isinstance(result, str):
+        return result
+    parts = []
+    for key, word in (("added", "added"), ("unchanged", "unchanged"), ("rederived", "re-derived")):
+        v = getattr(result, key, None)
+        if v is not None:
+            n = len(v) if hasattr(v, "__len__") else int(v)
+            parts.append(f"{n} {word}")
+    skipped = getattr(result, "skipped", None)
+    if skipped is not None:
+        parts.append(f"{len(skipped)} file(s) skipped")
+    missing = getattr(result, "rois_missing", None)
+    if missing:
+        if isinstance(missing, dict):
+            miss = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in list(missing.items())[:4])
+        else:
+            miss = ", ".join(map(str, list(missing)[:6]))
+        parts.append(f"ROIs missing — {miss}")
+    if getattr(result, "cancelled", False):
+        parts.insert(0, "Cancelled")
+    return "Ingest finished: " + ", ".join(parts) if parts else "Done"
+
+
+class JobContext:
+    """What a job function gets: progress, patient and skipped reporting, and the cancel flag."""
+
+    def __init__(self, job: "Job") -> None:
+        self._job = job
+        self.cancel = job.cancel_flag
+        self._last = 0.0
+
+    def progress(self, *args, **kwargs) -> None:
+        done, total, text = _parse_progress(args, kwargs)
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_INTERVAL_S or (total and done >= total):
+            self._last = now
+            self._job.progress.emit(done, total, text)
+
+    def patient(self, info: Any, thumbnail: np.ndarray | None = None) -> None:
+        self._job.patientCommitted.emit(patient_row(info, thumbnail))
+
+    def skipped(self, path: Any, reason: Any) -> None:
+        self._job.skipped.emit(str(path), str(reason))
+
+    def switch_workspace(self, path: Path) -> None:
+        """After the job, the window opens `path` (the demo's workspace)."""
+        self._job.workspace_switch = Path(path)
+
+
+class _Runner(QThread):
+    def __init__(self, job: "Job") -> None:
+        super().__init__()
+        self._job = job
+
+    def run(self) -> None:
+        self._job._run()
+
+
+class Job(QObject):
+    """Runs `fn(ctx, *args, **kwargs)` on a QThread; its return value arrives in `done`.
+
+    Signals (received on the GUI thread): progress(done, total, text),
+    patientCommitted(PatientRow), skipped(path, reason), done(result), failed(message),
+    ended() — always last.
+    """
+
+    progress = Signal(int, int, str)
+    patientCommitted = Signal(object)
+    skipped = Signal(str, str)
+    done = Signal(object)
+    failed = Signal(str)
+    ended = Signal()
+
+    def __init__(self, fn: Callable, *args, parent: QObject | None = None, **kwargs) -> None:
+        super().__init__(parent)
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+        self.cancel_flag = CancelFlag()
+        self.workspace_switch: Path | None = None
+        self.result: Any = None
+        self.error: str | None = None
+        self._thread = _Runner(self)
+        self._thread.finished.connect(self.ended)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self) -> None:
+        self.cancel_flag.set()
+
+    def wait(self, ms: int = -1) -> bool:
+        return self._thread.wait(ms) if ms >= 0 else self._thread.wait()
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+    def _run(self) -> None:
+        try:
+            self.result = self._fn(JobContext(self), *self._args, **self._kwargs)
+            self.done.emit(self.result)
+        except BaseException as exc:  # shown to the user as one line; the log keeps the traceback
+            log.exception("background job failed")
+            self.error = readable_error(exc)
+            self.failed.emit(self.error)
+
+
+# -- job functions (run on the worker thread) ---------------------------------------------
+
+
+def run_ingest(ctx: JobContext, paths: list[Path], workspace: Path, preprocess, workers: int = 2):
+    """training.ingest.ingest with its progress, patients and skipped files forwarded."""
+    from training.ingest import ingest
+
+    report = ingest([Path(p) for p in paths], Path(workspace), preprocess,
+                    progress=ctx.progress, on_patient=ctx.patient, cancel=ctx.cancel,
+                    workers=workers)
+    for item in getattr(report, "skipped", []) or []:
+        path, reason = (item.path, item.reason) if hasattr(item, "reason") else item
+        ctx.skipped(path, reason)
+    return report
+
+
+def run_rederive(ctx: JobContext, workspace: Path, cfg):
+    """training.ingest.rederive: recompute the workspace's arrays for new settings."""
+    from training.ingest import rederive
+
+    return rederive(Path(workspace), cfg, progress=ctx.progress, cancel=ctx.cancel)
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+
+def check_checkpoint(path: Path):
+    """Read a checkpoint safely (weights_only) to validate it; returns the Checkpoint."""
+    from training.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def copy_checkpoint(src: Path, dst: Path) -> Path:
+    """Copy a checkpoint atomically (temp file in the target folder, fsync, os.replace)."""
+    from training.checkpoint import atomic_write
+
+    def write(f):
+        with open(src, "rb") as s:
+            shutil.copyfileobj(s, f)
+
+    return atomic_write(dst, write)
+
+
+def finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+# -- preview --------------------------------------------------------------------------
+
+
+def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
+    """The chosen entry preprocessed with `cfg` (not stored): images, labels, roi names, note.
+
+    Uses training.ingest.preview when the core offers it; otherwise the same core calls
+    the ingest makes (read_source → exclusive_labels → preprocess_volume). Entries without
+    stored source data show their stored images instead.
+    """
+    from training.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        index = ws.patient_index(pseudonym)
+        info = ws.patients[index]
+        try:
+            from training import ingest as _ingest
+
+            core_preview = getattr(_ingest, "preview", None)
+        except ImportError:
+            core_preview = None
+        if core_preview is not None:
+            images, labels = core_preview(ws, index, cfg)
+            note = ""
+        elif info.has_source:
+            from training.preprocess import preprocess_volume
+            from training.rtstruct import exclusive_labels
+
+            hu, masks, geometry = ws.read_source(index)
+            labels = exclusive_labels(masks, cfg.rois, shape=hu.shape) if cfg.rois else None
+            positions = geometry if geometry is not None else np.arange(hu.shape[0], dtype=float)
+            images, labels = preprocess_volume(hu, labels, positions, cfg)
+            note = ""
+        else:
+            images, labels = ws.read_patient(index)
+            note = " (no source stored: the workspace's images)"
+            cfg = ws.preprocess
+    images = np.asarray(images)
+    if images.ndim == 4:  # 3D: one cube (1, D, H, W) → its depth slices
+        images = images[0]
+        labels = None if labels is None else np.asarray(labels)[0]
+    return {"images": images, "labels": labels, "rois": tuple(cfg.rois), "note": note,
+            "pseudonym": pseudonym}
+
+
+# -- training -----------------------------------------------------------------------------
+
+
+def losses_of(row: dict) -> dict[str, dict[str, float]]:
+    """{"train": terms, "test": terms} of one history row (test may be missing)."""
+    return {k: row[k] for k in ("train", "test") if row.get(k)}
+
+
+def recon_rows(inputs: dict, recons: dict) -> list[tuple[str, np.ndarray]]:
+    """Rows for ReconstructionHistory: each split's CT inputs over their reconstructions.
+
+    inputs/recons: {"train": (n, C, *spatial), "test": …}; channel 0 is the CT in [0, 1].
+    """
+    rows = []
+    for split in ("train", "test"):
+        if split in inputs and split in recons:
+            rows.append((f"{split} input", np.array(inputs[split][:, 0], dtype=np.float32)))
+            rows.append((f"{split} recon.", np.array(recons[split][:, 0], dtype=np.float32)))
+    return rows
+
+
+class _TrainerCallback:
+    """training.trainer.Callback → TrainingWorker signals (runs on the training thread)."""
+
+    def __init__(self, worker: "TrainingWorker") -> None:
+        self.w = worker
+        self.trainer = None
+        self._last_batch = 0.0
+
+    def on_train_start(self, trainer) -> None:
+        self.trainer = trainer
+        history = list(trainer.history)
+        self.w.started_run.emit(len(history), trainer.train_config.epochs)
+        if history:
+            self.w.resumedHistory.emit(history)
+
+    def on_batch_end(self, p) -> None:
+        now = time.monotonic()
+        if now - self._last_batch >= 0.1 or p.batch == p.n_batches:
+            self._last_batch = now
+            self.w.batchEnded.emit(int(p.batch), int(p.n_batches))
+
+    def on_epoch_end(self, epoch, train_terms, test_terms) -> None:
+        row = self.trainer.history[-1] if self.trainer and self.trainer.history else {}
+        self.w.epochEnded.emit({
+            "epoch": int(epoch), "epochs": int(self.trainer.train_config.epochs) if self.trainer else int(epoch),
+            "train": dict(train_terms or {}), "test": dict(test_terms) if test_terms else None,
+            "images_per_s": row.get("train_images_per_s"), "seconds": row.get("seconds")})
+
+    def on_reconstructions(self, epoch, inputs, recons) -> None:
+        self.w.reconstructions.emit(int(epoch), recon_rows(inputs, recons))
+
+    def on_checkpoint(self, path, epoch) -> None:
+        self.w.checkpointSaved.emit(str(path))
+
+    def on_finished(self, summary) -> None:
+        self.w.summary = summary
+        if summary.status == "finished":
+            msg = f"Training finished: {summary.epochs_completed} epochs"
+        elif summary.status == "stopped":
+            msg = f"Training stopped after epoch {summary.epochs_completed}; checkpoint saved"
+        elif summary.status == "early_stopped":
+            msg = f"Early stop: {summary.message}"
+        else:
+            msg = summary.message or summary.status
+        if summary.train_images_per_s:
+            msg += f" ({summary.train_images_per_s:.0f} images/s)"
+        self.w.finished_run.emit(msg)
+
+    def on_failed(self, message) -> None:
+        self.w.failed.emit(_humanise_training_error(str(message)))
+
+
+def _humanise_training_error(message: str) -> str:
+    if "No space left" in message or "Errno 28" in message:
+        return "The disk is full: the checkpoint could not be written. Free some space and try again."
+    return message[:1].upper() + message[1:] if message else "Training failed"
+
+
+class _TrainThread(QThread):
+    def __init__(self, worker: "TrainingWorker") -> None:
+        super().__init__()
+        self.w = worker
+
+    def run(self) -> None:
+        self.w._run()
+
+
+class TrainingWorker(QObject):
+    """Runs training.trainer.Trainer on a QThread; checkpoints go to out_dir/last.pt.
+
+    Signals (GUI thread): started_run(start_epoch, epochs), resumedHistory(list of
+    history rows), epochEnded(dict: epoch, epochs, train, test, images_per_s, seconds),
+    reconstructions(epoch, rows), batchEnded(batch, n_batches), checkpointSaved(path),
+    finished_run(message), failed(message), ended() — always last.
+    """
+
+    started_run = Signal(int, int)
+    resumedHistory = Signal(object)
+    epochEnded = Signal(object)
+    reconstructions = Signal(int, object)
+    batchEnded = Signal(int, int)
+    checkpointSaved = Signal(str)
+    finished_run = Signal(str)
+    failed = Signal(str)
+    ended = Signal()
+
+    def __init__(self, workspace: Path, model_config, train_config, out_dir: Path, *,
+                 resume: Path | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        from training.trainer import LAST, TrainingControl
+
+        self.workspace = Path(workspace)
+        self.model_config, self.train_config = model_config, train_config
+        self.out_dir = Path(out_dir)
+        self.resume = Path(resume) if resume else None
+        self.checkpoint_path = self.out_dir / LAST
+        self.control = TrainingControl()
+        self.summary = None
+        self._thread = _TrainThread(self)
+        self._thread.finished.connect(self.ended)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def pause(self) -> None:
+        self.control.pause()
+
+    def resume_training(self) -> None:
+        self.control.resume()
+
+    def stop(self) -> None:
+        self.control.stop()
+
+    def wait(self, ms: int = -1) -> bool:
+        return self._thread.wait(ms) if ms >= 0 else self._thread.wait()
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+    def _run(self) -> None:
+        try:
+            from training.trainer import Trainer
+
+            trainer = Trainer(self.workspace, self.model_config, self.train_config,
+                              out_dir=self.out_dir, callbacks=[_TrainerCallback(self)],
+                              control=self.control, resume=self.resume)
+            trainer.run()  # failures arrive through on_failed
+        except BaseException as exc:
+            log.exception("training could not start")
+            self.failed.emit(readable_error(exc))
