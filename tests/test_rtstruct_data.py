@@ -73,6 +73,12 @@ def slice_reference(polys):
 _LUNG1: list = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _free_lung1():
+    yield
+    _LUNG1.clear()  # about 140 MB of masks
+
+
 @pytest.fixture
 def lung1(test_data):
     """(geometry, structure set, raster result, seconds), computed once per session."""
