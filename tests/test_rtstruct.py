@@ -396,3 +396,20 @@ def test_read_errors_name_the_file(tmp_path):
             with pytest.raises(RTStructError) as info:
                 fn(p)
             assert str(info.value).startswith(f"{p}: ") and info.value.reason
+
+
+def test_round_trip_through_the_phantom_writer(tmp_path):
+    # training.phantom writes masks as RTSTRUCT contours; reading them back must give the
+    # masks it started from, voxel for voxel.
+    from test_rtstruct_data import folder_geometry
+
+    from training import phantom
+
+    info = phantom.write_patient(tmp_path, 0, slices=6, size=48, fsync=False)
+    ph = phantom.phantom_patient(0, slices=6, size=48)
+    ss = read_rtstruct(info.rtstruct)
+    res = rasterise(ss, folder_geometry(info.ct_dir))
+    assert res.warnings == [] and ss.warnings == ()
+    assert set(res.masks) == set(ph.masks)
+    for name, mask in ph.masks.items():
+        assert np.array_equal(res.masks[name], mask), name
