@@ -185,3 +185,20 @@ def test_rtstruct_rejects_bad_slice(tmp_path):
     ws = write_ct_series(np.zeros((2, 8, 8)), None, tmp_path)
     with pytest.raises(ValueError, match="slice 5"):
         write_rtstruct(tmp_path / "rs.dcm", ws, {"X": [(5, np.array([[1, 1], [1, 3], [3, 3.0]]))]})
+
+
+def test_contours_at_image_border_and_large_coordinates():
+    from training.dicom_write import _CONTOUR_DATA, _raw_ds_element
+
+    full = np.ones((4, 5), bool)
+    (c,) = masks_to_contours(full)
+    assert c[:, 0].min() == pytest.approx(-0.5) and c[:, 0].max() == pytest.approx(3.5)
+    assert c[:, 1].min() == pytest.approx(-0.5) and c[:, 1].max() == pytest.approx(4.5)
+    values = np.array([1.25e9, -0.5, 0.0, 123.4567891, -98765.4321])
+    elem = _raw_ds_element(_CONTOUR_DATA, values)
+    assert len(elem.value) % 2 == 0
+    parts = elem.value.decode().strip().split("\\")
+    assert all(len(p) <= 16 for p in parts)
+    assert np.allclose([float(p) for p in parts], values, rtol=1e-9, atol=1e-6)
+    small = _raw_ds_element(_CONTOUR_DATA, values[1:])
+    assert np.allclose([float(p) for p in small.value.decode().strip().split("\\")], values[1:], atol=1e-6)

@@ -142,7 +142,7 @@ def _raw_ds_element(tag: Tag, values: np.ndarray) -> RawDataElement:
 def _keep_raw(ds: Dataset) -> None:
     """Declare every dataset in the tree as already Explicit VR Little Endian so that
     pydicom writes raw elements as they are instead of decoding them again."""
-    ds.set_original_encoding(False, True, ds._character_set)
+    ds.set_original_encoding(False, True, getattr(ds, "_character_set", "iso8859"))
     for elem in ds.values():
         if getattr(elem, "VR", None) == "SQ" and not elem.is_raw:
             for item in elem.value:
@@ -213,7 +213,7 @@ def default_geometry(
 
 
 def hu_to_stored(hu: np.ndarray) -> np.ndarray:
-    """HU -> stored int16 values (round, clip to the representable range)."""
+    """HU -> stored int16 values: round, NaN -> -1000 (air), clip to [HU_MIN, HU_MAX]."""
     a = np.asarray(hu)
     if not np.issubdtype(a.dtype, np.integer):
         a = np.rint(np.nan_to_num(a.astype(np.float64), nan=-1000.0))
