@@ -384,6 +384,11 @@ class Trainer:
         self._best_written = True
         self._last_path: Path | None = None
         self._best_path: Path | None = None
+        if self.out_dir is not None and self._is_main:
+            # temp files of a writer that was killed mid-write (their content is incomplete)
+            for name in (LAST, BEST, HISTORY):
+                for stale in self.out_dir.glob(f".{name}.tmp-*"):
+                    stale.unlink(missing_ok=True)
         if self.resume_from is not None:
             self._load_resume(self.resume_from)
         self._good = self._snapshot()
