@@ -124,24 +124,23 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _build_menus(self) -> None:
         sp = QtWidgets.QStyle.StandardPixmap
-        ks = QtGui.QKeySequence.StandardKey
         m = self.menuBar().addMenu("&File")
-        self.act_new = self._action("&New workspace…", self.new_workspace, ks.New,
+        self.act_new = self._action("&New workspace…", self.new_workspace, "Ctrl+N",
                                     "Start an empty workspace file", sp.SP_FileIcon)
-        self.act_open = self._action("&Open workspace…", self.open_workspace_dialog, ks.Open,
+        self.act_open = self._action("&Open workspace…", self.open_workspace_dialog, "Ctrl+O",
                                      "Open a workspace file (.h5)", sp.SP_DialogOpenButton)
         self.recent_menu = QtWidgets.QMenu("Open &recent", self)
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self.act_add = self._action("&Add DICOM folder…", self.add_folder_dialog, "Ctrl+I",
                                     "Ingest a folder of DICOM files (or drop folders on the window)",
                                     sp.SP_DirOpenIcon)
-        self.act_save_model = self._action("&Save model as…", self.save_model_dialog, ks.Save,
+        self.act_save_model = self._action("&Save model as…", self.save_model_dialog, "Ctrl+S",
                                            "Copy the current model checkpoint to a file", sp.SP_DialogSaveButton)
         self.act_load_model = self._action("&Load model…", self.load_model_dialog, "Ctrl+L",
                                            "Load a model checkpoint (weights only; no code runs)")
         self.act_export = self._action("&Export current view…", self.export_dialog, "Ctrl+E",
                                        "Save the current tab as an image (PNG) or its numbers (CSV)")
-        self.act_quit = self._action("&Quit", self.close, ks.Quit, "Close the window (training stops at a checkpoint)")
+        self.act_quit = self._action("&Quit", self.close, "Ctrl+Q", "Close the window (training stops at a checkpoint)")
         for a in (self.act_new, self.act_open):
             m.addAction(a)
         m.addMenu(self.recent_menu)

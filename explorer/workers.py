@@ -68,8 +68,19 @@ def patient_row(info: Any, thumbnail: np.ndarray | None = None) -> PatientRow:
     )
 
 
+PHASES = {"discover": "Listing files", "scan": "Reading DICOM headers", "ingest": "Ingesting",
+          "rederive": "Re-deriving", "merge": "Writing the workspace", "generate": "Generating"}
+
+
 def _parse_progress(args: tuple, kwargs: dict) -> tuple[int, int, str]:
-    """(done, total, text) from progress(done, total[, text]) or progress(event)."""
+    """(done, total, text) from the core's progress(phase, done, total, message),
+    progress(done, total[, text]) or progress(event)."""
+    if args and isinstance(args[0], str):  # training.ingest: (phase, done, total, message)
+        phase = PHASES.get(args[0], args[0].capitalize())
+        done = int(args[1]) if len(args) > 1 else 0
+        total = int(args[2]) if len(args) > 2 else 0
+        msg = str(args[3]) if len(args) > 3 and args[3] else ""
+        return done, total, f"{phase}: {msg}" if msg else phase
     if len(args) == 1 and not isinstance(args[0], (int, float)):
         ev = args[0]
         get = ev.get if isinstance(ev, dict) else (lambda k, d=None: getattr(ev, k, d))
@@ -79,7 +90,7 @@ def _parse_progress(args: tuple, kwargs: dict) -> tuple[int, int, str]:
         return int(done or 0), int(total or 0), str(text)
     done = int(args[0]) if len(args) > 0 else int(kwargs.get("done", 0))
     total = int(args[1]) if len(args) > 1 else int(kwargs.get("total", 0))
-    text = str(args[2]) if len(args) > 2 else str(kwargs.get("message", kwargs.get("text", "")))
+    text = str(args[2]) if len(args) > 2 and isinstance(args[2], str) else str(kwargs.get("message", ""))
     return done, total, text
 
 
@@ -116,12 +127,15 @@ class JobContext:
         self._job = job
         self.cancel = job.cancel_flag
         self._last = 0.0
+        self._phase = None
 
     def progress(self, *args, **kwargs) -> None:
         done, total, text = _parse_progress(args, kwargs)
         now = time.monotonic()
-        if now - self._last >= PROGRESS_INTERVAL_S or (total and done >= total):
+        if (now - self._last >= PROGRESS_INTERVAL_S or (total and done >= total)
+                or (args and args[0] != self._phase)):
             self._last = now
+            self._phase = args[0] if args else None
             self._job.progress.emit(done, total, text)
 
     def patient(self, info: Any, thumbnail: np.ndarray | None = None) -> None:
@@ -194,12 +208,33 @@ class Job(QObject):
 # -- job functions (run on the worker thread) ---------------------------------------------
 
 
+def committed_thumbnail(workspace: Path, pseudonym: str) -> np.ndarray | None:
+    """Middle image of a just-committed entry (Workspace.open includes staged entries)."""
+    from training.workspace import Workspace
+
+    try:
+        with Workspace.open(workspace) as ws:
+            i = ws.patient_index(pseudonym)
+            n = ws.patients[i].n_images
+            if not n:
+                return None
+            image = ws.read_images(np.array([[i, n // 2]]))[0]
+    except Exception:  # a thumbnail is a nicety; the list shows the row without one
+        return None
+    from explorer.widgets.image_grid import as_slice
+
+    return as_slice(image)
+
+
 def run_ingest(ctx: JobContext, paths: list[Path], workspace: Path, preprocess, workers: int = 2):
     """training.ingest.ingest with its progress, patients and skipped files forwarded."""
     from training.ingest import ingest
 
+    def on_patient(info) -> None:
+        ctx.patient(info, committed_thumbnail(Path(workspace), info.pseudonym))
+
     report = ingest([Path(p) for p in paths], Path(workspace), preprocess,
-                    progress=ctx.progress, on_patient=ctx.patient, cancel=ctx.cancel,
+                    progress=ctx.progress, on_patient=on_patient, cancel=ctx.cancel,
                     workers=workers)
     for item in getattr(report, "skipped", []) or []:
         path, reason = (item.path, item.reason) if hasattr(item, "reason") else item
@@ -248,8 +283,7 @@ def finite(x: Any) -> bool:
 def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
     """The chosen entry preprocessed with `cfg` (not stored): images, labels, roi names, note.
 
-    Uses training.ingest.preview when the core offers it; otherwise the same core calls
-    the ingest makes (read_source → exclusive_labels → preprocess_volume). Entries without
+    Runs the ingest's derivation on the stored source (HU and ROI masks); entries without
     stored source data show their stored images instead.
     """
     from training.workspace import Workspace
@@ -257,24 +291,16 @@ def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
     with Workspace.open(workspace) as ws:
         index = ws.patient_index(pseudonym)
         info = ws.patients[index]
-        try:
+        if info.has_source:
             from training import ingest as _ingest
 
-            core_preview = getattr(_ingest, "preview", None)
-        except ImportError:
-            core_preview = None
-        if core_preview is not None:
-            images, labels = core_preview(ws, index, cfg)
-            note = ""
-        elif info.has_source:
-            from training.preprocess import preprocess_volume
-            from training.rtstruct import exclusive_labels
-
+            # The ingest's own derivation (labels, then preprocess_volume), so the preview
+            # is exactly what "Apply" would store.
+            derive = getattr(_ingest, "derive", None) or _ingest._derive
             hu, masks, geometry = ws.read_source(index)
-            labels = exclusive_labels(masks, cfg.rois, shape=hu.shape) if cfg.rois else None
             positions = geometry if geometry is not None else np.arange(hu.shape[0], dtype=float)
-            images, labels = preprocess_volume(hu, labels, positions, cfg)
-            note = ""
+            images, labels, missing = derive(hu, masks, positions, cfg)
+            note = f" — {', '.join(missing)} missing in this patient" if missing else ""
         else:
             images, labels = ws.read_patient(index)
             note = " (no source stored: the workspace's images)"

@@ -50,6 +50,9 @@ class TrainerPanel(Panel):
         self._t_epochs: list[float] = []
         self.last_checkpoint: Path | None = None
         self.last_message = ""
+        # TrainConfig fields without a form field (threads, device, max_loss, …); tests
+        # and scripts set them here.
+        self.extra_train: dict = {}
 
         # -- settings form
         self.fields: dict[str, QtWidgets.QWidget] = {}
@@ -231,7 +234,7 @@ class TrainerPanel(Panel):
             raise ValueError(f"images are {' × '.join(map(str, self._image_shape))}: the model needs "
                              "square (2D) or cubic (3D) inputs; set crop/resize on the Data tab")
         tkeys = [k for k in TRAIN_DEFAULTS if k in self._TrainConfig.__dataclass_fields__]
-        train = self._TrainConfig(**{k: self._value(k) for k in tkeys})
+        train = self._TrainConfig(**{**{k: self._value(k) for k in tkeys}, **self.extra_train})
         train.validate()
         return model, train
 
