@@ -269,6 +269,7 @@ def _bounded_map(executor, jobs: Iterable[tuple[Any, Callable, tuple]], limit: i
     """Yield (key, future) as they finish, with at most `limit` submitted at once."""
     it = iter(jobs)
     pending: dict[cf.Future, Any] = {}
+    order: dict[cf.Future, int] = {}
     exhausted = False
     while True:
         while not exhausted and len(pending) < limit and not (cancel and cancel()):
@@ -277,11 +278,13 @@ def _bounded_map(executor, jobs: Iterable[tuple[Any, Callable, tuple]], limit: i
             except StopIteration:
                 exhausted = True
                 break
-            pending[executor.submit(fn, *args)] = key
+            f = executor.submit(fn, *args)
+            pending[f] = key
+            order[f] = len(order)
         if not pending:
             return
         done, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-        for f in done:
+        for f in sorted(done, key=order.__getitem__):  # submission order among the finished
             yield pending.pop(f), f
         if cancel and cancel():
             exhausted = True
@@ -540,7 +543,10 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
         return
 
     # Identifying tokens of this drop → pseudonyms (for scrubbing stored paths).
-    series = sorted(scan.series, key=lambda r: rel_of.get(str(_ref_files(r)[0]), "") if _ref_files(r) else "")
+    # Drop order (first file of each series as discovered) fixes the pseudonym numbering.
+    order_of = {str(p): i for i, (p, _, _) in enumerate(files)}
+    series = sorted(scan.series, key=lambda r: min((order_of.get(str(f), 1 << 62) for f in _ref_files(r)),
+                                                   default=1 << 62))
     plan = []  # (label, ref, struct paths, patient pseudonym, digest)
     replacements: dict[str, str] = {}
     taken: set[str] = set()
@@ -556,16 +562,29 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
         taken.add(label)
         plan.append([label, ref, [], pseudo, digest, suid])
 
+    roots = set()
+    for r in paths:
+        r = Path(r)
+        base = r.parent if r.is_file() else r
+        roots |= {str(base), os.path.abspath(base), os.path.realpath(base)}
+    roots_sorted = sorted(roots, key=len, reverse=True)
+
+    def clean(text: str) -> str:
+        """Paths relative to the drop and identifiers replaced by pseudonyms."""
+        for r in roots_sorted:
+            text = text.replace(r.rstrip(os.sep) + os.sep, "")
+        return scrub(text, replacements)
+
     def rel(p) -> str:
-        return scrub(rel_of.get(str(p), Path(p).name), replacements)
+        return clean(rel_of.get(str(p), str(p)))
 
     for s in scan.skipped:
         sp = str(_attr(s, "path", default=""))
         reason = str(_attr(s, "reason", default="unusable"))
-        report.skipped.append((rel(sp), scrub(reason, replacements)))
+        report.skipped.append((rel(sp), clean(reason)))
         q = quick_of.get(sp)
         if q:
-            st.identity[q] = ["", "", scrub(reason, replacements), rel(sp)]
+            st.identity[q] = ["", "", clean(reason), rel(sp)]
 
     # RTSTRUCT → CT series: by referenced series UID, else by Frame of Reference UID.
     by_series = {p[5]: p for p in plan}
@@ -617,7 +636,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
                 files = _ref_files(ref)
                 where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
                 reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-                report.skipped.append((where, scrub(str(reason), replacements)))
+                report.skipped.append((where, clean(str(reason))))
                 _call(progress, "ingest", done, total, f"skipped {label}")
                 continue
             file_rows = {}
@@ -631,7 +650,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
                 _call(progress, "ingest", done, total, f"{label} unchanged")
                 continue
             for sp, why in res["struct_skipped"]:
-                report.skipped.append((rel(sp), scrub(str(why), replacements)))
+                report.skipped.append((rel(sp), clean(str(why))))
             shape = tuple(res["images"].shape[1:])
             if st.image_shape and shape != st.image_shape:
                 report.skipped.append((rel(_ref_files(ref)[0].parent), (
@@ -639,7 +658,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
                     f"{st.image_shape}; set a crop or size")))
                 continue
             st.image_shape = st.image_shape or shape
-            warnings = tuple(scrub(w, replacements) for w in res["warnings"])
+            warnings = tuple(clean(w) for w in res["warnings"])
             entry = EntryData(
                 label=label, patient=pseudo, content_hash=res["content_hash"], images=res["images"],
                 labels=res["labels"], spacing=res["spacing"], rois=tuple(sorted(res["masks"])),

@@ -45,7 +45,8 @@ def identifying_tokens(values: Iterable[str]) -> list[str]:
             tokens.add(v)
         for part in re.split(r"[\^=]", v):
             part = part.strip()
-            if len(part) >= 3:
+            # A lone number ("007") would also hit file names like CT_0007.dcm.
+            if len(part) >= 3 and re.search(r"[^\W\d_]", part):
                 tokens.add(part)
         # Folder names often spell a DICOM name with _ or space instead of ^.
         if "^" in v:
@@ -57,7 +58,11 @@ def identifying_tokens(values: Iterable[str]) -> list[str]:
 
 
 def scrub(text: str, replacements: dict[str, str]) -> str:
-    """Replace each key (case-insensitive) in text with its value; longest keys first."""
-    for token in sorted(replacements, key=len, reverse=True):
-        text = re.sub(re.escape(token), replacements[token], text, flags=re.IGNORECASE)
-    return text
+    """Replace each key (case-insensitive) in text with its value, in one pass (longest
+    keys first), so a replacement is never itself rewritten."""
+    if not replacements:
+        return text
+    keys = sorted(replacements, key=len, reverse=True)
+    lower = {k.lower(): v for k, v in replacements.items()}
+    pattern = re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE)
+    return pattern.sub(lambda m: lower[m.group(0).lower()], text)

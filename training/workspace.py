@@ -164,12 +164,12 @@ def write_derived(grp: h5py.Group, images: np.ndarray, labels: np.ndarray | None
 
 def write_entry(entries: h5py.Group, e: EntryData, phash: str) -> h5py.Group:
     g = entries.create_group(e.label)
-    g.attrs["pseudonym"] = e.label
-    g.attrs["patient"] = e.patient or e.label
+    g.attrs["pseudonym"] = str(e.label)
+    g.attrs["patient"] = str(e.patient or e.label)
     g.attrs["split"] = ""
-    g.attrs["content_hash"] = e.content_hash
-    g.attrs["series_uid"] = e.series_uid
-    g.attrs["frame_of_reference_uid"] = e.frame_of_reference_uid
+    g.attrs["content_hash"] = str(e.content_hash)
+    g.attrs["series_uid"] = str(e.series_uid)
+    g.attrs["frame_of_reference_uid"] = str(e.frame_of_reference_uid)
     g.attrs["spacing"] = np.asarray(e.spacing, dtype=np.float64)
     g.attrs["rois"] = _json_attr(list(e.rois))
     g.attrs["warnings"] = _json_attr(list(e.warnings))
@@ -400,6 +400,10 @@ def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
             p.unlink()
         except OSError:
             pass
+    try:
+        staging_dir(path).rmdir()  # only when empty
+    except OSError:
+        pass
     return path
 
 

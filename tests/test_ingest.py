@@ -1,0 +1,261 @@
+"""Ingest: phantom cohorts → workspace; re-ingest, re-derive, cancel, privacy, bad files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pydicom
+import pytest
+
+from training.config import PreprocessConfig
+from training.ingest import ingest, rederive
+from training.phantom import generate_cohort
+from training.preprocess import preprocess_volume
+from training.workspace import Workspace, staging_dir
+
+pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
+
+SLICES, SIZE = 6, 32
+CFG = PreprocessConfig(crop=24, rois=("Lung-Left", "Lung-Right", "Heart"))
+
+
+@pytest.fixture(scope="module")
+def cohort_src(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    infos = generate_cohort(root / "drop", 3, slices=SLICES, size=SIZE, seed=0, fsync=False)
+    return root / "drop", infos
+
+
+@pytest.fixture
+def cohort(cohort_src, tmp_path):
+    src, infos = cohort_src
+    dst = tmp_path / "drop"
+    shutil.copytree(src, dst)
+    return dst, infos
+
+
+class DcmreadCounter:
+    """Counts pydicom.dcmread calls made anywhere in the DICOM and RTSTRUCT readers."""
+
+    def __init__(self, monkeypatch):
+        import pydicom.filereader
+
+        import training.dicom as dicom_mod
+        import training.rtstruct as rt_mod
+
+        self.calls = 0
+        orig = pydicom.dcmread
+
+        def counting(*a, **k):
+            self.calls += 1
+            return orig(*a, **k)
+
+        monkeypatch.setattr(pydicom, "dcmread", counting)
+        monkeypatch.setattr(pydicom.filereader, "dcmread", counting)
+        for mod in (dicom_mod, rt_mod):
+            if hasattr(mod, "dcmread"):
+                monkeypatch.setattr(mod, "dcmread", counting)
+
+
+def _hu_from_files(files):
+    """Independent HU reading: pydicom pixel_array × slope + intercept, sorted along the normal."""
+    dss = [pydicom.dcmread(f) for f in files]
+    iop = np.asarray(dss[0].ImageOrientationPatient, float)
+    n = np.cross(iop[:3], iop[3:])
+    dss.sort(key=lambda d: float(np.dot(np.asarray(d.ImagePositionPatient, float), n)))
+    return np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in dss])
+
+
+def test_ingest_phantom_round_trip(cohort, tmp_path):
+    drop, infos = cohort
+    events, arrived = [], []
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([drop], ws_path, CFG, workers=1, progress=lambda *a: events.append(a),
+                 on_patient=arrived.append)
+    assert rep.added == ["PAT-0001", "PAT-0002", "PAT-0003"] and not rep.skipped
+    assert [p.pseudonym for p in arrived] == rep.added
+    assert {e[0] for e in events} >= {"discover", "ingest", "merge"}
+    assert not staging_dir(ws_path).exists()
+    with Workspace.open(ws_path) as ws:
+        assert ws.image_shape == (24, 24) and ws.roi_names == CFG.rois
+        assert [p.n_images for p in ws.patients] == [SLICES] * 3
+        for p in ws.patients:
+            np.testing.assert_allclose(p.spacing, (3.0, 1.5, 1.5))
+            assert {"Lung-Left", "Lung-Right", "Heart", "Body"} <= set(p.rois)
+        assert {p.split for p in ws.patients} == {"train", "test"}
+        # stored source = an independent pydicom read of the files (pseudonyms follow drop order)
+        for k, info in enumerate(infos):
+            hu, masks, geo = ws.read_source(k)
+            np.testing.assert_array_equal(hu, _hu_from_files(info.ct_files))
+            assert geo.shape == (SLICES, SIZE, SIZE)
+            images, labels = ws.read_patient(k)
+            lab = np.zeros(hu.shape, np.uint8)
+            for c, roi in reversed(list(enumerate(CFG.rois, 1))):
+                lab[masks[roi]] = c
+            ref_i, ref_l = preprocess_volume(hu, lab, geo.positions, CFG)
+            np.testing.assert_allclose(images, ref_i, atol=1e-6)
+            np.testing.assert_array_equal(labels, ref_l)
+            assert set(np.unique(labels)) == {0, 1, 2, 3}
+        assert ws.images_dataset(0).chunks == (1, 24, 24)
+        assert ws.provenance[-1]["n_source_files"] == 3 * (SLICES + 1)
+
+
+def test_reingest_unchanged_reads_no_dicom(cohort, tmp_path, monkeypatch):
+    drop, _ = cohort
+    ws_path = tmp_path / "w.h5"
+    ingest([drop], ws_path, CFG, workers=1)
+    before = ws_path.stat().st_mtime_ns
+    counter = DcmreadCounter(monkeypatch)
+    monkeypatch.setattr("training.ingest.hash_file", lambda p: pytest.fail(f"{p} was read"))
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert counter.calls == 0
+    assert sorted(rep.unchanged) == ["PAT-0001", "PAT-0002", "PAT-0003"] and not rep.added
+    with Workspace.open(ws_path) as ws:
+        assert len(ws.patients) == 3
+    # a touched (same bytes, new mtime) file is hashed but its series is not parsed again
+    monkeypatch.undo()
+    import training.dicom
+
+    monkeypatch.setattr(training.dicom, "load_ct_series", lambda *a: pytest.fail("series loaded"))
+    f = next((drop / "patient_001" / "CT").iterdir())
+    os.utime(f, ns=(before + 10**9, before + 10**9))
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert "PAT-0002" in rep.unchanged and not rep.added
+
+
+def test_changed_parameters_rederive_without_dicom(cohort, tmp_path, monkeypatch):
+    drop, _ = cohort
+    ws_path = tmp_path / "w.h5"
+    ingest([drop], ws_path, CFG, workers=1)
+    with Workspace.open(ws_path) as ws:
+        hash_before = ws.data_hash
+    shutil.rmtree(drop)  # the DICOM files are gone: re-deriving must not need them
+    counter = DcmreadCounter(monkeypatch)
+    new = CFG.replace(crop=None, size=16, mode="3d", depth=8, rois=("Heart",))
+    rep = rederive(ws_path, new, workers=1)
+    assert sorted(rep.rederived) == ["PAT-0001", "PAT-0002", "PAT-0003"] and not rep.cancelled
+    assert counter.calls == 0
+    with Workspace.open(ws_path) as ws:
+        assert ws.preprocess == new and ws.data_hash != hash_before
+        assert ws.image_shape == (8, 16, 16) and ws.roi_names == ("Heart",)
+        hu, masks, geo = ws.read_source(1)
+        ref_i, ref_l = preprocess_volume(hu, masks["Heart"].astype(np.uint8), geo.positions, new)
+        images, labels = ws.read_patient(1)
+        np.testing.assert_allclose(images, ref_i, atol=1e-6)
+        np.testing.assert_array_equal(labels, ref_l)
+        assert ws.images_dataset(0).chunks == (1, 1, 16, 16)
+    with h5py.File(ws_path, "r") as f:  # only the current derived arrays are kept
+        assert list(f["entries/PAT-0001/derived"]) == [f.attrs["preprocess_hash"]]
+
+
+def test_ingest_with_new_settings_rederives_existing(cohort, tmp_path):
+    drop, infos = cohort
+    ws_path = tmp_path / "w.h5"
+    shutil.move(str(drop / infos[2].folder.name), tmp_path / "later")
+    ingest([drop], ws_path, CFG, workers=1)
+    rep = ingest([drop, tmp_path / "later"], ws_path, CFG.replace(crop=16), workers=1)
+    assert sorted(rep.rederived) == ["PAT-0001", "PAT-0002"] and rep.added == ["PAT-0003"]
+    with Workspace.open(ws_path) as ws:
+        assert ws.image_shape == (16, 16) and [p.n_images for p in ws.patients] == [SLICES] * 3
+
+
+def test_cancel_keeps_committed_patients(cohort, tmp_path):
+    drop, _ = cohort
+    ws_path = tmp_path / "w.h5"
+    arrived = []
+    rep = ingest([drop], ws_path, CFG, workers=1, on_patient=arrived.append,
+                 cancel=lambda: len(arrived) >= 1)
+    assert rep.cancelled and 1 <= len(rep.added) < 3
+    with Workspace.open(ws_path) as ws:
+        assert [p.pseudonym for p in ws.patients] == rep.added
+        ws.read_images(ws.index())
+    rep2 = ingest([drop], ws_path, CFG, workers=1)
+    assert len(rep2.added) + len(rep2.unchanged) == 3 and not rep2.cancelled
+    with Workspace.open(ws_path) as ws:
+        assert len(ws.patients) == 3
+
+
+def test_no_identifiers_in_workspace_bytes(cohort, tmp_path):
+    drop, infos = cohort
+    # a user's folder named after the patient, holding a file that is not DICOM
+    named = drop / "PHANTOM_001 notes"
+    named.mkdir()
+    (named / "PH001 readme.txt").write_text("not dicom")
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert len(rep.added) == 3
+    skipped_paths = [p for p, _ in rep.skipped]
+    assert len(skipped_paths) == 1 and "PAT-0002" in skipped_paths[0]
+    raw = ws_path.read_bytes().lower()
+    for info in infos:
+        for value in (info.patient_name, info.patient_id, info.patient_birth_date,
+                      info.patient_name.replace("^", "_")):
+            assert value.lower().encode() not in raw, value
+    assert str(tmp_path).lower().encode() not in raw  # no absolute paths either
+    with Workspace.open(ws_path) as ws:
+        assert ws.skipped == [(skipped_paths[0], rep.skipped[0][1])]
+
+
+def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):
+    drop, infos = cohort
+    bad = drop / "bad"
+    bad.mkdir()
+    (bad / "empty.dcm").write_bytes(b"")
+    (bad / "text.txt").write_text("hello")
+    good = infos[0].ct_files[0].read_bytes()
+    (bad / "truncated.dcm").write_bytes(good[:300])
+    # an RTSTRUCT whose Frame of Reference differs from its referenced CT's
+    ds = pydicom.dcmread(infos[1].rtstruct)
+    ds.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID = "1.2.3.4.5"
+    for roi in ds.StructureSetROISequence:
+        roi.ReferencedFrameOfReferenceUID = "1.2.3.4.5"
+    if "FrameOfReferenceUID" in ds:
+        ds.FrameOfReferenceUID = "1.2.3.4.5"
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(bad / "wrong_for_rs.dcm")
+    # an RTSTRUCT whose CT series is not dropped
+    orphan = tmp_path / "orphan"
+    shutil.copytree(infos[2].folder, orphan)
+    shutil.rmtree(orphan / "CT")
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([drop, orphan], ws_path, CFG, workers=1)
+    assert len(rep.added) == 3
+    reasons = dict(rep.skipped)
+    for name in ("bad/empty.dcm", "bad/text.txt", "bad/truncated.dcm", "bad/wrong_for_rs.dcm",
+                 "RTSTRUCT/rs.dcm"):
+        assert any(p.endswith(name) for p in reasons), (name, reasons)
+    assert "Frame of Reference" in next(r for p, r in reasons.items() if p.endswith("wrong_for_rs.dcm"))
+    with Workspace.open(ws_path) as ws:
+        assert len(ws.skipped) == len(rep.skipped)
+        assert len(ws.patients) == 3
+    # dropped again: the bad files are reported again without being read
+    rep2 = ingest([drop, orphan], ws_path, CFG, workers=1)
+    assert not rep2.added and {p for p, _ in rep2.skipped} >= {p for p, _ in rep.skipped if "bad/" in p}
+
+
+def test_two_series_of_one_patient(tmp_path):
+    a = generate_cohort(tmp_path / "a", 1, slices=4, size=SIZE, seed=0, fsync=False)
+    b = generate_cohort(tmp_path / "b", 1, slices=4, size=SIZE, seed=1, fsync=False)
+    assert a[0].patient_id == b[0].patient_id
+    c = generate_cohort(tmp_path / "c", 2, slices=4, size=SIZE, seed=0, fsync=False)[1:]
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([tmp_path / "a", tmp_path / "b", c[0].folder], ws_path, CFG, workers=1)
+    assert sorted(rep.added) == ["PAT-0001", "PAT-0001-2", "PAT-0002"]
+    with Workspace.open(ws_path) as ws:
+        by = {p.pseudonym: p for p in ws.patients}
+        assert by["PAT-0001"].patient == by["PAT-0001-2"].patient == "PAT-0001"
+        assert by["PAT-0001"].split == by["PAT-0001-2"].split != by["PAT-0002"].split
+
+
+def test_worker_pool_gives_the_same_workspace(cohort, tmp_path):
+    drop, _ = cohort
+    ingest([drop], tmp_path / "one.h5", CFG, workers=1)
+    ingest([drop], tmp_path / "two.h5", CFG, workers=2)
+    with Workspace.open(tmp_path / "one.h5") as w1, Workspace.open(tmp_path / "two.h5") as w2:
+        assert [p.pseudonym for p in w1.patients] == [p.pseudonym for p in w2.patients]
+        np.testing.assert_array_equal(w1.read_images(w1.index()), w2.read_images(w2.index()))
+        np.testing.assert_array_equal(w1.read_labels(w1.index()), w2.read_labels(w2.index()))
