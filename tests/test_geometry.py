@@ -24,3 +24,13 @@ def test_spacing_and_serialisation():
     assert g.spacing == (g.slice_spacing, 0.7, 0.9)
     g2 = VolumeGeometry.from_dict(g.to_dict())
     assert np.allclose(g2.ipp, g.ipp) and g2.sop_uids == g.sop_uids and g2.shape == g.shape
+
+
+def test_in_plane_shift_per_slice_is_followed():
+    # Gantry-tilt-like stack: each slice's origin shifts along col_dir by 1 mm.
+    row, col = np.array([1.0, 0, 0]), np.array([0, 1.0, 0])
+    ipp = np.array([[0.0, float(k), 3.0 * k] for k in range(4)])
+    g = VolumeGeometry(ipp, row, col, (0.5, 0.5), (4, 8, 8))
+    p = g.voxel_to_patient(np.array([[2, 4, 6]]))
+    assert np.allclose(p, [[3.0, 2.0 + 2.0, 6.0]])
+    assert np.allclose(g.patient_to_voxel(p), [[2, 4, 6]])

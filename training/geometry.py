@@ -48,23 +48,26 @@ class VolumeGeometry:
     def patient_to_voxel(self, points: np.ndarray) -> np.ndarray:
         """Map (n, 3) patient coordinates (mm) to fractional (k, i, j) indices.
 
-        In-plane indices use the first slice's origin (all slices share row/col
-        directions); k interpolates linearly between measured slice positions and
-        extrapolates with the end spacing.
+        k interpolates linearly between measured slice positions along the normal (and
+        extrapolates with the end spacing); in-plane indices are measured from the
+        ImagePositionPatient interpolated at k, so slices whose origins shift in-plane
+        (gantry tilt) map correctly.
         """
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        d = pts - self.ipp[0]
-        j = d @ self.row_dir / self.pixel_spacing[1]
-        i = d @ self.col_dir / self.pixel_spacing[0]
         s = pts @ self.normal
         pos = self.positions
+        idx = np.arange(len(pos), dtype=np.float64)
         if len(pos) == 1:
             k = np.zeros(len(pts))
         else:
-            k = np.interp(s, pos, np.arange(len(pos), dtype=np.float64))
+            k = np.interp(s, pos, idx)
             lo, hi = s < pos[0], s > pos[-1]
             k[lo] = (s[lo] - pos[0]) / (pos[1] - pos[0])
             k[hi] = len(pos) - 1 + (s[hi] - pos[-1]) / (pos[-1] - pos[-2])
+        base = np.stack([np.interp(k, idx, self.ipp[:, a]) for a in range(3)], axis=1)
+        d = pts - base
+        j = d @ self.row_dir / self.pixel_spacing[1]
+        i = d @ self.col_dir / self.pixel_spacing[0]
         return np.stack([k, i, j], axis=1)
 
     def voxel_to_patient(self, kij: np.ndarray) -> np.ndarray:
