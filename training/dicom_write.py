@@ -371,7 +371,9 @@ def masks_to_contours(mask_2d: np.ndarray, tolerance: float = 0.0) -> list[np.nd
     by even-odd parity). The repeated closing point is dropped. `tolerance` > 0 (pixels)
     simplifies with skimage.measure.approximate_polygon.
     """
-    from skimage.measure import approximate_polygon, find_contours
+    # Not `from skimage.measure import ...approximate_polygon`: it pulls in scipy.signal
+    # (seconds of import time) and is only needed when simplifying.
+    from skimage.measure import find_contours
 
     m = np.asarray(mask_2d, dtype=bool)
     if not m.any():
@@ -384,6 +386,8 @@ def masks_to_contours(mask_2d: np.ndarray, tolerance: float = 0.0) -> list[np.nd
     for c in find_contours(padded, 0.5):
         c = c + np.array([r0 - 1.0, c0 - 1.0])  # back to the full image's pixels
         if tolerance > 0:
+            from skimage.measure import approximate_polygon
+
             c = approximate_polygon(c, tolerance)
         if len(c) > 1 and np.allclose(c[0], c[-1]):
             c = c[:-1]
