@@ -22,7 +22,6 @@ progress messages do not contain them.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -331,9 +330,3 @@ def generate_cohort(
             progress(i + 1, n_patients, info)
     return infos
 
-
-def timed_cohort(out_dir: str | Path, n_patients: int, **kwargs) -> tuple[list[PatientInfo], float]:
-    """generate_cohort plus its wall time in seconds (for the CLI and benchmarks)."""
-    t0 = time.perf_counter()
-    infos = generate_cohort(out_dir, n_patients, **kwargs)
-    return infos, time.perf_counter() - t0
