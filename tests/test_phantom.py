@@ -136,7 +136,8 @@ def test_cohort_round_trip(tmp_path):
                 k = by_uid[c.ContourImageSequence[0].ReferencedSOPInstanceUID]
                 d = np.array(c.ContourData, float).reshape(-1, 3) - np.array(dss[k].ImagePositionPatient, float)
                 assert np.allclose(d[:, 2], 0, atol=1e-4)  # in the referenced slice's plane
-                ij = np.column_stack([d[:, 1] / float(dss[k].PixelSpacing[0]), d[:, 0] / float(dss[k].PixelSpacing[1])])
+                dy, dx = (float(v) for v in dss[k].PixelSpacing)
+                ij = np.column_stack([d[:, 1] / dy, d[:, 0] / dx])
                 raster[k] ^= _inside(ij, hu.shape[1:])
             assert np.array_equal(raster, masks[name_r]), name_r
 
@@ -159,7 +160,8 @@ def test_cli_help(capsys):
         main(["phantom", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--patients", "--out", "--slices", "--size", "--seed", "--pixel-spacing", "--slice-thickness", "--json"):
+    flags = ("--patients", "--out", "--slices", "--size", "--seed", "--pixel-spacing", "--slice-thickness", "--json")
+    for flag in flags:
         assert flag in out
 
 

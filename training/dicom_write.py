@@ -513,7 +513,9 @@ def write_rtstruct(
             pts = np.asarray(pts, dtype=np.float64).reshape(-1, 2)
             k = int(k)
             if not 0 <= k < g.shape[0]:
-                raise ValueError(f"write_rtstruct: ROI {name!r} has a contour on slice {k}, outside 0..{g.shape[0] - 1}")
+                raise ValueError(
+                    f"write_rtstruct: ROI {name!r} has a contour on slice {k}, outside 0..{g.shape[0] - 1}"
+                )
             if len(pts) < 3:
                 continue
             kij = np.column_stack([np.full(len(pts), float(k)), pts[:, 0], pts[:, 1]])

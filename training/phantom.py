@@ -290,7 +290,8 @@ def write_patient(
     )
     return PatientInfo(
         index=i, folder=folder, ct_dir=ct_dir, rtstruct=rs, ct_files=tuple(written.paths),
-        n_slices=slices, shape=tuple(ph.hu.shape), spacing=(float(slice_thickness), float(pixel_spacing), float(pixel_spacing)),
+        n_slices=slices, shape=tuple(ph.hu.shape),
+        spacing=(float(slice_thickness), float(pixel_spacing), float(pixel_spacing)),
         patient_name=name, patient_id=pid, patient_birth_date=birth,
         study_uid=written.study_uid, series_uid=written.series_uid,
         frame_of_reference_uid=written.frame_of_reference_uid,
