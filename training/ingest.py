@@ -337,6 +337,7 @@ class _State:
 
 
 def _prepare(path: Path, cfg: PreprocessConfig, test_fraction: float, seed: int) -> None:
+    wsmod.remove_stale_temps(path)
     if not path.exists():
         wsmod.create_empty(path, cfg, test_fraction=test_fraction, seed=seed)
     elif wsmod.list_staged(path):
@@ -426,6 +427,7 @@ def rederive(workspace_path: str | os.PathLike, new_cfg: PreprocessConfig,
     t0 = time.perf_counter()
     report = IngestReport(workspace=str(path))
     with workspace_lock(path):
+        wsmod.remove_stale_temps(path)
         if wsmod.list_staged(path):
             wsmod.merge(path)
         try:

@@ -296,6 +296,29 @@ def create_empty(path: str | os.PathLike, cfg: PreprocessConfig | None = None, *
     return path
 
 
+def remove_stale_temps(path: str | os.PathLike) -> int:
+    """Delete temporary files a killed writer left beside the workspace and in staging.
+
+    Call only while holding the writer lock (training.ingest.workspace_lock): then no
+    temporary file can belong to a live writer.
+    """
+    path = Path(path)
+    n = 0
+    for folder in (path.parent, staging_dir(path)):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.endswith(".tmp") and p.name.startswith("."):
+                if folder == path.parent and not p.name.startswith(f".{path.name}."):
+                    continue
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
+    return n
+
+
 def list_staged(path: str | os.PathLike, merged_through: int = 0) -> list[tuple[int, Path]]:
     d = staging_dir(path)
     if not d.is_dir():
