@@ -1,0 +1,403 @@
+"""Export of any pyqtgraph plot or image view: PNG, SVG, PDF, CSV and the clipboard.
+
+A "figure" is a pyqtgraph GraphicsView (GraphicsLayoutWidget, PlotWidget, ImageView's
+view …): what is exported is what the view shows, drawn again by Qt into the target.
+
+True pixel scale:
+- PNG and the clipboard image are rendered at an integer scale of the view's logical
+  size (its size in device-independent pixels, never halved or doubled by the screen's
+  devicePixelRatio); the default scale is the smallest one at which every ImageItem in
+  the view gets at least one output pixel per data pixel, so images are never
+  downsampled. Images are scaled by nearest neighbour (no smoothing): pixels stay crisp.
+- SVG embeds each image as a PNG of the full data resolution with
+  image-rendering="pixelated" (viewers do not blur it); lines and text stay vectors.
+- PDF: one page of the view's logical size in points; images are embedded at full
+  resolution without interpolation.
+- CSV: the numbers behind the figure, from a table the panel provides (see `Table`).
+
+Every file is written atomically (temp file in the same folder, fsync, os.replace).
+
+`ExportButton` is the widget a panel attaches: a tool button whose menu saves each
+format through a file dialog that remembers the last folder (AppSettings key
+"export/last_dir"), copies the image to the clipboard, and takes extra actions
+(e.g. "Save image as DICOM…" wired to training/export.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, Union
+
+import numpy as np
+
+from explorer.qt import QtCore, QtGui, QtSvg, QtWidgets, Signal, pg
+from training.atomic_files import atomic_write_bytes, atomic_write_text
+
+MAX_SCALE = 8
+FORMATS = ("png", "svg", "pdf", "csv")
+FILTERS = {
+    "png": "PNG image (*.png)",
+    "svg": "SVG vector graphics (*.svg)",
+    "pdf": "PDF document (*.pdf)",
+    "csv": "CSV table (*.csv)",
+    "npy": "NumPy array (*.npy)",
+}
+LAST_DIR_KEY = "export/last_dir"
+
+# What a panel returns for CSV: (header, rows), a 2-D array (one CSV row per array row),
+# or {column name: 1-D values} (equal lengths).
+Table = Union[tuple[Sequence[str], Iterable[Sequence[Any]]], np.ndarray, Mapping[str, Sequence[Any]]]
+ViewLike = Union[QtWidgets.QGraphicsView, Callable[[], QtWidgets.QGraphicsView]]
+
+
+def _view(view: ViewLike) -> QtWidgets.QGraphicsView:
+    v = view() if callable(view) and not isinstance(view, QtWidgets.QGraphicsView) else view
+    if not isinstance(v, QtWidgets.QGraphicsView):
+        raise TypeError(f"not a graphics view: {type(v).__name__}")
+    return v
+
+
+def _logical_size(view: QtWidgets.QGraphicsView) -> QtCore.QSize:
+    """The viewport's size in device-independent pixels (what the user sees, unscaled)."""
+    s = view.viewport().size()
+    return QtCore.QSize(max(1, s.width()), max(1, s.height()))
+
+
+def image_items(view: QtWidgets.QGraphicsView) -> list[pg.ImageItem]:
+    """Every visible ImageItem with data in the view's scene."""
+    scene = view.scene()
+    if scene is None:
+        return []
+    return [it for it in scene.items()
+            if isinstance(it, pg.ImageItem) and it.isVisible() and it.image is not None]
+
+
+def true_pixel_scale(view: ViewLike, max_scale: int = MAX_SCALE) -> int:
+    """Smallest integer scale at which every shown image gets ≥ 1 output pixel per data pixel.
+
+    Measured in the view's logical pixels; 1 when the view shows no image (or shows its
+    images magnified already). Capped at max_scale (a 512² image in a thumbnail view
+    would otherwise ask for a huge file).
+    """
+    v = _view(view)
+    scale = 1
+    for item in image_items(v):
+        rect = v.mapFromScene(item.mapRectToScene(item.boundingRect())).boundingRect()
+        w, h = item.width() or 0, item.height() or 0
+        if rect.width() <= 0 or rect.height() <= 0 or not w or not h:
+            continue
+        need = max(w / rect.width(), h / rect.height())
+        scale = max(scale, math.ceil(need - 1e-6))
+    return int(min(max(scale, 1), max_scale))
+
+
+def _render(view: QtWidgets.QGraphicsView, painter: QtGui.QPainter, target: QtCore.QRectF) -> None:
+    painter.setRenderHint(QtGui.QPainter.RenderHint.Antialiasing, True)
+    painter.setRenderHint(QtGui.QPainter.RenderHint.TextAntialiasing, True)
+    # Nearest neighbour for images: a CT pixel stays one sharp square.
+    painter.setRenderHint(QtGui.QPainter.RenderHint.SmoothPixmapTransform, False)
+    view.render(painter, target, view.viewport().rect(),
+                QtCore.Qt.AspectRatioMode.IgnoreAspectRatio)
+
+
+def render_image(view: ViewLike, scale: int | None = None) -> QtGui.QImage:
+    """The view drawn into a QImage of exactly logical size × scale pixels (dpr 1)."""
+    v = _view(view)
+    scale = true_pixel_scale(v) if scale is None else max(1, int(scale))
+    size = _logical_size(v)
+    img = QtGui.QImage(size.width() * scale, size.height() * scale,
+                       QtGui.QImage.Format.Format_ARGB32_Premultiplied)
+    img.setDevicePixelRatio(1.0)  # no HiDPI halving: one QImage pixel is one file pixel
+    img.fill(QtGui.QColor("white"))
+    p = QtGui.QPainter(img)
+    try:
+        _render(v, p, QtCore.QRectF(0, 0, img.width(), img.height()))
+    finally:
+        p.end()
+    return img
+
+
+def _qimage_bytes(img: QtGui.QImage, fmt: str = "PNG") -> bytes:
+    buf = QtCore.QBuffer()
+    buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+    if not img.save(buf, fmt):
+        raise OSError(f"could not encode the image as {fmt}")
+    return bytes(buf.data())
+
+
+def export_png(view: ViewLike, path, scale: int | None = None) -> Path:
+    """Write the view as PNG at true pixel scale (see module docstring); the path."""
+    return atomic_write_bytes(Path(path), _qimage_bytes(render_image(view, scale)))
+
+
+_IMAGE_TAG = re.compile(r"<image\b([^>]*)>")
+_RENDERING_ATTR = re.compile(r'\s(?:image-rendering|style)="[^"]*"')
+
+
+def _pixelated(match: re.Match) -> str:
+    attrs = _RENDERING_ATTR.sub("", match.group(1))
+    return f'<image image-rendering="pixelated" style="image-rendering:pixelated"{attrs}>'
+
+
+def svg_bytes(view: ViewLike, title: str = "") -> bytes:
+    """The view as SVG: vectors for lines and text, images embedded at full resolution."""
+    v = _view(view)
+    size = _logical_size(v)
+    buf = QtCore.QBuffer()
+    buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+    gen = QtSvg.QSvgGenerator()
+    gen.setOutputDevice(buf)
+    gen.setSize(size)
+    gen.setViewBox(QtCore.QRect(0, 0, size.width(), size.height()))
+    gen.setResolution(96)
+    gen.setTitle(title or "ct-vae-explorer figure")
+    gen.setDescription("Exported by ct-vae-explorer")
+    p = QtGui.QPainter(gen)
+    try:
+        _render(v, p, QtCore.QRectF(0, 0, size.width(), size.height()))
+    finally:
+        p.end()
+    text = bytes(buf.data()).decode("utf-8")
+    # Viewers smooth embedded images by default; a CT pixel must stay a square.
+    text = _IMAGE_TAG.sub(_pixelated, text)
+    return text.encode("utf-8")
+
+
+def export_svg(view: ViewLike, path, title: str = "") -> Path:
+    return atomic_write_bytes(Path(path), svg_bytes(view, title))
+
+
+def pdf_bytes(view: ViewLike, title: str = "") -> bytes:
+    """The view as a one-page PDF of its logical size in points (1 px → 1 pt)."""
+    v = _view(view)
+    size = _logical_size(v)
+    buf = QtCore.QBuffer()
+    buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+    writer = QtGui.QPdfWriter(buf)
+    writer.setTitle(title or "ct-vae-explorer figure")
+    writer.setCreator("ct-vae-explorer")
+    writer.setResolution(72)
+    writer.setPageSize(QtGui.QPageSize(QtCore.QSizeF(size.width(), size.height()),
+                                       QtGui.QPageSize.Unit.Point, "figure",
+                                       QtGui.QPageSize.SizeMatchPolicy.ExactMatch))
+    writer.setPageMargins(QtCore.QMarginsF(0, 0, 0, 0), QtGui.QPageLayout.Unit.Point)
+    p = QtGui.QPainter(writer)
+    try:
+        _render(v, p, QtCore.QRectF(p.viewport()))
+    finally:
+        p.end()
+    return bytes(buf.data())
+
+
+def export_pdf(view: ViewLike, path, title: str = "") -> Path:
+    return atomic_write_bytes(Path(path), pdf_bytes(view, title))
+
+
+def table_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
+    """(header, rows) of any accepted Table form (header [] for a bare 2-D array)."""
+    if isinstance(table, Mapping):
+        header = [str(k) for k in table]
+        cols = [np.asarray(v).ravel() for v in table.values()]
+        n = {len(c) for c in cols}
+        if len(n) > 1:
+            raise ValueError(f"columns of different lengths: {dict(zip(header, map(len, cols)))}")
+        return header, [list(r) for r in zip(*cols)]
+    if isinstance(table, np.ndarray):
+        a = table if table.ndim == 2 else np.atleast_2d(table.reshape(table.shape[0], -1) if table.ndim > 2 else table)
+        return [], a.tolist()
+    header, rows = table
+    return [str(h) for h in header], [list(r) for r in rows]
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v))  # shortest round-trip text
+    if isinstance(v, np.integer):
+        return int(v)
+    return v
+
+
+def csv_text(table: Table) -> str:
+    header, rows = table_rows(table)
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    if header:
+        w.writerow(header)
+    for r in rows:
+        w.writerow([_cell(v) for v in r])
+    return out.getvalue()
+
+
+def export_csv(table: Table, path) -> Path:
+    """Write the numbers behind a figure as CSV (floats in shortest round-trip form)."""
+    return atomic_write_text(Path(path), csv_text(table))
+
+
+def copy_to_clipboard(view: ViewLike, scale: int | None = None) -> QtGui.QImage:
+    """Put the view's true-pixel-scale image on the clipboard; returns it."""
+    img = render_image(view, scale)
+    QtWidgets.QApplication.clipboard().setImage(img)
+    return img
+
+
+def export_figure(view: ViewLike, path, fmt: str | None = None, table: Table | Callable[[], Table] | None = None,
+                  title: str = "") -> Path:
+    """Write `view` (or its table for csv) in the format given by `fmt` or the path's suffix."""
+    path = Path(path)
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt == "png":
+        return export_png(view, path)
+    if fmt == "svg":
+        return export_svg(view, path, title)
+    if fmt == "pdf":
+        return export_pdf(view, path, title)
+    if fmt == "csv":
+        if table is None:
+            raise ValueError("this figure has no table to export")
+        return export_csv(table() if callable(table) else table, path)
+    raise ValueError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+
+
+# -- dialogs ------------------------------------------------------------------------------
+
+
+def _settings(settings):
+    if settings is not None:
+        return settings
+    from explorer.settings import AppSettings
+
+    return AppSettings()
+
+
+def last_folder(settings=None) -> Path:
+    value = _settings(settings).value(LAST_DIR_KEY, "")
+    path = Path(value) if value else Path.home()
+    return path if path.is_dir() else Path.home()
+
+
+def remember_folder(path, settings=None) -> None:
+    s = _settings(settings)
+    s.set_value(LAST_DIR_KEY, str(Path(path).parent))
+    if hasattr(s, "sync"):
+        s.sync()
+
+
+def safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "figure"
+
+
+def ask_save_path(parent: QtWidgets.QWidget | None, title: str, default_name: str, fmt: str,
+                  settings=None) -> Path | None:
+    """A save dialog starting in the last export folder; remembers the chosen folder."""
+    start = last_folder(settings) / f"{safe_filename(default_name)}.{fmt}"
+    name, _ = QtWidgets.QFileDialog.getSaveFileName(parent, title, str(start),
+                                                    FILTERS.get(fmt, f"*.{fmt}"))
+    if not name:
+        return None
+    path = Path(name)
+    if fmt and path.suffix.lower() != f".{fmt}":
+        path = path.with_name(path.name + f".{fmt}")
+    remember_folder(path, settings)
+    return path
+
+
+def ask_save_folder(parent: QtWidgets.QWidget | None, title: str, settings=None) -> Path | None:
+    """A folder dialog (DICOM series) starting in the last export folder."""
+    name = QtWidgets.QFileDialog.getExistingDirectory(parent, title, str(last_folder(settings)))
+    if not name:
+        return None
+    path = Path(name)
+    s = _settings(settings)
+    s.set_value(LAST_DIR_KEY, str(path))
+    return path
+
+
+class ExportButton(QtWidgets.QToolButton):
+    """"Export ▾" button: PNG, SVG, PDF, CSV of a figure, copy image, and extra actions.
+
+    view: the GraphicsView to export (or a zero-argument callable returning it).
+    name: the default file name (no suffix) and the files' title.
+    table: a Table or a zero-argument callable returning one (None: no CSV entry).
+    settings: AppSettings (remembers the last folder); None uses the default file.
+
+    Signals: exported(str path), failed(str message). `export(fmt, path)` writes without
+    a dialog (tests, scripts).
+    """
+
+    exported = Signal(str)
+    failed = Signal(str)
+
+    def __init__(self, view: ViewLike, name: str, table: Table | Callable[[], Table] | None = None,
+                 settings=None, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._view_ref = view
+        self.name = name
+        self.table = table
+        self.settings = settings
+        self.setText("Export")
+        self.setToolTip("Save this figure as PNG, SVG or PDF, its numbers as CSV, or copy it")
+        self.setPopupMode(QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.menu_ = QtWidgets.QMenu(self)
+        self.setMenu(self.menu_)
+        self.actions_by_format: dict[str, QtGui.QAction] = {}
+        for fmt, text in (("png", "Save figure as PNG…"), ("svg", "Save figure as SVG…"),
+                          ("pdf", "Save figure as PDF…"), ("csv", "Save numbers as CSV…")):
+            act = self.menu_.addAction(text)
+            act.triggered.connect(lambda _=False, f=fmt: self.export_with_dialog(f))
+            self.actions_by_format[fmt] = act
+        self.actions_by_format["csv"].setEnabled(table is not None)
+        copy = self.menu_.addAction("Copy image")
+        copy.triggered.connect(self.copy)
+        self.actions_by_format["copy"] = copy
+        self._extra_separator = False
+
+    def view(self) -> QtWidgets.QGraphicsView:
+        return _view(self._view_ref)
+
+    def set_table(self, table: Table | Callable[[], Table] | None) -> None:
+        self.table = table
+        self.actions_by_format["csv"].setEnabled(table is not None)
+
+    def add_action(self, text: str, callback: Callable[[], Any]) -> QtGui.QAction:
+        """An extra menu entry below the standard ones (e.g. "Save image as DICOM…")."""
+        if not self._extra_separator:
+            self.menu_.addSeparator()
+            self._extra_separator = True
+        act = self.menu_.addAction(text)
+        act.triggered.connect(lambda _=False: callback())
+        return act
+
+    def export(self, fmt: str, path) -> Path:
+        """Write the figure in `fmt` to `path` (no dialog); raises on failure."""
+        out = export_figure(self.view(), path, fmt, self.table, title=self.name)
+        self.exported.emit(str(out))
+        return out
+
+    def export_with_dialog(self, fmt: str) -> Path | None:
+        path = ask_save_path(self, f"Export {self.name} as {fmt.upper()}", self.name, fmt, self.settings)
+        if path is None:
+            return None
+        try:
+            return self.export(fmt, path)
+        except Exception as exc:  # the user sees one line; the app carries on
+            from explorer.workers import readable_error
+
+            self.failed.emit(f"Could not write {path.name}: {readable_error(exc)}")
+            return None
+
+    def copy(self) -> QtGui.QImage:
+        img = copy_to_clipboard(self.view())
+        self.exported.emit("clipboard")
+        return img
+
+
+__all__ = [
+    "ExportButton", "FORMATS", "Table", "ask_save_folder", "ask_save_path", "copy_to_clipboard",
+    "csv_text", "export_csv", "export_figure", "export_pdf", "export_png", "export_svg",
+    "image_items", "last_folder", "pdf_bytes", "remember_folder", "render_image", "svg_bytes",
+    "table_rows", "true_pixel_scale",
+]

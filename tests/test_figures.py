@@ -1,0 +1,196 @@
+"""explorer.figures (PNG/SVG/PDF/CSV export at true pixel scale, clipboard, remembered
+folder) and explorer.widgets.latest_worker (latest-wins background work)."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import threading
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+from tests.test_gui_support import data_dir  # noqa: F401  (fixture)
+
+pytest.importorskip("pytestqt")
+
+
+def _image_view(qtbot, data: np.ndarray, size=(200, 150)):
+    from explorer.qt import pg
+
+    w = pg.GraphicsLayoutWidget()
+    qtbot.addWidget(w)
+    w.resize(*size)
+    plot = w.addPlot(title="test figure")
+    plot.invertY(True)
+    item = pg.ImageItem(data, levels=(0, 1))
+    plot.addItem(item)
+    plot.setLabel("left", "z₁")
+    plot.setLabel("bottom", "z₀")
+    w.show()
+    qtbot.waitExposed(w)
+    plot.autoRange(padding=0)
+    qtbot.wait(10)
+    return w, item
+
+
+def test_png_true_pixel_scale(qtbot, tmp_path):
+    from explorer import figures
+    from explorer.qt import QtGui
+
+    data = np.random.default_rng(0).random((300, 400)).astype(np.float32)
+    view, _ = _image_view(qtbot, data)
+    scale = figures.true_pixel_scale(view)
+    assert scale >= 2  # 400 data px in a ~200 px wide view need at least 2×
+    out = figures.export_png(view, tmp_path / "f.png")
+    img = QtGui.QImage(str(out))
+    vp = view.viewport().size()
+    assert (img.width(), img.height()) == (vp.width() * scale, vp.height() * scale)
+    assert img.devicePixelRatio() == 1.0
+    # every data pixel has at least one output pixel: the image's on-screen rect × scale
+    item = figures.image_items(view)[0]
+    rect = view.mapFromScene(item.mapRectToScene(item.boundingRect())).boundingRect()
+    assert rect.width() * scale >= data.shape[1] - 1
+    # an explicit scale is honoured exactly
+    out1 = figures.export_png(view, tmp_path / "f1.png", scale=1)
+    img1 = QtGui.QImage(str(out1))
+    assert (img1.width(), img1.height()) == (vp.width(), vp.height())
+
+
+def test_svg_embeds_full_resolution_image(qtbot, tmp_path):
+    from explorer import figures
+    from explorer.qt import QtGui
+
+    data = np.linspace(0, 1, 37 * 23, dtype=np.float32).reshape(37, 23)
+    view, _ = _image_view(qtbot, data)
+    out = figures.export_svg(view, tmp_path / "f.svg", title="t")
+    root = ET.parse(out).getroot()
+    images = [e for e in root.iter() if e.tag.endswith("image")]
+    assert images, "no <image> in the SVG"
+    sizes = []
+    for e in images:
+        href = e.get("{http://www.w3.org/1999/xlink}href") or e.get("href")
+        assert href.startswith("data:image/")
+        raw = base64.b64decode(href.split(",", 1)[1])
+        q = QtGui.QImage.fromData(raw)
+        sizes.append((q.width(), q.height()))
+        assert e.get("image-rendering") == "pixelated"
+    assert (23, 37) in sizes  # the data's own resolution (width, height)
+    # text stays text (axis labels)
+    assert any(e.tag.endswith("text") for e in root.iter())
+
+
+def test_pdf_and_csv(qtbot, tmp_path):
+    from explorer import figures
+
+    data = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+    view, _ = _image_view(qtbot, data)
+    pdf = figures.export_pdf(view, tmp_path / "f.pdf")
+    raw = pdf.read_bytes()
+    assert raw.startswith(b"%PDF") and b"%%EOF" in raw[-64:]
+
+    # the three table forms
+    figures.export_csv({"x": [1.5, 2.0], "n": np.array([3, 4])}, tmp_path / "a.csv")
+    rows = list(csv.reader(open(tmp_path / "a.csv")))
+    assert rows == [["x", "n"], ["1.5", "3"], ["2.0", "4"]]
+    figures.export_csv(data, tmp_path / "b.csv")
+    back = np.loadtxt(tmp_path / "b.csv", delimiter=",", dtype=np.float32)
+    np.testing.assert_array_equal(back, data)  # shortest round-trip text
+    figures.export_csv((["a", "b"], [[1, "x"]]), tmp_path / "c.csv")
+    assert open(tmp_path / "c.csv").read() == "a,b\n1,x\n"
+    with pytest.raises(ValueError):
+        figures.export_csv({"x": [1], "y": [1, 2]}, tmp_path / "d.csv")
+
+
+def test_export_button_and_clipboard(qtbot, tmp_path, data_dir, monkeypatch):
+    from explorer import figures
+    from explorer.qt import QtWidgets
+    from explorer.settings import AppSettings
+
+    data = np.random.default_rng(2).random((8, 8)).astype(np.float32)
+    view, _ = _image_view(qtbot, data)
+    settings = AppSettings()
+    btn = figures.ExportButton(view, "my figure", table=lambda: data, settings=settings)
+    qtbot.addWidget(btn)
+    written = []
+    btn.exported.connect(written.append)
+    for fmt in figures.FORMATS:
+        p = btn.export(fmt, tmp_path / f"x.{fmt}")
+        assert p.exists() and p.stat().st_size > 0
+    assert len(written) == 4
+    img = btn.copy()
+    assert QtWidgets.QApplication.clipboard().image().size() == img.size()
+
+    # the dialog starts in the remembered folder and remembers the new one
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    seen = {}
+
+    def fake_dialog(parent, title, start, filt):
+        seen["start"] = start
+        return str(sub / "chosen"), filt
+
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", staticmethod(fake_dialog))
+    out = btn.export_with_dialog("png")
+    assert out == sub / "chosen.png" and out.exists()
+    assert figures.last_folder(settings) == sub
+    btn.export_with_dialog("csv")
+    assert seen["start"].startswith(str(sub))
+    # failures are one message, no exception
+    failed = []
+    btn.failed.connect(failed.append)
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName",
+                        staticmethod(lambda *a: (str(tmp_path / "nodir" / "x" / "y.bin"), "")))
+    (tmp_path / "nodir").write_text("a file, not a folder")
+    assert btn.export_with_dialog("pdf") is None and failed
+
+
+def test_latest_worker_replaces_queued_and_drops_stale(qtbot):
+    from explorer.widgets.latest_worker import LatestWorker
+
+    worker = LatestWorker()
+    results, failures = [], []
+    worker.resultReady.connect(lambda rid, r: results.append((rid, r)))
+    worker.failed.connect(lambda rid, m: failures.append((rid, m)))
+    gate = threading.Event()
+    started = []
+
+    def slow(x):
+        started.append(x)
+        gate.wait(5)
+        return x
+
+    first = worker.submit(slow, 1)
+    deadline = time.monotonic() + 5
+    while not started and time.monotonic() < deadline:
+        time.sleep(0.005)
+    ids = [worker.submit(slow, x) for x in (2, 3, 4)]  # 2 and 3 are replaced while 1 runs
+    gate.set()
+    assert worker.wait_idle(5000)
+    qtbot.waitUntil(lambda: bool(results), timeout=5000)
+    qtbot.wait(20)
+    assert started == [1, 4]  # never queued up behind itself
+    assert results == [(ids[-1], 4)]  # 1 was superseded: its result dropped
+    assert worker.dropped == 1 and first not in [r[0] for r in results]
+
+    def boom():
+        raise ValueError("bad input in file x")
+
+    rid = worker.submit(boom)
+    qtbot.waitUntil(lambda: bool(failures), timeout=5000)
+    assert failures[0][0] == rid and "bad input" in failures[0][1]
+
+    # cancel drops the running one's result
+    gate.clear()
+    worker.submit(slow, 9)
+    worker.cancel()
+    gate.set()
+    assert worker.wait_idle(5000)
+    qtbot.wait(30)
+    assert all(r[1] != 9 for r in results)
+    assert not worker.is_busy()
+    worker.shutdown()
+    assert worker.submit(slow, 1) == -1
