@@ -199,15 +199,29 @@ def _derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
     return images, labs, missing
 
 
-def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str) -> dict:
-    """Worker: hash the series' files; unless unchanged, load, rasterise and preprocess."""
+def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) -> str:
+    """Make a message storable: paths relative to the drop, identifiers → pseudonyms."""
+    for r in roots:
+        text = text.replace(r.rstrip(os.sep) + os.sep, "")
+    return scrub(text, replacements)
+
+
+def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
+              stage: dict[str, Any]) -> dict:
+    """Worker: hash the series' files; unless unchanged, load, rasterise, preprocess and
+    write the entry as a complete temporary staged file (the parent commits it by rename).
+
+    Returns only small metadata, so big arrays never travel between processes.
+    """
     from training.dicom import load_ct_series
     from training.rtstruct import read_rtstruct, rasterise
 
     files = _ref_files(ref)
     hashes = {str(p): hash_file(p) for p in [*files, *map(Path, struct_paths)]}
     content = combine_hashes(hashes.values())
-    out: dict[str, Any] = {"file_hashes": hashes, "content_hash": content}
+    rows = {stage["quick"][p]: [h, stage["series_uid"], "", ""] for p, h in hashes.items()
+            if p in stage["quick"]}
+    out: dict[str, Any] = {"content_hash": content, "identity": rows}
     if content == known_hash:
         out["status"] = "unchanged"
         return out
@@ -229,10 +243,21 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str)
         for name, m in rr.masks.items():
             masks[name] = m if name not in masks else (masks[name] | m)
     hu16 = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
+    del vol
     images, labels, missing = _derive(hu16, masks, geometry.positions, cfg)
-    out.update(status="loaded", hu=hu16, masks=masks, geometry=geometry, warnings=warnings,
-               images=images, labels=labels, missing=missing, struct_skipped=struct_skipped,
-               spacing=tuple(float(v) for v in geometry.spacing))
+    warnings = [clean_text(w, stage["roots"], stage["replacements"]) for w in warnings]
+    spacing = tuple(float(v) for v in geometry.spacing)
+    entry = EntryData(
+        label=stage["label"], patient=stage["patient"], content_hash=content, images=images,
+        labels=labels, spacing=spacing, rois=tuple(sorted(masks)), warnings=tuple(warnings),
+        series_uid=stage["series_uid"], frame_of_reference_uid=geometry.frame_of_reference_uid,
+        n_source_files=len(hashes), hu=hu16, masks=masks, geometry=geometry)
+    tmp = wsmod.write_staged_tmp(Path(stage["final"]), entry, stage["phash"], stage["salt"], rows,
+                                 {stage["digest"]: stage["number"]})
+    out.update(status="loaded", tmp=str(tmp), n_images=int(images.shape[0]),
+               shape=tuple(images.shape[1:]), spacing=spacing, rois=entry.rois,
+               warnings=tuple(warnings), missing=missing, struct_skipped=struct_skipped,
+               source_shape=tuple(hu16.shape))
     return out
 
 
@@ -572,10 +597,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
     roots_sorted = sorted(roots, key=len, reverse=True)
 
     def clean(text: str) -> str:
-        """Paths relative to the drop and identifiers replaced by pseudonyms."""
-        for r in roots_sorted:
-            text = text.replace(r.rstrip(os.sep) + os.sep, "")
-        return scrub(text, replacements)
+        return clean_text(text, roots_sorted, replacements)
 
     def rel(p) -> str:
         return clean(rel_of.get(str(p), str(p)))
@@ -619,17 +641,25 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
     total = len(plan)
     done = 0
     cfg_json = cfg.to_json()
+    seq0 = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
 
     def jobs():
-        for item in plan:
-            label, ref, structs = item[0], item[1], item[2]
+        for k, item in enumerate(plan):
+            label, ref, structs, pseudo, digest, suid = item
             known = st.entries.get(label, {}).get("content_hash", "")
-            yield item, _load_job, (ref, structs, cfg_json, known)
+            stage = {
+                "final": str(wsmod.staged_path(st.path, seq0 + k, label)), "label": label,
+                "patient": pseudo, "digest": digest, "number": st.pseudonyms[digest],
+                "salt": st.salt, "phash": phash, "series_uid": suid,
+                "quick": {str(f): quick_of[str(f)] for f in [*_ref_files(ref), *structs]
+                          if str(f) in quick_of},
+                "roots": roots_sorted, "replacements": replacements,
+            }
+            yield (item, stage["final"]), _load_job, (ref, structs, cfg_json, known, stage)
 
     ex = _executor(workers)
-    seq = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
     try:
-        for item, fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
+        for (item, final), fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
             label, ref, structs, pseudo, digest, suid = item
             done += 1
             try:
@@ -641,50 +671,38 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
                 report.skipped.append((where, clean(str(reason))))
                 _call(progress, "ingest", done, total, f"skipped {label}")
                 continue
-            file_rows = {}
-            for fp, h in res["file_hashes"].items():
-                q = quick_of.get(fp)
-                if q:
-                    file_rows[q] = [h, suid, "", ""]
             if res["status"] == "unchanged":
-                st.identity.update(file_rows)
+                st.identity.update(res["identity"])
                 report.unchanged.append(label)
                 _call(progress, "ingest", done, total, f"{label} unchanged")
                 continue
             for sp, why in res["struct_skipped"]:
                 report.skipped.append((rel(sp), clean(str(why))))
-            shape = tuple(res["images"].shape[1:])
+            shape = res["shape"]
             if st.image_shape and shape != st.image_shape:
+                Path(res["tmp"]).unlink(missing_ok=True)
                 report.skipped.append((rel(_ref_files(ref)[0].parent), (
                     f"preprocessed image shape {shape} differs from the workspace's "
                     f"{st.image_shape}; set a crop or size")))
                 continue
             st.image_shape = st.image_shape or shape
-            warnings = tuple(clean(w) for w in res["warnings"])
-            entry = EntryData(
-                label=label, patient=pseudo, content_hash=res["content_hash"], images=res["images"],
-                labels=res["labels"], spacing=res["spacing"], rois=tuple(sorted(res["masks"])),
-                warnings=warnings, series_uid=suid,
-                frame_of_reference_uid=res["geometry"].frame_of_reference_uid,
-                n_source_files=len(res["file_hashes"]), hu=res["hu"], masks=res["masks"],
-                geometry=res["geometry"])
-            wsmod.write_staged(st.path, seq, entry, phash, st.salt, file_rows, {digest: st.pseudonyms[digest]})
-            seq += 1
-            st.identity.update(file_rows)
+            wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
+            st.identity.update(res["identity"])
             st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo}
             report.added.append(label)
             for r in res["missing"]:
                 report.rois_missing.setdefault(r, []).append(label)
             if on_patient is not None:
-                on_patient(PatientInfo(pseudonym=label, n_images=int(res["images"].shape[0]),
-                                       spacing=res["spacing"], rois=entry.rois, split="",
-                                       patient=pseudo, content_hash=res["content_hash"],
-                                       source_shape=tuple(res["hu"].shape), warnings=warnings,
-                                       has_source=True))
+                on_patient(PatientInfo(pseudonym=label, n_images=res["n_images"], spacing=res["spacing"],
+                                       rois=res["rois"], split="", patient=pseudo,
+                                       content_hash=res["content_hash"], source_shape=res["source_shape"],
+                                       warnings=res["warnings"], has_source=True))
             _call(progress, "ingest", done, total, label)
-            del res, entry
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+        # results of series finished after a cancel were never committed
+        for p in wsmod.staging_dir(st.path).glob(".*.tmp") if wsmod.staging_dir(st.path).is_dir() else []:
+            p.unlink(missing_ok=True)
     if cancel and cancel():
         report.cancelled = True
     # identity rows of unchanged and skipped files go in with the final merge

@@ -331,11 +331,19 @@ def list_staged(path: str | os.PathLike, merged_through: int = 0) -> list[tuple[
     return sorted(out)
 
 
-def write_staged(path: str | os.PathLike, seq: int, entry: EntryData, phash: str, salt: str,
-                 identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
-    """Commit one entry as its own small HDF5 file in the staging folder (atomic)."""
-    final = staging_dir(path) / f"{seq:08d}-{entry.label}.h5"
-    with atomic_write_path(final) as tmp:
+def staged_path(path: str | os.PathLike, seq: int, label: str) -> Path:
+    return staging_dir(path) / f"{seq:08d}-{label}.h5"
+
+
+def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
+                     identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
+    """Write one entry as a complete, fsynced temporary file beside `final` (not yet
+    committed: `commit_staged` renames it). Workers call this; the parent commits."""
+    from training.atomic import fsync_file, temp_path_for
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path_for(final)
+    try:
         with h5py.File(tmp, "w") as f:
             f.attrs["format"] = FORMAT + "-staged"
             f.attrs["salt"] = salt
@@ -343,7 +351,27 @@ def write_staged(path: str | os.PathLike, seq: int, entry: EntryData, phash: str
             write_entry(f.create_group("entries"), entry, phash)
             _write_meta(f, "identity", identity)
             _write_meta(f, "pseudonyms", pseudonyms)
+        fsync_file(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit_staged(tmp: Path, final: Path) -> Path:
+    """The commit point of one entry: an atomic rename into the staging folder."""
+    from training.atomic import fsync_dir
+
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
     return final
+
+
+def write_staged(path: str | os.PathLike, seq: int, entry: EntryData, phash: str, salt: str,
+                 identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
+    """Commit one entry as its own small HDF5 file in the staging folder (atomic)."""
+    final = staged_path(path, seq, entry.label)
+    return commit_staged(write_staged_tmp(final, entry, phash, salt, identity, pseudonyms), final)
 
 
 def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
