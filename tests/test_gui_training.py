@@ -104,3 +104,16 @@ def test_bad_settings_and_failures_are_readable(make_window, tiny_workspace, qtb
     wait_until(qtbot, lambda: not panel.is_training(), what="the failure")
     msg = panel.error.text()
     assert "max_loss" in msg and "Traceback" not in msg, msg
+
+
+def test_loss_numbers_export_as_csv(make_window, tiny_workspace, qtbot, tmp_path):
+    w = make_window(tiny_workspace)
+    panel = _train_tab(w)
+    small_training(panel, epochs=1)
+    assert panel.start()
+    wait_until(qtbot, lambda: not panel.is_training(), what="training to end")
+    panel.export(tmp_path / "losses.csv")
+    lines = (tmp_path / "losses.csv").read_text().splitlines()
+    assert lines[0] == "epoch,split,term,loss_per_image" and len(lines) == 1 + 2 * 4
+    panel.export(tmp_path / "train.png")
+    assert (tmp_path / "train.png").stat().st_size > 1000

@@ -457,6 +457,21 @@ class TrainerPanel(Panel):
         for w in self.fields.values():
             w.setEnabled(idle)
 
+    def export(self, path: Path) -> None:
+        """CSV: the loss curves' numbers (epoch, split, term, value); otherwise an image of the tab."""
+        path = Path(path)
+        if path.suffix.lower() == ".csv":
+            import csv
+
+            with open(path, "w", newline="") as f:
+                out = csv.writer(f)
+                out.writerow(["epoch", "split", "term", "loss_per_image"])
+                for (split, term), (xs, ys) in sorted(self.plot.data.items()):
+                    for x, y in zip(xs, ys):
+                        out.writerow([int(x), split, term, repr(float(y))])
+        elif not self.grab().save(str(path)):
+            raise OSError(f"cannot write image {path}")
+
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Window closing: stop at a checkpoint and remember it for the next start."""
         if self.worker is None:

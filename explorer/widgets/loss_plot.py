@@ -18,7 +18,8 @@ class LossPlot(pg.PlotWidget):
         self.plotItem.setLabel("bottom", "epoch")
         self.plotItem.setLabel("left", "loss")
         self.plotItem.showGrid(x=True, y=True, alpha=0.2)
-        self.legend = self.plotItem.addLegend(offset=(-10, 10), labelTextSize="8pt")
+        self.legend = self.plotItem.addLegend(offset=(-10, 5), labelTextSize="8pt", colCount=2)
+        self.legend.setBrush(pg.mkBrush(255, 255, 255, 200))
         self.data: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
 

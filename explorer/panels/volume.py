@@ -1,0 +1,289 @@
+"""Volume tab (SPEC F22; thesis 7.3): a patient's input beside its reconstruction — or a
+generated or interpolated stack — with one slider through both, ROI overlays and a
+window/level control in HU.
+
+3D workspaces (preprocess mode "3d"): one volume per patient, encoded and decoded as a
+whole by the 3D model. 2D workspaces: the patient's stack of slices beside the per-slice
+reconstructions (each slice encoded and decoded on its own). The stacks come from
+training.volume_views; encoding and decoding run on a background thread
+(explorer.widgets.latest_worker.LatestWorker: newest request wins).
+"""
+
+from __future__ import annotations
+
+import os
+
+from explorer import figures
+from explorer.panels import Panel
+from explorer.qt import Qt, QtWidgets
+from explorer.widgets.latest_worker import LatestWorker
+from explorer.widgets.slice_stack import SliceStackPair
+
+SOURCE_TEXT = {
+    "reconstruction": "Reconstruction",
+    "generated": "Generated (prior sample)",
+    "interpolated": "Interpolated to another patient",
+}
+
+
+class _ModelCache:
+    """The checkpoint's model, loaded once per (path, modification time), on the worker thread."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._value = None
+
+    def get(self, path: str):
+        from training.checkpoint import load_model
+
+        key = (path, os.stat(path).st_mtime_ns)
+        if key != self._key:
+            model, ckpt = load_model(path)
+            from training.latent import prior_sigma2_of
+
+            self._value = (model, prior_sigma2_of(ckpt))
+            self._key = key
+        return self._value
+
+
+def _compute(cache: _ModelCache, ckpt: str | None, ws_path: str, patient: str, source: str, params: dict):
+    """A training.volume_views.VolumePair (or, without a model, (input stack, None))."""
+    from training import volume_views as vv
+    from training.workspace import Workspace
+
+    with Workspace.open(ws_path) as ws:
+        index = ws.patient_index(patient)
+        if ckpt is None:
+            return vv.patient_stack(ws, index), ws.preprocess.mode
+        model, prior_sigma2 = cache.get(ckpt)
+        if source == "generated":
+            return vv.generated_pair(model, ws, index, seed=params.get("seed", 0), prior_sigma2=prior_sigma2)
+        if source == "interpolated":
+            other = ws.patient_index(params["other"])
+            return vv.interpolated_pair(model, ws, index, other, t=params.get("t", 0.5),
+                                        method=params.get("method", "linear"))
+        return vv.reconstruction_pair(model, ws, index)
+
+
+class VolumePanel(Panel):
+    title = "Volume"
+    tooltip = "A patient's CT beside its reconstruction (or a generated or interpolated stack), slice by slice"
+
+    def __init__(self, state, parent=None) -> None:
+        super().__init__(state, parent)
+        self.pair = None  # the training.volume_views.VolumePair shown
+        self.mode = ""
+        self.error = ""
+        self._cache = _ModelCache()
+        self.worker = LatestWorker(self, "volume")
+        self.worker.resultReady.connect(self._ready)
+        self.worker.failed.connect(self._failed)
+        self.worker.busyChanged.connect(self._busy_changed)
+
+        self.patient = QtWidgets.QComboBox()
+        self.patient.setToolTip("Patient shown on the left (follows the patient list)")
+        self.patient.setMinimumContentsLength(10)
+        self.source = QtWidgets.QComboBox()
+        for key, text in SOURCE_TEXT.items():
+            self.source.addItem(text, key)
+        self.source.setToolTip("What the right side shows: the model's reconstruction of the patient, "
+                               "a draw from the prior decoded, or the decoded interpolation towards another patient")
+        self.seed = QtWidgets.QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setToolTip("Seed of the prior draw")
+        self.other = QtWidgets.QComboBox()
+        self.other.setToolTip("Patient at t = 1")
+        self.t = QtWidgets.QDoubleSpinBox()
+        self.t.setRange(0.0, 1.0)
+        self.t.setSingleStep(0.1)
+        self.t.setValue(0.5)
+        self.t.setDecimals(2)
+        self.t.setToolTip("Interpolation position: 0 = this patient, 1 = the other")
+        self.t.setKeyboardTracking(False)
+        self.busy = QtWidgets.QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumWidth(120)
+        self.busy.setFormat("decoding")
+        self.busy.setToolTip("Encoding and decoding in the background")
+        self.busy.setVisible(False)
+        self.stacks = SliceStackPair()
+        self.export_btn = figures.ExportButton(lambda: self.stacks.right, "volume-slice", settings=state.settings)
+        self.export_btn.add_action("Save input side as PNG…", lambda: self._export_side(self.stacks.left))
+        self.export_btn.exported.connect(lambda p: state.show_message(f"Exported {p}"))
+        self.export_btn.failed.connect(lambda m: state.show_message(m, 0))
+
+        top = QtWidgets.QHBoxLayout()
+        top.addWidget(QtWidgets.QLabel("Patient"))
+        top.addWidget(self.patient)
+        top.addWidget(QtWidgets.QLabel("Right side"))
+        top.addWidget(self.source)
+        self.seed_label = QtWidgets.QLabel("seed")
+        self.other_label = QtWidgets.QLabel("to")
+        self.t_label = QtWidgets.QLabel("t")
+        for w in (self.seed_label, self.seed, self.other_label, self.other, self.t_label, self.t):
+            top.addWidget(w)
+        top.addStretch(1)
+        top.addWidget(self.busy)
+        top.addWidget(self.export_btn)
+        self.note = QtWidgets.QLabel()
+        self.note.setWordWrap(True)
+        self.message = QtWidgets.QLabel()
+        self.message.setWordWrap(True)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addLayout(top)
+        lay.addWidget(self.note)
+        lay.addWidget(self.message)
+        lay.addWidget(self.stacks, 1)
+
+        self.patient.currentIndexChanged.connect(lambda _: self.refresh())
+        self.patient.activated.connect(self._patient_chosen)
+        self.source.currentIndexChanged.connect(lambda _: self._source_changed())
+        self.seed.valueChanged.connect(lambda _: self.refresh())
+        self.other.currentIndexChanged.connect(lambda _: self.refresh())
+        self.t.valueChanged.connect(lambda _: self.refresh())
+        self._source_changed(refresh=False)
+        self.on_workspace_changed()
+
+    # -- panel hooks
+    def on_workspace_changed(self) -> None:
+        names, mode = [], ""
+        if self.state.has_workspace_data():
+            try:
+                with self.state.open_workspace() as ws:
+                    names = [p.pseudonym for p in ws.patients if p.n_images]
+                    mode = ws.preprocess.mode
+            except Exception as exc:  # unreadable workspace: say so, stay usable
+                from explorer.workers import readable_error
+
+                self._set_message(readable_error(exc), error=True)
+        self.mode = mode
+        keep = self.patient.currentText()
+        for box in (self.patient, self.other):
+            box.blockSignals(True)
+            box.clear()
+            box.addItems(names)
+            box.blockSignals(False)
+        want = self.state.selected_patient or keep
+        for box in (self.patient, self.other):
+            box.blockSignals(True)
+        if want in names:
+            self.patient.setCurrentIndex(names.index(want))
+        if len(names) > 1:
+            self.other.setCurrentIndex(1 if self.patient.currentIndex() == 0 else 0)
+        for box in (self.patient, self.other):
+            box.blockSignals(False)
+        self._update_note()
+        self.refresh()
+
+    def on_checkpoint_changed(self, path: str) -> None:
+        self.refresh()
+
+    def on_patient_selected(self, pseudonym: str) -> None:
+        i = self.patient.findText(pseudonym) if pseudonym else -1
+        if i >= 0 and i != self.patient.currentIndex():
+            self.patient.setCurrentIndex(i)  # → refresh
+
+    def shutdown(self) -> None:
+        self.worker.shutdown()
+
+    # -- requests
+    def params(self) -> dict:
+        return {"seed": self.seed.value(), "other": self.other.currentText(), "t": self.t.value()}
+
+    def refresh(self) -> int | None:
+        """Recompute the shown pair in the background (newest request wins); its id."""
+        name = self.patient.currentText()
+        if not self.state.has_workspace_data() or not name:
+            self.worker.cancel()
+            self.pair = None
+            self.stacks.set_pair(None, None)
+            self._set_message("Open a workspace with patients to see their CT here.")
+            return None
+        ckpt = str(self.state.checkpoint_path) if self.state.checkpoint_path else None
+        if ckpt is None:
+            self._set_message("No model loaded: the input alone is shown. Load or train a model "
+                              "to see its reconstruction beside it.")
+        source = self.source.currentData()
+        if source == "interpolated" and self.other.currentText() == name:
+            self._set_message("Choose another patient to interpolate to.")
+        return self.worker.submit(_compute, self._cache, ckpt, str(self.state.workspace_path), name,
+                                  source, self.params())
+
+    def wait_idle(self, timeout_ms: int = 30000) -> bool:
+        """Tests and benchmarks: block until the worker is idle (process events after)."""
+        return self.worker.wait_idle(timeout_ms)
+
+    # -- results
+    def _ready(self, _rid: int, result) -> None:
+        self.error = ""
+        if isinstance(result, tuple):  # input only
+            stack, self.mode = result
+            self.pair = None
+            self.stacks.set_pair(stack, None, f"{stack.title}", "no model loaded")
+            self._update_note()
+            return
+        self.pair = result
+        self.mode = result.mode
+        self.stacks.set_pair(result.left, result.right, self._title(result.left.title),
+                             self._title(result.right.title))
+        self._set_message(result.note)
+        self._update_note()
+
+    def _title(self, text: str) -> str:
+        return f"<b>{text}</b>"
+
+    def _failed(self, _rid: int, message: str) -> None:
+        self.error = message
+        self._set_message(f"Could not show the volume: {message}", error=True)
+
+    def _busy_changed(self, busy: bool) -> None:
+        self.busy.setVisible(busy)
+
+    # -- ui helpers
+    def _patient_chosen(self, _i: int) -> None:
+        name = self.patient.currentText()  # the user picked it here: tell the other tabs
+        if name and name != self.state.selected_patient:
+            self.state.select_patient(name)
+
+    def _source_changed(self, refresh: bool = True) -> None:
+        src = self.source.currentData()
+        for w in (self.seed_label, self.seed):
+            w.setVisible(src == "generated")
+        for w in (self.other_label, self.other, self.t_label, self.t):
+            w.setVisible(src == "interpolated")
+        if refresh:
+            self.refresh()
+
+    def _update_note(self) -> None:
+        if self.mode == "3d":
+            text = ("3D workspace: each patient is one volume; the slider moves through its depth "
+                    "slices (inferior → superior) on both sides.")
+        elif self.mode == "2d":
+            text = ("2D workspace: the patient's stack of slices beside the per-slice reconstructions "
+                    "(each slice encoded and decoded on its own).")
+        else:
+            text = ""
+        self.note.setText(text + " Anterior at the top, patient's left on the image's right (R | L marked).")
+
+    def _set_message(self, text: str, error: bool = False) -> None:
+        self.message.setStyleSheet("color: #b00020" if error else "color: #555")
+        self.message.setText(text)
+
+    def _export_side(self, view) -> None:
+        path = figures.ask_save_path(self, "Save the input side as PNG", "volume-input", "png", self.state.settings)
+        if path is not None:
+            figures.export_png(view, path)
+            self.state.show_message(f"Exported {path}")
+
+    def export(self, path):
+        """File ▸ Export: both sides of the current slice are written, the right one to `path`
+        (PNG/SVG/PDF by suffix) and the left one beside it as <stem>-input<suffix>."""
+        from pathlib import Path
+
+        path = Path(path)
+        fmt = path.suffix.lstrip(".").lower() or "png"
+        figures.export_figure(self.stacks.left, path.with_name(f"{path.stem}-input{path.suffix}"), fmt)
+        return figures.export_figure(self.stacks.right, path, fmt)
+
+
+PANEL = VolumePanel

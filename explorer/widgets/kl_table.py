@@ -1,0 +1,225 @@
+"""The KL matrix as a sortable Qt table with heat-map colours, and as a heat-map figure.
+
+Cell (row r, column j) shows M[i, j] with i the patient of row r: the directed matrix
+M[i, j] = KL(q_i ‖ q_j) in nats (row i = the posterior the expectation is under, column j
+= the reference) or the symmetric ½ (KL(q_i ‖ q_j) + KL(q_j ‖ q_i)); the definition is
+stated in the header tooltips. Colours come from training.similarity_views.heat_rgb (log
+scale, dark = small divergence = similar).
+
+Sorting is the model's own: clicking a column header orders the rows by that column with
+one numpy argsort (stable) and a single layoutChanged, so 500 rows sort in milliseconds
+(QSortFilterProxyModel would call back into Python for every comparison).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from explorer.qt import QtCore, QtGui, QtWidgets, Qt, Signal, pg
+from training.similarity_views import heat_rgb, is_dark
+
+VALUE_ROLE = Qt.ItemDataRole.UserRole + 1  # the float behind a cell
+PATIENT_ROLE = Qt.ItemDataRole.UserRole + 2  # the row's patient index (unsorted)
+
+
+class KLTableModel(QtCore.QAbstractTableModel):
+    """Rows and columns are patients; rows can be reordered by `sort`, columns stay put."""
+
+    def __init__(self, parent: QtCore.QObject | None = None) -> None:
+        super().__init__(parent)
+        self.matrix = np.zeros((0, 0))
+        self.names: list[str] = []
+        self.definition = ""
+        self.order = np.zeros(0, np.int64)  # order[row] = patient index shown in that row
+        self.sort_column = -1
+        self.sort_order = Qt.SortOrder.AscendingOrder
+        self._rgb = np.zeros((0, 0, 3), np.uint8)
+        self._dark = np.zeros((0, 0), bool)
+        self._colours: dict[tuple[int, int, int], QtGui.QColor] = {}
+
+    # -- content
+    def set_matrix(self, matrix: np.ndarray, names: list[str], definition: str) -> None:
+        """Show `matrix` (P, P) with `names`; keeps the current sort column and order."""
+        self.beginResetModel()
+        self.matrix = np.asarray(matrix, np.float64)
+        self.names = [str(n) for n in names]
+        self.definition = definition
+        self._rgb = heat_rgb(self.matrix) if self.matrix.size else np.zeros((0, 0, 3), np.uint8)
+        self._dark = is_dark(self._rgb) if self.matrix.size else np.zeros((0, 0), bool)
+        self._colours = {}
+        self.order = self._sorted_order(self.sort_column, self.sort_order)
+        self.endResetModel()
+
+    def clear(self) -> None:
+        self.set_matrix(np.zeros((0, 0)), [], "")
+
+    def _sorted_order(self, column: int, order) -> np.ndarray:
+        n = len(self.names)
+        if column < 0 or column >= n:
+            return np.arange(n, dtype=np.int64)
+        key = self.matrix[:, column]
+        idx = np.argsort(key, kind="stable")
+        if order == Qt.SortOrder.DescendingOrder:
+            idx = np.argsort(-key, kind="stable")
+        return idx.astype(np.int64)
+
+    def sort(self, column: int, order=Qt.SortOrder.AscendingOrder) -> None:  # noqa: A003 (Qt API)
+        """Order the rows by column `column` (−1: patient order); stable for ties."""
+        self.layoutAboutToBeChanged.emit()
+        old = self.persistentIndexList()
+        old_pat = [(int(self.order[ix.row()]), ix.column()) for ix in old]
+        self.sort_column, self.sort_order = int(column), order
+        self.order = self._sorted_order(self.sort_column, order)
+        if old:
+            row_of = np.empty(len(self.order), np.int64)
+            row_of[self.order] = np.arange(len(self.order))
+            self.changePersistentIndexList(old, [self.index(int(row_of[p]), c) for p, c in old_pat])
+        self.layoutChanged.emit()
+
+    # -- lookup
+    def patient_at(self, row: int) -> str:
+        return self.names[int(self.order[row])]
+
+    def row_of(self, name: str) -> int:
+        """The row showing patient `name` now, or −1."""
+        try:
+            p = self.names.index(name)
+        except ValueError:
+            return -1
+        return int(np.flatnonzero(self.order == p)[0])
+
+    def displayed(self) -> np.ndarray:
+        """The matrix in the table's current row order (P, P)."""
+        return self.matrix[self.order]
+
+    # -- Qt model API
+    def rowCount(self, parent=QtCore.QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.names)
+
+    def columnCount(self, parent=QtCore.QModelIndex()) -> int:  # noqa: N802
+        return 0 if parent.isValid() else len(self.names)
+
+    def _colour(self, i: int, j: int) -> QtGui.QColor:
+        key = tuple(int(v) for v in self._rgb[i, j])
+        c = self._colours.get(key)
+        if c is None:
+            c = self._colours[key] = QtGui.QColor(*key)
+        return c
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid():
+            return None
+        i, j = int(self.order[index.row()]), index.column()
+        v = self.matrix[i, j]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return f"{v:.3g}"
+        if role == VALUE_ROLE:
+            return float(v)
+        if role == Qt.ItemDataRole.BackgroundRole:
+            return self._colour(i, j)
+        if role == Qt.ItemDataRole.ForegroundRole:
+            return QtGui.QColor("white") if self._dark[i, j] else QtGui.QColor("black")
+        if role == Qt.ItemDataRole.TextAlignmentRole:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            a, b = self.names[i], self.names[j]
+            if self.definition.startswith("0.5"):
+                return f"½ (KL(q_{a} ‖ q_{b}) + KL(q_{b} ‖ q_{a})) = {v:.6g} nats"
+            return f"KL(q_{a} ‖ q_{b}) = {v:.6g} nats\n(expectation under {a}'s posterior; {b} is the reference)"
+        if role == PATIENT_ROLE:
+            return i
+        return None
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+        if section < 0 or section >= len(self.names):
+            return None
+        horizontal = orientation == Qt.Orientation.Horizontal
+        name = self.names[section] if horizontal else self.names[int(self.order[section])]
+        if role == Qt.ItemDataRole.DisplayRole:
+            return name
+        if role == Qt.ItemDataRole.ToolTipRole:
+            what = ("column j = the reference q_j" if horizontal else
+                    "row i = the posterior q_i the expectation is under")
+            return f"{name}: {what}\n{self.definition}\nClick a column header to sort the rows by it"
+        return None
+
+
+class KLTableView(QtWidgets.QTableView):
+    """QTableView on a KLTableModel: sorting by header click, one row selected at a time.
+
+    patientActivated(str): the user selected a row (its patient's pseudonym).
+    """
+
+    patientActivated = Signal(str)
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.kl_model = KLTableModel(self)
+        self.setModel(self.kl_model)
+        self.setSortingEnabled(True)
+        self.horizontalHeader().setSortIndicatorShown(True)
+        self.horizontalHeader().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        self.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        self.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+        self.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.verticalHeader().setDefaultSectionSize(22)
+        self.horizontalHeader().setDefaultSectionSize(74)
+        self.setWordWrap(False)
+        self.selectionModel().currentRowChanged.connect(self._row_changed)
+
+    def set_matrix(self, matrix: np.ndarray, names: list[str], definition: str) -> None:
+        self.kl_model.set_matrix(matrix, names, definition)
+        self.horizontalHeader().setToolTip(definition)
+
+    def select_patient(self, name: str) -> bool:
+        row = self.kl_model.row_of(name)
+        if row < 0:
+            return False
+        self.blockSignals(True)
+        self.selectRow(row)
+        self.blockSignals(False)
+        self.scrollTo(self.kl_model.index(row, 0))
+        return True
+
+    def _row_changed(self, current, _previous) -> None:
+        if current.isValid() and not self.signalsBlocked():
+            self.patientActivated.emit(self.kl_model.patient_at(current.row()))
+
+
+class HeatMapView(pg.GraphicsLayoutWidget):
+    """The matrix as an image in patient order: row i at the top down, column j left → right."""
+
+    MAX_TICKS = 40
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = self.addPlot(row=0, col=0)
+        self.plot.invertY(True)
+        self.plot.setAspectLocked(True)
+        self.plot.setMenuEnabled(False)
+        self.plot.hideButtons()
+        self.image = pg.ImageItem()
+        self.plot.addItem(self.image)
+        self.plot.setLabel("bottom", "reference j (column)")
+        self.plot.setLabel("left", "patient i (row)")
+        self.caption = self.addLabel("", row=1, col=0, size="9pt")
+        self.rgb: np.ndarray | None = None
+
+    def set_matrix(self, matrix: np.ndarray, names: list[str], title: str, scale_note: str = "") -> None:
+        m = np.asarray(matrix, np.float64)
+        self.plot.setTitle(title, size="10pt")
+        if not m.size:
+            self.image.clear()
+            self.rgb = None
+            return
+        self.rgb = heat_rgb(m)
+        self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
+        self.image.setRect(QtCore.QRectF(0, 0, m.shape[1], m.shape[0]))
+        n = len(names)
+        ticks = [(k + 0.5, names[k]) for k in range(n)] if n <= self.MAX_TICKS else []
+        for side in ("bottom", "left"):
+            ax = self.plot.getAxis(side)
+            ax.setTicks([ticks] if ticks else None)
+        self.plot.getAxis("bottom").setStyle(tickTextOffset=2)
+        self.plot.autoRange(padding=0.01)
+        self.caption.setText(scale_note)

@@ -1,0 +1,231 @@
+"""Two slice stacks side by side with one slider, ROI overlays and a window/level control.
+
+Stacks are training.volume_views.SliceStack: images (n, H, W) in [0, 1] with the
+workspace's HU window, shown in HU (HU = hu_min + x·(hu_max − hu_min)), rows top→bottom
+(anterior at the top) and columns left→right (the patient's left on the image's right,
+so the image's left edge is marked R). The view's y axis is inverted so row 0 is at the
+top. Window/level: level L and width W in HU show [L − W/2, L + W/2] black → white.
+ROI overlays: class k ≥ 1 in training.images.roi_colour_table's colour k, half
+transparent, on their own ImageItem so toggling them or changing the window redraws
+nothing else.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from explorer.qt import Qt, QtWidgets, Signal, pg
+from training.config import WINDOW_PRESETS
+from training.images import roi_colour_table
+from training.volume_views import SliceStack, level_width_of, window_level_range
+
+OVERLAY_ALPHA = 110  # of 255
+
+
+def overlay_lut(n_classes: int, alpha: int = OVERLAY_ALPHA) -> np.ndarray:
+    """RGBA uint8 (n_classes, 4): class 0 transparent, class k the ROI colour k."""
+    rgb = roi_colour_table(max(n_classes, 2))
+    lut = np.zeros((len(rgb), 4), np.uint8)
+    lut[:, :3] = rgb
+    lut[1:, 3] = alpha
+    return lut
+
+
+class StackView(pg.GraphicsLayoutWidget):
+    """One side: a titled view with the CT (HU, levels = the window) and an ROI overlay."""
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.title = self.addLabel("", row=0, col=0, size="10pt")
+        self.view = self.addViewBox(row=1, col=0, lockAspect=True, invertY=True)
+        self.view.setMenuEnabled(False)
+        self.image_item = pg.ImageItem()
+        self.overlay_item = pg.ImageItem()
+        self.overlay_item.setZValue(1)
+        self.view.addItem(self.image_item)
+        self.view.addItem(self.overlay_item)
+        self._marks = []
+        for text, anchor in (("A", (0.5, 0)), ("P", (0.5, 1)), ("R", (0, 0.5)), ("L", (1, 0.5))):
+            t = pg.TextItem(text, color=(255, 210, 0), anchor=anchor)
+            t.setZValue(2)
+            self.view.addItem(t)
+            self._marks.append((text, t))
+        self.stack_hu: np.ndarray | None = None
+        self.labels: np.ndarray | None = None
+
+    def set_stack(self, stack: SliceStack | None, title: str = "") -> None:
+        self.title.setText(title or (stack.title if stack is not None else ""))
+        if stack is None:
+            self.stack_hu, self.labels = None, None
+            self.image_item.clear()
+            self.overlay_item.clear()
+            return
+        self.stack_hu = stack.hu()
+        self.labels = None if stack.labels is None else np.ascontiguousarray(stack.labels, np.uint8)
+        n_classes = len(stack.roi_names) + 1 if stack.roi_names else 2
+        self.overlay_item.setLookupTable(overlay_lut(n_classes))
+        h, w = self.stack_hu.shape[1:]
+        for text, item in self._marks:
+            item.setPos(*{"A": (w / 2, 0), "P": (w / 2, h), "R": (0, h / 2), "L": (w, h / 2)}[text])
+
+    def show_slice(self, k: int, levels: tuple[float, float], overlay: bool) -> None:
+        if self.stack_hu is None:
+            return
+        k = int(np.clip(k, 0, len(self.stack_hu) - 1))
+        self.image_item.setImage(self.stack_hu[k], levels=levels, autoLevels=False)
+        if overlay and self.labels is not None:
+            self.overlay_item.setImage(self.labels[k], autoLevels=False, levels=(0, 255))
+            self.overlay_item.setLevels(None)
+            self.overlay_item.setVisible(True)
+        else:
+            self.overlay_item.setVisible(False)
+
+
+class SliceStackPair(QtWidgets.QWidget):
+    """Left and right stacks, one slider through the slices, overlay and window/level."""
+
+    sliceChanged = Signal(int)
+
+    def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.left = StackView()
+        self.right = StackView()
+        self.right.view.setXLink(self.left.view)  # zoom and pan together
+        self.right.view.setYLink(self.left.view)
+        self.slider = QtWidgets.QSlider(Qt.Orientation.Horizontal)
+        self.slider.setToolTip("Slice through both stacks together (index along z, inferior → superior)")
+        self.slider.setEnabled(False)
+        self.slice_label = QtWidgets.QLabel("—")
+        self.slice_label.setMinimumWidth(130)
+        self.overlay = QtWidgets.QCheckBox("ROI overlay")
+        self.overlay.setChecked(True)
+        self.overlay.setToolTip("Show the RT structures (input labels, decoded labels) in colour over the CT")
+        self.preset = QtWidgets.QComboBox()
+        self.preset.addItem("workspace window")
+        self.preset.addItems(list(WINDOW_PRESETS))
+        self.preset.addItem("custom")
+        self.preset.setToolTip("CT window presets (HU); the workspace window is what the model saw")
+        self.level = QtWidgets.QDoubleSpinBox()
+        self.width = QtWidgets.QDoubleSpinBox()
+        for box, tip in ((self.level, "Window level (centre), HU"), (self.width, "Window width, HU")):
+            box.setRange(-3000.0, 5000.0)
+            box.setDecimals(0)
+            box.setSingleStep(10.0)
+            box.setSuffix(" HU")
+            box.setToolTip(tip)
+            box.setKeyboardTracking(False)
+        self.width.setRange(1.0, 8000.0)
+        self.legend = QtWidgets.QLabel()
+        self.hu_window = (-800.0, 700.0)
+        self.roi_names: tuple[str, ...] = ()
+
+        views = QtWidgets.QHBoxLayout()
+        views.addWidget(self.left, 1)
+        views.addWidget(self.right, 1)
+        row = QtWidgets.QHBoxLayout()
+        row.addWidget(QtWidgets.QLabel("Slice"))
+        row.addWidget(self.slider, 1)
+        row.addWidget(self.slice_label)
+        row.addWidget(self.overlay)
+        wl = QtWidgets.QHBoxLayout()
+        wl.addWidget(QtWidgets.QLabel("Window"))
+        wl.addWidget(self.preset)
+        wl.addWidget(QtWidgets.QLabel("Level"))
+        wl.addWidget(self.level)
+        wl.addWidget(QtWidgets.QLabel("Width"))
+        wl.addWidget(self.width)
+        wl.addWidget(self.legend, 1)
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(views, 1)
+        lay.addLayout(row)
+        lay.addLayout(wl)
+
+        self.slider.valueChanged.connect(self._show)
+        self.overlay.toggled.connect(lambda _: self._show(self.slider.value()))
+        self.level.valueChanged.connect(self._levels_edited)
+        self.width.valueChanged.connect(self._levels_edited)
+        self.preset.currentIndexChanged.connect(self._preset_chosen)
+        self._set_level_width(*level_width_of(*self.hu_window))
+
+    # -- content
+    def set_pair(self, left: SliceStack | None, right: SliceStack | None,
+                 left_title: str = "", right_title: str = "") -> None:
+        """Show two stacks of equal slice count; the slider keeps its relative position."""
+        old_n = self.n_slices
+        frac = self.slider.value() / max(old_n - 1, 1) if old_n else 0.5
+        self.left.set_stack(left, left_title)
+        self.right.set_stack(right, right_title)
+        ref = left if left is not None else right
+        if ref is not None:
+            if ref.hu_window != self.hu_window:
+                self.hu_window = tuple(float(v) for v in ref.hu_window)
+                if self.preset.currentIndex() == 0:
+                    self._set_level_width(*level_width_of(*self.hu_window))
+            self.roi_names = tuple(ref.roi_names)
+        self._update_legend()
+        n = self.n_slices
+        self.slider.blockSignals(True)
+        self.slider.setRange(0, max(n - 1, 0))
+        self.slider.setValue(int(round(frac * (n - 1))) if n else 0)
+        self.slider.blockSignals(False)
+        self.slider.setEnabled(n > 1)
+        self._show(self.slider.value())
+        for side in (self.left, self.right):
+            if side.stack_hu is not None:
+                side.view.autoRange(padding=0.02)
+                break
+
+    @property
+    def n_slices(self) -> int:
+        sizes = [len(s.stack_hu) for s in (self.left, self.right) if s.stack_hu is not None]
+        return min(sizes) if sizes else 0
+
+    def levels(self) -> tuple[float, float]:
+        """Displayed HU range [L − W/2, L + W/2]."""
+        return window_level_range(self.level.value(), self.width.value())
+
+    def set_window(self, level: float, width: float) -> None:
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(self.preset.count() - 1)
+        self.preset.blockSignals(False)
+        self._set_level_width(level, width)
+
+    # -- internals
+    def _set_level_width(self, level: float, width: float) -> None:
+        for box, v in ((self.level, level), (self.width, width)):
+            box.blockSignals(True)
+            box.setValue(v)
+            box.blockSignals(False)
+        self._show(self.slider.value())
+
+    def _levels_edited(self) -> None:
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(self.preset.count() - 1)
+        self.preset.blockSignals(False)
+        self._show(self.slider.value())
+
+    def _preset_chosen(self, i: int) -> None:
+        name = self.preset.itemText(i)
+        if i == 0:
+            self._set_level_width(*level_width_of(*self.hu_window))
+        elif name in WINDOW_PRESETS:
+            self._set_level_width(*level_width_of(*WINDOW_PRESETS[name]))
+
+    def _update_legend(self) -> None:
+        colours = roi_colour_table(len(self.roi_names) + 1)
+        self.legend.setText("  ".join(
+            f'<span style="color: rgb({r},{g},{b})">■</span> {name}'
+            for name, (r, g, b) in zip(self.roi_names, colours[1:])))
+
+    def _show(self, k: int) -> None:
+        n = self.n_slices
+        if not n:
+            self.slice_label.setText("—")
+            return
+        levels = self.levels()
+        on = self.overlay.isChecked()
+        self.left.show_slice(k, levels, on)
+        self.right.show_slice(k, levels, on)
+        self.slice_label.setText(f"slice {k + 1} / {n}")
+        self.sliceChanged.emit(k)

@@ -1,0 +1,54 @@
+"""Data tab: the preview follows the settings; applying them re-derives the workspace."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_gui_support import (  # noqa: F401 (fixtures)
+    _one_torch_thread, data_dir, make_window, phantom_cohort, wait_until,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture
+def ingested(phantom_cohort, data_dir):
+    pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
+    from training.config import PreprocessConfig
+    from training.ingest import ingest
+
+    ws = data_dir / "phantom.h5"
+    cfg = PreprocessConfig.preset("thorax", crop=None, rois=("Lung-Left", "Heart"))
+    ingest([phantom_cohort], ws, cfg, workers=1)
+    return ws
+
+
+def test_preview_follows_the_window_and_apply_rederives(make_window, ingested, qtbot):
+    w = make_window(ingested)
+    panel = w.panel("Data")
+    w.tabs.setCurrentWidget(panel)
+    first = w.patient_list.pseudonyms()[0]
+    w.patient_list.select(first)
+    wait_until(qtbot, lambda: panel.preview_count >= 1, what="a first preview")
+    before = panel.preview.current_image().copy()
+    assert panel.preview.labels is not None and panel.preview.labels.max() >= 1  # ROI overlay
+    n = panel.preview_count
+    panel.preset.setCurrentText("lung")
+    assert (panel.hu_min.value(), panel.hu_max.value()) == (-1350.0, 150.0)
+    wait_until(qtbot, lambda: panel.preview_count > n, what="the preview to follow")
+    after = panel.preview.current_image()
+    assert after.shape == before.shape and not np.allclose(after, before)
+
+    # custom limits switch the preset to "custom"
+    panel.hu_max.setValue(100.0)
+    assert panel.preset.currentText() == "custom"
+    panel.hu_min.setValue(200.0)  # invalid: min above max
+    assert "hu_max" in panel.error.text() and not panel.apply.isEnabled()
+    panel.hu_min.setValue(-1000.0)
+    assert panel.apply.isEnabled()
+    panel.apply.click()
+    wait_until(qtbot, lambda: w.job is None and not w.state.busy, timeout_s=120, what="the re-derive")
+    with w.state.open_workspace() as ws:
+        assert (ws.preprocess.hu_min, ws.preprocess.hu_max) == (-1000.0, 100.0)
+    assert len(w.patient_list.pseudonyms()) == 3
