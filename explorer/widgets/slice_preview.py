@@ -71,7 +71,6 @@ class SlicePreview(QtWidgets.QWidget):
         self.slider.blockSignals(False)
         self.slider.setEnabled(n > 1)
         self.caption.setText(caption)
-        self.label_item.setLookupTable(label_lut(len(self.roi_names)))
         self.legend.setText("  ".join(
             f'<span style="color: rgb{ROI_COLORS[i % len(ROI_COLORS)]}">■</span> {name}'
             for i, name in enumerate(self.roi_names)))
@@ -91,9 +90,8 @@ class SlicePreview(QtWidgets.QWidget):
         index = int(np.clip(index, 0, len(self.images) - 1))
         self.image_item.setImage(self.images[index], levels=(0.0, 1.0), autoLevels=False)
         if self.labels is not None and self.roi_names:
-            self.label_item.setImage(self.labels[index].astype(np.uint8), autoLevels=False,
-                                     levels=(0, len(self.roi_names) + 1))
-            self.label_item.setLookupTable(label_lut(len(self.roi_names)))
-            self.label_item.setLevels(None)
+            lut = label_lut(len(self.roi_names))
+            lab = np.clip(self.labels[index].astype(np.intp), 0, len(lut) - 1)
+            self.label_item.setImage(lut[lab], autoLevels=False, levels=(0, 255))
         else:
             self.label_item.clear()
