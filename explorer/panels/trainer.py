@@ -102,7 +102,7 @@ class TrainerPanel(Panel):
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(form_w)
         scroll.setWidgetResizable(True)
-        scroll.setMinimumWidth(280)
+        scroll.setMinimumWidth(form_w.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
 
         # -- controls
@@ -127,11 +127,15 @@ class TrainerPanel(Panel):
         self.log_scale.setToolTip("Logarithmic loss axis (the terms differ by orders of magnitude)")
         controls = QtWidgets.QHBoxLayout()
         for b in (self.start_btn, self.pause_btn, self.stop_btn):
+            b.setMinimumWidth(b.sizeHint().width())
             controls.addWidget(b)
-        controls.addWidget(self.progress, 1)
-        controls.addWidget(self.batch_progress)
-        controls.addWidget(self.eta)
+        controls.addStretch(1)
         controls.addWidget(self.log_scale)
+        progress_row = QtWidgets.QHBoxLayout()
+        progress_row.addWidget(self.progress, 1)
+        progress_row.addWidget(self.batch_progress)
+        progress_row.addWidget(self.eta)
+        self.eta.setMinimumWidth(150)
 
         # continue banner (shown when a run was interrupted by closing the window)
         self.banner = QtWidgets.QFrame()
@@ -163,6 +167,7 @@ class TrainerPanel(Panel):
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addWidget(self.banner)
         rl.addLayout(controls)
+        rl.addLayout(progress_row)
         rl.addWidget(plots, 1)
         split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(scroll)
