@@ -52,6 +52,7 @@ class StackView(pg.GraphicsLayoutWidget):
             self._marks.append((text, t))
         self.stack_hu: np.ndarray | None = None
         self.labels: np.ndarray | None = None
+        self._lut = overlay_lut(2)
 
     def set_stack(self, stack: SliceStack | None, title: str = "") -> None:
         self.title.setText(title or (stack.title if stack is not None else ""))
@@ -63,7 +64,7 @@ class StackView(pg.GraphicsLayoutWidget):
         self.stack_hu = stack.hu()
         self.labels = None if stack.labels is None else np.ascontiguousarray(stack.labels, np.uint8)
         n_classes = len(stack.roi_names) + 1 if stack.roi_names else 2
-        self.overlay_item.setLookupTable(overlay_lut(n_classes))
+        self._lut = overlay_lut(max(n_classes, int(self.labels.max()) + 1 if self.labels is not None and self.labels.size else 2))
         h, w = self.stack_hu.shape[1:]
         for text, item in self._marks:
             item.setPos(*{"A": (w / 2, 0), "P": (w / 2, h), "R": (0, h / 2), "L": (w, h / 2)}[text])
@@ -74,8 +75,8 @@ class StackView(pg.GraphicsLayoutWidget):
         k = int(np.clip(k, 0, len(self.stack_hu) - 1))
         self.image_item.setImage(self.stack_hu[k], levels=levels, autoLevels=False)
         if overlay and self.labels is not None:
-            self.overlay_item.setImage(self.labels[k], autoLevels=False, levels=(0, 255))
-            self.overlay_item.setLevels(None)
+            # RGBA straight from the colour table: no levels, no LUT pass in pyqtgraph
+            self.overlay_item.setImage(self._lut[self.labels[k]], autoLevels=False, levels=None)
             self.overlay_item.setVisible(True)
         else:
             self.overlay_item.setVisible(False)

@@ -1,0 +1,279 @@
+"""Similarity tab: the KL table equals training.similarity, sorts like numpy, symmetric
+toggle, nearest list, identification, checkpoint updates and exports (tiny, offscreen).
+
+Helpers here (tiny workspaces and checkpoints) are reused by tests/test_panel_volume.py.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+SIZE = 16
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch):
+    from explorer.settings import ENV_DATA_DIR, AppSettings
+
+    monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path / "userdata"))
+    return AppSettings()
+
+
+def tiny_images(n_patients: int = 4, n_slices: int = 5, size: int = SIZE, depth: int | None = None, seed: int = 0):
+    """{pseudonym: images}, {pseudonym: labels}: ellipses per patient, labels 0/1/2.
+
+    2D: (n_slices, size, size); 3D (depth given): (1, depth, size, size).
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    c = size / 2
+    imgs, labs = {}, {}
+    for i in range(n_patients):
+        k = np.arange(depth or n_slices)[:, None, None]
+        body = ((xx - c) ** 2 / (size * (2 + i)) + (yy - c) ** 2 / (size * (1.5 + k / 4))) < 1
+        img = body * (0.4 + 0.1 * i) + 0.05 * rng.random(body.shape)
+        lab = body.astype(np.uint8) + ((xx - c - 2) ** 2 + (yy - c) ** 2 < 4 + i)
+        lab = np.minimum(lab, 2).astype(np.uint8)
+        name = f"PAT-{i + 1:04d}"
+        imgs[name] = img.astype(np.float32)[None] if depth else img.astype(np.float32)
+        labs[name] = lab[None] if depth else lab
+    return imgs, labs
+
+
+def write_workspace(path: Path, rt: bool = True, depth: int | None = None, n_patients: int = 4) -> Path:
+    from training.config import PreprocessConfig
+    from training.workspace import write_arrays_workspace
+
+    imgs, labs = tiny_images(n_patients, depth=depth)
+    pre = PreprocessConfig(crop=None, mode="3d" if depth else "2d", rois=("BODY", "GTV") if rt else (),
+                           hu_min=-1000.0, hu_max=1000.0)
+    return write_arrays_workspace(path, imgs, labs if rt else None, preprocess=pre,
+                                  roi_names=("BODY", "GTV") if rt else ())
+
+
+def write_checkpoint(path: Path, n_classes: int = 3, spatial_dims: int = 2, seed: int = 0) -> Path:
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.config import ModelConfig, TrainConfig
+    from training.model import VAE
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(spatial_dims=spatial_dims, input_size=SIZE, n_blocks=2, filters=2, convs_per_block=1,
+                      fc_units=8, latent_dim=3, n_classes=n_classes, dropout=0.0)
+    model = VAE(cfg)
+    return save_checkpoint(path, model_config=cfg, train_config=TrainConfig(), preprocess_config=None,
+                           model_state=model.state_dict(), optimizer_state=None, epoch=1, history=[],
+                           data_hash="")
+
+
+def make_state(settings, workspace: Path | None, checkpoint: Path | None):
+    from explorer.state import AppState
+
+    state = AppState(settings)
+    state.workspace_path = workspace
+    state.checkpoint_path = checkpoint
+    return state
+
+
+def settle(qtbot, panel) -> None:
+    assert panel.wait_idle(60000)
+    qtbot.wait(30)  # deliver the queued results
+    assert panel.wait_idle(60000)
+    qtbot.wait(10)
+
+
+def headless_similarity(ckpt: Path, ws_path: Path, aggregate="mixture"):
+    from training import latent, similarity
+    from training.checkpoint import load_model
+    from training.workspace import Workspace
+
+    model, _ = load_model(ckpt)
+    with Workspace.open(ws_path) as ws:
+        enc = latent.encode_workspace(model, ws)
+    pp = latent.aggregate_patients(enc, aggregate)
+    return pp.names, similarity.similarity_matrix(pp.mu, pp.logvar), similarity.similarity_matrix(pp.mu, pp.logvar, True)
+
+
+@pytest.fixture(params=["ct_rt", "ct_only"])
+def setup(request, tmp_path, settings):
+    rt = request.param == "ct_rt"
+    ws = write_workspace(tmp_path / "ws.h5", rt=rt)
+    ckpt = write_checkpoint(tmp_path / "model.pt", n_classes=3 if rt else 0)
+    return settings, ws, ckpt
+
+
+_MADE: list = []
+
+
+@pytest.fixture(autouse=True)
+def _shutdown_panels():
+    yield
+    while _MADE:
+        _MADE.pop().shutdown()  # stop the worker threads before Qt deletes the panel
+
+
+def make_panel(qtbot, state, cls=None):
+    from explorer.panels.similarity import SimilarityPanel
+
+    panel = (cls or SimilarityPanel)(state)
+    _MADE.append(panel)
+    qtbot.addWidget(panel)
+    panel.resize(1000, 600)
+    panel.show()
+    return panel
+
+
+def test_table_equals_headless_and_sorts_like_numpy(qtbot, setup):
+    from explorer.qt import Qt
+    from explorer.widgets.kl_table import VALUE_ROLE
+
+    settings, ws, ckpt = setup
+    panel = make_panel(qtbot, make_state(settings, ws, ckpt))
+    settle(qtbot, panel)
+    names, directed, sym = headless_similarity(ckpt, ws)
+    model = panel.table.kl_model
+    assert model.names == names
+    shown = np.array([[model.data(model.index(r, c), VALUE_ROLE) for c in range(len(names))]
+                      for r in range(len(names))])
+    np.testing.assert_allclose(shown, directed, rtol=1e-6, atol=1e-9)
+    assert "KL(q_i || q_j)" in model.headerData(0, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
+
+    # a click on column 2's header sorts the rows like a stable argsort of that column
+    header = panel.table.horizontalHeader()
+    from explorer.qt import QtCore
+
+    x = header.sectionViewportPosition(2) + header.sectionSize(2) // 2
+    qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton, pos=QtCore.QPoint(x, header.height() // 2))
+    assert model.sort_column == 2
+    want = np.argsort(directed[:, 2], kind="stable")
+    if model.sort_order == Qt.SortOrder.DescendingOrder:
+        want = np.argsort(-directed[:, 2], kind="stable")
+    assert [model.patient_at(r) for r in range(len(names))] == [names[i] for i in want]
+    panel.table.sortByColumn(1, Qt.SortOrder.DescendingOrder)
+    assert list(model.order) == list(np.argsort(-directed[:, 1], kind="stable"))
+    # values follow their rows
+    r = model.row_of(names[0])
+    assert model.data(model.index(r, 3), VALUE_ROLE) == pytest.approx(directed[0, 3])
+    # heat colours: the background is the headless colour of the value
+    from training.similarity_views import heat_rgb
+
+    bg = model.data(model.index(r, 3), Qt.ItemDataRole.BackgroundRole)
+    assert (bg.red(), bg.green(), bg.blue()) == tuple(int(v) for v in heat_rgb(directed)[0, 3])
+
+    # symmetric toggle
+    panel.symmetric.setChecked(True)
+    shown = np.array([[model.data(model.index(model.row_of(a), c), VALUE_ROLE) for c in range(len(names))]
+                      for a in names])
+    np.testing.assert_allclose(shown, sym, rtol=1e-6, atol=1e-9)
+    assert "0.5" in model.definition and "½" in panel.definition.text()
+
+
+def test_nearest_follows_selection(qtbot, setup):
+    from training import similarity
+
+    settings, ws, ckpt = setup
+    state = make_state(settings, ws, ckpt)
+    panel = make_panel(qtbot, state)
+    settle(qtbot, panel)
+    names, directed, sym = headless_similarity(ckpt, ws)
+    state.select_patient(names[1])
+    want = [(names[j], v) for j, v in similarity.nearest(directed, 1, 5)]
+    got = panel.nearest()
+    assert [n for n, _ in got] == [n for n, _ in want]
+    np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-6)
+    assert panel.near_list.count() == len(names) - 1
+    assert names[1] in panel.near_title.text()
+    # the table selected that patient's row; selecting another row selects the patient
+    assert panel.table.currentIndex().row() == panel.table.kl_model.row_of(names[1])
+    panel.table.selectRow(panel.table.kl_model.row_of(names[3]))
+    assert state.selected_patient == names[3]
+    panel.symmetric.setChecked(True)
+    assert [n for n, _ in panel.nearest()] == [names[j] for j, _ in similarity.nearest(sym, 3, 5)]
+
+
+def test_identification_equals_headless(qtbot, setup):
+    from training import latent, similarity
+    from training.checkpoint import load_model
+    from training.workspace import Workspace
+
+    settings, ws, ckpt = setup
+    panel = make_panel(qtbot, make_state(settings, ws, ckpt))
+    settle(qtbot, panel)
+    panel.slice_a.setValue(0)
+    panel.slice_b.setValue(3)
+    panel.run_identification()
+    settle(qtbot, panel)
+    res = panel.identification
+    assert res is not None
+    model, _ = load_model(ckpt)
+    with Workspace.open(ws) as w:
+        n = len(w.patients)
+        ea = latent.encode_workspace(model, w, rows=[(i, 0) for i in range(n)])
+        eb = latent.encode_workspace(model, w, rows=[(i, 3) for i in range(n)])
+        names = [p.pseudonym for p in w.patients]
+    want = similarity.identify(ea.mu, ea.logvar, eb.mu, eb.logvar, names=names)
+    np.testing.assert_allclose(res.kl, want.kl, rtol=1e-6, atol=1e-9)
+    assert res.n_identified == want.n_identified and res.confusions == want.confusions
+    assert panel.id_score.text() == f"{want.n_identified} of {n} identified"
+    assert f"{want.mean_same:.4g}" in panel.id_detail.text()
+    assert panel.id_confused.count() == max(len(want.confusions), 1)
+    # an impossible slice pair is one readable line, not a crash
+    panel.slice_a.setValue(50)
+    panel.run_identification()
+    settle(qtbot, panel)
+    assert "fewer than 2 patients" in panel.id_detail.text()
+
+
+def test_new_checkpoint_recomputes_and_exports(qtbot, tmp_path, settings):
+    ws = write_workspace(tmp_path / "ws.h5", rt=True)
+    ck1 = write_checkpoint(tmp_path / "a.pt", seed=0)
+    ck2 = write_checkpoint(tmp_path / "b.pt", seed=5)
+    state = make_state(settings, ws, None)
+    panel = make_panel(qtbot, state)
+    assert "Load or train a model" in panel.message.text()
+    state.set_checkpoint(ck1)
+    state.set_checkpoint(ck2)  # newest wins
+    settle(qtbot, panel)
+    _, d2, _ = headless_similarity(ck2, ws)
+    np.testing.assert_allclose(panel.matrix(), d2, rtol=1e-6, atol=1e-9)
+
+    # CSV of the matrix through training.similarity.write_matrix_csv (direction stated)
+    out = panel.export(tmp_path / "exports" / "kl.csv")
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("# KL(q_i || q_j)")
+    back = np.array([[float(v) for v in row.split(",")[1:]] for row in lines[2:]])
+    np.testing.assert_allclose(back, d2, rtol=1e-12)
+    # heat map figure as PNG / SVG / PDF
+    from explorer.qt import QtGui
+
+    panel.views.setCurrentIndex(1)
+    qtbot.wait(20)
+    png = panel.export(tmp_path / "exports" / "kl.png")
+    assert not QtGui.QImage(str(png)).isNull()
+    assert panel.export(tmp_path / "exports" / "kl.svg").read_text().lstrip().startswith("<?xml")
+    assert panel.export(tmp_path / "exports" / "kl.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_mismatched_model_is_a_message(qtbot, tmp_path, settings):
+    ws = write_workspace(tmp_path / "ws.h5", rt=False)
+    ck = write_checkpoint(tmp_path / "rt.pt", n_classes=3)
+    panel = make_panel(qtbot, make_state(settings, ws, ck))
+    settle(qtbot, panel)
+    assert "RT classes" in panel.message.text() and panel.result is None
