@@ -284,8 +284,21 @@ class _InlineExecutor:
 def _executor(workers: int):
     if workers <= 1:
         return _InlineExecutor()
-    # forkserver: safe when the caller has threads (the GUI), cheap per task.
-    ctx = multiprocessing.get_context("forkserver")
+    import threading
+
+    # Load the heavy modules here once, so forked workers start warm.
+    import training.dicom  # noqa: F401
+    import training.preprocess  # noqa: F401
+    import training.rtstruct  # noqa: F401
+
+    if threading.active_count() == 1:
+        ctx = multiprocessing.get_context("fork")  # no threads to break: cheapest start
+    else:
+        # A caller with threads (the GUI) must not fork them; forkserver workers import
+        # the modules once in the server and fork from there.
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["training.ingest", "training.dicom", "training.rtstruct",
+                                    "training.preprocess"])
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
 

@@ -1,0 +1,182 @@
+"""Ingest speed and memory against a bare pydicom loop, in one run.
+
+    python benchmarks/ingest.py [--patients 8] [--slices 64] [--size 256] [--workers 2]
+                                [--lung1 DIR] [--memory]
+
+Measures, on a synthetic phantom cohort (uncompressed CT, written by training.phantom):
+1. bare reference: for each series, pydicom.dcmread + pixel_array of every file, sort by
+   ImagePositionPatient along the slice normal, HU = pixel × slope + intercept (float32);
+2. `ingest` of the same CT files into a fresh workspace (hash, load, preprocess, HDF5,
+   merge), `workers` processes; ratio = bare time / ingest time (≥ 1.5 is the target);
+3. the same with the RTSTRUCTs (rasterisation of every ROI included);
+4. opening the workspace and reading the first training batch (32 rows of the train
+   split) with the DICOM folder renamed away (so touching it would fail), vs ingest time;
+5. re-ingesting the unchanged folder;
+6. --memory: peak RSS of an ingest subprocess (parent and worker processes) for a folder
+   of N and of 3N patients of the same series size.
+Files are read once before timing so both sides see the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.config import PreprocessConfig  # noqa: E402
+from training.ingest import ingest  # noqa: E402
+from training.phantom import generate_cohort  # noqa: E402
+from training.workspace import Workspace  # noqa: E402
+
+
+def bare_load(series_dirs: list[Path]) -> int:
+    """The reference: what any script would do to get HU volumes. Returns slices read."""
+    n = 0
+    for d in series_dirs:
+        dss = [pydicom.dcmread(f) for f in sorted(d.iterdir()) if f.is_file()]
+        iop = np.asarray(dss[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(iop[:3], iop[3:])
+        dss.sort(key=lambda ds: float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)))
+        vol = np.stack([ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope)
+                        + float(ds.RescaleIntercept) for ds in dss])
+        n += vol.shape[0]
+    return n
+
+
+def warm(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            p.read_bytes()
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+MEM_CHILD = """
+import json, resource, sys
+from training.config import PreprocessConfig
+from training.ingest import ingest
+ingest([sys.argv[1]], sys.argv[2], PreprocessConfig(crop=int(sys.argv[4])), workers=int(sys.argv[3]))
+print(json.dumps({"parent_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def peak_rss(drop: Path, ws: Path, workers: int, crop: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEM_CHILD, str(drop), str(ws), str(workers), str(crop)],
+                         cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patients", type=int, default=8)
+    ap.add_argument("--slices", type=int, default=64)
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--lung1", type=Path, default=None, help="also time this CT folder (e.g. LUNG1-001/image)")
+    ap.add_argument("--memory", action="store_true", help="peak RSS for N and 3N patients")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="ctvae-bench-"))
+    try:
+        drop_rt = tmp / "cohort"
+        t0 = time.perf_counter()
+        infos = generate_cohort(drop_rt, args.patients, slices=args.slices, size=args.size, seed=0, fsync=False)
+        gen_s = time.perf_counter() - t0
+        drop_ct = tmp / "cohort_ct"
+        shutil.copytree(drop_rt, drop_ct, ignore=shutil.ignore_patterns("RTSTRUCT"))
+        series_dirs = [drop_ct / i.folder.name / "CT" for i in infos]
+        n_files = sum(len(list(d.iterdir())) for d in series_dirs)
+        mb = sum(f.stat().st_size for d in series_dirs for f in d.iterdir()) / 2**20
+        warm(drop_rt)
+        warm(drop_ct)
+        crop = min(128, args.size)
+        cfg = PreprocessConfig(crop=crop)
+        print(f"cohort: {args.patients} patients × {args.slices} slices × {args.size}² px "
+              f"({n_files} CT files, {mb:.0f} MiB, generated in {gen_s:.1f} s); workers={args.workers}")
+
+        t_bare = best_of(lambda: bare_load(series_dirs), args.repeat)
+        k = [0]
+
+        def run_ingest(drop, c=cfg):
+            k[0] += 1
+            ws = tmp / f"w{k[0]}.h5"
+            ingest([drop], ws, c, workers=args.workers)
+            return ws
+
+        t_ing = best_of(lambda: run_ingest(drop_ct), args.repeat)
+        t_ing_rt = best_of(lambda: run_ingest(drop_rt, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart"))),
+                           args.repeat)
+        ws = run_ingest(drop_rt, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart")))
+        print(f"bare pydicom loop (CT only)       {t_bare:7.2f} s  {n_files / t_bare:7.0f} slices/s")
+        print(f"ingest (CT only)                  {t_ing:7.2f} s  {n_files / t_ing:7.0f} slices/s  "
+              f"ratio {t_bare / t_ing:.2f}× (target ≥ 1.5×)")
+        print(f"ingest (CT + RTSTRUCT, 6 ROIs)    {t_ing_rt:7.2f} s  {n_files / t_ing_rt:7.0f} slices/s  "
+              f"ratio {t_bare / t_ing_rt:.2f}×")
+
+        hidden = tmp / "hidden"
+        drop_rt.rename(hidden)  # opening must not need the DICOM files
+        t0 = time.perf_counter()
+        with Workspace.open(ws) as w:
+            rows = w.index("train")[:32]
+            batch = w.read_images(rows)
+            w.read_labels(rows)
+        t_open = time.perf_counter() - t0
+        hidden.rename(drop_rt)
+        print(f"open + first batch {batch.shape}  {t_open * 1000:7.1f} ms = "
+              f"{100 * t_open / t_ing_rt:.2f}% of its ingest (target < 1%)")
+        t0 = time.perf_counter()
+        rep = ingest([drop_rt], ws, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart")), workers=args.workers)
+        t_re = time.perf_counter() - t0
+        print(f"re-ingest unchanged folder        {t_re:7.3f} s  ({len(rep.unchanged)} unchanged, "
+              f"{len(rep.added)} added) = {100 * t_re / t_ing_rt:.1f}% of ingest")
+        print(f"workspace size {ws.stat().st_size / 2**20:.0f} MiB")
+
+        if args.lung1:
+            lung = args.lung1
+            warm(lung)
+            t_b = best_of(lambda: bare_load([lung]), args.repeat)
+            t_i = best_of(lambda: run_ingest(lung), args.repeat)
+            n = len(list(lung.iterdir()))
+            print(f"LUNG1 ({n} slices, 512²): bare {t_b:.2f} s, ingest {t_i:.2f} s, ratio {t_b / t_i:.2f}× "
+                  "(one series: one worker busy)")
+
+        if args.memory:
+            small = tmp / "mem_small"
+            big = tmp / "mem_big"
+            n1 = max(2, args.patients // 2)
+            generate_cohort(small, n1, slices=args.slices, size=args.size, seed=1, fsync=False)
+            generate_cohort(big, 3 * n1, slices=args.slices, size=args.size, seed=1, fsync=False)
+            m1 = peak_rss(small, tmp / "m1.h5", args.workers, crop)
+            m2 = peak_rss(big, tmp / "m2.h5", args.workers, crop)
+            vol_mb = args.slices * args.size * args.size * 4 / 2**20
+            print(f"peak RSS, {n1} patients:  parent {m1['parent_mb']:.0f} MiB, largest worker {m1['worker_mb']:.0f} MiB")
+            print(f"peak RSS, {3 * n1} patients: parent {m2['parent_mb']:.0f} MiB, largest worker {m2['worker_mb']:.0f} MiB")
+            print(f"(one series as float32: {vol_mb:.0f} MiB; folder of {3 * n1}: {3 * n1 * vol_mb:.0f} MiB)")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
