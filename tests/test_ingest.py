@@ -259,3 +259,19 @@ def test_worker_pool_gives_the_same_workspace(cohort, tmp_path):
         assert [p.pseudonym for p in w1.patients] == [p.pseudonym for p in w2.patients]
         np.testing.assert_array_equal(w1.read_images(w1.index()), w2.read_images(w2.index()))
         np.testing.assert_array_equal(w1.read_labels(w1.index()), w2.read_labels(w2.index()))
+
+
+def test_refuses_foreign_files_and_arrays_only_rederive(cohort, tmp_path):
+    from training.workspace import WorkspaceError, write_arrays_workspace
+
+    drop, _ = cohort
+    junk = tmp_path / "junk.h5"
+    junk.write_text("not a workspace")
+    with pytest.raises(WorkspaceError, match="junk.h5"):
+        ingest([drop], junk, CFG, workers=1)
+    assert junk.read_text() == "not a workspace"
+    arr = write_arrays_workspace(tmp_path / "a.h5", {"A": np.zeros((2, 8, 8), np.float32)})
+    with pytest.raises(WorkspaceError, match="no source"):
+        rederive(arr, CFG, workers=1)
+    with Workspace.open(arr) as ws:
+        assert len(ws.patients) == 1

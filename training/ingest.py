@@ -344,6 +344,7 @@ class _State:
     @classmethod
     def read(cls, path: Path) -> "_State":
         with h5py.File(path, "r") as f:
+            wsmod._check_format(f, path)
             entries = {}
             for k in f["entries"]:
                 a = f["entries"][k].attrs
@@ -376,6 +377,12 @@ class _State:
 
 def _prepare(path: Path, cfg: PreprocessConfig, test_fraction: float, seed: int) -> None:
     wsmod.remove_stale_temps(path)
+    if path.exists():
+        try:
+            with h5py.File(path, "r") as f:
+                wsmod._check_format(f, path)
+        except OSError as exc:
+            raise WorkspaceError(f"{path}: exists and is not an HDF5 workspace ({exc})") from exc
     if not path.exists():
         wsmod.create_empty(path, cfg, test_fraction=test_fraction, seed=seed)
     elif wsmod.list_staged(path):
@@ -402,6 +409,11 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
     with h5py.File(path, "r") as src:
         labels = sorted(src["entries"])
         total = len(labels)
+        no_source = [k for k in labels if "source" not in src["entries"][k]]
+        if no_source:  # arrays-only entries cannot follow new settings; never drop them
+            raise WorkspaceError(
+                f"{path}: {len(no_source)} entries hold no source data ({', '.join(no_source[:5])}); "
+                "cannot re-derive them with new preprocessing")
         with wsmod.atomic_write_path(path) as tmp:
             with h5py.File(tmp, "w") as dst:
                 wsmod._init_attrs(dst, cfg, salt=src.attrs["salt"], seed=int(src.attrs["split_seed"]),
@@ -409,14 +421,10 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
                                   created=src.attrs.get("created"),
                                   merged_through=int(src.attrs.get("merged_through", 0)))
                 shape: tuple[int, ...] = ()
-                skipped_entries: list[str] = []
 
                 def jobs():
                     for label in labels:
                         g = src["entries"][label]
-                        if "source" not in g:
-                            skipped_entries.append(label)
-                            continue
                         hu, masks, geo = wsmod.read_source(g["source"])
                         pos = geo.positions if geo is not None else np.arange(hu.shape[0], dtype=float)
                         yield label, _rederive_job, (hu, masks, pos, cfg_json)
@@ -443,8 +451,6 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
                     ex.shutdown(wait=True, cancel_futures=True)
                 if cancel and cancel():
                     raise IngestCancelled()
-                for label in skipped_entries:  # arrays-only entries cannot follow new settings
-                    report.skipped.append((label, "no source data stored; cannot re-derive"))
                 dst.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
                 wsmod._record_splits(dst)
                 prov = wsmod._read_meta(src, "provenance", [])
