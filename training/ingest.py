@@ -184,8 +184,14 @@ def workspace_lock(path: Path):
 # ----------------------------------------------------------------------------- workers
 
 
-def _derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
-            cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: Any,
+           cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Stored source → training arrays, exactly as ingest and rederive store them.
+
+    hu: (z, y, x) HU; masks: ROI name → bool (z, y, x); positions: slice positions in mm
+    or a VolumeGeometry. Returns (images float32 [0, 1], labels uint8 or None, names of
+    cfg.rois missing from `masks`).
+    """
     from training.preprocess import preprocess_volume
     from training.rtstruct import exclusive_labels, match_roi_names
 
@@ -197,6 +203,9 @@ def _derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
         labels = exclusive_labels(masks, cfg.rois, shape=hu.shape)
     images, labs = preprocess_volume(hu, labels, positions, cfg)
     return images, labs, missing
+
+
+_derive = derive
 
 
 def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) -> str:
@@ -244,7 +253,7 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
             masks[name] = m if name not in masks else (masks[name] | m)
     hu16 = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
     del vol
-    images, labels, missing = _derive(hu16, masks, geometry.positions, cfg)
+    images, labels, missing = derive(hu16, masks, geometry.positions, cfg)
     warnings = [clean_text(w, stage["roots"], stage["replacements"]) for w in warnings]
     spacing = tuple(float(v) for v in geometry.spacing)
     entry = EntryData(
@@ -263,7 +272,7 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
 
 def _rederive_job(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
                   cfg_json: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    return _derive(hu, masks, positions, PreprocessConfig.from_json(cfg_json))
+    return derive(hu, masks, positions, PreprocessConfig.from_json(cfg_json))
 
 
 class _InlineExecutor:
