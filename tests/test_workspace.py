@@ -150,3 +150,48 @@ def test_write_is_atomic_no_temp_left(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["w.h5"]
     with Workspace.open(p) as ws:  # old content intact
         assert len(ws.patients) == 2 and ws.preprocess.crop == 16
+
+
+def test_staged_entries_are_read_and_merged(tmp_path):
+    import shutil
+
+    from training.workspace import (
+        EntryData,
+        create_empty,
+        list_staged,
+        merge,
+        preprocess_hash,
+        staging_dir,
+        write_staged,
+    )
+
+    cfg = PreprocessConfig(crop=8)
+    p = create_empty(tmp_path / "w.h5", cfg)
+    with h5py.File(p, "r") as f:
+        salt = f.attrs["salt"]
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for seq, label in enumerate(["PAT-0002", "PAT-0001"], start=1):
+        arrays[label] = rng.random((3, 8, 8), dtype=np.float32)
+        hu = rng.integers(-1000, 1000, (3, 8, 8)).astype(np.int16)
+        masks = {"Body": hu > 0}
+        write_staged(p, seq, EntryData(label=label, patient=label, content_hash=f"h{seq}",
+                                       images=arrays[label], hu=hu, masks=masks),
+                     preprocess_hash(cfg), salt, {f"q{seq}": ["c", "s", "", ""]}, {f"d{seq}": seq})
+    keep = tmp_path / "copy.h5"
+    shutil.copy(list_staged(p)[0][1], keep)
+    with Workspace.open(p) as ws:  # leftovers of a killed ingest are part of the workspace
+        assert [x.pseudonym for x in ws.patients] == ["PAT-0001", "PAT-0002"]
+        np.testing.assert_array_equal(ws.read_images([[1, 2]])[0], arrays["PAT-0002"][2])
+        hu, masks, _ = ws.read_source(0)
+        np.testing.assert_array_equal(masks["Body"], hu > 0)  # packed bits round trip
+    merge(p)
+    assert not staging_dir(p).exists()
+    # a staged file already merged (crash between the rename and its removal) is ignored
+    staging_dir(p).mkdir()
+    shutil.copy(keep, staging_dir(p) / keep.name.replace("copy", "00000001-PAT-0002"))
+    with Workspace.open(p) as ws:
+        assert len(ws.patients) == 2 and ws.patients[0].has_source
+    with h5py.File(p, "r") as f:
+        assert f.attrs["merged_through"] == 2
+        assert f.attrs["schema_version"] == 1 and f.attrs["format"] == "ct-vae-workspace"

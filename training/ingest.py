@@ -767,8 +767,9 @@ def _scan_progress(progress: Progress | None):
         return None
 
     def cb(*args):
-        done = int(args[0]) if args else 0
-        total = int(args[1]) if len(args) > 1 else 0
+        # Accepts (done, total[, message]) or (phase, done, total, message).
+        nums = [a for a in args if isinstance(a, (int, np.integer)) and not isinstance(a, bool)]
+        done, total = (int(nums[0]), int(nums[1])) if len(nums) >= 2 else (0, 0)
         progress("scan", done, total, "reading headers")
 
     return cb
