@@ -1,0 +1,315 @@
+"""Manifold tab (SPEC F18, thesis 4.4): the n×n grid of decoded images over two latent
+dimensions, with the encoded patients drawn over it.
+
+The grid is training.latent.manifold: positions z_i = σz Φ⁻¹((i + ½)/n) along both chosen
+dimensions (dims[0] → x axis, dims[1] → y axis, increasing upward), the other dimensions
+held at 0 or at a chosen patient's µ. The plot's axes are z values: each decoded image
+is a square tile centred on its code (tile side = the smallest gap between positions,
+training.latent_views.tile_side), drawn right way up (row 0, anterior, at the tile's top;
+the patient's left on the tile's right). Patients are their aggregate posteriors
+(training.latent_views.encode_patients, "mixture"): a point at µ and the 1σ ellipse of
+the 2-D marginal. Clicking a tile opens it large beside the grid with its full code and
+the patients under whose posterior that code is most probable (−log q_i(z), nats;
+training.latent_views.nearest_to_code). The grid follows the current checkpoint.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from explorer.qt import Qt, QtCore, QtGui, QtWidgets, pg
+from explorer.widgets.latent_canvas import (CTImageView, LatentPanel, fill_dim_combo, fill_patient_combo,
+                                            labelled_row)
+
+ZERO = "zero (prior mean)"
+PATIENT_COLOUR = (220, 40, 40)
+
+
+class ManifoldPanel(LatentPanel):
+    title = "Manifold"
+    tooltip = "Decoded images on a grid over two latent dimensions, with the encoded patients"
+
+    def __init__(self, state, parent=None) -> None:
+        super().__init__(state, parent)
+        self.n_spin = QtWidgets.QSpinBox()
+        self.n_spin.setRange(2, 31)
+        self.n_spin.setValue(15)
+        self.n_spin.setToolTip("Images per side: positions σz·Φ⁻¹((i+½)/n)")
+        self.dim_x = QtWidgets.QComboBox()
+        self.dim_y = QtWidgets.QComboBox()
+        self.dim_x.setToolTip("Latent dimension along the x axis")
+        self.dim_y.setToolTip("Latent dimension along the y axis")
+        self.base = QtWidgets.QComboBox()
+        self.base.setToolTip("What the other latent dimensions are held at")
+        self.base.addItem(ZERO)
+        self.show_patients = QtWidgets.QCheckBox("Patients (µ, 1σ)")
+        self.show_patients.setChecked(True)
+
+        self.view = pg.GraphicsLayoutWidget()
+        self.plot = self.view.addPlot(title="Manifold")
+        self.plot.setAspectLocked(True)
+        self.plot.setMenuEnabled(False)
+        self.plot.showGrid(False, False)
+        self.hover = pg.TextItem("", color=(0, 0, 0), anchor=(0, 1), fill=pg.mkBrush(255, 255, 255, 200))
+        self.hover.setZValue(20)
+        self.plot.addItem(self.hover, ignoreBounds=True)
+        self.points = pg.ScatterPlotItem(size=7, pen=pg.mkPen("w", width=1), brush=pg.mkBrush(*PATIENT_COLOUR))
+        self.points.setZValue(10)
+        self.plot.addItem(self.points)
+        self.ellipses: list[pg.PlotCurveItem] = []
+        self.tiles: list[pg.ImageItem] = []
+        self.selection = pg.PlotCurveItem(pen=pg.mkPen((255, 200, 0), width=2))
+        self.selection.setZValue(15)
+        self.plot.addItem(self.selection)
+        self.view.scene().sigMouseMoved.connect(self._moved)
+        self.view.scene().sigMouseClicked.connect(self._clicked)
+
+        self.cell_view = CTImageView("Cell")
+        self.cell_info = QtWidgets.QLabel("Click a tile to see it here.")
+        self.cell_info.setWordWrap(True)
+        self.cell_info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.cell_info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
+
+        self.export = self.export_button(self.view, "manifold", table=self.table)
+        self.add_generated_exports(self.export, self._generated)
+        self.cell_export = self.export_button(self.cell_view, "manifold-cell", table=self.cell_view.table)
+        self.add_generated_exports(self.cell_export, self._generated_cell)
+
+        side = QtWidgets.QWidget()
+        sl = QtWidgets.QVBoxLayout(side)
+        sl.setContentsMargins(0, 0, 0, 0)
+        sl.addWidget(self.cell_view, 3)
+        sl.addWidget(self.cell_info, 2)
+        sl.addLayout(labelled_row(None, self.cell_export))
+        split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.view)
+        split.addWidget(side)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        split.setSizes([700, 280])
+        self.splitter = split
+
+        lay = QtWidgets.QVBoxLayout(self)
+        lay.addLayout(labelled_row("n:", self.n_spin, "x:", self.dim_x, "y:", self.dim_y,
+                                   "other dims at:", self.base, self.show_patients, None, self.export))
+        lay.addWidget(split, 1)
+        lay.addWidget(self.status)
+
+        for w in (self.n_spin,):
+            w.valueChanged.connect(self.refresh)
+        for c in (self.dim_x, self.dim_y, self.base):
+            c.currentIndexChanged.connect(self.refresh)
+        self.show_patients.toggled.connect(self._draw_patients)
+        self.result = None
+        self.selected: tuple[int, int] | None = None
+
+    # -- work --------------------------------------------------------------------------
+    def request(self) -> dict | None:
+        req = self.base_request()
+        if req is None:
+            return None
+        dx, dy = self.dim_x.currentIndex(), self.dim_y.currentIndex()
+        req.update(n=self.n_spin.value(), dims=(dx if dx >= 0 else 0, dy if dy >= 0 else 1),
+                   base=self.base.currentText())
+        return req
+
+    @staticmethod
+    def compute(req: dict) -> dict:
+        from training import latent, latent_views
+
+        lm = latent_views.load_latent_model(req["checkpoint"])
+        j = lm.latent_dim
+        d0, d1 = req["dims"]
+        if j < 2:
+            raise ValueError("the manifold needs a model with at least 2 latent dimensions")
+        if not (0 <= d0 < j and 0 <= d1 < j):
+            d0, d1 = 0, 1
+        if d0 == d1:
+            raise ValueError(f"choose two different latent dimensions (both are z{d0})")
+        wl = None
+        if req["workspace"]:
+            try:
+                wl = latent_views.encode_patients(lm, req["workspace"])
+            except ValueError:
+                wl = None
+        base = None
+        if req["base"] != ZERO and wl is not None and req["base"] in wl.names:
+            base = wl.patient_mu(req["base"])
+        m = latent.manifold(lm.model, n=req["n"], dims=(d0, d1), base=base,
+                            prior_sigma2=lm.prior_sigma2, decoder=lm.decoder)
+        ct = latent_views.display_slice(m.images, lm.spatial_dims)
+        lab = latent_views.display_slice(m.labels, lm.spatial_dims)
+        shown = latent_views.display_rgb(ct, lab, lm.n_classes) if lab is not None else ct
+        return {"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
+                "side": latent_views.tile_side(m.positions)}
+
+    # -- display -----------------------------------------------------------------------
+    def show_result(self, r: dict) -> None:
+        self.result = r
+        lm, m = r["lm"], r["manifold"]
+        fill_dim_combo(self.dim_x, lm.latent_dim, 0)
+        fill_dim_combo(self.dim_y, lm.latent_dim, 1)
+        fill_patient_combo(self.base, r["wl"].names if r["wl"] is not None else [], [ZERO])
+        d0, d1 = m.dims
+        n = len(m.positions)
+        shown = r["shown"]
+        side = r["side"]
+        while len(self.tiles) < n * n:
+            it = pg.ImageItem()
+            self.plot.addItem(it)
+            self.tiles.append(it)
+        for it in self.tiles[n * n:]:
+            it.setVisible(False)
+        h, w = shown.shape[2:4]
+        rgb = shown.ndim == 5
+        levels = (0, 255) if rgb else (0.0, 1.0)
+        for r_ in range(n):
+            for c in range(n):
+                it = self.tiles[r_ * n + c]
+                it.setImage(shown[r_, c], autoLevels=False, levels=levels)
+                cx, cy = m.positions[c], m.positions[n - 1 - r_]
+                # y points up in this plot: flip each tile so its row 0 (anterior) is on top
+                tr = QtGui.QTransform()
+                tr.translate(cx - side / 2, cy + side / 2)
+                tr.scale(side / w, -side / h)
+                it.setTransform(tr)
+                it.setVisible(True)
+        self.plot.setLabel("bottom", f"z{d0}  (other dims: {r['base_name']})")
+        self.plot.setLabel("left", f"z{d1}")
+        self.plot.setTitle(f"Manifold over z{d0}, z{d1}: {n}×{n} at σz·Φ⁻¹((i+½)/n) — epoch {lm.epoch}")
+        self._draw_patients()
+        lim = m.positions[-1] + side
+        self.plot.setRange(xRange=(-lim, lim), yRange=(-lim, lim), padding=0.02)
+        if self.selected is not None and self.selected[0] < n and self.selected[1] < n:
+            self.select_cell(*self.selected)
+        else:
+            self.selected = None
+            self.selection.setData([], [])
+        kind = "CT + RT" if lm.n_classes else "CT only"
+        self.set_status(f"{n}×{n} images decoded and shown in {self.last_ms:.0f} ms · {kind} model, "
+                        f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
+                        + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
+
+    def _draw_patients(self) -> None:
+        from training.latent_views import sigma_ellipse
+
+        for e in self.ellipses:
+            self.plot.removeItem(e)
+        self.ellipses = []
+        r = self.result
+        if r is None or r["wl"] is None or not self.show_patients.isChecked():
+            self.points.setData([], [])
+            return
+        d0, d1 = r["manifold"].dims
+        pp = r["wl"].patients
+        mu, sd = pp.mu[:, [d0, d1]], pp.sigma[:, [d0, d1]]
+        self.points.setData(x=mu[:, 0], y=mu[:, 1], data=list(pp.names),
+                            tip=lambda x, y, data: f"{data}\nµ = ({x:.3f}, {y:.3f})")
+        for i in range(len(mu)):
+            pts = sigma_ellipse(mu[i], sd[i])
+            e = pg.PlotCurveItem(pts[:, 0], pts[:, 1], pen=pg.mkPen(*PATIENT_COLOUR, width=1.2))
+            e.setZValue(9)
+            self.plot.addItem(e)
+            self.ellipses.append(e)
+
+    # -- interaction -------------------------------------------------------------------
+    def cell_at(self, x: float, y: float) -> tuple[int, int] | None:
+        """(row, column) of the tile containing plot point (x, y) = (z[d0], z[d1])."""
+        if self.result is None:
+            return None
+        pos, side = self.result["manifold"].positions, self.result["side"]
+        n = len(pos)
+        c = int(np.argmin(np.abs(pos - x)))
+        k = int(np.argmin(np.abs(pos - y)))
+        if abs(pos[c] - x) > side / 2 or abs(pos[k] - y) > side / 2:
+            return None
+        return n - 1 - k, c
+
+    def cell_centre(self, row: int, col: int) -> tuple[float, float]:
+        pos = self.result["manifold"].positions
+        return float(pos[col]), float(pos[len(pos) - 1 - row])
+
+    def _moved(self, scene_pos) -> None:
+        if self.result is None or not self.plot.sceneBoundingRect().contains(scene_pos):
+            self.hover.setText("")
+            return
+        p = self.plot.vb.mapSceneToView(scene_pos)
+        d0, d1 = self.result["manifold"].dims
+        text = f"z{d0} = {p.x():.3f}, z{d1} = {p.y():.3f}"
+        cell = self.cell_at(p.x(), p.y())
+        if cell is not None:
+            cx, cy = self.cell_centre(*cell)
+            text += f"\ntile ({cell[0]}, {cell[1]}) at ({cx:.3f}, {cy:.3f})"
+        self.hover.setText(text)
+        self.hover.setPos(p.x(), p.y())
+
+    def _clicked(self, ev) -> None:
+        if self.result is None or ev.button() != Qt.MouseButton.LeftButton:
+            return
+        p = self.plot.vb.mapSceneToView(ev.scenePos())
+        cell = self.cell_at(p.x(), p.y())
+        if cell is not None:
+            self.select_cell(*cell)
+
+    def select_cell(self, row: int, col: int) -> np.ndarray:
+        """Show tile (row, col) large with its code and nearest patients; returns its code."""
+        from training.latent_views import nearest_to_code
+
+        r = self.result
+        m = r["manifold"]
+        self.selected = (row, col)
+        z = m.codes[row, col]
+        self.cell_code = z
+        self.cell_view.set_image(r["shown"][row, col], autorange=True)
+        d0, d1 = m.dims
+        self.cell_view.set_title(f"Tile ({row}, {col}): z{d0} = {z[d0]:.3f}, z{d1} = {z[d1]:.3f}")
+        cx, cy = self.cell_centre(row, col)
+        s = r["side"] / 2
+        self.selection.setData([cx - s, cx + s, cx + s, cx - s, cx - s], [cy - s, cy - s, cy + s, cy + s, cy - s])
+        lines = ["<b>z</b> = (" + ", ".join(f"{v:.3f}" for v in z) + ")"]
+        if r["wl"] is not None:
+            pp = r["wl"].patients
+            near = nearest_to_code(z, pp.mu, pp.logvar, k=5)
+            self.cell_neighbours = [(pp.names[i], v) for i, v in near]
+            lines.append("<b>Nearest patients</b> by −log q<sub>i</sub>(z) (nats, all "
+                         f"{len(z)} dims; lower = more probable under that patient's posterior):")
+            lines += [f"&nbsp;&nbsp;{name}: {v:.2f}" for name, v in self.cell_neighbours]
+        else:
+            self.cell_neighbours = []
+        self.cell_info.setText("<br>".join(lines))
+        return z
+
+    # -- exports -------------------------------------------------------------------------
+    def table(self):
+        r = self.result
+        if r is None:
+            return (["row", "col"], [])
+        m = r["manifold"]
+        n, j = m.codes.shape[0], m.codes.shape[2]
+        rows = [[i, c, *m.codes[i, c].tolist()] for i in range(n) for c in range(n)]
+        table_rows = rows
+        if r["wl"] is not None:
+            pp = r["wl"].patients
+            table_rows = rows + [[f"patient {name}", "µ", *pp.mu[k].tolist()] for k, name in enumerate(pp.names)] \
+                + [[f"patient {name}", "σ", *pp.sigma[k].tolist()] for k, name in enumerate(pp.names)]
+        return (["row", "col"] + [f"z{k}" for k in range(j)], table_rows)
+
+    def _generated(self):
+        r = self.result
+        if r is None:
+            return None
+        m = r["manifold"]
+        n = m.codes.shape[0]
+        lab = None if m.labels is None else m.labels.reshape(n * n, *m.labels.shape[2:])
+        return m.images.reshape(n * n, *m.images.shape[2:]), lab, "manifold"
+
+    def _generated_cell(self):
+        r = self.result
+        if r is None or self.selected is None:
+            return None
+        m = r["manifold"]
+        i, c = self.selected
+        return m.images[i, c][None], None if m.labels is None else m.labels[i, c][None], f"manifold_r{i}_c{c}"
+
+
+PANEL = ManifoldPanel
