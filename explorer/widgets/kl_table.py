@@ -18,8 +18,16 @@ import numpy as np
 from explorer.qt import QtCore, QtGui, QtWidgets, Qt, Signal, pg
 from training.similarity_views import heat_rgb, is_dark
 
-VALUE_ROLE = Qt.ItemDataRole.UserRole + 1  # the float behind a cell
-PATIENT_ROLE = Qt.ItemDataRole.UserRole + 2  # the row's patient index (unsorted)
+VALUE_ROLE = int(Qt.ItemDataRole.UserRole.value) + 1  # the float behind a cell
+PATIENT_ROLE = int(Qt.ItemDataRole.UserRole.value) + 2  # the row's patient index (unsorted)
+# Roles as plain ints: data() runs for every visible cell and role on each repaint, and
+# comparing an int with a Qt enum costs an enum conversion each time.
+_DISPLAY = int(Qt.ItemDataRole.DisplayRole.value)
+_TOOLTIP = int(Qt.ItemDataRole.ToolTipRole.value)
+_BACKGROUND = int(Qt.ItemDataRole.BackgroundRole.value)
+_FOREGROUND = int(Qt.ItemDataRole.ForegroundRole.value)
+_ALIGN = int(Qt.ItemDataRole.TextAlignmentRole.value)
+_ALIGN_RIGHT = int((Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter).value)
 
 
 class KLTableModel(QtCore.QAbstractTableModel):
@@ -33,9 +41,10 @@ class KLTableModel(QtCore.QAbstractTableModel):
         self.order = np.zeros(0, np.int64)  # order[row] = patient index shown in that row
         self.sort_column = -1
         self.sort_order = Qt.SortOrder.AscendingOrder
-        self._rgb = np.zeros((0, 0, 3), np.uint8)
+        self._rgb = np.zeros((0, 0), np.int64)  # packed 0xRRGGBB per cell
         self._dark = np.zeros((0, 0), bool)
-        self._colours: dict[tuple[int, int, int], QtGui.QColor] = {}
+        self._colours: dict[int, QtGui.QColor] = {}
+        self._white, self._black = QtGui.QColor("white"), QtGui.QColor("black")
 
     # -- content
     def set_matrix(self, matrix: np.ndarray, names: list[str], definition: str) -> None:
@@ -44,8 +53,10 @@ class KLTableModel(QtCore.QAbstractTableModel):
         self.matrix = np.asarray(matrix, np.float64)
         self.names = [str(n) for n in names]
         self.definition = definition
-        self._rgb = heat_rgb(self.matrix) if self.matrix.size else np.zeros((0, 0, 3), np.uint8)
-        self._dark = is_dark(self._rgb) if self.matrix.size else np.zeros((0, 0), bool)
+        rgb = heat_rgb(self.matrix) if self.matrix.size else np.zeros((0, 0, 3), np.uint8)
+        self._dark = is_dark(rgb) if self.matrix.size else np.zeros((0, 0), bool)
+        rgb = rgb.astype(np.int64)
+        self._rgb = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         self._colours = {}
         self.order = self._sorted_order(self.sort_column, self.sort_order)
         self.endResetModel()
@@ -100,28 +111,28 @@ class KLTableModel(QtCore.QAbstractTableModel):
         return 0 if parent.isValid() else len(self.names)
 
     def _colour(self, i: int, j: int) -> QtGui.QColor:
-        key = tuple(int(v) for v in self._rgb[i, j])
+        key = int(self._rgb[i, j])
         c = self._colours.get(key)
         if c is None:
-            c = self._colours[key] = QtGui.QColor(*key)
+            c = self._colours[key] = QtGui.QColor.fromRgb(key)
         return c
 
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
-        if not index.isValid():
+    def data(self, index, role=_DISPLAY):
+        if role not in (_DISPLAY, _BACKGROUND, _FOREGROUND, _ALIGN, _TOOLTIP, VALUE_ROLE, PATIENT_ROLE):
             return None
+        if role == _ALIGN:
+            return _ALIGN_RIGHT
         i, j = int(self.order[index.row()]), index.column()
+        if role == _DISPLAY:
+            return f"{self.matrix[i, j]:.3g}"
+        if role == _BACKGROUND:
+            return self._colour(i, j)
+        if role == _FOREGROUND:
+            return self._white if self._dark[i, j] else self._black
         v = self.matrix[i, j]
-        if role == Qt.ItemDataRole.DisplayRole:
-            return f"{v:.3g}"
         if role == VALUE_ROLE:
             return float(v)
-        if role == Qt.ItemDataRole.BackgroundRole:
-            return self._colour(i, j)
-        if role == Qt.ItemDataRole.ForegroundRole:
-            return QtGui.QColor("white") if self._dark[i, j] else QtGui.QColor("black")
-        if role == Qt.ItemDataRole.TextAlignmentRole:
-            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-        if role == Qt.ItemDataRole.ToolTipRole:
+        if role == _TOOLTIP:
             a, b = self.names[i], self.names[j]
             if self.definition.startswith("0.5"):
                 return f"½ (KL(q_{a} ‖ q_{b}) + KL(q_{b} ‖ q_{a})) = {v:.6g} nats"
@@ -130,14 +141,14 @@ class KLTableModel(QtCore.QAbstractTableModel):
             return i
         return None
 
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
-        if section < 0 or section >= len(self.names):
+    def headerData(self, section, orientation, role=_DISPLAY):  # noqa: N802
+        if (role != _DISPLAY and role != _TOOLTIP) or section < 0 or section >= len(self.names):
             return None
         horizontal = orientation == Qt.Orientation.Horizontal
         name = self.names[section] if horizontal else self.names[int(self.order[section])]
-        if role == Qt.ItemDataRole.DisplayRole:
+        if role == _DISPLAY:
             return name
-        if role == Qt.ItemDataRole.ToolTipRole:
+        if role == _TOOLTIP:
             what = ("column j = the reference q_j" if horizontal else
                     "row i = the posterior q_i the expectation is under")
             return f"{name}: {what}\n{self.definition}\nClick a column header to sort the rows by it"
