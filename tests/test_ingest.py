@@ -218,8 +218,11 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(bad / "wrong_for_rs.dcm")
     # an RTSTRUCT whose CT series is not dropped
+    from training.phantom import write_patient
+
+    other = write_patient(tmp_path / "other", 3, 0, slices=SLICES, size=SIZE, fsync=False)
     orphan = tmp_path / "orphan"
-    shutil.copytree(infos[2].folder, orphan)
+    shutil.copytree(other.folder, orphan)
     shutil.rmtree(orphan / "CT")
     ws_path = tmp_path / "w.h5"
     rep = ingest([drop, orphan], ws_path, CFG, workers=1)

@@ -577,12 +577,20 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
 
     scan = None
     if unknown:
-        scan = dicom.scan(unknown, progress=_scan_progress(progress), cancel=cancel)
+        try:
+            scan = _scan(dicom, unknown, progress, cancel)
+        except dicom.Cancelled:
+            report.cancelled = True
+            return
         touched = {str(_attr(s, "series_uid", "series_instance_uid")) for s in scan.series}
-        touched |= {str(_attr(s, "referenced_series_uid", default="")) for s in scan.structs}
+        touched |= {u for s in scan.structs for u in _struct_series(s)}
         rescan = [p for s in touched & known_series for p in known_by_series[s]]
         if rescan:  # a series got new files: read it whole again
-            scan = dicom.scan(unknown + rescan, progress=_scan_progress(progress), cancel=cancel)
+            try:
+                scan = _scan(dicom, unknown + rescan, progress, cancel)
+            except dicom.Cancelled:
+                report.cancelled = True
+                return
             for s in touched & known_series:
                 known_series.discard(s)
     if cancel and cancel():
@@ -642,9 +650,8 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
     by_series = {p[5]: p for p in plan}
     for sref in scan.structs:
         sp = str(_attr(sref, "path", default=""))
-        ref_series = str(_attr(sref, "referenced_series_uid", default="") or "")
         ref_for = str(_attr(sref, "frame_of_reference_uid", default="") or "")
-        target = by_series.get(ref_series)
+        target = next((by_series[u] for u in _struct_series(sref) if u in by_series), None)
         reason = None
         if target is not None:
             t_for = str(_attr(target[1], "frame_of_reference_uid", default="") or "")
@@ -760,6 +767,30 @@ def _stash_identity(st: _State) -> None:
             f.create_group("entries")
             wsmod._write_meta(f, "identity", extra)
             wsmod._write_meta(f, "pseudonyms", st.pseudonyms)
+
+
+def _struct_series(sref: Any) -> tuple[str, ...]:
+    """CT series UIDs an RTSTRUCT reference names."""
+    many = _attr(sref, "referenced_series_uids", default=None)
+    if many is not None:
+        return tuple(str(u) for u in many if u)
+    one = _attr(sref, "referenced_series_uid", default="")
+    return (str(one),) if one else ()
+
+
+class _CancelFlag:
+    """dicom.scan polls cancel.is_set(); ingest takes a plain callable."""
+
+    def __init__(self, fn: Callable[[], bool] | None):
+        self.fn = fn
+
+    def is_set(self) -> bool:
+        return bool(self.fn and self.fn())
+
+
+def _scan(dicom, files: list[Path], progress: Progress | None, cancel: Callable[[], bool] | None):
+    return dicom.scan([str(f) for f in files], progress=_scan_progress(progress),
+                      cancel=_CancelFlag(cancel) if cancel else None)
 
 
 def _scan_progress(progress: Progress | None):
