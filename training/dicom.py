@@ -1,0 +1,40 @@
+"""DICOM discovery and CT series loading (public entry; SPEC F1, F2).
+
+    result = scan(["/drop/folder"], progress=None, cancel=None)
+    for ref in result.series:            # CT image series (SeriesRef)
+        vol = load_ct_series(ref)        # CTVolume: hu float32 (z, y, x), geometry, warnings
+    result.structs                       # RTSTRUCT files (StructRef)
+    result.skipped                       # Skipped(path, reason) for every file not used
+
+Conventions: axes (z, y, x); mm; patient coordinates LPS; HU = stored × RescaleSlope +
+RescaleIntercept. Patient identifiers travel in SeriesRef/StructRef in memory only (not
+in repr) for the pseudonym and must never be written. SeriesRef and CTVolume pickle, so
+load_ct_series runs in worker processes.
+"""
+
+from training.dicom_load import load_ct_series, plugin_hint
+from training.dicom_scan import scan
+from training.dicom_types import (
+    Cancelled,
+    CTVolume,
+    DicomError,
+    ScanResult,
+    SeriesRef,
+    Skipped,
+    SliceHeader,
+    StructRef,
+)
+
+__all__ = [
+    "Cancelled",
+    "CTVolume",
+    "DicomError",
+    "ScanResult",
+    "SeriesRef",
+    "Skipped",
+    "SliceHeader",
+    "StructRef",
+    "load_ct_series",
+    "plugin_hint",
+    "scan",
+]

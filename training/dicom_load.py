@@ -1,0 +1,320 @@
+"""Loading one scanned CT series as a HU volume on its patient geometry.
+
+Slices are ordered by ImagePositionPatient projected on the normal row_dir × col_dir
+(never by file name or InstanceNumber). HU = stored value × RescaleSlope +
+RescaleIntercept, per slice. Native little-endian pixel data is read straight from the
+byte offset found by the scan (np.frombuffer, no second header parse) while the file's
+size and mtime are unchanged; anything else goes through pydicom's decoders.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pydicom
+from pydicom.uid import UID
+
+from training.dicom_scan import NATIVE_LE, majority_filter
+from training.dicom_types import Cancelled, CTVolume, DicomError, SeriesRef, SliceHeader
+from training.geometry import VolumeGeometry
+
+# Slices closer than this along the normal (mm) share a position.
+DUPLICATE_TOLERANCE_MM = 0.01
+# A gap wider than this many times the median spacing (and the slices' thickness) is
+# reported as missing slices.
+GAP_FACTOR = 1.5
+# In-plane drift of slice origins (pixels) below which the stack counts as orthogonal.
+TILT_TOLERANCE_PX = 0.01
+
+_PLUGINS = {
+    # transfer syntax UID -> what to install
+    "1.2.840.10008.1.2.4.50": "pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",
+    "1.2.840.10008.1.2.4.57": "pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.70": "pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.81": "pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.90": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.91": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.92": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.93": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.201": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pip install pylibjpeg pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.5": "pip install pylibjpeg pylibjpeg-rle",
+}
+# JPEG processes the pylibjpeg plugins cannot decode (6/8, 10/12 and retired ones).
+_GDCM_ONLY = "pip install python-gdcm (JPEG processes 6/8 and 10/12 decode only with GDCM)"
+
+
+def plugin_hint(transfer_syntax: str) -> str:
+    """What to install so pydicom can decode this transfer syntax."""
+    if transfer_syntax in _PLUGINS:
+        return _PLUGINS[transfer_syntax]
+    if transfer_syntax.startswith("1.2.840.10008.1.2.4.5") or transfer_syntax.startswith(
+        "1.2.840.10008.1.2.4.6"
+    ):
+        return _GDCM_ONLY
+    return "pip install python-gdcm (it decodes most transfer syntaxes)"
+
+
+def _ts_label(ts: str) -> str:
+    name = UID(ts).name
+    return f"{name} ({ts})" if name and name != ts else ts
+
+
+class _SliceProblem(Exception):
+    """One slice unusable; the series goes on without it."""
+
+
+def _check_decoder(path: str, ts: str) -> None:
+    uid = UID(ts)
+    if not uid.is_encapsulated:
+        return
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise DicomError(
+            path, f"pydicom has no decoder for {_ts_label(ts)}; {plugin_hint(ts)}"
+        ) from None
+    if not decoder.is_available:
+        raise DicomError(
+            path,
+            f"compressed pixel data ({_ts_label(ts)}) but no decoder plugin is installed: "
+            f"{plugin_hint(ts)}",
+        )
+
+
+def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
+    if s.slope == 1.0:
+        out[...] = stored
+    else:
+        np.multiply(stored, np.float32(s.slope), out=out, casting="unsafe")
+    if s.intercept != 0.0:
+        out += np.float32(s.intercept)
+
+
+def _native_dtype(s: SliceHeader) -> np.dtype | None:
+    if s.samples_per_pixel != 1 or s.bits_allocated not in (8, 16, 32):
+        return None
+    kind = "i" if s.pixel_representation == 1 else "u"
+    return np.dtype(f"<{kind}{s.bits_allocated // 8}")
+
+
+def _read_fast(s: SliceHeader, out: np.ndarray) -> bool:
+    """Read native LE pixel values from the scanned offset; False when not applicable."""
+    dtype = _native_dtype(s)
+    if s.pixel_value_offset < 0 or s.transfer_syntax not in NATIVE_LE or dtype is None:
+        return False
+    nbytes = s.rows * s.columns * dtype.itemsize
+    with open(s.path, "rb") as fp:
+        st = os.fstat(fp.fileno())
+        if st.st_size != s.size or st.st_mtime_ns != s.mtime_ns:
+            return False
+        fp.seek(s.pixel_value_offset)
+        buf = fp.read(nbytes)
+    if len(buf) < nbytes:
+        raise _SliceProblem(f"truncated: pixel data holds {len(buf)} of {nbytes} bytes")
+    _rescale_into(np.frombuffer(buf, dtype).reshape(s.rows, s.columns), s, out)
+    return True
+
+
+def _read_decoded(s: SliceHeader, out: np.ndarray) -> None:
+    """Read through pydicom (compressed, big endian, deflated, or a changed file)."""
+    _check_decoder(s.path, s.transfer_syntax)
+    try:
+        ds = pydicom.dcmread(s.path)
+    except Exception as exc:
+        raise _SliceProblem(f"unreadable ({type(exc).__name__}: {exc}); truncated or damaged file?") from None
+    if "PixelData" not in ds:
+        raise _SliceProblem("no pixel data")
+    ts = str(ds.file_meta.get("TransferSyntaxUID", s.transfer_syntax)) if hasattr(ds, "file_meta") else s.transfer_syntax
+    _check_decoder(s.path, ts)
+    ipp = ds.get("ImagePositionPatient")
+    if ipp is not None and not np.allclose([float(v) for v in ipp], s.ipp, atol=1e-4):
+        raise DicomError(s.path, "changed since the folder was scanned (different position); scan again")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:
+        raise _SliceProblem(f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None
+    if stored.shape != (s.rows, s.columns):
+        raise _SliceProblem(f"pixel array shape {stored.shape} is not {s.rows}×{s.columns}")
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    if (slope, intercept) != (s.slope, s.intercept):
+        s = SliceHeader(**{**s.__dict__, "slope": slope, "intercept": intercept})
+    _rescale_into(stored, s, out)
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.2f}"
+
+
+def load_ct_series(ref: SeriesRef, cancel=None) -> CTVolume:
+    """Load a SeriesRef from scan() as HU float32 (z, y, x) with its VolumeGeometry.
+
+    Slices are sorted by position along the normal; slices of a minority orientation,
+    size or spacing, unreadable slices and exact duplicates are left out with a warning.
+    A gantry tilt (slices stacked off the normal) is corrected by shifting each slice
+    in-plane (linear interpolation) onto an orthogonal grid. Raises DicomError for an
+    unusable series (no readable slice, a missing decoder, duplicate positions with
+    different pixels) and Cancelled when cancel.is_set().
+    """
+    name = ref.series_uid or "series"
+    if not ref.slices:
+        raise DicomError(name, "series has no CT slices")
+    warnings: list[str] = []
+    slices, dropped = majority_filter(list(ref.slices))
+    warnings.extend(f"{d.path}: {d.reason}; left out" for d in dropped)
+
+    first = slices[0]
+    row_dir = _unit(first.iop[:3])
+    col_dir = np.asarray(first.iop[3:], dtype=np.float64)
+    col_dir = _unit(col_dir - (col_dir @ row_dir) * row_dir)
+    normal = _unit(np.cross(row_dir, col_dir))
+    positions = np.array([np.asarray(s.ipp) @ normal for s in slices])
+    order = np.argsort(positions, kind="stable")
+    slices = [slices[i] for i in order]
+
+    ny, nx = first.rows, first.columns
+    hu = np.empty((len(slices), ny, nx), dtype=np.float32)
+    good: list[SliceHeader] = []
+    problems: list[str] = []
+    for s in slices:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"loading {name} cancelled")
+        target = hu[len(good)]
+        try:
+            if not _read_fast(s, target):
+                _read_decoded(s, target)
+        except _SliceProblem as exc:
+            problems.append(f"{s.path}: {exc}")
+            continue
+        except OSError as exc:
+            problems.append(f"{s.path}: cannot read file ({exc.strerror or exc})")
+            continue
+        good.append(s)
+    if not good:
+        raise DicomError(slices[0].path, "no slice of the series could be read; " + "; ".join(problems[:3]))
+    warnings.extend(f"{p}; slice left out" for p in problems)
+    if len(good) < len(slices):
+        hu = hu[: len(good)].copy()
+
+    good, hu = _drop_duplicates(good, hu, normal, warnings)
+    ipp = np.array([s.ipp for s in good], dtype=np.float64)
+    dy, dx = first.pixel_spacing
+    ipp, hu = _correct_tilt(ipp, hu, row_dir, col_dir, normal, (dy, dx), warnings)
+    _check_spacing(good, ipp @ normal, warnings)
+
+    geometry = VolumeGeometry(
+        ipp=ipp,
+        row_dir=row_dir,
+        col_dir=col_dir,
+        pixel_spacing=(float(dy), float(dx)),
+        shape=(len(good), ny, nx),
+        frame_of_reference_uid=ref.frame_of_reference_uid,
+        sop_uids=tuple(s.sop_instance_uid for s in good),
+    )
+    return CTVolume(hu=hu, geometry=geometry, warnings=warnings)
+
+
+def _drop_duplicates(slices, hu, normal, warnings):
+    pos = np.array([np.asarray(s.ipp) @ normal for s in slices])
+    keep = [0]
+    for k in range(1, len(slices)):
+        kept = keep[-1]
+        if abs(pos[k] - pos[kept]) > DUPLICATE_TOLERANCE_MM:
+            keep.append(k)
+            continue
+        a, b = slices[kept], slices[k]
+        if np.array_equal(hu[kept], hu[k]):
+            warnings.append(
+                f"{b.path}: same position ({_fmt(pos[k])} mm along the normal) and pixels as "
+                f"{a.path}; duplicate left out"
+            )
+            continue
+        raise DicomError(
+            b.path,
+            f"same position ({_fmt(pos[k])} mm along the normal) as {a.path} but different "
+            "pixel data (two acquisitions mixed in one series?)",
+        )
+    if len(keep) == len(slices):
+        return slices, hu
+    return [slices[k] for k in keep], hu[keep]
+
+
+def _correct_tilt(ipp, hu, row_dir, col_dir, normal, spacing, warnings):
+    """Shift slices stacked off the normal (gantry tilt) onto an orthogonal grid.
+
+    Pixel (i, j) of slice k lies at ipp_k + j·dx·row_dir + i·dy·col_dir. The corrected
+    slice k keeps its position along the normal but takes the in-plane origin of slice
+    0: new ipp_k = ipp_0 + ((ipp_k − ipp_0)·n) n, so its pixel (i, j) is the original
+    pixel (i − v_k, j − u_k) with u_k, v_k the in-plane drift of ipp_k in pixels.
+    """
+    if len(ipp) < 2:
+        return ipp, hu
+    dy, dx = spacing
+    d = ipp - ipp[0]
+    u = d @ row_dir / dx
+    v = d @ col_dir / dy
+    drift = float(np.max(np.hypot(u, v)))
+    if drift <= TILT_TOLERANCE_PX:
+        return ipp, hu
+    from scipy.ndimage import shift as nd_shift
+
+    stack = d[-1]
+    angle = float(np.degrees(np.arccos(min(1.0, abs(stack @ normal) / np.linalg.norm(stack)))))
+    fill = float(hu.min())
+    out = np.empty_like(hu)
+    for k in range(len(hu)):
+        if np.hypot(u[k], v[k]) <= TILT_TOLERANCE_PX:
+            out[k] = hu[k]
+        else:
+            nd_shift(hu[k], (v[k], u[k]), output=out[k], order=1, mode="constant", cval=fill)
+    new_ipp = ipp[0] + np.outer(d @ normal, normal)
+    warnings.append(
+        f"gantry tilt: slices stacked {angle:.1f}° off the slice normal; each slice shifted "
+        f"in-plane (up to {drift:.1f} pixels, linear interpolation) onto an orthogonal grid; "
+        f"pixels shifted in from outside the field of view are {fill:g} HU"
+    )
+    return new_ipp, out
+
+
+def _check_spacing(slices, pos, warnings):
+    if len(pos) == 1:
+        t = slices[0].slice_thickness
+        warnings.append(
+            f"{slices[0].path}: the series has one slice only, slice spacing unknown"
+            + (f" (SliceThickness {t:g} mm)" if t else "")
+        )
+        return
+    gaps = np.diff(pos)
+    med = float(np.median(gaps))
+    missing = []
+    for k, g in enumerate(gaps):
+        t = [s.slice_thickness for s in (slices[k], slices[k + 1])]
+        local = max(med, min(t)) if all(t) else med
+        if g > GAP_FACTOR * local:
+            n = int(round(g / med)) - 1
+            missing.append(
+                f"gap of {_fmt(g)} mm between slices at {_fmt(pos[k])} and {_fmt(pos[k + 1])} mm "
+                f"({slices[k].path}, {slices[k + 1].path}), about {n} slice(s) missing"
+            )
+    if missing:
+        more = f"; and {len(missing) - 5} more gaps" if len(missing) > 5 else ""
+        warnings.append(
+            f"missing slices? median spacing {_fmt(med)} mm; " + "; ".join(missing[:5]) + more
+        )
+    if gaps.max() - gaps.min() > max(0.01, 0.01 * med):
+        warnings.append(
+            f"uneven slice spacing: {_fmt(gaps.min())} to {_fmt(gaps.max())} mm (median "
+            f"{_fmt(med)} mm); slice positions are kept as measured"
+        )

@@ -1,0 +1,437 @@
+"""Content-based DICOM discovery: header-only scan, grouping into CT series and RTSTRUCTs.
+
+A file is DICOM when it has the 128-byte preamble + "DICM", or when it starts with a
+plausible data element (group 0x0002/0x0008) and parses to a dataset with a SOP Class or
+Modality; file names and extensions are ignored. Each file is read once, header only
+(`stop_before_pixels`); for native little-endian files the byte offset of the pixel
+values is recorded so load_ct_series can read them without parsing the header again.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import defaultdict
+from typing import Callable, Iterable
+
+import numpy as np
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
+from pydicom.multival import MultiValue
+from pydicom.uid import UID
+
+from training.dicom_types import (
+    Cancelled,
+    ScanResult,
+    SeriesRef,
+    Skipped,
+    SliceHeader,
+    StructRef,
+)
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT = {"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"}
+RTSTRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+IMPLICIT_LE = "1.2.840.10008.1.2"
+
+# Orientation cosines closer than this are the same orientation (DICOM stores ~6 digits).
+IOP_TOLERANCE = 1e-3
+
+_PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
+
+
+_US_KEYWORDS = {"Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel"}
+_TAGS: dict[str, int] = {}
+
+
+def _value(ds, keyword: str):
+    """An element's value, read from the raw bytes where pydicom has not converted it yet
+    (about ten times faster than ds.get): str for text VRs ("\\"-joined when
+    multi-valued), int for the US elements, None when absent or empty."""
+    tag = _TAGS.get(keyword)
+    if tag is None:
+        tag = _TAGS[keyword] = tag_for_keyword(keyword)
+    elem = ds.get_item(tag)
+    if elem is None or elem.value is None:
+        return None
+    v = elem.value
+    if isinstance(elem, RawDataElement):
+        if keyword in _US_KEYWORDS:
+            return int.from_bytes(v[:2], "little" if elem.is_little_endian else "big") if len(v) >= 2 else None
+        text = v.decode("latin-1").strip(" \x00")
+        return text or None
+    if keyword in _US_KEYWORDS:
+        return int(v)
+    if isinstance(v, (list, tuple, MultiValue)):
+        return "\\".join(str(x) for x in v)
+    return str(v).strip() or None
+
+
+def _text(ds, keyword: str) -> str:
+    value = _value(ds, keyword)
+    return "" if value is None else str(value)
+
+
+def _decoded(ds, keyword: str) -> str:
+    """A text value decoded with the data set's character set (names, descriptions)."""
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int_or_none(ds, keyword: str) -> int | None:
+    value = _value(ds, keyword)
+    if value is None or isinstance(value, int):
+        return value
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _float_or(ds, keyword: str, default: float | None) -> float | None:
+    value = _value(ds, keyword)
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _floats(ds, keyword: str, n: int) -> tuple[float, ...]:
+    """n finite floats from a multi-valued element; ValueError naming it otherwise."""
+    value = _value(ds, keyword)
+    if value is None:
+        raise ValueError(f"no {keyword}")
+    try:
+        out = tuple(float(v) for v in str(value).split("\\"))
+    except ValueError:
+        raise ValueError(f"{keyword} is not numeric ({value!r})") from None
+    if len(out) != n or not all(np.isfinite(out)):
+        raise ValueError(f"{keyword} should hold {n} finite numbers, holds {value!r}")
+    return out
+
+
+def _list_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    files: list[str] = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            for root, dirs, names in os.walk(p):
+                dirs.sort()
+                files.extend(os.path.join(root, n) for n in sorted(names))
+        else:
+            files.append(p)
+    return files
+
+
+def _looks_metaless(head: bytes) -> bool:
+    """A dataset without preamble: does it start with a group 0x0002/0x0008 element?"""
+    if len(head) < 8:
+        return False
+    group_le, elem_le = struct.unpack("<HH", head[:4])
+    group_be = struct.unpack(">H", head[:2])[0]
+    return (group_le in (0x0002, 0x0008) and elem_le < 0x0200) or group_be == 0x0008
+
+
+def _pixel_location(fp, ts: str, size: int) -> tuple[bool, int, int]:
+    """After a stop_before_pixels read: (has pixel data, value offset, value length).
+
+    Offsets are only resolved for native little-endian transfer syntaxes; otherwise
+    (True, -1, -1) is returned when pixel data is present or cannot be ruled out.
+    """
+    pos = fp.tell()
+    if ts == "1.2.840.10008.1.2.1.99":  # deflated: positions refer to inflated bytes
+        return True, -1, -1
+    if pos >= size:
+        return False, -1, -1
+    head = fp.read(12)
+    if ts not in NATIVE_LE:
+        return True, -1, -1
+    if head[:4] != _PIXEL_TAG_LE:
+        return False, -1, -1
+    if ts == IMPLICIT_LE:
+        if len(head) < 8:
+            return True, pos, 0
+        return True, pos + 8, struct.unpack("<I", head[4:8])[0]
+    if len(head) < 12:
+        return True, pos, 0
+    return True, pos + 12, struct.unpack("<I", head[8:12])[0]
+
+
+def _read_header(path: str):
+    """(dataset, file meta transfer syntax, pixel info) or raise ValueError with the reason."""
+    with open(path, "rb") as fp:
+        head = fp.read(132)
+        preamble = len(head) == 132 and head[128:132] == b"DICM"
+        if not preamble and not _looks_metaless(head):
+            raise _NotDicom("not a DICOM file (no 'DICM' marker and no DICOM data set at the start)")
+        fp.seek(0)
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not preamble)
+        except Exception as exc:  # pydicom raises many types on damaged headers
+            raise ValueError(f"unreadable DICOM header ({type(exc).__name__}: {exc}); truncated or damaged file?") from None
+        meta = getattr(ds, "file_meta", None)
+        ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        if not ts:
+            ts = IMPLICIT_LE if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
+        size = os.fstat(fp.fileno()).st_size
+        pixel = _pixel_location(fp, ts, size)
+    if not preamble and not (ds.get("SOPClassUID") or ds.get("Modality")):
+        raise _NotDicom("not a DICOM file (no 'DICM' marker and no SOP Class or Modality)")
+    return ds, ts, pixel, size
+
+
+class _NotDicom(ValueError):
+    pass
+
+
+def _sop_class_name(uid: str) -> str:
+    name = UID(uid).name if uid else ""
+    return name if name and name != uid else (uid or "unknown SOP class")
+
+
+def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
+    """SliceHeader for a CT image, or ValueError with the reason it cannot be used."""
+    image_type = _text(ds, "ImageType").upper().split("\\")
+    if "LOCALIZER" in image_type:
+        raise ValueError("localizer (scout) image, not part of the CT volume")
+    frames = _int_or_none(ds, "NumberOfFrames") or 1
+    if frames > 1:
+        raise ValueError(f"multi-frame image ({frames} frames) is not supported")
+    has_pixels, offset, length = pixel
+    if not has_pixels:
+        raise ValueError("no pixel data")
+    samples = _int_or_none(ds, "SamplesPerPixel") or 1
+    if samples != 1:
+        raise ValueError(f"colour image (SamplesPerPixel {samples}), CT must be greyscale")
+    ipp = _floats(ds, "ImagePositionPatient", 3)
+    iop = _floats(ds, "ImageOrientationPatient", 6)
+    row, col = np.array(iop[:3]), np.array(iop[3:])
+    if (
+        abs(np.linalg.norm(row) - 1) > 0.01
+        or abs(np.linalg.norm(col) - 1) > 0.01
+        or abs(row @ col) > 0.01
+    ):
+        raise ValueError(f"ImageOrientationPatient {list(iop)} is not two orthogonal unit vectors")
+    spacing = _floats(ds, "PixelSpacing", 2)
+    if min(spacing) <= 0:
+        raise ValueError(f"PixelSpacing {list(spacing)} is not positive")
+    rows, cols = _int_or_none(ds, "Rows"), _int_or_none(ds, "Columns")
+    bits = _int_or_none(ds, "BitsAllocated")
+    if not rows or not cols or not bits:
+        raise ValueError("Rows, Columns or BitsAllocated missing")
+    slope = _float_or(ds, "RescaleSlope", 1.0) or 1.0
+    intercept = _float_or(ds, "RescaleIntercept", 0.0) or 0.0
+    if offset >= 0:
+        expected = rows * cols * (bits // 8)
+        available = size - offset
+        if min(length, available) < expected:
+            raise ValueError(
+                f"truncated: pixel data holds {min(length, available)} of {expected} bytes"
+            )
+    thickness = _float_or(ds, "SliceThickness", None)
+    return SliceHeader(
+        path=path,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        instance_number=_int_or_none(ds, "InstanceNumber"),
+        ipp=ipp,  # type: ignore[arg-type]
+        iop=iop,  # type: ignore[arg-type]
+        pixel_spacing=spacing,  # type: ignore[arg-type]
+        rows=rows,
+        columns=cols,
+        slope=slope,
+        intercept=intercept,
+        slice_thickness=thickness,
+        transfer_syntax=ts,
+        bits_allocated=bits,
+        bits_stored=_int_or_none(ds, "BitsStored") or bits,
+        pixel_representation=_int_or_none(ds, "PixelRepresentation") or 0,
+        samples_per_pixel=samples,
+        pixel_value_offset=offset,
+        pixel_length=length,
+    )
+
+
+def _struct_ref(path: str, st, ds) -> StructRef:
+    for_uid = ""
+    series: list[str] = []
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", None) or []:
+        for_uid = for_uid or _text(fr, "FrameOfReferenceUID")
+        for study in fr.get("RTReferencedStudySequence", None) or []:
+            for s in study.get("RTReferencedSeriesSequence", None) or []:
+                uid = _text(s, "SeriesInstanceUID")
+                if uid and uid not in series:
+                    series.append(uid)
+    if not for_uid:
+        for roi in ds.get("StructureSetROISequence", None) or []:
+            for_uid = _text(roi, "ReferencedFrameOfReferenceUID")
+            if for_uid:
+                break
+    return StructRef(
+        path=path,
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=for_uid or _text(ds, "FrameOfReferenceUID"),
+        referenced_series_uids=tuple(series),
+        label=_decoded(ds, "StructureSetLabel"),
+        patient_id=_decoded(ds, "PatientID"),
+        patient_name=_decoded(ds, "PatientName"),
+        birth_date=_decoded(ds, "PatientBirthDate"),
+    )
+
+
+def _same_kind(a: SliceHeader, b: SliceHeader) -> bool:
+    return (
+        (a.rows, a.columns) == (b.rows, b.columns)
+        and np.allclose(a.iop, b.iop, atol=IOP_TOLERANCE)
+        and np.allclose(a.pixel_spacing, b.pixel_spacing, rtol=1e-3, atol=1e-4)
+    )
+
+
+def majority_filter(slices: list[SliceHeader]) -> tuple[list[SliceHeader], list[Skipped]]:
+    """Keep the slices sharing the most common orientation, size and pixel spacing; the
+    others are returned as Skipped with what differs."""
+    groups: list[list[SliceHeader]] = []
+    for s in slices:
+        for g in groups:
+            if _same_kind(g[0], s):
+                g.append(s)
+                break
+        else:
+            groups.append([s])
+    if len(groups) <= 1:
+        return list(slices), []
+    groups.sort(key=lambda g: -len(g))
+    keep = groups[0]
+    ref = keep[0]
+    skipped = []
+    for members in groups[1:]:
+        s = members[0]
+        what = []
+        if not np.allclose(s.iop, ref.iop, atol=IOP_TOLERANCE):
+            what.append(
+                f"orientation {np.round(s.iop, 4).tolist()} differs from {np.round(ref.iop, 4).tolist()}"
+            )
+        if (s.rows, s.columns) != (ref.rows, ref.columns):
+            what.append(f"size {s.rows}×{s.columns} differs from {ref.rows}×{ref.columns}")
+        if not np.allclose(s.pixel_spacing, ref.pixel_spacing, rtol=1e-3, atol=1e-4):
+            what.append(f"pixel spacing {list(s.pixel_spacing)} differs from {list(ref.pixel_spacing)} mm")
+        reason = (
+            f"{' and '.join(what)} of the other {len(keep)} slices of the series "
+            "(a localizer or reformatted image?)"
+        )
+        skipped.extend(Skipped(m.path, reason) for m in members)
+    return keep, skipped
+
+
+def scan(
+    paths: Iterable[str | os.PathLike] | str | os.PathLike,
+    progress: Callable[[int, int], None] | None = None,
+    cancel=None,
+) -> ScanResult:
+    """Find CT series and RTSTRUCT files in files/folders (recursive), by content.
+
+    Reads headers only. progress(done, total) is called after each file; cancel is an
+    object with is_set() (e.g. threading.Event) checked before each file, raising
+    Cancelled. Every file not used ends up in .skipped with the reason.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    result = ScanResult()
+    files = _list_files(paths)
+    total = len(files)
+    # Keyed by (PatientID, SeriesInstanceUID): series UIDs are unique, and some writers
+    # (e.g. SimpleITK) give every slice of a series its own StudyInstanceUID.
+    by_series: dict[tuple[str, str], list[SliceHeader]] = defaultdict(list)
+    series_info: dict[tuple[str, str], dict] = {}
+    for done, path in enumerate(files, 1):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled(f"scan cancelled after {done - 1} of {total} files")
+        _scan_one(path, result, by_series, series_info)
+        if progress is not None:
+            progress(done, total)
+
+    for key, slices in by_series.items():
+        seen: dict[str, str] = {}
+        unique = []
+        for s in slices:
+            if s.sop_instance_uid and s.sop_instance_uid in seen:
+                result.skipped.append(
+                    Skipped(s.path, f"same SOPInstanceUID as {seen[s.sop_instance_uid]} (a copy)")
+                )
+                continue
+            seen[s.sop_instance_uid] = s.path
+            unique.append(s)
+        kept, dropped = majority_filter(unique)
+        result.skipped.extend(dropped)
+        info = series_info[key]
+        result.series.append(SeriesRef(slices=tuple(kept), **info))
+    result.series.sort(key=lambda r: (r.patient_id, r.study_uid, r.series_number or 0, r.series_uid))
+    result.structs.sort(key=lambda r: (r.patient_id, r.study_uid, r.path))
+    return result
+
+
+def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
+    try:
+        st = os.stat(path)
+        ds, ts, pixel, size = _read_header(path)
+    except OSError as exc:
+        result.skipped.append(Skipped(path, f"cannot read file ({exc.strerror or exc})"))
+        return
+    except ValueError as exc:
+        result.skipped.append(Skipped(path, str(exc)))
+        return
+    meta = getattr(ds, "file_meta", None)
+    media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    sop_class = _text(ds, "SOPClassUID") or media_class
+    modality = _text(ds, "Modality").upper()
+    if media_class == DICOMDIR_CLASS or sop_class == DICOMDIR_CLASS:
+        result.skipped.append(
+            Skipped(path, "DICOMDIR (a media index, not an image); its images are scanned as files")
+        )
+        return
+    try:
+        if sop_class == RTSTRUCT or (not sop_class and modality == "RTSTRUCT"):
+            result.structs.append(_struct_ref(path, st, ds))
+            return
+        if sop_class in ENHANCED_CT:
+            raise ValueError(
+                f"{_sop_class_name(sop_class)} (multi-frame) is not supported; "
+                "export the series as classic CT Image Storage"
+            )
+        if sop_class.startswith(SECONDARY_CAPTURE_PREFIX):
+            raise ValueError(f"secondary capture image ({_sop_class_name(sop_class)}), not CT")
+        if not (sop_class == CT_IMAGE or (not sop_class and modality == "CT")):
+            raise ValueError(
+                f"{modality or 'no modality'} {_sop_class_name(sop_class)} is neither a CT image "
+                "nor an RT structure set"
+            )
+        study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
+        if not series:
+            raise ValueError("no SeriesInstanceUID")
+        header = _ct_slice(path, st, ds, ts, pixel, size)
+    except ValueError as exc:
+        result.skipped.append(Skipped(path, str(exc)))
+        return
+    key = (_text(ds, "PatientID"), series)
+    by_series[key].append(header)
+    if key not in series_info:
+        series_info[key] = dict(
+            study_uid=study,
+            series_uid=series,
+            frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+            series_description=_decoded(ds, "SeriesDescription"),
+            series_number=_int_or_none(ds, "SeriesNumber"),
+            patient_id=_decoded(ds, "PatientID"),
+            patient_name=_decoded(ds, "PatientName"),
+            birth_date=_decoded(ds, "PatientBirthDate"),
+        )
+
