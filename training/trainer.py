@@ -281,6 +281,7 @@ class Trainer:
         self._train_images = 0
         self._status, self._message = "finished", ""
         self._good = None
+        self._next_iter = None
         try:
             self._setup()
             self._emit("on_train_start", self)
@@ -334,6 +335,8 @@ class Trainer:
         torch.set_num_threads(threads)
         self.device = st.device(tc.device)
         self._is_main = st.is_main
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels
         torch.manual_seed(tc.seed)
         self.model = build_model(mc).to(self.device)
         fmt = self._memory_format()
@@ -439,7 +442,7 @@ class Trainer:
             if self.control.stop_requested:
                 self._status = "stopped"
                 break
-            if tc.augment_every and tc.augment_count and epoch_index > 0 and epoch_index % tc.augment_every == 0:
+            if self._augments_at(epoch_index):
                 self._augment(epoch_index)
             t_epoch = time.perf_counter()
             train_terms, n_images, t_train = self._train_epoch(epoch_index)
@@ -449,6 +452,9 @@ class Trainer:
                 break
             self._train_time += t_train
             self._train_images += n_images
+            if number < tc.epochs and not self._augments_at(number):
+                # the next epoch's first batches load while the test set is evaluated
+                self._next_iter = self._train.epoch(number)
             test_terms = self._evaluate(epoch_index)
             entry = {
                 "epoch": number,
@@ -482,21 +488,34 @@ class Trainer:
             self._message = f"stopped by request after {self._completed()} epochs"
             self._save_last()
 
+    def _augments_at(self, epoch_index: int) -> bool:
+        tc = self.train_config
+        return bool(tc.augment_every and tc.augment_count and epoch_index > 0
+                    and epoch_index % tc.augment_every == 0)
+
     def _train_epoch(self, epoch_index: int):
         """One pass over the training data. Returns (terms, images, seconds) or
-        (None, ..) when a stop was requested mid-epoch."""
+        (None, ..) when a stop was requested mid-epoch.
+
+        A batch's loss values are read back one batch late (copied without blocking), so
+        the GPU never waits for the host: a NaN found then has already been stepped on,
+        which does not matter because failing restores the last good epoch anyway.
+        """
         tc, st = self.train_config, self.strategy
         self.model.train()
-        stream = self._train
-        n_batches = stream.n_batches()
+        n_batches = self._train.n_batches()
         gen = torch.Generator(device=self.device)
         gen.manual_seed(_seed_for(tc.seed, epoch_index, 1))
         fmt = self._memory_format()
         u, latent, w = tc.mc_samples, self.model_config.latent_dim, st.world_size
-        sums = torch.zeros(5, dtype=torch.float64, device=self.device)
+        cuda = self.device.type == "cuda"
+        host = [torch.zeros(6, dtype=torch.float64, pin_memory=cuda) for _ in range(2)]
+        self._sums = [0.0] * 5
+        self._images = 0
         t0 = time.perf_counter()
-        images = 0
-        it = stream.epoch(epoch_index)
+        it = self._next_iter if self._next_iter is not None else self._train.epoch(epoch_index)
+        self._next_iter = None
+        pending = None
         try:
             for b, (positions, x, labels) in enumerate(it):
                 self.control.wait_if_paused()
@@ -510,27 +529,43 @@ class Trainer:
                 eps = eps[:, st.rank::w].reshape(u * n, latent)
                 out = self._ddp_step(x, eps)
                 t = loss_per_image(out, x[:, :1], labels, tc, self._class_weights)
-                batch_sums = torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum(), t.ce.sum()]).detach().double()
                 flag = 1.0 if self.control.stop_requested else 0.0
-                stats = torch.cat([batch_sums, batch_sums.new_tensor([n, flag])])
+                stats = torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum(), t.ce.sum(),
+                                     t.total.new_full((), float(n)), t.total.new_full((), flag)])
+                stats = stats.detach().double()
                 stats = st.all_reduce_sum(stats) if w > 1 else stats
-                values = stats.tolist()
-                self._check_finite(epoch_index, b, n_batches, values)
+                buf = host[b % 2]
+                buf.copy_(stats, non_blocking=cuda)
+                event = None
+                if cuda:
+                    event = torch.cuda.Event()
+                    event.record()
                 self.optimizer.zero_grad(set_to_none=True)
                 t.total.mean().backward()
                 self.optimizer.step()
-                sums += stats[:5]
-                images += int(values[4])
-                self._n_batches_done += 1
-                if self._is_main and self.callbacks:
-                    self._progress(epoch_index, b + 1, n_batches, sums, images, t0)
-                if values[5] > 0:
-                    return None, images, time.perf_counter() - t0
+                if pending is not None and self._account(epoch_index, n_batches, t0, *pending):
+                    return None, self._images, time.perf_counter() - t0
+                pending = (b, buf, event)
+            if pending is not None and self._account(epoch_index, n_batches, t0, *pending):
+                return None, self._images, time.perf_counter() - t0
         finally:
             it.close()
         seconds = time.perf_counter() - t0
-        totals = sums.tolist()
-        return {k: totals[i] / totals[4] for i, k in enumerate(TERMS)}, images, seconds
+        totals = self._sums
+        return {k: totals[i] / totals[4] for i, k in enumerate(TERMS)}, self._images, seconds
+
+    def _account(self, epoch_index, n_batches, t0, b, buf, event) -> bool:
+        """Check and add up one batch's loss sums; True when a stop was requested."""
+        if event is not None:
+            event.synchronize()
+        values = buf.tolist()
+        self._check_finite(epoch_index, b, n_batches, values)
+        for i in range(5):
+            self._sums[i] += values[i]
+        self._images += int(values[4])
+        if self._is_main and self.callbacks:
+            self._progress(epoch_index, b + 1, n_batches, self._sums, self._images, t0)
+        return values[5] > 0
 
     def _check_finite(self, epoch_index: int, b: int, n_batches: int, values: list[float]) -> None:
         count = values[4]
@@ -554,7 +589,7 @@ class Trainer:
     def _progress(self, epoch_index, batch, n_batches, sums, images, t0) -> None:
         tc = self.train_config
         elapsed = time.perf_counter() - t0
-        totals = sums.tolist()
+        totals = sums
         count = max(totals[4], 1.0)
         per_batch = elapsed / batch
         remaining = (n_batches - batch) + (tc.epochs - epoch_index - 1) * n_batches
@@ -587,7 +622,7 @@ class Trainer:
             out = self._step_module(x, eps)
             t = loss_per_image(out, x[:, :1], labels, tc, self._class_weights)
             sums += torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum(), t.ce.sum(),
-                                 t.total.new_tensor(float(x.shape[0]))]).double()
+                                 t.total.new_full((), float(x.shape[0]))]).double()
         sums = st.all_reduce_sum(sums) if st.world_size > 1 else sums
         totals = sums.tolist()
         return {k: totals[i] / totals[4] for i, k in enumerate(TERMS)}
@@ -741,6 +776,9 @@ class Trainer:
             device=str(self.device), history=list(self.history))
 
     def _close(self) -> None:
+        if self._next_iter is not None:
+            self._next_iter.close()
+            self._next_iter = None
         try:
             self.strategy.close()
         finally:
