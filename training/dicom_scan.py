@@ -419,7 +419,10 @@ def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
             raise ValueError("no SeriesInstanceUID")
         header = _ct_slice(path, st, ds, ts, pixel, size)
     except ValueError as exc:
-        result.skipped.append(Skipped(path, str(exc)))
+        reason = str(exc)
+        if not pixel[0] and "pixel data" not in reason and modality in ("", "CT"):
+            reason += "; the file ends before any pixel data (truncated?)"
+        result.skipped.append(Skipped(path, reason))
         return
     key = (_text(ds, "PatientID"), series)
     by_series[key].append(header)
