@@ -17,7 +17,6 @@ from training.phantom import generate_cohort
 from training.preprocess import preprocess_volume
 from training.workspace import Workspace, staging_dir
 
-pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
 
 SLICES, SIZE = 6, 32
 CFG = PreprocessConfig(crop=24, rois=("Lung-Left", "Lung-Right", "Heart"))

@@ -11,7 +11,6 @@ from training.cli import main
 from training.phantom import generate_cohort
 from training.workspace import Workspace
 
-pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
 
 
 @pytest.fixture

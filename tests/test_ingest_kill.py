@@ -18,7 +18,6 @@ import pytest
 from training.phantom import generate_cohort
 from training.workspace import Workspace, staging_dir
 
-pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
 
 ROOT = Path(__file__).resolve().parents[1]
 N, SLICES = 6, 6

@@ -11,7 +11,6 @@ from training.config import PreprocessConfig
 from training.ingest import ingest
 from training.workspace import Workspace
 
-pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
 
 
 def _identifiers(folder):
