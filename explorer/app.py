@@ -67,7 +67,27 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app()
     window = build_window(args)
     window.show()
+    _close_on_signals(window)
     return app.exec()
+
+
+def _close_on_signals(window) -> None:
+    """Ctrl+C / SIGTERM close the window like its close button (training stops at a checkpoint).
+
+    Python runs signal handlers only between bytecodes, so a timer wakes the interpreter.
+    """
+    import signal
+
+    from explorer.qt import QTimer
+
+    def close(*_):
+        QTimer.singleShot(0, window.close)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, close)
+    timer = QTimer(window)
+    timer.timeout.connect(lambda: None)
+    timer.start(250)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def prepare_demo(ctx) -> object:
     from training.phantom import generate_cohort
 
     dicom = demo_dir() / "dicom"
-    marker = dicom / ".complete"
+    marker = demo_dir() / "cohort.complete"  # outside dicom/: the ingest would list it as skipped
     if not marker.exists():
         ctx.progress(0, N_PATIENTS, "Generating phantom patients")
         generate_cohort(dicom, N_PATIENTS, slices=SLICES, size=SIZE, seed=SEED,

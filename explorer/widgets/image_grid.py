@@ -62,11 +62,14 @@ class ImageGrid(pg.GraphicsLayoutWidget):
         for t in self._labels:
             self.view.removeItem(t)
         self._labels = []
+        # Labels sit inside the first tile of each row (top-left, on a dark band), so they
+        # stay visible at any zoom without a margin outside the image.
         n_rows = max(len(rows), 1)
         row_h = (image.shape[0] + GAP) / n_rows
         for i, (label, _) in enumerate(rows):
-            t = pg.TextItem(label, color=(60, 60, 60), anchor=(1, 0.5))
-            t.setPos(-3, i * row_h + row_h / 2 - GAP / 2)
+            t = pg.TextItem(label, color=(255, 255, 255), fill=pg.mkBrush(0, 0, 0, 150), anchor=(0, 0))
+            t.setPos(0, i * row_h)
+            t.setZValue(2)
             self.view.addItem(t)
             self._labels.append(t)
         self.view.autoRange(padding=0.02)
