@@ -89,10 +89,11 @@ def _check_decoder(path: str, ts: str) -> None:
 
 
 def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
+    """out = stored × slope + intercept in float32 (one pass when the slope is 1)."""
     if s.slope == 1.0:
-        out[...] = stored
-    else:
-        np.multiply(stored, np.float32(s.slope), out=out, casting="unsafe")
+        np.add(stored, np.float32(s.intercept), out=out, casting="unsafe")
+        return
+    np.multiply(stored, np.float32(s.slope), out=out, casting="unsafe")
     if s.intercept != 0.0:
         out += np.float32(s.intercept)
 

@@ -289,6 +289,8 @@ def _struct_ref(path: str, st, ds) -> StructRef:
 
 
 def _same_kind(a: SliceHeader, b: SliceHeader) -> bool:
+    if (a.rows, a.columns, a.iop, a.pixel_spacing) == (b.rows, b.columns, b.iop, b.pixel_spacing):
+        return True  # the usual case, without numpy's overhead
     return (
         (a.rows, a.columns) == (b.rows, b.columns)
         and np.allclose(a.iop, b.iop, atol=IOP_TOLERANCE)
