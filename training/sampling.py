@@ -139,19 +139,19 @@ def sample_aggregate_posterior(mu, logvar, n: int, generator=None):
     """n exact draws from p̃(z) = (1/K) Σ_k N(µ_k, diag σ_k²) (thesis Algorithm 2).
 
     A component k is picked uniformly for each draw, then z = µ_k + σ_k ⊙ ε, ε ~ N(0, I).
+    The draw itself is the trainer's `training.trainer.sample_aggregate_posterior` (one
+    implementation for augmentation and analysis); this wrapper adds array and seed input.
     mu, logvar: (K, J) torch tensors (result: a tensor on their device, their dtype) or
     array-likes (result: float32 numpy). generator: torch.Generator, int seed or None.
     """
+    from training.trainer import sample_aggregate_posterior as draw
+
     as_numpy = not isinstance(mu, torch.Tensor)
-    mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64) if as_numpy else mu)
-    lv_t = torch.as_tensor(np.asarray(logvar, dtype=np.float64) if as_numpy else logvar)
-    if mu_t.ndim != 2 or mu_t.shape != lv_t.shape or len(mu_t) == 0:
-        raise ValueError(f"mu and logvar must be equal (K, J) with K ≥ 1, got {tuple(mu_t.shape)}, {tuple(lv_t.shape)}")
+    mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64)) if as_numpy else mu
+    lv_t = torch.as_tensor(np.asarray(logvar, dtype=np.float64)) if as_numpy else logvar
     gen = _generator(generator, device=mu_t.device)
-    k = torch.randint(0, mu_t.shape[0], (n,), generator=gen, device=mu_t.device)
-    eps = torch.randn(n, mu_t.shape[1], generator=gen, device=mu_t.device, dtype=mu_t.dtype)
     with torch.no_grad():
-        z = mu_t[k] + torch.exp(0.5 * lv_t[k]) * eps
+        z = draw(mu_t, lv_t, n, gen)
     return z.float().cpu().numpy() if as_numpy else z
 
 
