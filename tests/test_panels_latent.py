@@ -119,7 +119,7 @@ def test_nearest_to_code_matches_scipy():
 
 
 def test_sigma_ellipse_and_tiles():
-    from training.latent_views import code_at, sigma_ellipse, tile_side
+    from training.latent_views import code_at, sigma_ellipse, tile_side, tile_sides
     from training.sampling import grid_positions, interpolate
 
     pts = sigma_ellipse((1.0, -2.0), (0.5, 2.0))
@@ -128,6 +128,12 @@ def test_sigma_ellipse_and_tiles():
     pos = grid_positions(15)
     s = tile_side(pos)
     assert s == pytest.approx(np.min(np.diff(pos))) and np.all(np.diff(pos) >= s - 1e-12)
+    sides = tile_sides(pos)
+    # no two tiles overlap: along rows and columns, half sides fit in the gap
+    gaps = np.diff(pos)
+    assert np.all(sides[:, :-1] / 2 + sides[:, 1:] / 2 <= gaps[None, :] + 1e-12)
+    assert np.all(sides[:-1, :] / 2 + sides[1:, :] / 2 <= gaps[::-1, None] + 1e-12)
+    assert sides.min() == pytest.approx(s) and sides[0, 0] > 1.5 * s  # larger in the tails
     z0, z1 = np.array([1.0, 0, 0]), np.array([0, 2.0, 0])
     for method in ("linear", "spherical"):
         ref = interpolate(z0, z1, 5, method)

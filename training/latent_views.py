@@ -191,6 +191,22 @@ def tile_side(positions) -> float:
     return float(np.min(np.diff(p)))
 
 
+def tile_sides(positions) -> np.ndarray:
+    """Side (z units) of each manifold tile, (n, n) for rows top → bottom as in
+    sampling.grid_codes: min(gap of its column position, gap of its row position), where
+    a position's gap is its distance to the nearest other position. Tiles centred on
+    their codes then never overlap, and each is as large as its neighbourhood allows:
+    small where the inverse-CDF grid is dense (the prior's centre), larger in the tails.
+    """
+    p = np.asarray(positions, np.float64)
+    n = len(p)
+    if n < 2:
+        return np.ones((n, n))
+    d = np.diff(p)
+    gap = np.minimum(np.r_[d[0], d], np.r_[d, d[-1]])
+    return np.minimum(gap[None, :], gap[::-1, None])
+
+
 def code_at(z0, z1, t: float, method: str = "linear") -> np.ndarray:
     """One code (J,) float32 at t ∈ [0, 1] between z0 and z1 (linear or spherical)."""
     t = float(np.clip(t, 0.0, 1.0))
@@ -271,5 +287,5 @@ def workspace_preprocess(lm: LatentModel, workspace=None):
 __all__ = [
     "LatentModel", "WorkspaceLatents", "clear_caches", "code_at", "display_rgb", "display_slice",
     "encode_patients", "export_spacing", "load_latent_model", "nearest_to_code", "roi_legend",
-    "sigma_ellipse", "tile_side", "workspace_preprocess",
+    "sigma_ellipse", "tile_side", "tile_sides", "workspace_preprocess",
 ]

@@ -123,6 +123,7 @@ class InterpolationPanel(LatentPanel):
             return draws[k]
 
         z0, z1 = code(src, 0), code(dst, 1)
+        lm.decoder.decode(z0)  # warm up here, not in the first slider move on the GUI thread
         film = latent.interpolation(lm.model, z0, z1, req["steps"], req["method"], decoder=lm.decoder)
         ct = latent_views.display_slice(film.images, lm.spatial_dims)
         lab = latent_views.display_slice(film.labels, lm.spatial_dims)
@@ -149,7 +150,7 @@ class InterpolationPanel(LatentPanel):
         self.path_text = f"{a} → {b}"
         self.decode_ms = []
         self._slider_moved(self.slider.value())
-        kind = "CT + RT" if r["lm"].n_classes else "CT only"
+        kind = "CT + RT" + self.legend(r["lm"]) if r["lm"].n_classes else "CT only"
         self.set_status(f"{kind} model, epoch {r['lm'].epoch} · |z0| = {np.linalg.norm(r['z0']):.3f}, "
                         f"|z1| = {np.linalg.norm(r['z1']):.3f} · filmstrip in {self.last_ms:.0f} ms")
 

@@ -4,8 +4,9 @@ dimensions, with the encoded patients drawn over it.
 The grid is training.latent.manifold: positions z_i = σz Φ⁻¹((i + ½)/n) along both chosen
 dimensions (dims[0] → x axis, dims[1] → y axis, increasing upward), the other dimensions
 held at 0 or at a chosen patient's µ. The plot's axes are z values: each decoded image
-is a square tile centred on its code (tile side = the smallest gap between positions,
-training.latent_views.tile_side), drawn right way up (row 0, anterior, at the tile's top;
+is a square tile centred on its code, as large as its neighbours allow without overlap
+(training.latent_views.tile_sides: small in the dense centre of the inverse-CDF grid,
+larger in the tails), drawn right way up (row 0, anterior, at the tile's top;
 the patient's left on the tile's right). Patients are their aggregate posteriors
 (training.latent_views.encode_patients, "mixture"): a point at µ and the 1σ ellipse of
 the 2-D marginal. Clicking a tile opens it large beside the grid with its full code and
@@ -141,7 +142,7 @@ class ManifoldPanel(LatentPanel):
         lab = latent_views.display_slice(m.labels, lm.spatial_dims)
         shown = latent_views.display_rgb(ct, lab, lm.n_classes) if lab is not None else ct
         return {"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
-                "side": latent_views.tile_side(m.positions)}
+                "sides": latent_views.tile_sides(m.positions)}
 
     # -- display -----------------------------------------------------------------------
     def show_result(self, r: dict) -> None:
@@ -153,7 +154,7 @@ class ManifoldPanel(LatentPanel):
         d0, d1 = m.dims
         n = len(m.positions)
         shown = r["shown"]
-        side = r["side"]
+        sides = r["sides"]
         while len(self.tiles) < n * n:
             it = pg.ImageItem()
             self.plot.addItem(it)
@@ -168,6 +169,7 @@ class ManifoldPanel(LatentPanel):
                 it = self.tiles[r_ * n + c]
                 it.setImage(shown[r_, c], autoLevels=False, levels=levels)
                 cx, cy = m.positions[c], m.positions[n - 1 - r_]
+                side = sides[r_, c]
                 # y points up in this plot: flip each tile so its row 0 (anterior) is on top
                 tr = QtGui.QTransform()
                 tr.translate(cx - side / 2, cy + side / 2)
@@ -178,14 +180,16 @@ class ManifoldPanel(LatentPanel):
         self.plot.setLabel("left", f"z{d1}")
         self.plot.setTitle(f"Manifold over z{d0}, z{d1}: {n}×{n} at σz·Φ⁻¹((i+½)/n) — epoch {lm.epoch}")
         self._draw_patients()
-        lim = m.positions[-1] + side
+        lim = m.positions[-1] + sides[0, -1] / 2
+        if r["wl"] is not None and self.show_patients.isChecked():
+            lim = max(lim, float(np.abs(r["wl"].patients.mu[:, [d0, d1]]).max()) * 1.05)
         self.plot.setRange(xRange=(-lim, lim), yRange=(-lim, lim), padding=0.02)
         if self.selected is not None and self.selected[0] < n and self.selected[1] < n:
             self.select_cell(*self.selected)
         else:
             self.selected = None
             self.selection.setData([], [])
-        kind = "CT + RT" if lm.n_classes else "CT only"
+        kind = "CT + RT" + self.legend(lm) if lm.n_classes else "CT only"
         self.set_status(f"{n}×{n} images decoded and shown in {self.last_ms:.0f} ms · {kind} model, "
                         f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
                         + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
@@ -217,10 +221,11 @@ class ManifoldPanel(LatentPanel):
         """(row, column) of the tile containing plot point (x, y) = (z[d0], z[d1])."""
         if self.result is None:
             return None
-        pos, side = self.result["manifold"].positions, self.result["side"]
+        pos = self.result["manifold"].positions
         n = len(pos)
         c = int(np.argmin(np.abs(pos - x)))
         k = int(np.argmin(np.abs(pos - y)))
+        side = self.result["sides"][n - 1 - k, c]
         if abs(pos[c] - x) > side / 2 or abs(pos[k] - y) > side / 2:
             return None
         return n - 1 - k, c
@@ -264,7 +269,7 @@ class ManifoldPanel(LatentPanel):
         d0, d1 = m.dims
         self.cell_view.set_title(f"Tile ({row}, {col}): z{d0} = {z[d0]:.3f}, z{d1} = {z[d1]:.3f}")
         cx, cy = self.cell_centre(row, col)
-        s = r["side"] / 2
+        s = r["sides"][row, col] / 2
         self.selection.setData([cx - s, cx + s, cx + s, cx - s, cx - s], [cy - s, cy - s, cy + s, cy + s, cy - s])
         lines = ["<b>z</b> = (" + ", ".join(f"{v:.3f}" for v in z) + ")"]
         if r["wl"] is not None:

@@ -88,7 +88,7 @@ class SamplesPanel(LatentPanel):
         self.grid.set_tiles(r["shown"], columns=math.ceil(math.sqrt(n)), captions=[str(i) for i in range(n)])
         src = "the prior N(0, σz² I)" if s.source == "prior" else "the aggregate posterior p̃(z)"
         self.grid.plot.setTitle(f"{n} draws from {src}, seed {s.seed} — epoch {r['lm'].epoch}")
-        kind = "CT + RT" if r["lm"].n_classes else "CT only"
+        kind = "CT + RT" + self.legend(r["lm"]) if r["lm"].n_classes else "CT only"
         self.set_status(f"{kind} model · drawn and decoded in {self.last_ms:.0f} ms · click an image for its code")
 
     def _tile_clicked(self, i: int) -> None:

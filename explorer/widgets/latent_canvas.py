@@ -274,6 +274,14 @@ class LatentPanel(Panel):
         self.set_status(message)
         self.state.show_message(message, 8000)
 
+    @staticmethod
+    def legend(lm) -> str:
+        """" (RT overlay: ■ name …)" in the ROI colours, rich text for the status line."""
+        from training.latent_views import roi_legend
+
+        items = [f'<span style="color: rgb{c}">■</span> {name}' for name, c in roi_legend(lm)]
+        return f" (RT overlay: {', '.join(items)})" if items else ""
+
     def set_status(self, text: str) -> None:
         self.status.setText(text)
 
