@@ -15,7 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from tests.dicom_factory import ramp_volume, write_ct_series, write_ct_slice
-from training.dicom import Cancelled, ScanResult, scan
+from training.dicom import Cancelled, DicomError, ScanResult, load_ct_series, scan
 
 
 def _reasons(result: ScanResult) -> dict[str, str]:
@@ -213,3 +213,46 @@ def test_references_pickle(tmp_path):
     assert back.series[0].identity == tuple(
         (p, Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in back.series[0].files
     )
+
+
+def test_bad_geometry_tags_are_named(tmp_path):
+    spec = _good_series(tmp_path)
+    img = ramp_volume(1, 8, 10)[0]
+    bad = write_ct_slice(tmp_path / "ct" / "badpos", img, series_uid=spec.series_uid,
+                         pixel_spacing=(0.8, 0.6), ipp=(1.0, 2.0, 3.0))
+    bad.write_bytes(bad.read_bytes().replace(b"2.000000", b"2.0x0000"))
+    write_ct_slice(tmp_path / "ct" / "nospacing", img, series_uid=spec.series_uid,
+                   extra={"PixelSpacing": None})
+    write_ct_slice(tmp_path / "ct" / "badiop", img, series_uid=spec.series_uid,
+                   pixel_spacing=(0.8, 0.6), iop=(1, 0, 0, 1, 0, 0))
+    reasons = _reasons(scan(tmp_path))
+    assert "ImagePositionPatient" in reasons["badpos"]
+    assert "PixelSpacing" in reasons["nospacing"]
+    assert "not two orthogonal unit vectors" in reasons["badiop"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom complains about the damage
+def test_corrupted_bytes_never_stop_the_scan(tmp_path):
+    spec = write_ct_series(tmp_path / "ct", ramp_volume(3, 32, 32))
+    data = spec.paths[0].read_bytes()
+    rng = np.random.default_rng(1)
+    for n in range(25):
+        bad = bytearray(data)
+        for pos in rng.integers(128, len(data), size=6):
+            bad[pos] = rng.integers(0, 256)
+        (tmp_path / f"bad{n:02d}").write_bytes(bytes(bad))
+    result = scan(tmp_path)
+    names = {Path(f).name for r in result.series for f in r.files}
+    names |= {Path(s.path).name for s in result.skipped}
+    assert names == {p.name for p in spec.paths} | {f"bad{n:02d}" for n in range(25)}
+    assert all(s.reason for s in result.skipped)
+    # one by one (not shadowed by the intact original): loading fails only with DicomError
+    loaded = 0
+    for n in range(25):
+        for ref in scan(tmp_path / f"bad{n:02d}").series:
+            try:
+                load_ct_series(ref)
+                loaded += 1
+            except DicomError as exc:
+                assert exc.path and exc.reason
+    assert loaded > 0

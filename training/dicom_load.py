@@ -202,6 +202,11 @@ def load_ct_series(ref: SeriesRef, cancel=None) -> CTVolume:
         except OSError as exc:
             problems.append(f"{s.path}: cannot read file ({exc.strerror or exc})")
             continue
+        except (DicomError, Cancelled):
+            raise
+        except Exception as exc:  # damaged data must not stop the series
+            problems.append(f"{s.path}: unreadable pixel data ({type(exc).__name__}: {exc})")
+            continue
         good.append(s)
     if not good:
         raise DicomError(slices[0].path, "no slice of the series could be read; " + "; ".join(problems[:3]))

@@ -177,6 +177,8 @@ def _read_header(path: str):
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         if not ts:
             ts = IMPLICIT_LE if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
+        if not UID(ts).is_transfer_syntax:
+            raise ValueError(f"unknown Transfer Syntax UID {ts!r}")
         size = os.fstat(fp.fileno()).st_size
         pixel = _pixel_location(fp, ts, size)
     if not preamble and not (ds.get("SOPClassUID") or ds.get("Modality")):
@@ -383,6 +385,13 @@ def scan(
 
 def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
     try:
+        _classify(path, result, by_series, series_info)
+    except Exception as exc:  # a damaged file must never stop the scan
+        result.skipped.append(Skipped(path, f"unreadable DICOM data ({type(exc).__name__}: {exc})"))
+
+
+def _classify(path: str, result: ScanResult, by_series, series_info) -> None:
+    try:
         st = os.stat(path)
         ds, ts, pixel, size = _read_header(path)
     except OSError as exc:
@@ -413,8 +422,8 @@ def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
             raise ValueError(f"secondary capture image ({_sop_class_name(sop_class)}), not CT")
         if not (sop_class == CT_IMAGE or (not sop_class and modality == "CT")):
             raise ValueError(
-                f"{modality or 'no modality'} {_sop_class_name(sop_class)} is neither a CT image "
-                "nor an RT structure set"
+                f"neither a CT image nor an RT structure set (Modality {modality or 'missing'}, "
+                f"{_sop_class_name(sop_class)})"
             )
         study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
         if not series:
@@ -427,7 +436,6 @@ def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
         result.skipped.append(Skipped(path, reason))
         return
     key = (_text(ds, "PatientID"), series)
-    by_series[key].append(header)
     if key not in series_info:
         series_info[key] = dict(
             study_uid=study,
@@ -439,4 +447,4 @@ def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
             patient_name=_decoded(ds, "PatientName"),
             birth_date=_decoded(ds, "PatientBirthDate"),
         )
-
+    by_series[key].append(header)
