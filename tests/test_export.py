@@ -97,3 +97,21 @@ def test_display_helpers():
     np.testing.assert_array_equal(rgb[1, 1], [128, 128, 128])
     t = images.roi_colour_table(20)
     assert t.shape == (20, 3) and (t[0] == 0).all() and (t[1:] != 0).any(axis=1).all()
+
+
+def test_dicom_export_reads_back_through_the_project_loader(tmp_path):
+    from training.dicom import load_ct_series, scan
+    from training.rtstruct import rasterise, read_rtstruct
+
+    ct = np.random.default_rng(3).random((4, 20, 20)).astype(np.float32)
+    lab = np.zeros(ct.shape, np.uint8)
+    lab[1:3, 6:14, 5:12] = 1
+    res = export.export_dicom(tmp_path, ct, hu_window=(-800.0, 700.0), spacing=(2.0, 0.9, 0.7), labels=lab, roi_names=("GTV",))
+    found = scan([tmp_path])
+    assert len(found.series) == 1 and len(found.structs) == 1
+    vol = load_ct_series(found.series[0])
+    assert vol.hu.shape == ct.shape
+    np.testing.assert_allclose(vol.hu, -800.0 + 1500.0 * ct, atol=0.5 + 1e-4)
+    assert vol.geometry.spacing == pytest.approx((2.0, 0.9, 0.7))
+    masks = rasterise(read_rtstruct(found.structs[0].path), vol.geometry).masks
+    np.testing.assert_array_equal(masks["GTV"], lab == 1)
