@@ -155,6 +155,10 @@ def test_progress_and_cancel(tmp_path):
     calls = []
     scan(tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert calls[-1] == (6, 6) and len(calls) == 6
+    calls.clear()  # overlapping paths: each file once
+    result = scan([tmp_path, tmp_path / "ct", tmp_path / "ct" / "slice_000.dcm"],
+                  progress=lambda done, total: calls.append((done, total)))
+    assert calls[-1] == (6, 6) and result.skipped == []
     stop = threading.Event()
 
     def progress(done, total):

@@ -115,15 +115,25 @@ def _floats(ds, keyword: str, n: int) -> tuple[float, ...]:
 
 
 def _list_files(paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Files under paths (folders recursively, sorted), each path once."""
     files: list[str] = []
+    seen: set[str] = set()
+
+    def add(p: str) -> None:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            files.append(p)
+
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
             for root, dirs, names in os.walk(p):
                 dirs.sort()
-                files.extend(os.path.join(root, n) for n in sorted(names))
+                for n in sorted(names):
+                    add(os.path.join(root, n))
         else:
-            files.append(p)
+            add(p)
     return files
 
 
