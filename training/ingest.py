@@ -349,6 +349,11 @@ class _State:
     pseudonyms: dict[str, int]
     entries: dict[str, dict]  # label → {content_hash, series_uid, patient}
     image_shape: tuple[int, ...]
+    fresh: dict[str, list] = field(default_factory=dict)  # rows learnt outside staged entries
+
+    def remember(self, rows: dict[str, list]) -> None:
+        self.identity.update(rows)
+        self.fresh.update(rows)
 
     @classmethod
     def read(cls, path: Path) -> "_State":
@@ -535,20 +540,37 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
         try:
             _ingest_locked(paths, st, cfg, dicom, report, progress, on_patient, cancel, workers)
         finally:
-            _call(progress, "merge", 0, 1, "writing the workspace")
-            skipped_rows = [[r, why] for r, why in report.skipped]
-            wsmod.merge(path, skipped=skipped_rows, provenance={
-                "time": wsmod.now_iso(), "tool_version": __version__, "action": "ingest",
-                "n_source_files": report.n_files, "added": len(report.added),
-                "unchanged": len(report.unchanged), "cancelled": report.cancelled,
-                "preprocess": cfg.to_dict()})
-            _call(progress, "merge", 1, 1, "done")
+            # Nothing staged (all unchanged): the workspace is left exactly as it was.
+            if wsmod.list_staged(path):
+                _call(progress, "merge", 0, 1, "writing the workspace")
+                skipped_rows = [[r, why] for r, why in report.skipped]
+                wsmod.merge(path, skipped=skipped_rows, provenance={
+                    "time": wsmod.now_iso(), "tool_version": __version__, "action": "ingest",
+                    "n_source_files": report.n_files, "added": len(report.added),
+                    "unchanged": len(report.unchanged), "cancelled": report.cancelled,
+                    "preprocess": cfg.to_dict()})
+                _call(progress, "merge", 1, 1, "done")
     report.seconds = time.perf_counter() - t0
     return report
 
 
 def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: IngestReport,
                    progress, on_patient, cancel, workers: int) -> None:
+    pool = _Pool(workers)
+    try:
+        _ingest_with_pool(paths, st, cfg, dicom, report, progress, on_patient, cancel, pool)
+    finally:
+        pool.shutdown()
+        # results of series finished after a cancel were never committed
+        if wsmod.staging_dir(st.path).is_dir():
+            for p in wsmod.staging_dir(st.path).glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+    # identity rows of unchanged and skipped files go in with the final merge
+    _stash_identity(st)
+
+
+def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: IngestReport,
+                      progress, on_patient, cancel, pool: _Pool) -> None:
     phash = wsmod.preprocess_hash(cfg)
     _call(progress, "discover", 0, 0, "listing files")
     files = discover(paths)
@@ -578,7 +600,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
     scan = None
     if unknown:
         try:
-            scan = _scan(dicom, unknown, progress, cancel)
+            scan = _scan(dicom, unknown, progress, cancel, pool)
         except dicom.Cancelled:
             report.cancelled = True
             return
@@ -587,7 +609,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
         rescan = [p for s in touched & known_series for p in known_by_series[s]]
         if rescan:  # a series got new files: read it whole again
             try:
-                scan = _scan(dicom, unknown + rescan, progress, cancel)
+                scan = _scan(dicom, unknown + rescan, progress, cancel, pool)
             except dicom.Cancelled:
                 report.cancelled = True
                 return
@@ -644,7 +666,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
         report.skipped.append((rel(sp), clean(reason)))
         q = quick_of.get(sp)
         if q:
-            st.identity[q] = ["", "", clean(reason), rel(sp)]
+            st.remember({q: ["", "", clean(reason), rel(sp)]})
 
     # RTSTRUCT → CT series: by referenced series UID, else by Frame of Reference UID.
     by_series = {p[5]: p for p in plan}
@@ -692,56 +714,47 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
             }
             yield (item, stage["final"]), _load_job, (ref, structs, cfg_json, known, stage)
 
-    ex = _executor(workers)
-    try:
-        for (item, final), fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
-            label, ref, structs, pseudo, digest, suid = item
-            done += 1
-            try:
-                res = fut.result()
-            except Exception as exc:
-                files = _ref_files(ref)
-                where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
-                reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-                report.skipped.append((where, clean(str(reason))))
-                _call(progress, "ingest", done, total, f"skipped {label}")
-                continue
-            if res["status"] == "unchanged":
-                st.identity.update(res["identity"])
-                report.unchanged.append(label)
-                _call(progress, "ingest", done, total, f"{label} unchanged")
-                continue
-            for sp, why in res["struct_skipped"]:
-                report.skipped.append((rel(sp), clean(str(why))))
-            shape = res["shape"]
-            if st.image_shape and shape != st.image_shape:
-                Path(res["tmp"]).unlink(missing_ok=True)
-                report.skipped.append((rel(_ref_files(ref)[0].parent), (
-                    f"preprocessed image shape {shape} differs from the workspace's "
-                    f"{st.image_shape}; set a crop or size")))
-                continue
-            st.image_shape = st.image_shape or shape
-            wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
-            st.identity.update(res["identity"])
-            st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo}
-            report.added.append(label)
-            for r in res["missing"]:
-                report.rois_missing.setdefault(r, []).append(label)
-            if on_patient is not None:
-                on_patient(PatientInfo(pseudonym=label, n_images=res["n_images"], spacing=res["spacing"],
-                                       rois=res["rois"], split="", patient=pseudo,
-                                       content_hash=res["content_hash"], source_shape=res["source_shape"],
-                                       warnings=res["warnings"], has_source=True))
-            _call(progress, "ingest", done, total, label)
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-        # results of series finished after a cancel were never committed
-        for p in wsmod.staging_dir(st.path).glob(".*.tmp") if wsmod.staging_dir(st.path).is_dir() else []:
-            p.unlink(missing_ok=True)
+    for (item, final), fut in _bounded_map(pool.get(), jobs(), max(pool.workers, 1) + 1, cancel):
+        label, ref, structs, pseudo, digest, suid = item
+        done += 1
+        try:
+            res = fut.result()
+        except Exception as exc:
+            files = _ref_files(ref)
+            where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+            report.skipped.append((where, clean(str(reason))))
+            _call(progress, "ingest", done, total, f"skipped {label}")
+            continue
+        if res["status"] == "unchanged":
+            st.remember(res["identity"])
+            report.unchanged.append(label)
+            _call(progress, "ingest", done, total, f"{label} unchanged")
+            continue
+        for sp, why in res["struct_skipped"]:
+            report.skipped.append((rel(sp), clean(str(why))))
+        shape = res["shape"]
+        if st.image_shape and shape != st.image_shape:
+            Path(res["tmp"]).unlink(missing_ok=True)
+            report.skipped.append((rel(_ref_files(ref)[0].parent), (
+                f"preprocessed image shape {shape} differs from the workspace's "
+                f"{st.image_shape}; set a crop or size")))
+            continue
+        st.image_shape = st.image_shape or shape
+        wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
+        st.identity.update(res["identity"])  # carried by the staged entry itself
+        st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo}
+        report.added.append(label)
+        for r in res["missing"]:
+            report.rois_missing.setdefault(r, []).append(label)
+        if on_patient is not None:
+            on_patient(PatientInfo(pseudonym=label, n_images=res["n_images"], spacing=res["spacing"],
+                                   rois=res["rois"], split="", patient=pseudo,
+                                   content_hash=res["content_hash"], source_shape=res["source_shape"],
+                                   warnings=res["warnings"], has_source=True))
+        _call(progress, "ingest", done, total, label)
     if cancel and cancel():
         report.cancelled = True
-    # identity rows of unchanged and skipped files go in with the final merge
-    _stash_identity(st)
 
 
 def _merged_through(path: Path) -> int:
@@ -751,11 +764,7 @@ def _merged_through(path: Path) -> int:
 
 def _stash_identity(st: _State) -> None:
     """Rows not carried by a staged entry (unchanged, unusable files) for the final merge."""
-    staged = {}
-    for _, p in wsmod.list_staged(st.path):
-        with h5py.File(p, "r") as f:
-            staged.update(wsmod._read_meta(f, "identity", {}))
-    extra = {q: r for q, r in st.identity.items() if q not in staged}
+    extra = st.fresh
     if not extra:
         return
     seq = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
@@ -788,9 +797,77 @@ class _CancelFlag:
         return bool(self.fn and self.fn())
 
 
-def _scan(dicom, files: list[Path], progress: Progress | None, cancel: Callable[[], bool] | None):
-    return dicom.scan([str(f) for f in files], progress=_scan_progress(progress),
-                      cancel=_CancelFlag(cancel) if cancel else None)
+def _scan_job(files: list[str]):
+    from training import dicom
+
+    return dicom.scan(files)
+
+
+def _scan_chunks(files: list[Path], n_chunks: int) -> list[list[str]]:
+    """Files grouped by folder (a series normally lives in one), folders dealt to chunks."""
+    by_dir: dict[str, list[str]] = defaultdict(list)
+    for f in files:
+        by_dir[os.path.dirname(f)].append(str(f))
+    chunks: list[list[str]] = [[] for _ in range(n_chunks)]
+    for d in sorted(by_dir, key=lambda d: -len(by_dir[d])):
+        min(chunks, key=len).extend(by_dir[d])
+    return [c for c in chunks if c]
+
+
+def _scan(dicom, files: list[Path], progress: Progress | None, cancel: Callable[[], bool] | None,
+          pool: "_Pool | None" = None):
+    """dicom.scan, in the worker pool by folder chunks when there is enough to share.
+
+    A series found in two chunks (its files spread over folders) would be split, so then
+    the whole scan is done again in one call.
+    """
+    total = len(files)
+    if pool is None or pool.workers <= 1 or total < 64:
+        return dicom.scan([str(f) for f in files], progress=_scan_progress(progress),
+                          cancel=_CancelFlag(cancel) if cancel else None)
+    chunks = _scan_chunks(files, pool.workers * 4)
+    if len(chunks) < 2:
+        return dicom.scan([str(f) for f in files], progress=_scan_progress(progress),
+                          cancel=_CancelFlag(cancel) if cancel else None)
+    result = dicom.ScanResult()
+    done = 0
+    seen: dict[str, int] = {}
+    split = False
+    jobs = ((len(c), _scan_job, (c,)) for c in chunks)
+    for n, fut in _bounded_map(pool.get(), jobs, pool.workers * 2, cancel):
+        part = fut.result()
+        for ref in part.series:
+            split |= ref.series_uid in seen
+            seen[ref.series_uid] = 1
+        result.series.extend(part.series)
+        result.structs.extend(part.structs)
+        result.skipped.extend(part.skipped)
+        done += n
+        _call(progress, "scan", done, total, "reading headers")
+    if cancel and cancel():
+        raise dicom.Cancelled("scan cancelled")
+    if split:
+        return dicom.scan([str(f) for f in files], progress=_scan_progress(progress),
+                          cancel=_CancelFlag(cancel) if cancel else None)
+    return result
+
+
+class _Pool:
+    """The worker pool, started on first use and shared by scanning and loading."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._ex = None
+
+    def get(self):
+        if self._ex is None:
+            self._ex = _executor(self.workers)
+        return self._ex
+
+    def shutdown(self) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None
 
 
 def _scan_progress(progress: Progress | None):
