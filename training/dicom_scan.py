@@ -162,13 +162,15 @@ def _pixel_location(fp, ts: str, size: int) -> tuple[bool, int, int]:
         return True, -1, -1
     if head[:4] != _PIXEL_TAG_LE:
         return False, -1, -1
-    if ts == IMPLICIT_LE:
-        if len(head) < 8:
+    # Trust the bytes over the declared syntax (files declared explicit but written
+    # implicit exist); an implicit length never reads as "OW"/"OB" for even lengths.
+    if head[4:6] in (b"OW", b"OB", b"UN"):
+        if len(head) < 12:
             return True, pos, 0
-        return True, pos + 8, struct.unpack("<I", head[4:8])[0]
-    if len(head) < 12:
+        return True, pos + 12, struct.unpack("<I", head[8:12])[0]
+    if len(head) < 8:
         return True, pos, 0
-    return True, pos + 12, struct.unpack("<I", head[8:12])[0]
+    return True, pos + 8, struct.unpack("<I", head[4:8])[0]
 
 
 def _read_header(path: str):
@@ -185,8 +187,9 @@ def _read_header(path: str):
             raise ValueError(f"unreadable DICOM header ({type(exc).__name__}: {exc}); truncated or damaged file?") from None
         meta = getattr(ds, "file_meta", None)
         ts = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        if not ts:
-            ts = IMPLICIT_LE if ds.is_implicit_VR else "1.2.840.10008.1.2.1"
+        if not ts:  # no file meta: the encoding pydicom found while reading
+            implicit, little = ds.original_encoding
+            ts = IMPLICIT_LE if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
         if not UID(ts).is_transfer_syntax:
             raise ValueError(f"unknown Transfer Syntax UID {ts!r}")
         size = os.fstat(fp.fileno()).st_size
