@@ -117,3 +117,26 @@ def test_interpolation_and_generation():
     np.testing.assert_allclose(p.codes, sampling.sample_prior(2, 4, 4.0, 0))
     with pytest.raises(ValueError):
         latent.generate(model, 2, "aggregate")
+
+
+def test_volumes_3d_decode_and_export(tmp_path):
+    import pydicom
+
+    from training import export
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(spatial_dims=3, input_size=8, n_blocks=2, filters=2, fc_units=8, latent_dim=3, n_classes=2)
+    model = VAE(cfg).eval()
+    vols = np.random.default_rng(0).random((2, 8, 8, 8)).astype(np.float32)
+    labs = (vols > 0.5).astype(np.uint8)
+    mu, lv = latent.encode_arrays(model, vols, labs)
+    assert mu.shape == (2, 3)
+    mf = latent.manifold(model, n=2, dims=(0, 1))
+    assert mf.images.shape == (2, 2, 8, 8, 8) and mf.labels.shape == (2, 2, 8, 8, 8)
+    s = latent.generate(model, 1, "aggregate", seed=0, posteriors=(mu, lv))
+    res = export.export_dicom(tmp_path, s.images[0], hu_window=(-1000.0, 1000.0), spacing=(1.5, 2.0, 2.0),
+                              labels=s.labels[0], roi_names=("A",))
+    assert len(res.ct_paths) == 8
+    d = pydicom.dcmread(res.ct_paths[3])
+    hu = d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept)
+    np.testing.assert_allclose(hu, -1000 + 2000 * s.images[0, 3].astype(np.float64), atol=0.5 + 1e-4)

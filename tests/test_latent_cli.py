@@ -44,6 +44,12 @@ def test_encode_writes_csv_and_npz(files):
     lines = (tmp / "enc" / "encoded_images.csv").read_text().splitlines()
     assert lines[0].startswith("patient,image,split,mu_0") and len(lines) == 21
     assert "mixture" in (tmp / "enc" / "encoded_patients.csv").read_text().splitlines()[0]
+    from training.latent import load_encoded
+
+    enc, pp = load_encoded(tmp / "enc" / "encoded.npz")
+    np.testing.assert_array_equal(enc.mu, z["mu"])
+    assert enc.names == [f"PAT-{i:04d}" for i in range(1, 6)] and pp.names == enc.names and pp.method == "mixture"
+    assert enc.labels[5] == "PAT-0002:1"
 
 
 def test_similarity_csv_states_direction(files, capsys):

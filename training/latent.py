@@ -211,6 +211,20 @@ def aggregate_patients(encoded: Encoded, method: str = "mixture") -> PatientPost
     )
 
 
+def load_encoded(path) -> tuple[Encoded, PatientPosteriors]:
+    """Read back the NPZ written by `ct-vae encode` (no pickles: allow_pickle=False)."""
+    with np.load(path, allow_pickle=False) as z:
+        enc = Encoded(
+            mu=z["mu"], logvar=z["logvar"], rows=z["rows"].astype(np.int64),
+            names=[str(v) for v in z["names"]], splits=[str(v) for v in z["splits"]],
+        )
+        pp = PatientPosteriors(
+            mu=z["patient_mu"], logvar=z["patient_logvar"], names=[str(v) for v in z["patient_names"]],
+            patient_index=np.unique(enc.rows[:, 0]), n_images=z["patient_n_images"], method=str(z["aggregate"]),
+        )
+    return enc, pp
+
+
 # ----------------------------------------------------------------------------- decoding
 
 @dataclass
@@ -380,6 +394,7 @@ __all__ = [
     "encode_arrays",
     "encode_workspace",
     "aggregate_patients",
+    "load_encoded",
     "DecodedArrays",
     "LatentDecoder",
     "decode",
