@@ -76,6 +76,8 @@ def test_prior_samples_seeded_and_scaled():
     z1 = sampling.sample_prior(20000, 3, prior_sigma2=4.0, seed=5)
     z2 = sampling.sample_prior(20000, 3, prior_sigma2=4.0, seed=5)
     np.testing.assert_array_equal(z1, z2)
+    a = sampling.sample_prior(3, 2, seed=np.random.default_rng(9))
+    np.testing.assert_array_equal(a, sampling.sample_prior(3, 2, seed=np.random.default_rng(9)))
     assert np.allclose(z1.std(0), 2.0, rtol=0.03) and np.allclose(z1.mean(0), 0.0, atol=0.05)
 
 

@@ -119,8 +119,12 @@ def interpolate(z0, z1, steps: int, method: str = "linear") -> np.ndarray:
 # ---------------------------------------------------------------- sampling (F20)
 
 def _generator(seed_or_gen, device="cpu") -> torch.Generator:
+    """torch.Generator from a torch.Generator (used as is), an int seed, a numpy Generator
+    (one 63-bit seed drawn from it) or None (fresh entropy)."""
     if isinstance(seed_or_gen, torch.Generator):
         return seed_or_gen
+    if isinstance(seed_or_gen, np.random.Generator):
+        seed_or_gen = int(seed_or_gen.integers(0, 2**63 - 1))
     g = torch.Generator(device=device)
     if seed_or_gen is None:
         g.seed()
@@ -130,7 +134,7 @@ def _generator(seed_or_gen, device="cpu") -> torch.Generator:
 
 
 def sample_prior(n: int, latent_dim: int, prior_sigma2: float = 1.0, seed=None) -> np.ndarray:
-    """n draws from N(0, σz² I), float32 (n, J); `seed` is an int, a torch.Generator or None."""
+    """n draws from N(0, σz² I), float32 (n, J); `seed`: int, torch.Generator, numpy Generator or None."""
     g = _generator(seed)
     return (math.sqrt(prior_sigma2) * torch.randn(n, latent_dim, generator=g, dtype=torch.float64)).float().numpy()
 
@@ -142,7 +146,8 @@ def sample_aggregate_posterior(mu, logvar, n: int, generator=None):
     The draw itself is the trainer's `training.trainer.sample_aggregate_posterior` (one
     implementation for augmentation and analysis); this wrapper adds array and seed input.
     mu, logvar: (K, J) torch tensors (result: a tensor on their device, their dtype) or
-    array-likes (result: float32 numpy). generator: torch.Generator, int seed or None.
+    array-likes (result: float32 numpy). generator: torch.Generator, int seed, numpy
+    Generator or None.
     """
     from training.trainer import sample_aggregate_posterior as draw
 
