@@ -248,6 +248,8 @@ class LatentDecoder:
     Holds the model in eval mode in the given memory format (channels_last is what the
     benchmark found fastest for the 2D net on CPU; see benchmarks/README.md) and decodes
     under torch.inference_mode. `decode(z)` takes (N, J) or (J,) codes.
+    The model is switched to eval mode and converted in place (memory format), so share it
+    only with other latent tools (encode_arrays follows whatever format the model has).
     """
 
     def __init__(self, model, channels_last: bool = True, batch_size: int = 256, keep_probs: bool = False):
