@@ -277,3 +277,23 @@ def test_mismatched_model_is_a_message(qtbot, tmp_path, settings):
     panel = make_panel(qtbot, make_state(settings, ws, ck))
     settle(qtbot, panel)
     assert "RT classes" in panel.message.text() and panel.result is None
+
+
+def test_3d_workspace_matrix_and_no_identification(qtbot, tmp_path, settings):
+    from explorer.qt import QtGui
+
+    ws = write_workspace(tmp_path / "ws3.h5", rt=True, depth=SIZE)
+    ck = write_checkpoint(tmp_path / "m3.pt", spatial_dims=3)
+    state = make_state(settings, ws, ck)
+    panel = make_panel(qtbot, state)
+    settle(qtbot, panel)
+    _, d, _ = headless_similarity(ck, ws)
+    np.testing.assert_allclose(panel.matrix(), d, rtol=1e-6, atol=1e-9)
+    assert not panel.run_id_btn.isEnabled() and "2D workspace" in panel.id_detail.text()
+    # the selected patient's row and column are drawn in bold
+    state.select_patient("PAT-0002")
+    m = panel.table.kl_model
+    r = m.row_of("PAT-0002")
+    font = m.data(m.index(r, 0), int(QtGui.Qt.ItemDataRole.FontRole.value))
+    assert font is not None and font.bold()
+    assert m.data(m.index(m.row_of("PAT-0001"), 3), int(QtGui.Qt.ItemDataRole.FontRole.value)) is None

@@ -209,11 +209,31 @@ class SimilarityPanel(Panel):
         self.symmetric.toggled.connect(lambda _: self._show_matrix())
         self.near_k.valueChanged.connect(lambda _: self._show_nearest())
         self.table.patientActivated.connect(self._row_activated)
+        self.id_box = id_box
         self._update_definition()
+        self._update_identification_box()
         self.refresh()
+
+    def _update_identification_box(self) -> None:
+        mode = ""
+        if self.state.has_workspace_data():
+            try:
+                with self.state.open_workspace() as ws:
+                    mode = ws.preprocess.mode
+            except Exception:  # unreadable: the matrix request reports it
+                pass
+        on = mode != "3d"
+        self.run_id_btn.setEnabled(on)
+        self.slice_a.setEnabled(on)
+        self.slice_b.setEnabled(on)
+        if not on:
+            self.id_score.setText("—")
+            self.id_detail.setText("Identification compares two slices of each patient: it needs a 2D "
+                                   "workspace (this one holds one 3D volume per patient).")
 
     # -- panel hooks
     def on_workspace_changed(self) -> None:
+        self._update_identification_box()
         self.refresh()
 
     def on_checkpoint_changed(self, path: str) -> None:

@@ -27,6 +27,7 @@ _TOOLTIP = int(Qt.ItemDataRole.ToolTipRole.value)
 _BACKGROUND = int(Qt.ItemDataRole.BackgroundRole.value)
 _FOREGROUND = int(Qt.ItemDataRole.ForegroundRole.value)
 _ALIGN = int(Qt.ItemDataRole.TextAlignmentRole.value)
+_FONT = int(Qt.ItemDataRole.FontRole.value)
 _ALIGN_RIGHT = int((Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter).value)
 
 
@@ -45,6 +46,9 @@ class KLTableModel(QtCore.QAbstractTableModel):
         self._dark = np.zeros((0, 0), bool)
         self._colours: dict[int, QtGui.QColor] = {}
         self._white, self._black = QtGui.QColor("white"), QtGui.QColor("black")
+        self.highlight = -1  # patient index whose row and column are drawn in bold
+        self._bold = QtGui.QFont()
+        self._bold.setBold(True)
 
     # -- content
     def set_matrix(self, matrix: np.ndarray, names: list[str], definition: str) -> None:
@@ -58,6 +62,7 @@ class KLTableModel(QtCore.QAbstractTableModel):
         rgb = rgb.astype(np.int64)
         self._rgb = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         self._colours = {}
+        self.highlight = -1
         self.order = self._sorted_order(self.sort_column, self.sort_order)
         self.endResetModel()
 
@@ -117,12 +122,22 @@ class KLTableModel(QtCore.QAbstractTableModel):
             c = self._colours[key] = QtGui.QColor.fromRgb(key)
         return c
 
+    def set_highlight(self, name: str | None) -> None:
+        """Draw patient `name`'s row and column in bold (the heat colours hide a selection)."""
+        p = self.names.index(name) if name in self.names else -1
+        if p != self.highlight:
+            self.highlight = p
+            if self.names:
+                self.dataChanged.emit(self.index(0, 0), self.index(len(self.names) - 1, len(self.names) - 1), [_FONT])
+
     def data(self, index, role=_DISPLAY):
-        if role not in (_DISPLAY, _BACKGROUND, _FOREGROUND, _ALIGN, _TOOLTIP, VALUE_ROLE, PATIENT_ROLE):
+        if role not in (_DISPLAY, _BACKGROUND, _FOREGROUND, _ALIGN, _FONT, _TOOLTIP, VALUE_ROLE, PATIENT_ROLE):
             return None
         if role == _ALIGN:
             return _ALIGN_RIGHT
         i, j = int(self.order[index.row()]), index.column()
+        if role == _FONT:
+            return self._bold if (i == self.highlight or j == self.highlight) and self.highlight >= 0 else None
         if role == _DISPLAY:
             return f"{self.matrix[i, j]:.3g}"
         if role == _BACKGROUND:
@@ -183,6 +198,7 @@ class KLTableView(QtWidgets.QTableView):
         self.horizontalHeader().setToolTip(definition)
 
     def select_patient(self, name: str) -> bool:
+        self.kl_model.set_highlight(name)
         row = self.kl_model.row_of(name)
         if row < 0:
             return False
@@ -193,6 +209,8 @@ class KLTableView(QtWidgets.QTableView):
         return True
 
     def _row_changed(self, current, _previous) -> None:
+        if current.isValid():
+            self.kl_model.set_highlight(self.kl_model.patient_at(current.row()))
         if current.isValid() and not self.signalsBlocked():
             self.patientActivated.emit(self.kl_model.patient_at(current.row()))
 
@@ -227,10 +245,9 @@ class HeatMapView(pg.GraphicsLayoutWidget):
         self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
         self.image.setRect(QtCore.QRectF(0, 0, m.shape[1], m.shape[0]))
         n = len(names)
-        ticks = [(k + 0.5, names[k]) for k in range(n)] if n <= self.MAX_TICKS else []
-        for side in ("bottom", "left"):
-            ax = self.plot.getAxis(side)
-            ax.setTicks([ticks] if ticks else None)
-        self.plot.getAxis("bottom").setStyle(tickTextOffset=2)
+        # names as ticks, thinned so they do not overlap (columns are narrower than rows)
+        for side, most in (("bottom", self.MAX_TICKS // 3), ("left", self.MAX_TICKS)):
+            step = max(1, -(-n // most))
+            self.plot.getAxis(side).setTicks([[(k + 0.5, names[k]) for k in range(0, n, step)]])
         self.plot.autoRange(padding=0.01)
         self.caption.setText(scale_note)
