@@ -21,6 +21,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from training.dicom_header import read_native_header
 from training.dicom_types import (
     Cancelled,
     ScanResult,
@@ -174,7 +175,14 @@ def _pixel_location(fp, ts: str, size: int) -> tuple[bool, int, int]:
 
 
 def _read_header(path: str):
-    """(dataset, file meta transfer syntax, pixel info) or raise ValueError with the reason."""
+    """(dataset, transfer syntax, pixel info, size) or raise ValueError with the reason.
+
+    The dataset is a RawHeader for plain native little-endian files (fast), otherwise a
+    pydicom Dataset; both answer get_item/get/file_meta the same way.
+    """
+    fast = read_native_header(path)
+    if fast is not None:
+        return fast
     with open(path, "rb") as fp:
         head = fp.read(132)
         preamble = len(head) == 132 and head[128:132] == b"DICM"
