@@ -537,28 +537,34 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
             else:
                 wsmod.merge(path, new_cfg=cfg)
             st = _State.read(path)
+        merger = wsmod.Merger(path)  # the next workspace copy, filled as series commit
         try:
-            _ingest_locked(paths, st, cfg, dicom, report, progress, on_patient, cancel, workers)
-        finally:
-            # Nothing staged (all unchanged): the workspace is left exactly as it was.
-            if wsmod.list_staged(path):
-                _call(progress, "merge", 0, 1, "writing the workspace")
-                skipped_rows = [[r, why] for r, why in report.skipped]
-                wsmod.merge(path, skipped=skipped_rows, provenance={
-                    "time": wsmod.now_iso(), "tool_version": __version__, "action": "ingest",
-                    "n_source_files": report.n_files, "added": len(report.added),
-                    "unchanged": len(report.unchanged), "cancelled": report.cancelled,
-                    "preprocess": cfg.to_dict()})
-                _call(progress, "merge", 1, 1, "done")
+            _ingest_locked(paths, st, cfg, dicom, report, progress, on_patient, cancel, workers,
+                           merger)
+        except BaseException:
+            merger.abort()  # committed series stay staged; the next writer merges them
+            raise
+        # Nothing staged (all unchanged): the workspace is left exactly as it was.
+        if merger.consumed or wsmod.list_staged(path):
+            _call(progress, "merge", 0, 1, "writing the workspace")
+            skipped_rows = [[r, why] for r, why in report.skipped]
+            merger.finish(skipped=skipped_rows, provenance={
+                "time": wsmod.now_iso(), "tool_version": __version__, "action": "ingest",
+                "n_source_files": report.n_files, "added": len(report.added),
+                "unchanged": len(report.unchanged), "cancelled": report.cancelled,
+                "preprocess": cfg.to_dict()})
+            _call(progress, "merge", 1, 1, "done")
+        else:
+            merger.abort()
     report.seconds = time.perf_counter() - t0
     return report
 
 
 def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: IngestReport,
-                   progress, on_patient, cancel, workers: int) -> None:
+                   progress, on_patient, cancel, workers: int, merger: "wsmod.Merger") -> None:
     pool = _Pool(workers)
     try:
-        _ingest_with_pool(paths, st, cfg, dicom, report, progress, on_patient, cancel, pool)
+        _ingest_with_pool(paths, st, cfg, dicom, report, progress, on_patient, cancel, pool, merger)
     finally:
         pool.shutdown()
         # results of series finished after a cancel were never committed
@@ -570,7 +576,7 @@ def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: Inge
 
 
 def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: IngestReport,
-                      progress, on_patient, cancel, pool: _Pool) -> None:
+                      progress, on_patient, cancel, pool: _Pool, merger: "wsmod.Merger") -> None:
     phash = wsmod.preprocess_hash(cfg)
     _call(progress, "discover", 0, 0, "listing files")
     files = discover(paths)
@@ -712,9 +718,9 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
                           if str(f) in quick_of},
                 "roots": roots_sorted, "replacements": replacements,
             }
-            yield (item, stage["final"]), _load_job, (ref, structs, cfg_json, known, stage)
+            yield (item, stage["final"], seq0 + k), _load_job, (ref, structs, cfg_json, known, stage)
 
-    for (item, final), fut in _bounded_map(pool.get(), jobs(), max(pool.workers, 1) + 1, cancel):
+    for (item, final, seq), fut in _bounded_map(pool.get(), jobs(), max(pool.workers, 1) + 1, cancel):
         label, ref, structs, pseudo, digest, suid = item
         done += 1
         try:
@@ -742,6 +748,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             continue
         st.image_shape = st.image_shape or shape
         wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
+        merger.add_staged(seq, Path(final))
         st.identity.update(res["identity"])  # carried by the staged entry itself
         st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo}
         report.added.append(label)

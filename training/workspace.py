@@ -378,88 +378,130 @@ def write_staged(path: str | os.PathLike, seq: int, entry: EntryData, phash: str
     return commit_staged(write_staged_tmp(final, entry, phash, salt, identity, pseudonyms), final)
 
 
-def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
-          replace_derived: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None,
-          drop_labels: Iterable[str] = (), skipped: list[list[str]] | None = None,
-          provenance: dict | None = None, image_shape: Sequence[int] | None = None) -> Path:
-    """Write a new copy of the workspace with all staged entries folded in; os.replace it.
+class Merger:
+    """Builds the next copy of a workspace while entries are being committed.
 
-    new_cfg switches the current preprocessing (entries then need `replace_derived`
-    arrays for the new hash, keyed by label; entries without them keep no derived data).
-    skipped: [relative path, reason] rows that replace those of the same path.
+    The writer adds each staged file as soon as it is committed (`add_staged`: a raw
+    chunk copy, overlapping the workers' loading); `finish` copies the entries of the
+    current workspace that were not replaced, writes the tables, fsyncs and
+    ``os.replace``-s the copy over the workspace, then removes the merged staged files.
+    `abort` discards the copy (staged files stay and are merged next time).
     """
-    path = Path(path)
-    with h5py.File(path, "r") as src:
-        _check_format(src, path)
-        merged_through = int(src.attrs.get("merged_through", 0))
-        staged = list_staged(path, merged_through)
-        old_cfg = PreprocessConfig.from_json(src.attrs["preprocess"])
-        cfg = new_cfg or old_cfg
-        phash = preprocess_hash(cfg)
-        old_hash = src.attrs["preprocess_hash"]
-        shape = image_shape if image_shape is not None else list(src.attrs["image_shape"])
-        if new_cfg is not None and preprocess_hash(new_cfg) != old_hash and image_shape is None:
-            shape = []
-        identity = _read_meta(src, "identity", {})
-        pseudonyms = _read_meta(src, "pseudonyms", {})
-        prov = _read_meta(src, "provenance", [])
-        skip_rows = {r[0]: r[1] for r in _read_meta(src, "skipped", [])}
-        if skipped:
-            skip_rows.update({r[0]: r[1] for r in skipped})
-        if provenance:
-            prov.append(provenance)
-        drop = set(drop_labels)
-        staged_files = []
+
+    def __init__(self, path: str | os.PathLike, new_cfg: PreprocessConfig | None = None):
+        from training.atomic import temp_path_for
+
+        self.path = Path(path)
+        self.src = h5py.File(self.path, "r")
         try:
-            for seq, p in staged:
-                sf = h5py.File(p, "r")
-                if sf.attrs.get("salt") != src.attrs["salt"]:
-                    sf.close()
-                    continue
-                staged_files.append((seq, sf))
-                identity.update(_read_meta(sf, "identity", {}))
-                pseudonyms.update(_read_meta(sf, "pseudonyms", {}))
-            # Latest source of each label wins: staged (in order) over the main file.
-            sources: dict[str, h5py.Group] = {k: src["entries"][k] for k in src["entries"]}
-            for _, sf in staged_files:
-                for k in sf["entries"]:
-                    sources[k] = sf["entries"][k]
-            with atomic_write_path(path) as tmp:
-                with h5py.File(tmp, "w") as dst:
-                    _init_attrs(dst, cfg, salt=src.attrs["salt"], seed=int(src.attrs["split_seed"]),
-                                test_fraction=float(src.attrs["test_fraction"]),
-                                created=src.attrs.get("created"), image_shape=shape,
-                                merged_through=max([merged_through] + [s for s, _ in staged_files]))
-                    ents = dst["entries"]
-                    for label in sorted(sources):
-                        if label in drop:
-                            continue
-                        g = sources[label]
-                        rd = None
-                        if replace_derived and label in replace_derived:
-                            rd = {phash: replace_derived[label]}
-                        copy_entry(g, ents, [phash], rd)
-                        if not shape and phash in ents[label]["derived"]:
-                            shape = list(ents[label]["derived"][phash]["images"].shape[1:])
-                            dst.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
-                    _record_splits(dst)
-                    _write_meta(dst, "identity", identity)
-                    _write_meta(dst, "pseudonyms", pseudonyms)
-                    _write_meta(dst, "provenance", prov)
-                    _write_meta(dst, "skipped", [[k, v] for k, v in sorted(skip_rows.items())])
-        finally:
-            for _, sf in staged_files:
-                sf.close()
-    for _, p in staged:
+            _check_format(self.src, self.path)
+            src = self.src
+            self.merged_through = int(src.attrs.get("merged_through", 0))
+            self.cfg = new_cfg or PreprocessConfig.from_json(src.attrs["preprocess"])
+            self.phash = preprocess_hash(self.cfg)
+            same = self.phash == src.attrs["preprocess_hash"]
+            self.shape = [int(v) for v in src.attrs["image_shape"]] if same else []
+            self.identity = _read_meta(src, "identity", {})
+            self.pseudonyms = _read_meta(src, "pseudonyms", {})
+            self.provenance = _read_meta(src, "provenance", [])
+            self.skip_rows = {r[0]: r[1] for r in _read_meta(src, "skipped", [])}
+            self.salt = str(src.attrs["salt"])
+            self.tmp = temp_path_for(self.path)
+            self.dst = h5py.File(self.tmp, "w")
+            _init_attrs(self.dst, self.cfg, salt=self.salt, seed=int(src.attrs["split_seed"]),
+                        test_fraction=float(src.attrs["test_fraction"]),
+                        created=src.attrs.get("created"), image_shape=self.shape,
+                        merged_through=self.merged_through)
+        except BaseException:
+            self.abort()
+            raise
+        self.max_seq = self.merged_through
+        self.consumed: list[Path] = []
+
+    def add_staged(self, seq: int, staged: Path) -> None:
+        ents = self.dst["entries"]
+        with h5py.File(staged, "r") as sf:
+            if sf.attrs.get("salt") != self.salt:
+                return  # not written for this workspace
+            for k in sf["entries"]:
+                if k in ents:
+                    del ents[k]  # a later commit of the same series wins
+                copy_entry(sf["entries"][k], ents, [self.phash])
+                if not self.shape and self.phash in ents[k]["derived"]:
+                    self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
+            self.identity.update(_read_meta(sf, "identity", {}))
+            self.pseudonyms.update(_read_meta(sf, "pseudonyms", {}))
+        self.consumed.append(staged)
+        self.max_seq = max(self.max_seq, seq)
+
+    def finish(self, skipped: list[list[str]] | None = None, provenance: dict | None = None) -> Path:
+        from training.atomic import fsync_dir, fsync_file
+
         try:
-            p.unlink()
+            done = set(self.consumed)
+            for seq, p in list_staged(self.path, self.merged_through):
+                if p not in done:
+                    self.add_staged(seq, p)
+            ents = self.dst["entries"]
+            for k in self.src["entries"]:
+                if k not in ents:
+                    copy_entry(self.src["entries"][k], ents, [self.phash])
+                    if not self.shape and self.phash in ents[k]["derived"]:
+                        self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
+            if skipped:
+                self.skip_rows.update({r[0]: r[1] for r in skipped})
+            if provenance:
+                self.provenance.append(provenance)
+            d = self.dst
+            d.attrs["image_shape"] = np.asarray(self.shape, dtype=np.int64)
+            d.attrs["merged_through"] = int(self.max_seq)
+            _record_splits(d)
+            _write_meta(d, "identity", self.identity)
+            _write_meta(d, "pseudonyms", self.pseudonyms)
+            _write_meta(d, "provenance", self.provenance)
+            _write_meta(d, "skipped", [[k, v] for k, v in sorted(self.skip_rows.items())])
+            d.close()
+            fsync_file(self.tmp)
+            os.replace(self.tmp, self.path)
+            fsync_dir(self.path.parent)
+        except BaseException:
+            self.abort()
+            raise
+        self.src.close()
+        for p in self.consumed:
+            try:
+                p.unlink()
+            except OSError:
+                pass
+        try:
+            staging_dir(self.path).rmdir()  # only when empty
         except OSError:
             pass
-    try:
-        staging_dir(path).rmdir()  # only when empty
-    except OSError:
-        pass
-    return path
+        return self.path
+
+    def abort(self) -> None:
+        for name in ("dst", "src"):
+            f = getattr(self, name, None)
+            if f is not None:
+                try:
+                    f.close()
+                except Exception:
+                    pass
+        tmp = getattr(self, "tmp", None)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
+          skipped: list[list[str]] | None = None, provenance: dict | None = None) -> Path:
+    """Write a new copy of the workspace with all staged entries folded in; os.replace it.
+
+    new_cfg switches the current preprocessing (only for a workspace without entries:
+    entries keep just their derived arrays for the new settings, so use
+    training.ingest.rederive otherwise). skipped: [relative path, reason] rows replacing
+    those of the same path.
+    """
+    return Merger(path, new_cfg).finish(skipped, provenance)
 
 
 def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray],
