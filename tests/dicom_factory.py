@@ -20,7 +20,6 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
     RLELossless,
     generate_uid,

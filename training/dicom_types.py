@@ -87,7 +87,7 @@ class SeriesRef:
     frame_of_reference_uid: str
     series_description: str
     series_number: int | None
-    slices: tuple[SliceHeader, ...]
+    slices: tuple[SliceHeader, ...] = field(repr=False)  # in file-scan order, not sorted
     patient_id: str = field(default="", repr=False)
     patient_name: str = field(default="", repr=False)
     birth_date: str = field(default="", repr=False)
