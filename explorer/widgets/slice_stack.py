@@ -164,6 +164,10 @@ class SliceStackPair(QtWidgets.QWidget):
                 if self.preset.currentIndex() == 0:
                     self._set_level_width(*level_width_of(*self.hu_window))
             self.roi_names = tuple(ref.roi_names)
+            lo, hi = self.hu_window
+            self.preset.setToolTip(
+                f"CT window presets (HU). The workspace window [{lo:g}, {hi:g}] HU is what the model saw: "
+                "HU outside it was clipped during preprocessing and shows as the window's limits")
         self._update_legend()
         n = self.n_slices
         self.slider.blockSignals(True)
@@ -229,4 +233,5 @@ class SliceStackPair(QtWidgets.QWidget):
         self.left.show_slice(k, levels, on)
         self.right.show_slice(k, levels, on)
         self.slice_label.setText(f"slice {k + 1} / {n}")
+        self.slice_label.setToolTip("Slice 1 is the most inferior (feet), the last the most superior (head)")
         self.sliceChanged.emit(k)
