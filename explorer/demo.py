@@ -66,6 +66,10 @@ def start_demo(window) -> None:
     from explorer.qt import QTimer
     from explorer.workers import Job
 
+    window.open_workspace(demo_workspace())
+    data = window.panel("Data")
+    if data is not None and not window.state.has_workspace_data():
+        data.set_config(demo_preprocess())  # what the demo's ingest uses
     job = Job(prepare_demo, parent=window)
     window.run_job(job, "Preparing the demo (phantom cohort)")
     job.ended.connect(lambda: QTimer.singleShot(0, lambda: _after_prepare(window, job)))

@@ -111,10 +111,10 @@ def describe_result(result: Any) -> str:
     missing = getattr(result, "rois_missing", None)
     if missing:
         if isinstance(missing, dict):
-            miss = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in list(missing.items())[:4])
+            miss = ", ".join(f"{k} in {len(v)}" for k, v in missing.items())
         else:
-            miss = ", ".join(map(str, list(missing)[:6]))
-        parts.append(f"ROIs missing — {miss}")
+            miss = ", ".join(map(str, missing))
+        parts.append(f"ROIs missing: {miss}")
     if getattr(result, "cancelled", False):
         parts.insert(0, "Cancelled")
     return "Ingest finished: " + ", ".join(parts) if parts else "Done"

@@ -157,8 +157,16 @@ class TrainerPanel(Panel):
         self.history = ReconstructionHistory()
         self.log_scale.toggled.connect(self.plot.set_log)
         self.log_scale.setChecked(True)
+        self.legend = QtWidgets.QLabel(LossPlot.legend_html())
+        self.legend.setToolTip("Loss terms per image (nats); KL is KL(q(z|x) ‖ N(0, σz² I))")
+        plot_box = QtWidgets.QWidget()
+        pl = QtWidgets.QVBoxLayout(plot_box)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.setSpacing(2)
+        pl.addWidget(self.plot, 1)
+        pl.addWidget(self.legend)
         plots = QtWidgets.QSplitter(Qt.Orientation.Vertical)
-        plots.addWidget(self.plot)
+        plots.addWidget(plot_box)
         plots.addWidget(self.history)
         plots.setSizes([320, 380])
         plots.setChildrenCollapsible(False)
@@ -287,11 +295,14 @@ class TrainerPanel(Panel):
         self.plot.clear_curves()
         for row in ckpt.history:
             self.plot.add_epoch(int(row.get("epoch", 0)), workers.losses_of(row))
-        self.set_values({k: getattr(ckpt.model_config, k) for k in MODEL_DEFAULTS})
-        self.set_values({k: getattr(ckpt.train_config, k) for k in TRAIN_DEFAULTS
-                         if hasattr(ckpt.train_config, k)})
+        self._show_configs(ckpt.model_config, ckpt.train_config)
         self.progress.setRange(0, max(ckpt.train_config.epochs, 1))
         self.progress.setValue(min(ckpt.epoch, ckpt.train_config.epochs))
+
+    def _show_configs(self, model, train) -> None:
+        """Fill the form with a checkpoint's settings."""
+        self.set_values({k: getattr(model, k) for k in MODEL_DEFAULTS})
+        self.set_values({k: getattr(train, k) for k in TRAIN_DEFAULTS if hasattr(train, k)})
 
     def _check_interrupted(self) -> None:
         run = self.state.settings.interrupted_run()
@@ -326,6 +337,7 @@ class TrainerPanel(Panel):
             if resume_from:
                 ck = workers.check_checkpoint(Path(resume_from))
                 model, train = ck.model_config, ck.train_config
+                self._show_configs(model, train)
             else:
                 model, train = self.configs()
         except Exception as exc:

@@ -18,10 +18,16 @@ class LossPlot(pg.PlotWidget):
         self.plotItem.setLabel("bottom", "epoch")
         self.plotItem.setLabel("left", "loss")
         self.plotItem.showGrid(x=True, y=True, alpha=0.2)
-        self.legend = self.plotItem.addLegend(offset=(-10, 5), labelTextSize="8pt", colCount=2)
-        self.legend.setBrush(pg.mkBrush(255, 255, 255, 200))
         self.data: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
+
+    @staticmethod
+    def legend_html() -> str:
+        """The key, shown beside the plot (a legend inside would cover the curves)."""
+        items = "&nbsp;&nbsp;".join(
+            f'<span style="color: rgb{COLORS[k]}; font-weight: bold">━</span>&nbsp;{name}'
+            for k, name in TERMS.items())
+        return f"{items}&nbsp;&nbsp;&nbsp;&nbsp;solid: train, dashed: test"
 
     def _curve(self, split: str, term: str) -> pg.PlotDataItem:
         key = (split, term)
@@ -57,5 +63,4 @@ class LossPlot(pg.PlotWidget):
     def clear_curves(self) -> None:
         for curve in self.curves.values():
             self.plotItem.removeItem(curve)
-        self.legend.clear()
         self.curves, self.data = {}, {}

@@ -41,6 +41,7 @@ class SlicePreview(QtWidgets.QWidget):
         self.slider.setToolTip("Slice (inferior → superior)")
         self.slider.valueChanged.connect(self._show)
         self.caption = QtWidgets.QLabel("Select a patient to preview its preprocessed slices")
+        self.caption.setWordWrap(True)  # a long caption must not widen the whole window
         self.overlay = QtWidgets.QCheckBox("ROI overlay")
         self.overlay.setChecked(True)
         self.overlay.setToolTip("Show the exclusive ROI labels over the CT")
