@@ -189,6 +189,15 @@ def memory(args) -> None:
     the RSS before training is the working set (model, activations, the prefetch queue)
     and must not depend on the workspace's size."""
     torch.set_num_threads(args.threads)
+    if args.chunk_cache_kib is not None:
+        # h5py keeps a chunk cache per open dataset (8 MiB each here, so 2 per patient):
+        # a workspace of many patients grows RSS by that much. Measure with a small cache.
+        import functools
+
+        import training.workspace as wsmod
+
+        wsmod.h5py.File = functools.partial(wsmod.h5py.File, rdcc_nbytes=args.chunk_cache_kib * 1024)
+        print(f"h5py chunk cache per dataset: {args.chunk_cache_kib} KiB")
     size = 128
     per_image = size * size * 5  # float32 image + uint8 labels
     mc = ModelConfig(input_size=size, n_classes=3, filters=4, latent_dim=2, n_blocks=4, fc_units=16, dropout=0.0)
@@ -289,6 +298,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nchw", action="store_true")
     ap.add_argument("--budget-mib", type=int, default=64)
+    ap.add_argument("--chunk-cache-kib", type=int, default=None)
     args = ap.parse_args()
     if args.part == "speed":
         args.size, args.filters, args.batch = args.size or 128, args.filters or 24, args.batch or 32

@@ -92,7 +92,7 @@ def test_stream_yields_every_item_once_in_sampler_order_with_extras():
     seen = []
     for positions, x, labels in stream.epoch(0):
         assert torch.equal(x, build_input(all_img[positions], all_lab[positions], 3))
-        assert torch.equal(labels, torch.from_numpy(all_lab[positions]).long())
+        assert torch.equal(labels, torch.from_numpy(all_lab[positions]))
         seen.extend(positions.tolist())
     assert sorted(seen) == list(range(n + a))
     assert stream.n_batches() == 4
@@ -124,3 +124,36 @@ def test_evenly_spaced():
     assert evenly_spaced(10, 3).tolist() == [0, 4, 9] or evenly_spaced(10, 3).tolist() == [0, 5, 9]
     assert evenly_spaced(2, 8).tolist() == [0, 1]
     assert evenly_spaced(0, 3).tolist() == []
+
+
+def test_input_on_device_matches_build_input():
+    rng = np.random.default_rng(3)
+    img = rng.random((3, 5, 6), dtype=np.float32)
+    lab = rng.integers(0, 4, (3, 5, 6)).astype(np.uint8)
+    assert torch.equal(build_input(img, lab, 4), __import__("training.data", fromlist=["x"]).input_on_device(
+        torch.from_numpy(img), torch.from_numpy(lab), 4))
+
+
+def test_worker_processes_read_the_same_batches_as_the_thread(tmp_path):
+    from training.workspace import Workspace, write_arrays_workspace
+
+    rng = np.random.default_rng(4)
+    images = {f"P{p}": rng.random((5, 8, 8), dtype=np.float32) for p in range(3)}
+    labels = {k: (v > 0.5).astype(np.uint8) for k, v in images.items()}
+    path = write_arrays_workspace(tmp_path / "w.h5", images, labels, roi_names=("A",))
+    extra = InMemoryItems(rng.random((2, 8, 8), dtype=np.float32), np.ones((2, 8, 8), np.uint8))
+    with Workspace.open(path) as ws:
+        rows = ws.index()
+        out = []
+        for workers, assemble in ((0, True), (2, False)):
+            stream = BatchStream(ws, rows, n_classes=2, batch_size=4, extra=extra, workers=workers,
+                                 assemble=assemble, sampler=EpochSampler(len(rows) + 2, seed=9))
+            got = [(p.copy(), x.clone(), lab.clone()) for p, x, lab in stream.epoch(1)]
+            if not assemble:
+                from training.data import input_on_device
+
+                got = [(p, input_on_device(x, lab, 2), lab) for p, x, lab in got]
+            out.append(got)
+    assert len(out[0]) == len(out[1]) == 5
+    for (p0, x0, l0), (p1, x1, l1) in zip(*out):
+        assert np.array_equal(p0, p1) and torch.equal(x0, x1) and torch.equal(l0, l1)

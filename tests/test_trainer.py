@@ -45,7 +45,8 @@ MC = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2, fc_units=16
 
 
 def tc(**kw):
-    base = dict(epochs=2, batch_size=4, threads=1, checkpoint_every=1, recon_every=1, n_recon_examples=2)
+    base = dict(epochs=2, batch_size=4, threads=1, checkpoint_every=1, recon_every=1, n_recon_examples=2,
+                device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 
@@ -260,3 +261,12 @@ def test_ct_only_workspace_trains(tmp_path):
     ws = write_arrays_workspace(tmp_path / "ct.h5", images, test_fraction=0.34)
     s = Trainer(ws, MC.replace(n_classes=0), tc(epochs=1, batch_size=2)).run()
     assert s.status == "finished" and s.final_train["ce"] == 0.0
+
+
+def test_reading_in_worker_processes_gives_the_same_run(workspace):
+    cfg = tc(epochs=3, augment_every=2, augment_count=3)
+    a = Trainer(workspace, MC, cfg).run()
+    b = Trainer(workspace, MC, cfg, data_workers=2).run()
+    assert b.status == "finished", b.message
+    assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
+    assert b.history[-1]["augmented"] == 3

@@ -37,16 +37,32 @@ class BatchSource(Protocol):
 
 def build_input(images: np.ndarray, labels: np.ndarray | None, n_classes: int) -> torch.Tensor:
     """CT (B, *S) float in [0, 1] and labels (B, *S) uint8 → x (B, 1 + n_classes, *S) float32."""
-    ct = torch.as_tensor(np.ascontiguousarray(images), dtype=torch.float32).unsqueeze(1)
+    images = np.asarray(images, dtype=np.float32)
     if n_classes == 0:
-        return ct
+        return torch.from_numpy(np.ascontiguousarray(images)[:, None])
     if labels is None:
         raise ValueError(f"the model expects {n_classes} RT classes but the data has no labels")
-    lab = torch.as_tensor(np.ascontiguousarray(labels)).long()
-    if int(lab.max()) >= n_classes:
-        raise ValueError(f"label value {int(lab.max())} is outside the {n_classes} RT classes")
-    onehot = F.one_hot(lab, n_classes).movedim(-1, 1).to(torch.float32)
-    return torch.cat([ct, onehot], dim=1)
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    if top >= n_classes:
+        raise ValueError(f"label value {top} is outside the {n_classes} RT classes")
+    # comparisons into a preallocated array: ~50× faster than F.one_hot + movedim + cat
+    x = np.empty((images.shape[0], 1 + n_classes, *images.shape[1:]), dtype=np.float32)
+    x[:, 0] = images
+    for k in range(n_classes):
+        np.equal(labels, k, out=x[:, 1 + k], casting="unsafe")
+    return torch.from_numpy(x)
+
+
+def input_on_device(images: torch.Tensor, labels: torch.Tensor | None, n_classes: int) -> torch.Tensor:
+    """build_input for tensors already on the device (the GPU builds the one-hot channels,
+    so only CT float32 and labels uint8 travel over PCIe)."""
+    ct = images.unsqueeze(1).float()
+    if n_classes == 0:
+        return ct
+    classes = torch.arange(n_classes, device=labels.device, dtype=labels.dtype)
+    onehot = labels.unsqueeze(1) == classes.view(1, n_classes, *([1] * (labels.dim() - 1)))
+    return torch.cat([ct, onehot.to(ct.dtype)], dim=1)
 
 
 def evenly_spaced(n_total: int, n: int) -> np.ndarray:
@@ -127,13 +143,20 @@ class BatchStream:
     rows: (N, 2) workspace rows (patient index, image index) of the split.
     extra: items appended after the workspace rows (dataset positions N .. N + A - 1).
     batch_size: this process's batch (the global batch divided by the process count).
-    `epoch(e)` yields (positions, x, labels): x float32 (B, 1 + n_classes, *S) and labels
-    int64 (B, *S) class indices (None for CT only), CPU tensors (pinned when pin_memory).
+    `epoch(e)` yields (positions, x, labels), CPU tensors (pinned when pin_memory):
+    - assemble=True: x float32 (B, 1 + n_classes, *S), the model input;
+    - assemble=False: x float32 (B, *S), the CT alone (build the input on the device
+      with `input_on_device`, so less travels to a GPU);
+    labels: uint8 (B, *S) class indices, or None for CT only.
+    workers > 0 reads in that many worker processes (torch DataLoader, fork) instead of
+    one thread: h5py holds the GIL while it reads, which would stall a launch-bound GPU
+    loop. The source must then have a `path` that `Workspace.open` accepts.
     """
 
     def __init__(self, source: BatchSource, rows: np.ndarray, *, n_classes: int, batch_size: int,
                  sampler: EpochSampler | None = None, extra: InMemoryItems | None = None,
-                 prefetch: int = 3, pin_memory: bool = False):
+                 prefetch: int = 3, pin_memory: bool = False, assemble: bool = True,
+                 workers: int = 0):
         self.source = source
         self.rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         self.n_classes = n_classes
@@ -143,20 +166,33 @@ class BatchStream:
         self.sampler.set_size(self.size)
         self.prefetch = max(1, int(prefetch))
         self.pin_memory = pin_memory
+        self.assemble = assemble
+        self._workers = None
+        self.workers = int(workers) if getattr(source, "path", None) is not None else 0
 
     @property
     def size(self) -> int:
         return len(self.rows) + (len(self.extra) if self.extra is not None else 0)
 
     def set_extra(self, extra: InMemoryItems | None) -> None:
+        if extra is not self.extra:
+            self.shutdown()  # worker processes hold a copy of the old items
         self.extra = extra
         self.sampler.set_size(self.size)
+
+    def shutdown(self) -> None:
+        """Stop worker processes (they are kept between epochs otherwise)."""
+        loader = getattr(self, "_workers", None)
+        self._workers = None
+        if loader is not None:
+            loader.shutdown()
 
     def n_batches(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
     def read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(model input, class-index labels or None) for dataset positions, in the order given."""
+        """(model input or CT, uint8 class-index labels or None) for dataset positions,
+        in the order given (see the class docstring for `assemble`)."""
         positions = np.asarray(positions, dtype=np.int64)
         n_ws = len(self.rows)
         in_ws = positions < n_ws
@@ -182,8 +218,11 @@ class BatchStream:
                 images[in_ws] = ws_img
                 if self.n_classes:
                     labels[in_ws] = ws_lab
-        x = build_input(images, labels, self.n_classes)
-        lab = torch.from_numpy(np.ascontiguousarray(labels)).long() if self.n_classes else None
+        if self.assemble:
+            x = build_input(images, labels, self.n_classes)
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+        lab = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.uint8)) if self.n_classes else None
         return x, lab
 
     def batches(self, epoch: int) -> list[np.ndarray]:
@@ -192,8 +231,93 @@ class BatchStream:
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def epoch(self, epoch: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
-        """Yield this process's batches for an epoch, read ahead in a background thread."""
+        """Yield this process's batches for an epoch, read ahead in the background."""
+        if self.workers > 0:
+            if getattr(self, "_workers", None) is None:
+                self._workers = _WorkerLoader(self)
+            return self._workers.epoch(epoch)
         return _Prefetcher(self, self.batches(epoch))
+
+
+class _BatchReader(torch.utils.data.Dataset):
+    """Reads whole batches in DataLoader workers, each from its own workspace handle."""
+
+    def __init__(self, stream: BatchStream):
+        self.path = stream.source.path
+        self.rows, self.n_classes, self.extra = stream.rows, stream.n_classes, stream.extra
+        self.assemble = stream.assemble
+        self._stream: BatchStream | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows) + (len(self.extra) if self.extra is not None else 0)
+
+    def __getitems__(self, positions):
+        if self._stream is None:  # first call in this worker process: open our own handle
+            from training.workspace import Workspace
+
+            self._stream = BatchStream(Workspace.open(self.path), self.rows, n_classes=self.n_classes,
+                                       batch_size=1, extra=self.extra, assemble=self.assemble)
+        positions = np.asarray(positions, dtype=np.int64)
+        x, lab = self._stream.read(positions)
+        return positions, x, lab
+
+
+class _EpochBatches(torch.utils.data.Sampler):
+    """The current epoch's batches of a stream (the epoch is set before each pass)."""
+
+    def __init__(self, stream: BatchStream):
+        self.stream = stream
+        self.epoch = 0
+
+    def __iter__(self):
+        return iter([b.tolist() for b in self.stream.batches(self.epoch)])
+
+    def __len__(self) -> int:
+        return self.stream.n_batches()
+
+
+def _as_is(item):
+    return item
+
+
+class _WorkerLoader:
+    """Persistent DataLoader workers (fork) kept across epochs; rebuilt when the data change."""
+
+    def __init__(self, stream: BatchStream):
+        import multiprocessing
+
+        self.sampler = _EpochBatches(stream)
+        self.loader = torch.utils.data.DataLoader(
+            _BatchReader(stream), batch_sampler=self.sampler, num_workers=stream.workers,
+            collate_fn=_as_is, pin_memory=stream.pin_memory, prefetch_factor=max(2, stream.prefetch),
+            persistent_workers=True, multiprocessing_context=multiprocessing.get_context("fork"),
+            timeout=600, generator=torch.Generator())  # its seed draw must not advance the global RNG
+
+    def epoch(self, epoch: int):
+        self.sampler.epoch = epoch
+        return _LoaderPass(iter(self.loader))
+
+    def shutdown(self) -> None:
+        it = getattr(self.loader, "_iterator", None)
+        if it is not None:
+            it._shutdown_workers()
+            self.loader._iterator = None
+
+
+class _LoaderPass:
+    """One epoch over a persistent loader; abandoning it leaves the workers for the next."""
+
+    def __init__(self, it):
+        self._it = it
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._it)
+
+    def close(self) -> None:
+        pass
 
 
 class _Prefetcher:
