@@ -297,3 +297,20 @@ def test_3d_workspace_matrix_and_no_identification(qtbot, tmp_path, settings):
     font = m.data(m.index(r, 0), int(QtGui.Qt.ItemDataRole.FontRole.value))
     assert font is not None and font.bold()
     assert m.data(m.index(m.row_of("PAT-0001"), 3), int(QtGui.Qt.ItemDataRole.FontRole.value)) is None
+
+
+def test_hidden_tab_computes_when_shown(qtbot, tmp_path, settings):
+    from explorer.panels.similarity import SimilarityPanel
+
+    ws = write_workspace(tmp_path / "ws.h5", rt=False)
+    ck = write_checkpoint(tmp_path / "m.pt", n_classes=0)
+    state = make_state(settings, ws, None)
+    panel = SimilarityPanel(state)
+    _MADE.append(panel)
+    qtbot.addWidget(panel)
+    state.set_checkpoint(ck)
+    state.notify_workspace_changed()
+    assert panel.worker.latest_id == 0 and panel.result is None  # nothing encoded while hidden
+    panel.show()
+    settle(qtbot, panel)
+    assert panel.worker.latest_id == 1 and panel.result is not None

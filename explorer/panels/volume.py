@@ -183,6 +183,11 @@ class VolumePanel(Panel):
         if i >= 0 and i != self.patient.currentIndex():
             self.patient.setCurrentIndex(i)  # → refresh
 
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if getattr(self, "_dirty", False):
+            self.refresh()
+
     def shutdown(self) -> None:
         self.worker.shutdown()
 
@@ -191,7 +196,15 @@ class VolumePanel(Panel):
         return {"seed": self.seed.value(), "other": self.other.currentText(), "t": self.t.value()}
 
     def refresh(self) -> int | None:
-        """Recompute the shown pair in the background (newest request wins); its id."""
+        """Recompute the shown pair in the background (newest request wins); its id.
+
+        A hidden tab only remembers that it is out of date and computes when shown (an ingest
+        changes the workspace once per patient; a hidden tab must not re-encode each time).
+        """
+        if not self.isVisible():
+            self._dirty = True
+            return None
+        self._dirty = False
         name = self.patient.currentText()
         if not self.state.has_workspace_data() or not name:
             self.worker.cancel()
