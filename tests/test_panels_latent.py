@@ -119,7 +119,7 @@ def test_nearest_to_code_matches_scipy():
 
 
 def test_sigma_ellipse_and_tiles():
-    from training.latent_views import code_at, sigma_ellipse, tile_side, tile_sides
+    from training.latent_views import code_at, quantile_coord, quantile_to_z, sigma_ellipse, tile_side
     from training.sampling import grid_positions, interpolate
 
     pts = sigma_ellipse((1.0, -2.0), (0.5, 2.0))
@@ -128,12 +128,10 @@ def test_sigma_ellipse_and_tiles():
     pos = grid_positions(15)
     s = tile_side(pos)
     assert s == pytest.approx(np.min(np.diff(pos))) and np.all(np.diff(pos) >= s - 1e-12)
-    sides = tile_sides(pos)
-    # no two tiles overlap: along rows and columns, half sides fit in the gap
-    gaps = np.diff(pos)
-    assert np.all(sides[:, :-1] / 2 + sides[:, 1:] / 2 <= gaps[None, :] + 1e-12)
-    assert np.all(sides[:-1, :] / 2 + sides[1:, :] / 2 <= gaps[::-1, None] + 1e-12)
-    assert sides.min() == pytest.approx(s) and sides[0, 0] > 1.5 * s  # larger in the tails
+    for s2 in (1.0, 2.5):
+        p2 = grid_positions(15, s2)
+        np.testing.assert_allclose(quantile_coord(p2, 15, s2), np.arange(15) + 0.5, atol=1e-9)
+        np.testing.assert_allclose(quantile_to_z(np.arange(15) + 0.5, 15, s2), p2, atol=1e-9)
     z0, z1 = np.array([1.0, 0, 0]), np.array([0, 2.0, 0])
     for method in ("linear", "spherical"):
         ref = interpolate(z0, z1, 5, method)
@@ -182,6 +180,9 @@ def test_manifold_click_shows_cell_code(qtbot, setup):
     np.testing.assert_allclose(xs, wl.patients.mu[:, 0])
     np.testing.assert_allclose(ys, wl.patients.mu[:, 1])
     assert len(p.ellipses) == 3
+    # hovering shows z
+    p._moved(scene)
+    assert p.hover.isVisible() and f"z0 = {cx:.3f}" in p.hover.toPlainText()
     # tiles are drawn right way up: row 0 of the tile image maps to the tile's top edge
     tile = p.tiles[1 * 5 + 3]
     top = tile.mapToParent(QtCore.QPointF(0, 0))
@@ -193,6 +194,18 @@ def test_manifold_click_shows_cell_code(qtbot, setup):
     qtbot.waitUntil(lambda: p.result["base_name"] == "PAT-0002", timeout=60000)
     code = p.result["manifold"].codes[0, 0]
     np.testing.assert_allclose(code[2:], wl.patient_mu("PAT-0002")[2:], atol=1e-6)
+    # tiled layout on the prior's quantile scale: same cells, patients mapped through n·Φ(z/σz)
+    from training.latent_views import quantile_coord
+
+    p.layout_mode.setCurrentIndex(1)
+    cx, cy = p.cell_centre(4, 0)
+    assert (cx, cy) == (0.5, 0.5)
+    qtbot.mouseClick(p.view.viewport(), Qt.MouseButton.LeftButton,
+                     pos=p.view.mapFromScene(p.plot.vb.mapViewToScene(QtCore.QPointF(cx + 0.3, cy - 0.3))))
+    qtbot.waitUntil(lambda: p.selected == (4, 0), timeout=5000)
+    np.testing.assert_array_equal(p.cell_code, p.result["manifold"].codes[4, 0])
+    xs, ys = p.points.getData()
+    np.testing.assert_allclose(xs, quantile_coord(wl.patients.mu[:, 0], 5, lm.prior_sigma2))
     p.shutdown()
 
 
@@ -358,3 +371,42 @@ def test_every_panel_exports(qtbot, setup, tmp_path):
             ds = pydicom.dcmread(next((out / "dicom").rglob("CT_*.dcm")))
             assert ds.Rows == SIZE and "GEN" in str(ds.PatientID)
         p.shutdown()
+
+
+def test_3d_model_shows_middle_slices(qtbot, data_dir):
+    """A 3-D model (8³ volumes): tiles and images are the middle z slice of each volume."""
+    import torch
+
+    from explorer.panels.interpolation import SLIDER_STEPS, InterpolationPanel
+    from explorer.panels.manifold import ManifoldPanel
+    from explorer.settings import AppSettings
+    from explorer.state import AppState
+    from training import latent_views
+    from training.checkpoint import save_checkpoint
+    from training.config import ModelConfig, TrainConfig
+    from training.model import VAE
+    from training.workspace import Workspace, write_arrays_workspace
+
+    latent_views.clear_caches()
+    rng = np.random.default_rng(0)
+    vols = {f"PAT-{i}": rng.random((1, 8, 8, 8)).astype(np.float32) for i in range(3)}
+    ws = write_arrays_workspace(data_dir / "ws3d.h5", vols)
+    with Workspace.open(ws) as w:
+        pre, dh = w.preprocess, w.data_hash
+    torch.manual_seed(0)
+    cfg = ModelConfig(spatial_dims=3, input_size=8, latent_dim=3, filters=2, n_blocks=2, convs_per_block=1,
+                      fc_units=8, dropout=0.0)
+    ck = save_checkpoint(data_dir / "m3d.pt", model_config=cfg, train_config=TrainConfig(), preprocess_config=pre,
+                         model_state=VAE(cfg).state_dict(), optimizer_state=None, epoch=1, history=[],
+                         data_hash=dh)
+    state = AppState(AppSettings())
+    state.set_workspace(ws)
+    state.set_checkpoint(ck)
+    man = _panel(qtbot, ManifoldPanel, state)
+    m = man.result["manifold"]
+    assert m.images.shape[2:] == (8, 8, 8)
+    np.testing.assert_array_equal(man.result["shown"][0, 0], m.images[0, 0, 4])
+    it = _panel(qtbot, InterpolationPanel, state)
+    it.slider.setValue(SLIDER_STEPS)
+    lm, wl = _headless(ck, ws)
+    np.testing.assert_allclose(it.image.array, lm.decoder.decode(wl.patient_mu("PAT-2")).ct[0, 4], atol=1e-6)

@@ -191,20 +191,20 @@ def tile_side(positions) -> float:
     return float(np.min(np.diff(p)))
 
 
-def tile_sides(positions) -> np.ndarray:
-    """Side (z units) of each manifold tile, (n, n) for rows top → bottom as in
-    sampling.grid_codes: min(gap of its column position, gap of its row position), where
-    a position's gap is its distance to the nearest other position. Tiles centred on
-    their codes then never overlap, and each is as large as its neighbourhood allows:
-    small where the inverse-CDF grid is dense (the prior's centre), larger in the tails.
-    """
-    p = np.asarray(positions, np.float64)
-    n = len(p)
-    if n < 2:
-        return np.ones((n, n))
-    d = np.diff(p)
-    gap = np.minimum(np.r_[d[0], d], np.r_[d, d[-1]])
-    return np.minimum(gap[None, :], gap[::-1, None])
+def quantile_coord(z, n: int, prior_sigma2: float = 1.0) -> np.ndarray:
+    """u = n·Φ(z/σz): the manifold grid's "tiled" coordinate, in which grid position i
+    (sampling.grid_positions) sits at u = i + ½ and every tile is 1 wide. Monotone, so
+    points and curves in z map to the same places relative to the tiles."""
+    from scipy.special import ndtr
+
+    return n * ndtr(np.asarray(z, np.float64) / math.sqrt(prior_sigma2))
+
+
+def quantile_to_z(u, n: int, prior_sigma2: float = 1.0) -> np.ndarray:
+    """The inverse of quantile_coord: z = σz·Φ⁻¹(u/n) (±inf outside 0 < u < n)."""
+    from scipy.special import ndtri
+
+    return math.sqrt(prior_sigma2) * ndtri(np.asarray(u, np.float64) / n)
 
 
 def code_at(z0, z1, t: float, method: str = "linear") -> np.ndarray:
@@ -287,5 +287,5 @@ def workspace_preprocess(lm: LatentModel, workspace=None):
 __all__ = [
     "LatentModel", "WorkspaceLatents", "clear_caches", "code_at", "display_rgb", "display_slice",
     "encode_patients", "export_spacing", "load_latent_model", "nearest_to_code", "roi_legend",
-    "sigma_ellipse", "tile_side", "tile_sides", "workspace_preprocess",
+    "quantile_coord", "quantile_to_z", "sigma_ellipse", "tile_side", "workspace_preprocess",
 ]

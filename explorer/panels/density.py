@@ -38,10 +38,10 @@ class DensityPanel(LatentPanel):
         self.show_points.setChecked(True)
 
         self.view = pg.GraphicsLayoutWidget()
-        self.plots, self.items, self.scatters, self.bars = [], [], [], []
+        self.plots, self.items, self.scatters = [], [], []
         cmap = pg.colormap.get("viridis")
         for k, title in enumerate(("Aggregate posterior p̃(z)", "Prior N(0, σz² I)")):
-            plot = self.view.addPlot(row=0, col=2 * k, title=title)
+            plot = self.view.addPlot(row=0, col=k, title=title)
             plot.setAspectLocked(True)
             plot.setMenuEnabled(False)
             item = pg.ImageItem()
@@ -49,13 +49,13 @@ class DensityPanel(LatentPanel):
             plot.addItem(item)
             sc = pg.ScatterPlotItem(size=4, pen=None, brush=pg.mkBrush(255, 255, 255, 160))
             plot.addItem(sc)
-            bar = pg.ColorBarItem(colorMap=cmap, interactive=False, label="density (per unit area)")
-            bar.setImageItem(item)
-            self.view.addItem(bar, row=0, col=2 * k + 1)
             self.plots.append(plot)
             self.items.append(item)
             self.scatters.append(sc)
-            self.bars.append(bar)
+        # one colour bar for both: they share the colour scale so they can be compared
+        self.bar = pg.ColorBarItem(colorMap=cmap, interactive=False, label="density (per unit area of z)")
+        self.bar.setImageItem(self.items)
+        self.view.addItem(self.bar, row=0, col=2)
         self.export = self.export_button(self.view, "density", table=self.table)
 
         lay = QtWidgets.QVBoxLayout(self)
@@ -109,10 +109,10 @@ class DensityPanel(LatentPanel):
         dy = (g.y[-1] - g.y[0]) / max(len(g.y) - 1, 1)
         # density[r, c] is at (x[c], y[r]) with y ascending: row 0 at the bottom of a y-up plot
         rect = QtCore.QRectF(g.x[0] - dx / 2, g.y[0] - dy / 2, dx * len(g.x), dy * len(g.y))
-        for plot, item, bar, arr in zip(self.plots, self.items, self.bars, (g.density, g.prior)):
+        self.bar.setLevels((0.0, top))
+        for plot, item, arr in zip(self.plots, self.items, (g.density, g.prior)):
             item.setImage(arr.astype(np.float32), autoLevels=False, levels=(0.0, top))
             item.setRect(rect)
-            bar.setLevels((0.0, top))
             plot.setLabel("bottom", f"z{d0}")
             plot.setLabel("left", f"z{d1}")
             plot.setRange(xRange=(g.x[0], g.x[-1]), yRange=(g.y[0], g.y[-1]), padding=0)

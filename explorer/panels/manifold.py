@@ -4,14 +4,19 @@ dimensions, with the encoded patients drawn over it.
 The grid is training.latent.manifold: positions z_i = σz Φ⁻¹((i + ½)/n) along both chosen
 dimensions (dims[0] → x axis, dims[1] → y axis, increasing upward), the other dimensions
 held at 0 or at a chosen patient's µ. The plot's axes are z values: each decoded image
-is a square tile centred on its code, as large as its neighbours allow without overlap
-(training.latent_views.tile_sides: small in the dense centre of the inverse-CDF grid,
-larger in the tails), drawn right way up (row 0, anterior, at the tile's top;
+is a square tile centred on its code (side = the smallest gap between positions,
+training.latent_views.tile_side, so tiles touch at the prior's centre and spread out in
+its tails), drawn right way up (row 0, anterior, at the tile's top;
 the patient's left on the tile's right). Patients are their aggregate posteriors
 (training.latent_views.encode_patients, "mixture"): a point at µ and the 1σ ellipse of
 the 2-D marginal. Clicking a tile opens it large beside the grid with its full code and
 the patients under whose posterior that code is most probable (−log q_i(z), nats;
 training.latent_views.nearest_to_code). The grid follows the current checkpoint.
+
+Layout "tiled (prior quantiles)" shows the same grid as a seamless mosaic (thesis fig.
+4.x style): the axes are u = n·Φ(z/σz) (training.latent_views.quantile_coord), ticks
+labelled with the z values of the grid positions, and patients and ellipses are mapped
+through the same monotone function, so they keep their place relative to the tiles.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ class ManifoldPanel(LatentPanel):
         self.base = QtWidgets.QComboBox()
         self.base.setToolTip("What the other latent dimensions are held at")
         self.base.addItem(ZERO)
+        self.layout_mode = QtWidgets.QComboBox()
+        self.layout_mode.addItem("z (linear)", "z")
+        self.layout_mode.addItem("tiled (prior quantiles)", "quantile")
+        self.layout_mode.setToolTip("Axes in z (tiles at their codes) or a seamless mosaic on the "
+                                    "prior's quantile scale n·Φ(z/σz), ticks labelled in z")
         self.show_patients = QtWidgets.QCheckBox("Patients (µ, 1σ)")
         self.show_patients.setChecked(True)
 
@@ -53,6 +63,7 @@ class ManifoldPanel(LatentPanel):
         self.plot.showGrid(False, False)
         self.hover = pg.TextItem("", color=(0, 0, 0), anchor=(0, 1), fill=pg.mkBrush(255, 255, 255, 200))
         self.hover.setZValue(20)
+        self.hover.setVisible(False)  # an empty TextItem still paints its filled box
         self.plot.addItem(self.hover, ignoreBounds=True)
         self.points = pg.ScatterPlotItem(size=7, pen=pg.mkPen("w", width=1), brush=pg.mkBrush(*PATIENT_COLOUR))
         self.points.setZValue(10)
@@ -92,7 +103,8 @@ class ManifoldPanel(LatentPanel):
 
         lay = QtWidgets.QVBoxLayout(self)
         lay.addLayout(labelled_row("n:", self.n_spin, "x:", self.dim_x, "y:", self.dim_y,
-                                   "other dims at:", self.base, self.show_patients, None, self.export))
+                                   "other dims at:", self.base, "axes:", self.layout_mode, self.show_patients,
+                                   None, self.export))
         lay.addWidget(split, 1)
         lay.addWidget(self.status)
 
@@ -101,6 +113,7 @@ class ManifoldPanel(LatentPanel):
         for c in (self.dim_x, self.dim_y, self.base):
             c.currentIndexChanged.connect(self.refresh)
         self.show_patients.toggled.connect(self._draw_patients)
+        self.layout_mode.currentIndexChanged.connect(self._relayout)
         self.result = None
         self.selected: tuple[int, int] | None = None
 
@@ -142,7 +155,7 @@ class ManifoldPanel(LatentPanel):
         lab = latent_views.display_slice(m.labels, lm.spatial_dims)
         shown = latent_views.display_rgb(ct, lab, lm.n_classes) if lab is not None else ct
         return {"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
-                "sides": latent_views.tile_sides(m.positions)}
+                "side": latent_views.tile_side(m.positions)}
 
     # -- display -----------------------------------------------------------------------
     def show_result(self, r: dict) -> None:
@@ -154,36 +167,18 @@ class ManifoldPanel(LatentPanel):
         d0, d1 = m.dims
         n = len(m.positions)
         shown = r["shown"]
-        sides = r["sides"]
         while len(self.tiles) < n * n:
             it = pg.ImageItem()
             self.plot.addItem(it)
             self.tiles.append(it)
         for it in self.tiles[n * n:]:
             it.setVisible(False)
-        h, w = shown.shape[2:4]
         rgb = shown.ndim == 5
         levels = (0, 255) if rgb else (0.0, 1.0)
-        for r_ in range(n):
-            for c in range(n):
-                it = self.tiles[r_ * n + c]
-                it.setImage(shown[r_, c], autoLevels=False, levels=levels)
-                cx, cy = m.positions[c], m.positions[n - 1 - r_]
-                side = sides[r_, c]
-                # y points up in this plot: flip each tile so its row 0 (anterior) is on top
-                tr = QtGui.QTransform()
-                tr.translate(cx - side / 2, cy + side / 2)
-                tr.scale(side / w, -side / h)
-                it.setTransform(tr)
-                it.setVisible(True)
-        self.plot.setLabel("bottom", f"z{d0}  (other dims: {r['base_name']})")
-        self.plot.setLabel("left", f"z{d1}")
+        for k in range(n * n):
+            self.tiles[k].setImage(shown[k // n, k % n], autoLevels=False, levels=levels)
         self.plot.setTitle(f"Manifold over z{d0}, z{d1}: {n}×{n} at σz·Φ⁻¹((i+½)/n) — epoch {lm.epoch}")
-        self._draw_patients()
-        lim = m.positions[-1] + sides[0, -1] / 2
-        if r["wl"] is not None and self.show_patients.isChecked():
-            lim = max(lim, float(np.abs(r["wl"].patients.mu[:, [d0, d1]]).max()) * 1.05)
-        self.plot.setRange(xRange=(-lim, lim), yRange=(-lim, lim), padding=0.02)
+        self._relayout()
         if self.selected is not None and self.selected[0] < n and self.selected[1] < n:
             self.select_cell(*self.selected)
         else:
@@ -193,6 +188,69 @@ class ManifoldPanel(LatentPanel):
         self.set_status(f"{n}×{n} images decoded and shown in {self.last_ms:.0f} ms · {kind} model, "
                         f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
                         + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
+
+    def quantile_layout(self) -> bool:
+        return self.layout_mode.currentData() == "quantile"
+
+    def to_plot(self, z) -> np.ndarray:
+        """Latent values → plot coordinates of the current layout."""
+        if not self.quantile_layout():
+            return np.asarray(z, np.float64)
+        from training.latent_views import quantile_coord
+
+        return quantile_coord(z, len(self.result["manifold"].positions), self.result["lm"].prior_sigma2)
+
+    def to_z(self, u) -> np.ndarray:
+        if not self.quantile_layout():
+            return np.asarray(u, np.float64)
+        from training.latent_views import quantile_to_z
+
+        return quantile_to_z(u, len(self.result["manifold"].positions), self.result["lm"].prior_sigma2)
+
+    def _relayout(self) -> None:
+        """Place the tiles, axes, patients and selection for the chosen layout."""
+        r = self.result
+        if r is None:
+            return
+        m = r["manifold"]
+        d0, d1 = m.dims
+        n = len(m.positions)
+        h, w = r["shown"].shape[2:4]
+        if self.quantile_layout():
+            self._centres, self._side = np.arange(n) + 0.5, 0.96  # a thin white line between tiles
+        else:
+            self._centres, self._side = np.asarray(m.positions, np.float64), r["side"]
+        side = self._side
+        for k in range(n * n):
+            row, col = divmod(k, n)
+            cx, cy = self._centres[col], self._centres[n - 1 - row]
+            # y points up in this plot: flip each tile so its row 0 (anterior) is on top
+            tr = QtGui.QTransform()
+            tr.translate(cx - side / 2, cy + side / 2)
+            tr.scale(side / w, -side / h)
+            self.tiles[k].setTransform(tr)
+            self.tiles[k].setVisible(True)
+        if self.quantile_layout():
+            step = max(1, n // 8)
+            ticks = [[(float(self._centres[i]), f"{m.positions[i]:.2f}") for i in range(0, n, step)]]
+            for ax in ("bottom", "left"):
+                self.plot.getAxis(ax).setTicks(ticks)
+            scale = " (prior quantile scale)"
+        else:
+            for ax in ("bottom", "left"):
+                self.plot.getAxis(ax).setTicks(None)
+            scale = ""
+        self.plot.setLabel("bottom", f"z{d0}{scale}  (other dims: {r['base_name']})")
+        self.plot.setLabel("left", f"z{d1}{scale}")
+        self._draw_patients()
+        lim_hi = self._centres[-1] + side / 2
+        lim_lo = self._centres[0] - side / 2
+        if r["wl"] is not None and self.show_patients.isChecked() and not self.quantile_layout():
+            far = float(np.abs(r["wl"].patients.mu[:, [d0, d1]]).max()) * 1.05
+            lim_hi, lim_lo = max(lim_hi, far), min(lim_lo, -far)
+        self.plot.setRange(xRange=(lim_lo, lim_hi), yRange=(lim_lo, lim_hi), padding=0.02)
+        if self.selected is not None:
+            self._draw_selection()
 
     def _draw_patients(self) -> None:
         from training.latent_views import sigma_ellipse
@@ -207,10 +265,11 @@ class ManifoldPanel(LatentPanel):
         d0, d1 = r["manifold"].dims
         pp = r["wl"].patients
         mu, sd = pp.mu[:, [d0, d1]], pp.sigma[:, [d0, d1]]
-        self.points.setData(x=mu[:, 0], y=mu[:, 1], data=list(pp.names),
-                            tip=lambda x, y, data: f"{data}\nµ = ({x:.3f}, {y:.3f})")
+        xy = self.to_plot(mu)
+        self.points.setData(x=xy[:, 0], y=xy[:, 1], data=list(pp.names),
+                            tip=lambda x, y, data: f"{data}\nµ = ({self.to_z(x):.3f}, {self.to_z(y):.3f})")
         for i in range(len(mu)):
-            pts = sigma_ellipse(mu[i], sd[i])
+            pts = self.to_plot(sigma_ellipse(mu[i], sd[i]))
             e = pg.PlotCurveItem(pts[:, 0], pts[:, 1], pen=pg.mkPen(*PATIENT_COLOUR, width=1.2))
             e.setZValue(9)
             self.plot.addItem(e)
@@ -218,35 +277,36 @@ class ManifoldPanel(LatentPanel):
 
     # -- interaction -------------------------------------------------------------------
     def cell_at(self, x: float, y: float) -> tuple[int, int] | None:
-        """(row, column) of the tile containing plot point (x, y) = (z[d0], z[d1])."""
+        """(row, column) of the tile containing plot point (x, y), or None."""
         if self.result is None:
             return None
-        pos = self.result["manifold"].positions
+        pos, side = self._centres, self._side
         n = len(pos)
         c = int(np.argmin(np.abs(pos - x)))
         k = int(np.argmin(np.abs(pos - y)))
-        side = self.result["sides"][n - 1 - k, c]
         if abs(pos[c] - x) > side / 2 or abs(pos[k] - y) > side / 2:
             return None
         return n - 1 - k, c
 
     def cell_centre(self, row: int, col: int) -> tuple[float, float]:
-        pos = self.result["manifold"].positions
-        return float(pos[col]), float(pos[len(pos) - 1 - row])
+        """Plot coordinates of tile (row, col)'s centre in the current layout."""
+        return float(self._centres[col]), float(self._centres[len(self._centres) - 1 - row])
 
     def _moved(self, scene_pos) -> None:
-        if self.result is None or not self.plot.sceneBoundingRect().contains(scene_pos):
-            self.hover.setText("")
+        if self.result is None or not self.plot.vb.sceneBoundingRect().contains(scene_pos):
+            self.hover.setVisible(False)
             return
         p = self.plot.vb.mapSceneToView(scene_pos)
         d0, d1 = self.result["manifold"].dims
-        text = f"z{d0} = {p.x():.3f}, z{d1} = {p.y():.3f}"
+        zx, zy = (float(v) for v in self.to_z([p.x(), p.y()]))
+        text = f"z{d0} = {zx:.3f}, z{d1} = {zy:.3f}"
         cell = self.cell_at(p.x(), p.y())
         if cell is not None:
-            cx, cy = self.cell_centre(*cell)
-            text += f"\ntile ({cell[0]}, {cell[1]}) at ({cx:.3f}, {cy:.3f})"
+            code = self.result["manifold"].codes[cell]
+            text += f"\ntile ({cell[0]}, {cell[1]}): z{d0} = {code[d0]:.3f}, z{d1} = {code[d1]:.3f}"
         self.hover.setText(text)
         self.hover.setPos(p.x(), p.y())
+        self.hover.setVisible(True)
 
     def _clicked(self, ev) -> None:
         if self.result is None or ev.button() != Qt.MouseButton.LeftButton:
@@ -268,9 +328,7 @@ class ManifoldPanel(LatentPanel):
         self.cell_view.set_image(r["shown"][row, col], autorange=True)
         d0, d1 = m.dims
         self.cell_view.set_title(f"Tile ({row}, {col}): z{d0} = {z[d0]:.3f}, z{d1} = {z[d1]:.3f}")
-        cx, cy = self.cell_centre(row, col)
-        s = r["sides"][row, col] / 2
-        self.selection.setData([cx - s, cx + s, cx + s, cx - s, cx - s], [cy - s, cy - s, cy + s, cy + s, cy - s])
+        self._draw_selection()
         lines = ["<b>z</b> = (" + ", ".join(f"{v:.3f}" for v in z) + ")"]
         if r["wl"] is not None:
             pp = r["wl"].patients
@@ -283,6 +341,11 @@ class ManifoldPanel(LatentPanel):
             self.cell_neighbours = []
         self.cell_info.setText("<br>".join(lines))
         return z
+
+    def _draw_selection(self) -> None:
+        cx, cy = self.cell_centre(*self.selected)
+        s = self._side / 2
+        self.selection.setData([cx - s, cx + s, cx + s, cx - s, cx - s], [cy - s, cy - s, cy + s, cy + s, cy - s])
 
     # -- exports -------------------------------------------------------------------------
     def table(self):

@@ -201,6 +201,7 @@ class LatentPanel(Panel):
         self.last_ms = 0.0
         self._submitted_at = 0.0
         self.refreshes = 0  # results shown (tests)
+        state.busyChanged.connect(self._busy_changed)
 
     # -- what a subclass provides ------------------------------------------------------
     def request(self) -> dict | None:
@@ -256,6 +257,10 @@ class LatentPanel(Panel):
 
     def on_workspace_changed(self) -> None:
         self.request_refresh()
+
+    def _busy_changed(self, busy: bool) -> None:
+        if not busy and self.stale:
+            self.request_refresh()  # deferred while a job was writing the workspace
 
     def _on_result(self, rid: int, result: Any) -> None:
         self.last_ms = (time.perf_counter() - self._submitted_at) * 1000.0
