@@ -269,6 +269,8 @@ def test_new_checkpoint_recomputes_and_exports(qtbot, tmp_path, settings):
     assert not QtGui.QImage(str(png)).isNull()
     assert panel.export(tmp_path / "exports" / "kl.svg").read_text().lstrip().startswith("<?xml")
     assert panel.export(tmp_path / "exports" / "kl.pdf").read_bytes().startswith(b"%PDF")
+    table_png = panel.export_table_png(tmp_path / "exports" / "table.png")
+    assert QtGui.QImage(str(table_png)).width() > 100
 
 
 def test_mismatched_model_is_a_message(qtbot, tmp_path, settings):

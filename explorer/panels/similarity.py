@@ -109,6 +109,7 @@ class SimilarityPanel(Panel):
         self.busy.setVisible(False)
         self.export_btn = figures.ExportButton(lambda: self.heatmap, "kl-heatmap", settings=state.settings)
         self.export_btn.add_action("Save KL matrix as CSV (with its direction)…", self._export_csv_dialog)
+        self.export_btn.add_action("Save table view as PNG…", self._export_table_dialog)
         self.export_btn.exported.connect(lambda p: state.show_message(f"Exported {p}"))
         self.export_btn.failed.connect(lambda m: state.show_message(m, 0))
         top = QtWidgets.QHBoxLayout()
@@ -438,6 +439,30 @@ class SimilarityPanel(Panel):
         if path.suffix.lower() == ".csv":
             return self.export_matrix_csv(path)
         return self.export_btn.export(path.suffix.lstrip(".").lower() or "png", path)
+
+    def export_table_png(self, path) -> Path:
+        """The table as shown on screen (colours, sort order, visible cells) as PNG."""
+        from training.atomic_files import atomic_write_bytes
+
+        from explorer.qt import QtCore
+
+        buf = QtCore.QBuffer()
+        buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+        if not self.table.grab().toImage().save(buf, "PNG"):
+            raise OSError("could not encode the table as PNG")
+        return atomic_write_bytes(Path(path), bytes(buf.data()))
+
+    def _export_table_dialog(self) -> None:
+        path = figures.ask_save_path(self, "Save the table view as PNG", "kl-table", "png", self.state.settings)
+        if path is None:
+            return
+        try:
+            self.export_table_png(path)
+            self.state.show_message(f"Exported {path}")
+        except Exception as exc:
+            from explorer.workers import readable_error
+
+            self.state.show_message(f"Could not write {path.name}: {readable_error(exc)}", 0)
 
     def _export_csv_dialog(self) -> None:
         path = figures.ask_save_path(self, "Save the KL matrix as CSV",
