@@ -118,6 +118,20 @@ def test_nearest_to_code_matches_scipy():
     np.testing.assert_allclose([v for _, v in got], np.sort(ref), rtol=1e-10)
 
 
+def test_display_rgb_equals_overlay_labels():
+    from training.images import overlay_labels, roi_colour_table
+    from training.latent_views import display_rgb
+
+    rng = np.random.default_rng(5)
+    ct = rng.random((2, 3, 8, 8)) * 1.2 - 0.1
+    lab = rng.integers(0, 5, (2, 3, 8, 8)).astype(np.uint8)
+    got = display_rgb(ct, lab, 5)
+    for i in range(2):
+        for j in range(3):
+            np.testing.assert_array_equal(got[i, j], overlay_labels(ct[i, j], lab[i, j], roi_colour_table(6)))
+    np.testing.assert_array_equal(display_rgb(ct[0, 0])[..., 1], overlay_labels(ct[0, 0], None)[..., 1])
+
+
 def test_sigma_ellipse_and_tiles():
     from training.latent_views import code_at, quantile_coord, quantile_to_z, sigma_ellipse, tile_side
     from training.sampling import grid_positions, interpolate

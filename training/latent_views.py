@@ -226,22 +226,28 @@ def display_slice(a: np.ndarray | None, spatial_dims: int) -> np.ndarray | None:
     return a
 
 
-def display_rgb(ct, labels=None, n_classes: int = 0) -> np.ndarray:
+def display_rgb(ct, labels=None, n_classes: int = 0, alpha: float = 0.4) -> np.ndarray:
     """Grey CT (…, H, W) in [0, 1] with RT labels as a coloured overlay: uint8 (…, H, W, 3).
 
-    Uses training.images.overlay_labels (alpha 0.4, roi_colour_table) per image; without
-    labels the grey image is repeated into RGB.
+    The same pixels as training.images.overlay_labels (grey = round(255·clip(ct)), each
+    class k ≥ 1 blended as (1 − α)·grey + α·colour[k], roi_colour_table colours), computed
+    for the whole batch at once (a 15×15 manifold is one call, not 225).
     """
-    from training.images import overlay_labels, roi_colour_table
+    from training.images import roi_colour_table, to_uint8
 
-    ct = np.asarray(ct, np.float32)
-    colours = roi_colour_table(max(n_classes + 1, 2))
-    lead = ct.shape[:-2]
-    flat_ct = ct.reshape(-1, *ct.shape[-2:])
-    flat_lab = None if labels is None else np.asarray(labels).reshape(-1, *ct.shape[-2:])
-    out = np.stack([overlay_labels(c, None if flat_lab is None else flat_lab[i], colours)
-                    for i, c in enumerate(flat_ct)]) if len(flat_ct) else np.zeros((0, *ct.shape[-2:], 3), np.uint8)
-    return out.reshape(*lead, *ct.shape[-2:], 3)
+    grey = to_uint8(ct)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    if labels is None:
+        return rgb
+    lab = np.asarray(labels)
+    if lab.shape != grey.shape:
+        raise ValueError(f"labels {lab.shape} and CT {grey.shape} differ in shape")
+    n = max(n_classes + 1, int(lab.max()) + 1 if lab.size else 1, 2)
+    colours = roi_colour_table(n).astype(np.float64)
+    drawn = lab > 0
+    g = grey[drawn].astype(np.float64)[:, None]
+    rgb[drawn] = np.round((1.0 - alpha) * g + alpha * colours[lab[drawn]]).astype(np.uint8)
+    return rgb
 
 
 def roi_legend(lm: LatentModel) -> list[tuple[str, tuple[int, int, int]]]:

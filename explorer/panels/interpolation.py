@@ -52,7 +52,7 @@ class InterpolationPanel(LatentPanel):
         self.slider.setRange(0, SLIDER_STEPS)
         self.slider.setToolTip("Position along the path: t = 0 (start) … 1 (end)")
         self.t_label = QtWidgets.QLabel("t = 0.000")
-        self.t_label.setMinimumWidth(220)
+        self.t_label.setFixedWidth(260)  # a changing text must not re-lay out the panel
 
         self.image = CTImageView("Decoded at t")
         self.film = TileView("Filmstrip")
@@ -186,7 +186,9 @@ class InterpolationPanel(LatentPanel):
         self.decode_ms.append(ms)
         self.current_code, self.current_image, self.current_labels = z, ct, labels
         self.image.set_image(shown)
-        self.image.set_title(f"t = {t:.3f} on the {self.endpoints['method']} path {self.path_text}")
+        title = f"Decoded on the {self.endpoints['method']} path {self.path_text}"
+        if self.image.plot.titleLabel.text != title:  # a new title re-lays out the plot: only when it changes
+            self.image.set_title(title)
         mode = "worker thread" if self.decode_ms and np.median(self.decode_ms[-5:]) > SYNC_LIMIT_MS else "GUI thread"
         self.t_label.setText(f"t = {t:.3f} · decode {ms:.1f} ms ({mode})")
 
