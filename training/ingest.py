@@ -251,8 +251,11 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         warnings.extend(rr.warnings)
         for name, m in rr.masks.items():
             masks[name] = m if name not in masks else (masks[name] | m)
-    hu16 = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
-    del vol
+    hu = vol.hu  # float32; rounded and clipped in place (no second full-size temporary)
+    np.rint(hu, out=hu)
+    np.clip(hu, -32768, 32767, out=hu)
+    hu16 = hu.astype(np.int16)
+    del vol, hu
     images, labels, missing = derive(hu16, masks, geometry.positions, cfg)
     warnings = [clean_text(w, stage["roots"], stage["replacements"]) for w in warnings]
     spacing = tuple(float(v) for v in geometry.spacing)
