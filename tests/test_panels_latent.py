@@ -424,3 +424,29 @@ def test_3d_model_shows_middle_slices(qtbot, data_dir):
     it.slider.setValue(SLIDER_STEPS)
     lm, wl = _headless(ck, ws)
     np.testing.assert_allclose(it.image.array, lm.decoder.decode(wl.patient_mu("PAT-2")).ct[0, 4], atol=1e-6)
+
+
+def test_no_model_and_bad_checkpoint_are_messages(qtbot, data_dir):
+    from explorer.panels.density import DensityPanel
+    from explorer.panels.manifold import ManifoldPanel
+    from explorer.settings import AppSettings
+    from explorer.state import AppState
+
+    state = AppState(AppSettings())
+    panels = []
+    for cls in (ManifoldPanel, DensityPanel):
+        p = cls(state)
+        _OPEN.append(p)
+        qtbot.addWidget(p)
+        p.show()
+        qtbot.waitExposed(p)
+        panels.append(p)
+    qtbot.wait(20)
+    assert all("No model" in p.status.text() for p in panels)
+    bad = data_dir / "bad.pt"
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not a checkpoint")
+    state.set_checkpoint(bad)
+    panels[0].wait_idle(30000)
+    qtbot.waitUntil(lambda: "bad.pt" in panels[0].status.text(), timeout=30000)
+    assert "No workspace" in panels[1].status.text()  # density needs encoded images

@@ -109,7 +109,10 @@ class InterpolationPanel(LatentPanel):
         if req["workspace"]:
             try:
                 wl = latent_views.encode_patients(lm, req["workspace"])
-            except ValueError:
+            except Exception:  # no (readable) images: the view works without patients
+                import logging
+
+                logging.getLogger(__name__).warning("could not encode %s", req["workspace"], exc_info=True)
                 wl = None
         names = wl.names if wl is not None else []
         src, dst = req["src"], req["dst"]

@@ -144,7 +144,10 @@ class ManifoldPanel(LatentPanel):
         if req["workspace"]:
             try:
                 wl = latent_views.encode_patients(lm, req["workspace"])
-            except ValueError:
+            except Exception:  # no (readable) images: the view works without patients
+                import logging
+
+                logging.getLogger(__name__).warning("could not encode %s", req["workspace"], exc_info=True)
                 wl = None
         base = None
         if req["base"] != ZERO and wl is not None and req["base"] in wl.names:
