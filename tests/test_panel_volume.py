@@ -144,3 +144,20 @@ def test_volume_views_headless(tmp_path):
     np.testing.assert_array_equal(vv.matched_slices(1, 4), [0])
     stack = vv.SliceStack(np.array([[[0.0, 0.25, 1.0]]], np.float32), None, (-1000.0, 1000.0), "t")
     np.testing.assert_allclose(stack.hu(), [[[-1000.0, -500.0, 1000.0]]])
+
+
+def test_export_right_side_png_npy_dicom(qtbot, tmp_path, settings):
+    import pydicom
+
+    ws = write_workspace(tmp_path / "ws.h5", rt=True)
+    ck = write_checkpoint(tmp_path / "m.pt")
+    panel = volume_panel(qtbot, make_state(settings, ws, ck))
+    settle(qtbot, panel)
+    out = panel.export_volume(tmp_path / "vol")
+    ct = np.load(out["npy"][0])
+    assert ct.shape == (1, 5, SIZE, SIZE)  # a 2D patient's reconstructed stack: one volume
+    np.testing.assert_allclose(ct[0], panel.pair.right.images)
+    cts = [p for p in out["dicom"] if p.name.startswith("CT")]
+    assert len(cts) == 5
+    ds = pydicom.dcmread(cts[0])
+    assert str(ds.PatientName).startswith("CTVAE-GEN-") and "PAT-" not in str(ds.PatientID)

@@ -203,7 +203,28 @@ def interpolated_pair(model, ws, index: int, other: int, t: float = 0.5, method:
     return VolumePair(left, right, mode, "interpolated", note, codes)
 
 
+def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy", "dicom")) -> dict:
+    """Export the right side of `pair` (training.export.export_generated: PNG, .npy, DICOM
+    CT + RTSTRUCT with a new pseudonymous patient and new UIDs).
+
+    A 3D volume, and a 2D patient's reconstructed or interpolated stack, go out as one
+    volume (z, y, x) with the patient's preprocessed spacing (`workspace_spacing`);
+    2D generated slices (independent prior draws) as one image each. Returns
+    {format: [paths]}.
+    """
+    from training.export import export_generated, workspace_spacing
+
+    volume = pair.mode == "3d" or pair.source != "generated"
+    images = pair.right.images[None] if volume else pair.right.images
+    labels = pair.right.labels
+    if labels is not None and volume:
+        labels = labels[None]
+    return export_generated(out_dir, images, labels, preprocess=ws.preprocess,
+                            spacing=workspace_spacing(ws, index), roi_names=pair.right.roi_names,
+                            formats=tuple(formats), prefix=pair.source)
+
+
 __all__ = [
-    "SOURCES", "SliceStack", "VolumePair", "window_level_range", "level_width_of", "patient_stack",
+    "export_right", "SOURCES", "SliceStack", "VolumePair", "window_level_range", "level_width_of", "patient_stack",
     "encode_patient", "reconstruction_pair", "generated_pair", "matched_slices", "interpolated_pair",
 ]

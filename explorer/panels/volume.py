@@ -109,6 +109,7 @@ class VolumePanel(Panel):
         self.stacks = SliceStackPair()
         self.export_btn = figures.ExportButton(lambda: self.stacks.right, "volume-slice", settings=state.settings)
         self.export_btn.add_action("Save input side as PNG…", lambda: self._export_side(self.stacks.left))
+        self.export_btn.add_action("Save right side as PNG, .npy and DICOM…", self._export_volume_dialog)
         self.export_btn.exported.connect(lambda p: state.show_message(f"Exported {p}"))
         self.export_btn.failed.connect(lambda m: state.show_message(m, 0))
 
@@ -287,6 +288,34 @@ class VolumePanel(Panel):
         if path is not None:
             figures.export_png(view, path)
             self.state.show_message(f"Exported {path}")
+
+    def export_volume(self, out_dir, formats=("png", "npy", "dicom")):
+        """Write the right side (training.volume_views.export_right) into `out_dir` now;
+        {format: [paths]}."""
+        from training.volume_views import export_right
+        from training.workspace import Workspace
+
+        if self.pair is None:
+            raise ValueError("nothing to export yet: load a model first")
+        with Workspace.open(self.state.workspace_path) as ws:
+            return export_right(self.pair, ws, ws.patient_index(self.patient.currentText()), out_dir, formats)
+
+    def _export_volume_dialog(self) -> None:
+        from explorer import workers
+
+        if self.pair is None:
+            self.state.show_message("Nothing to export yet: load a model first", 0)
+            return
+        out = figures.ask_save_folder(self, "Folder for the PNG, .npy and DICOM files", self.state.settings)
+        if out is None:
+            return
+        job = workers.Job(lambda _ctx: self.export_volume(out), parent=self)
+        job.done.connect(lambda res: self.state.show_message(
+            f"Exported {sum(len(v) for v in res.values())} files to {out}"))
+        job.failed.connect(lambda msg: self.state.show_message(f"Export failed: {msg}", 0))
+        job.ended.connect(job.deleteLater)
+        self._export_job = job
+        job.start()
 
     def export(self, path):
         """File ▸ Export: both sides of the current slice are written, the right one to `path`
