@@ -15,7 +15,10 @@
    bare pyqtgraph ImageItems in the same-sized views getting the same float slices with
    fixed levels (no overlay, no labels). Target: p95 < 16 ms.
 
-Runs offscreen unless QT_QPA_PLATFORM says otherwise (under Xvfb: QT_QPA_PLATFORM=xcb).
+Each call is timed in wall and process-CPU time: on a shared, loaded machine the CPU time
+is the figure that does not depend on the other processes (the GUI work runs on one
+thread); ratios are of CPU medians. Runs offscreen unless QT_QPA_PLATFORM says otherwise
+(under Xvfb: QT_QPA_PLATFORM=xcb).
 """
 
 from __future__ import annotations
@@ -32,13 +35,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 
-def stats(ms) -> dict:
-    a = np.asarray(ms, np.float64)
-    return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "max": float(a.max()), "n": len(a)}
+class Clock:
+    """Wall and process-CPU milliseconds of each timed call. On a shared machine the CPU
+    time (this process only; the GUI work is single-threaded) is the load-independent
+    figure, the wall time what a user would see under that load."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.cpu.append((time.process_time() - self._c) * 1000)
+        self.wall.append((time.perf_counter() - self._w) * 1000)
+
+
+def stats(clock: Clock) -> dict:
+    a, c = np.asarray(clock.wall, np.float64), np.asarray(clock.cpu, np.float64)
+    return {"median": float(np.median(a)), "p95": float(np.percentile(a, 95)), "max": float(a.max()),
+            "cpu_median": float(np.median(c)), "cpu_p95": float(np.percentile(c, 95)), "n": len(a)}
 
 
 def fmt(s: dict) -> str:
-    return f"median {s['median']:.2f} ms, p95 {s['p95']:.2f} ms, max {s['max']:.2f} ms (n={s['n']})"
+    return (f"wall median {s['median']:.2f} ms, p95 {s['p95']:.2f} ms, max {s['max']:.2f} ms; "
+            f"CPU median {s['cpu_median']:.2f} ms, p95 {s['cpu_p95']:.2f} ms (n={s['n']})")
 
 
 def bench_sort(app, n: int, repeats: int) -> dict:
@@ -58,27 +81,24 @@ def bench_sort(app, n: int, repeats: int) -> dict:
     for _ in range(5):
         app.processEvents()
     cols = rng.integers(0, n, size=repeats)
-    ours = []
+    ours = Clock()
     for k, j in enumerate(cols):
         order = Qt.SortOrder.AscendingOrder if k % 2 == 0 else Qt.SortOrder.DescendingOrder
-        t0 = time.perf_counter()
-        view.sortByColumn(int(j), order)
-        view.viewport().repaint()
-        view.verticalHeader().viewport().repaint()
-        ours.append((time.perf_counter() - t0) * 1000)
+        with ours:
+            view.sortByColumn(int(j), order)
+            view.viewport().repaint()
+            view.verticalHeader().viewport().repaint()
         assert view.kl_model.patient_at(0) == names[int(np.argsort(d[:, j] if k % 2 == 0 else -d[:, j], kind="stable")[0])]
-    only = []
+    only = Clock()
     for k, j in enumerate(cols):
         order = Qt.SortOrder.AscendingOrder if k % 2 == 0 else Qt.SortOrder.DescendingOrder
-        t0 = time.perf_counter()
-        view.sortByColumn(int(j), order)
-        only.append((time.perf_counter() - t0) * 1000)
+        with only:
+            view.sortByColumn(int(j), order)
     rows = d.tolist()
-    ref = []
+    ref = Clock()
     for k, j in enumerate(cols):
-        t0 = time.perf_counter()
-        sorted(rows, key=lambda r: r[j], reverse=k % 2 == 1)
-        ref.append((time.perf_counter() - t0) * 1000)
+        with ref:
+            sorted(rows, key=lambda r: r[j], reverse=k % 2 == 1)
     view.close()
     return {"ours": stats(ours), "sort_only": stats(only), "reference": stats(ref)}
 
@@ -101,14 +121,12 @@ def bench_slider(app, size: int, steps: int) -> dict:
     pair.set_pair(left, right, "input", "reconstruction")
     for _ in range(5):
         app.processEvents()
-    ours = []
+    ours = Clock()
     for s in range(steps):
-        k = s % size
-        t0 = time.perf_counter()
-        pair.slider.setValue(k)
-        pair.left.viewport().repaint()
-        pair.right.viewport().repaint()
-        ours.append((time.perf_counter() - t0) * 1000)
+        with ours:
+            pair.slider.setValue(s % size)
+            pair.left.viewport().repaint()
+            pair.right.viewport().repaint()
     pair.close()
 
     # bare reference: two ImageItems in views of the same size, float HU, fixed levels
@@ -135,15 +153,13 @@ def bench_slider(app, size: int, steps: int) -> dict:
         vb.autoRange(padding=0.02)
     for _ in range(5):
         app.processEvents()
-    ref = []
+    ref = Clock()
     for s in range(steps):
-        k = s % size
-        t0 = time.perf_counter()
-        for it, h in zip(items, hu):
-            it.setImage(h[k], levels=(-800, 700), autoLevels=False)
-        for g in views:
-            g.viewport().repaint()
-        ref.append((time.perf_counter() - t0) * 1000)
+        with ref:
+            for it, h in zip(items, hu):
+                it.setImage(h[s % size], levels=(-800, 700), autoLevels=False)
+            for g in views:
+                g.viewport().repaint()
     w.close()
     return {"ours": stats(ours), "reference": stats(ref)}
 
@@ -158,19 +174,21 @@ def main(argv=None) -> int:
     from explorer.qt import QtWidgets
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
-    print(f"platform: {app.platformName()}")
+    print(f"platform: {app.platformName()}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     s = bench_sort(app, args.patients, args.repeats)
     print(f"KL table sort, {args.patients} patients (sort + repaint): {fmt(s['ours'])}")
     print(f"  sort alone (model reorder + layoutChanged, no drawing): {fmt(s['sort_only'])}")
     print(f"  reference, naive Python sort of rows (no drawing):     {fmt(s['reference'])}")
-    print(f"  ratio sort alone / naive sort (median): {s['sort_only']['median'] / s['reference']['median']:.2f}; "
-          f"sort + repaint / naive sort: {s['ours']['median'] / s['reference']['median']:.0f}; "
-          f"target p95 < 100 ms (sort + repaint): {'met' if s['ours']['p95'] < 100 else 'NOT met'}")
+    print(f"  ratio of CPU medians: sort alone / naive sort {s['sort_only']['cpu_median'] / s['reference']['cpu_median']:.2f}; "
+          f"sort + repaint / naive sort {s['ours']['cpu_median'] / s['reference']['cpu_median']:.0f}; "
+          f"target p95 < 100 ms (sort + repaint): wall {'met' if s['ours']['p95'] < 100 else 'NOT met'}, "
+          f"CPU {'met' if s['ours']['cpu_p95'] < 100 else 'NOT met'}")
     v = bench_slider(app, args.size, args.steps)
     print(f"Volume slider step, 2 × {args.size}² + overlays (set + repaint): {fmt(v['ours'])}")
     print(f"  reference, 2 bare ImageItems (set + repaint):            {fmt(v['reference'])}")
-    print(f"  ratio ours/reference (median): {v['ours']['median'] / v['reference']['median']:.2f}; "
-          f"target p95 < 16 ms: {'met' if v['ours']['p95'] < 16 else 'NOT met'}")
+    print(f"  ratio of CPU medians ours/reference: {v['ours']['cpu_median'] / v['reference']['cpu_median']:.2f}; "
+          f"target p95 < 16 ms: wall {'met' if v['ours']['p95'] < 16 else 'NOT met'}, "
+          f"CPU {'met' if v['ours']['cpu_p95'] < 16 else 'NOT met'}")
     return 0
 
 
