@@ -256,7 +256,12 @@ def test_two_series_of_one_patient(tmp_path):
 def test_worker_pool_gives_the_same_workspace(cohort, tmp_path):
     drop, _ = cohort
     ingest([drop], tmp_path / "one.h5", CFG, workers=1)
-    ingest([drop], tmp_path / "two.h5", CFG, workers=2)
+    # from a thread, as the GUI runs it: workers come from a forkserver, not a fork
+    import threading
+
+    t = threading.Thread(target=ingest, args=([drop], tmp_path / "two.h5", CFG), kwargs={"workers": 2})
+    t.start()
+    t.join(120)
     with Workspace.open(tmp_path / "one.h5") as w1, Workspace.open(tmp_path / "two.h5") as w2:
         assert [p.pseudonym for p in w1.patients] == [p.pseudonym for p in w2.patients]
         np.testing.assert_array_equal(w1.read_images(w1.index()), w2.read_images(w2.index()))
