@@ -108,7 +108,8 @@ def headless_similarity(ckpt: Path, ws_path: Path, aggregate="mixture"):
     with Workspace.open(ws_path) as ws:
         enc = latent.encode_workspace(model, ws)
     pp = latent.aggregate_patients(enc, aggregate)
-    return pp.names, similarity.similarity_matrix(pp.mu, pp.logvar), similarity.similarity_matrix(pp.mu, pp.logvar, True)
+    directed = similarity.similarity_matrix(pp.mu, pp.logvar)
+    return pp.names, directed, similarity.similarity_matrix(pp.mu, pp.logvar, True)
 
 
 @pytest.fixture(params=["ct_rt", "ct_only"])

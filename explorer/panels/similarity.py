@@ -98,7 +98,8 @@ class SimilarityPanel(Panel):
         for key in AGGREGATES:
             self.aggregate.addItem(AGGREGATE_TEXT.get(key, key), key)
         self.aggregate.setToolTip("How a patient's slices make one posterior (training/latent.py): the "
-                                  "moment-matched mixture of its slices' posteriors, their product, or the middle slice")
+                                  "moment-matched mixture of its slices' posteriors, their product, "
+                                  "or the middle slice")
         self.split = QtWidgets.QComboBox()
         self.split.addItems(["all", "train", "test"])
         self.split.setToolTip("Which patients to encode")
@@ -318,7 +319,8 @@ class SimilarityPanel(Panel):
         self.result = result
         self.error = ""
         n = len(result.names)
-        self._set_message(f"{n} patients, one posterior each ({AGGREGATE_TEXT.get(result.aggregate, result.aggregate)})")
+        how = AGGREGATE_TEXT.get(result.aggregate, result.aggregate)
+        self._set_message(f"{n} patients, one posterior each ({how})")
         self._show_matrix()
 
     def _matrix_failed(self, _rid: int, message: str) -> None:
@@ -375,8 +377,8 @@ class SimilarityPanel(Panel):
             off = m[~np.eye(len(m), dtype=bool)] if len(m) > 1 else m.ravel()
             note = (f"dark blue = smallest, pale yellow = largest (log scale); off-diagonal "
                     f"{off.min():.3g} … {off.max():.3g} nats" if off.size else "")
-            self.heatmap.set_matrix(m, names, "½ (KL(q_i ‖ q_j) + KL(q_j ‖ q_i))" if sym else "KL(q_i ‖ q_j), row i, column j",
-                                    note)
+            title = "½ (KL(q_i ‖ q_j) + KL(q_j ‖ q_i))" if sym else "KL(q_i ‖ q_j), row i, column j"
+            self.heatmap.set_matrix(m, names, title, note)
             if self.state.selected_patient:
                 self.table.select_patient(self.state.selected_patient)
         self._show_nearest()
@@ -422,7 +424,7 @@ class SimilarityPanel(Panel):
         if what == "encoding" and self.worker.is_busy() and total:
             self.busy.setRange(0, total)
             self.busy.setValue(done)
-            self.busy.setFormat(f"encoding %v / %m")
+            self.busy.setFormat("encoding %v / %m")
 
     # -- export
     def export_matrix_csv(self, path) -> Path:

@@ -64,7 +64,8 @@ class StackView(pg.GraphicsLayoutWidget):
         self.stack_hu = stack.hu()
         self.labels = None if stack.labels is None else np.ascontiguousarray(stack.labels, np.uint8)
         n_classes = len(stack.roi_names) + 1 if stack.roi_names else 2
-        self._lut = overlay_lut(max(n_classes, int(self.labels.max()) + 1 if self.labels is not None and self.labels.size else 2))
+        top = int(self.labels.max()) + 1 if self.labels is not None and self.labels.size else 2
+        self._lut = overlay_lut(max(n_classes, top))
         h, w = self.stack_hu.shape[1:]
         for text, item in self._marks:
             item.setPos(*{"A": (w / 2, 0), "P": (w / 2, h), "R": (0, h / 2), "L": (w, h / 2)}[text])
