@@ -226,28 +226,41 @@ def display_slice(a: np.ndarray | None, spatial_dims: int) -> np.ndarray | None:
     return a
 
 
+def grey_uint8(ct) -> np.ndarray:
+    """[0, 1] → uint8 grey, round(255·clip(ct)) in float32 (training.images.to_uint8 in
+    float64 may differ by one level at exact half steps; this is for display only)."""
+    a = np.clip(np.asarray(ct, np.float32), 0.0, 1.0) * np.float32(255.0)
+    np.rint(a, out=a)
+    return a.astype(np.uint8)
+
+
 def display_rgb(ct, labels=None, n_classes: int = 0, alpha: float = 0.4) -> np.ndarray:
     """Grey CT (…, H, W) in [0, 1] with RT labels as a coloured overlay: uint8 (…, H, W, 3).
 
-    The same pixels as training.images.overlay_labels (grey = round(255·clip(ct)), each
-    class k ≥ 1 blended as (1 − α)·grey + α·colour[k], roi_colour_table colours), computed
-    for the whole batch at once (a 15×15 manifold is one call, not 225).
+    training.images.overlay_labels' blend (each class k ≥ 1 as (1 − α)·grey + α·colour[k],
+    roi_colour_table colours, class 0 not drawn) for a whole batch at once: every
+    (class, grey) pair is blended once into a table and each pixel is one lookup (a
+    15×15×128² manifold in tens of ms). Grey levels as grey_uint8.
     """
-    from training.images import roi_colour_table, to_uint8
+    from training.images import roi_colour_table
 
-    grey = to_uint8(ct)
-    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    grey = grey_uint8(ct)
     if labels is None:
-        return rgb
+        return np.repeat(grey[..., None], 3, axis=-1)
     lab = np.asarray(labels)
     if lab.shape != grey.shape:
         raise ValueError(f"labels {lab.shape} and CT {grey.shape} differ in shape")
     n = max(n_classes + 1, int(lab.max()) + 1 if lab.size else 1, 2)
     colours = roi_colour_table(n).astype(np.float64)
-    drawn = lab > 0
-    g = grey[drawn].astype(np.float64)[:, None]
-    rgb[drawn] = np.round((1.0 - alpha) * g + alpha * colours[lab[drawn]]).astype(np.uint8)
-    return rgb
+    g = np.arange(256, dtype=np.float64)[None, :, None]
+    lut = np.zeros((n, 256, 4), np.uint8)  # RGBA rows so a pixel is one 32-bit lookup
+    lut[..., :3] = np.round((1.0 - alpha) * g + alpha * colours[:, None, :])
+    lut[0, :, :3] = np.arange(256, dtype=np.uint8)[:, None]
+    idx = lab.astype(np.uint16)  # class·256 + grey, uint16 keeps the index arithmetic cheap
+    idx <<= 8
+    idx |= grey
+    out = lut.reshape(-1).view(np.uint32)[idx]
+    return out.view(np.uint8).reshape(*grey.shape, 4)[..., :3]  # a view: RGB of the RGBA rows
 
 
 def roi_legend(lm: LatentModel) -> list[tuple[str, tuple[int, int, int]]]:
@@ -291,7 +304,7 @@ def workspace_preprocess(lm: LatentModel, workspace=None):
 
 
 __all__ = [
-    "LatentModel", "WorkspaceLatents", "clear_caches", "code_at", "display_rgb", "display_slice",
+    "LatentModel", "WorkspaceLatents", "clear_caches", "code_at", "display_rgb", "display_slice", "grey_uint8",
     "encode_patients", "export_spacing", "load_latent_model", "nearest_to_code", "roi_legend",
     "quantile_coord", "quantile_to_z", "sigma_ellipse", "tile_side", "workspace_preprocess",
 ]

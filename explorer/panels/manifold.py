@@ -21,6 +21,8 @@ through the same monotone function, so they keep their place relative to the til
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from explorer.qt import Qt, QtCore, QtGui, QtWidgets, pg
@@ -152,12 +154,14 @@ class ManifoldPanel(LatentPanel):
         base = None
         if req["base"] != ZERO and wl is not None and req["base"] in wl.names:
             base = wl.patient_mu(req["base"])
+        t0 = time.perf_counter()
         m = latent.manifold(lm.model, n=req["n"], dims=(d0, d1), base=base,
                             prior_sigma2=lm.prior_sigma2, decoder=lm.decoder)
+        t1 = time.perf_counter()
         ct = latent_views.display_slice(m.images, lm.spatial_dims)
         lab = latent_views.display_slice(m.labels, lm.spatial_dims)
         shown = latent_views.display_rgb(ct, lab, lm.n_classes) if lab is not None else ct
-        return {"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
+        return {"decode_ms": (t1 - t0) * 1000.0, "overlay_ms": (time.perf_counter() - t1) * 1000.0,"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
                 "side": latent_views.tile_side(m.positions)}
 
     # -- display -----------------------------------------------------------------------
@@ -188,7 +192,7 @@ class ManifoldPanel(LatentPanel):
             self.selected = None
             self.selection.setData([], [])
         kind = "CT + RT" + self.legend(lm) if lm.n_classes else "CT only"
-        self.set_status(f"{n}×{n} images decoded and shown in {self.last_ms:.0f} ms · {kind} model, "
+        self.set_status(f"{n}×{n} images in {self.last_ms:.0f} ms (decoding {r['decode_ms']:.0f} ms) · {kind} model, "
                         f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
                         + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
 
