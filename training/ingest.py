@@ -7,26 +7,37 @@ What is stored, and why (see training/workspace.py for the file layout):
 - one entry per CT series (a patient's second series is "PAT-0001-2"); its source
   group keeps HU (int16, native grid), every ROI mask (packed bits) and the geometry,
   so changed preprocessing re-derives from the workspace without touching DICOM;
-- a quick-identity table: HMAC-free SHA-256 of (absolute path, size, mtime_ns) → the
-  file's content hash, its series and, for an unusable file, the reason. Re-dropping
-  unchanged files therefore reads no DICOM at all; a copied or touched file is hashed
-  (bytes only) and, when its series' content hash is unchanged, not parsed either.
+- a quick-identity table: SHA-256 of (absolute path, size, mtime_ns) → the file's
+  content hash (SHA-256 of its bytes), its series and, for an unusable file, the reason
+  and its (scrubbed) relative path. Re-dropping unchanged files therefore reads no DICOM
+  at all and leaves the workspace untouched; a copied or touched file is hashed (bytes
+  only) and, when its series' content hash is unchanged, not parsed further.
 - pseudonyms: HMAC-SHA256(salt, PatientID) → number; the salt is random per workspace.
+  DICOM UIDs (study, series, frame of reference, SOP instances in the geometry) are kept:
+  they are needed to attach RTSTRUCTs and are not names, IDs or birth dates.
+
+Several CT series of one patient: one entry each, "PAT-0001", "PAT-0001-2", …; the
+split keeps all of a patient's series on one side.
 
 Privacy of stored paths: unusable files are listed by their path relative to the
 dropped folder (the dropped folder's own name and everything above it are not stored).
 Folder names below it may be a user's naming with patient names or IDs in them, so
 every occurrence of a PatientID or PatientName (whole, its ^-separated parts, or spelt
 with _ / space) read from the headers of this drop is replaced by that patient's
-pseudonym before the path is stored.
+pseudonym before the path (or a warning) is stored. A folder named after a patient
+whose files were all already known (so not read this time) cannot be recognised; only
+its newly unusable files would be listed under that name.
 
-Parallelism: series are hashed, loaded, rasterised and preprocessed in a process pool of
-`workers` processes; the parent commits. At most `workers + 1` series are in flight, so
-memory grows with the largest series, not with the folder.
+Parallelism: header scanning (by folder chunks) and, per series, hashing, loading,
+rasterising, preprocessing and writing the entry's staged file run in a pool of
+`workers` processes (fork, or forkserver when the caller has threads, e.g. the GUI).
+At most `workers + 1` series are in flight and workers return only metadata, so memory
+grows with the largest series, not with the folder.
 
-Atomicity: each committed series lands as its own staged file (workspace.write_staged);
-the merge at the end (also after cancel or an error) folds them into a new copy of the
-workspace. A killed ingest leaves the workspace openable with every committed series.
+Atomicity: a worker writes its entry to a temporary file; the parent commits it (fsync,
+rename into W.h5.staging/) and copies it into the next workspace copy (workspace.Merger),
+which replaces the workspace at the end (also after cancel). A killed ingest leaves the
+workspace openable with every committed series (Workspace.open reads staged files).
 """
 
 from __future__ import annotations
