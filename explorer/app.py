@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+SWITCH_INTERVAL_S = 0.001
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -31,6 +33,10 @@ def create_app():
         QtGui.QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
             Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
         app = QtWidgets.QApplication(sys.argv[:1])
+    # Workers (ingest, training) run Python on other threads: the GUI thread waits up to
+    # one switch interval for the interpreter lock each time it needs it, so keep that
+    # short (5 ms by default) to keep the event loop on time.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     app.setApplicationName("ct-vae-explorer")
     app.setApplicationDisplayName("CT VAE Explorer")
     app.setOrganizationName("ct-vae-explorer")

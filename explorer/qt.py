@@ -13,7 +13,9 @@ from PySide6.QtCore import QObject, QSettings, Qt, QThread, QTimer, Signal, Slot
 
 import pyqtgraph as pg
 
-pg.setConfigOptions(imageAxisOrder="row-major", antialias=True, background="w", foreground="k")
+# antialias off: antialiased curves cost most of a redraw in software rendering and a
+# redraw every epoch must stay well under the 50 ms the event loop may be late.
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="w", foreground="k")
 
 __all__ = [
     "QtCore", "QtGui", "QtSvg", "QtWidgets", "QObject", "QSettings", "Qt", "QThread",

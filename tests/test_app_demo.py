@@ -39,7 +39,8 @@ def test_demo_builds_then_reuses(tiny_demo, data_dir, qtbot, monkeypatch):
     assert len(w.patient_list.pseudonyms()) == 3
     assert w.skipped.entries() == []
     wait_until(qtbot, lambda: not train.is_training(), 180, "the demo training")
-    assert train.plot.points("train", "total") == 2 and train.history.snapshots
+    wait_until(qtbot, lambda: train.history.snapshots, 5, "reconstructions")
+    assert train.plot.points("train", "total") == 2
     assert w.state.checkpoint_path == tiny_demo.demo_run_dir() / "last.pt"
     w.close()
 

@@ -28,6 +28,7 @@ def test_two_epochs_draw_curves_and_reconstructions(make_window, tiny_workspace,
     for split in ("train", "test"):
         for term in ("total", "recon", "kl"):
             assert panel.plot.points(split, term) == 2, (split, term)
+    wait_until(qtbot, lambda: len(panel.history.snapshots) == 2, 5, "the last reconstructions")
     assert [s.epoch for s in panel.history.snapshots] == [1, 2]
     grid = panel.history.grid.current
     assert grid is not None and grid.shape[0] > 4 * 32 and grid.std() > 0  # 4 rows of 32 px tiles

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from explorer import workers
 from explorer.panels import Panel
-from explorer.qt import Qt, QtGui, QtWidgets, Signal
+from explorer.qt import Qt, QTimer, QtGui, QtWidgets, Signal
 from explorer.settings import runs_dir
 from explorer.widgets.image_grid import ReconstructionHistory
 from explorer.widgets.loss_plot import LossPlot
@@ -24,6 +24,9 @@ MODEL_DEFAULTS = dict(latent_dim=8, filters=8, convs_per_block=1, n_blocks=3, dr
 TRAIN_DEFAULTS = dict(epochs=30, batch_size=16, lr=1e-3, seed=0, recon_sigma2=0.01, prior_sigma2=1.0,
                       mc_samples=1, ce_weight=1.0, ce_weighting="none", recon_every=2,
                       checkpoint_every=5, early_stopping_patience=0, n_recon_examples=6)
+
+
+RECON_DELAY_MS = 40
 
 
 def format_duration(seconds: float) -> str:
@@ -135,7 +138,7 @@ class TrainerPanel(Panel):
         progress_row.addWidget(self.progress, 1)
         progress_row.addWidget(self.batch_progress)
         progress_row.addWidget(self.eta)
-        self.eta.setMinimumWidth(150)
+        self.eta.setFixedWidth(self.eta.fontMetrics().horizontalAdvance("last ETA 00:00:00 · 0000 img/s") + 8)
 
         # continue banner (shown when a run was interrupted by closing the window)
         self.banner = QtWidgets.QFrame()
@@ -286,8 +289,8 @@ class TrainerPanel(Panel):
         self._check_interrupted()
 
     def on_checkpoint_changed(self, path: str) -> None:
-        if self.worker is not None or not path:
-            return
+        if self.worker is not None or not path or Path(path) == self.last_checkpoint:
+            return  # training, or our own run's checkpoint: its curves are already shown
         try:
             ckpt = workers.check_checkpoint(Path(path))
         except Exception:
@@ -355,6 +358,7 @@ class TrainerPanel(Panel):
         self.banner.hide()
         self.state.settings.set_interrupted_run(None, None)
         self.last_message = ""
+        self.last_checkpoint = None
         self._t_epochs = []
         self.progress.setRange(0, train.epochs)
         worker = workers.TrainingWorker(self.state.workspace_path, model, train, out_dir,
@@ -402,6 +406,7 @@ class TrainerPanel(Panel):
 
     # -- worker signals
     def _on_started(self, start_epoch: int, epochs: int) -> None:
+        self.plot.set_epoch_range(epochs)
         self.progress.setRange(0, epochs)
         self.progress.setValue(start_epoch)
         self._start_time = time.monotonic()
@@ -426,7 +431,9 @@ class TrainerPanel(Panel):
             self.state.show_message(f"Epoch {epoch}/{epochs}: train loss {total:.4g}", 0)
 
     def _on_recon(self, epoch: int, rows: list) -> None:
-        self.history.add_snapshot(epoch, rows)
+        # Drawn a moment after the epoch's curves, so the two redraws fall into separate
+        # turns of the event loop instead of one long one.
+        QTimer.singleShot(RECON_DELAY_MS, lambda: self.history.add_snapshot(epoch, rows))
 
     def _on_batch(self, batch: int, n_batches: int) -> None:
         self.batch_progress.setRange(0, max(n_batches, 1))

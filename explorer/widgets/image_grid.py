@@ -57,22 +57,27 @@ class ImageGrid(pg.GraphicsLayoutWidget):
     def set_rows(self, rows: list[tuple[str, np.ndarray]]) -> None:
         """rows: (label, images (n, H, W) in [0, 1]) from top to bottom."""
         image = mosaic([imgs for _, imgs in rows])
+        reshaped = self.current is None or self.current.shape != image.shape
         self.current = image
         self.item.setImage(image, levels=(0.0, 1.0), autoLevels=False)
-        for t in self._labels:
-            self.view.removeItem(t)
-        self._labels = []
         # Labels sit inside the first tile of each row (top-left, on a dark band), so they
-        # stay visible at any zoom without a margin outside the image.
-        n_rows = max(len(rows), 1)
-        row_h = (image.shape[0] + GAP) / n_rows
-        for i, (label, _) in enumerate(rows):
-            t = pg.TextItem(label, color=(255, 255, 255), fill=pg.mkBrush(0, 0, 0, 150), anchor=(0, 0))
-            t.setPos(0, i * row_h)
-            t.setZValue(2)
-            self.view.addItem(t)
-            self._labels.append(t)
-        self.view.autoRange(padding=0.02)
+        # stay visible at any zoom without a margin outside the image. They and the view
+        # range are only rebuilt when the layout changes (a redraw per epoch stays cheap).
+        labels = [label for label, _ in rows]
+        if reshaped or labels != [t.toPlainText() for t in self._labels]:
+            for t in self._labels:
+                self.view.removeItem(t)
+            self._labels = []
+            n_rows = max(len(rows), 1)
+            row_h = (image.shape[0] + GAP) / n_rows
+            for i, label in enumerate(labels):
+                t = pg.TextItem(label, color=(255, 255, 255), fill=pg.mkBrush(0, 0, 0, 150), anchor=(0, 0))
+                t.setPos(0, i * row_h)
+                t.setZValue(2)
+                self.view.addItem(t)
+                self._labels.append(t)
+        if reshaped:
+            self.view.autoRange(padding=0.02)
 
     def clear_images(self) -> None:
         self.current = None

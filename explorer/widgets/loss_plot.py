@@ -17,7 +17,7 @@ class LossPlot(pg.PlotWidget):
         self.setToolTip("Losses per epoch (per image); solid: train, dashed: test")
         self.plotItem.setLabel("bottom", "epoch")
         self.plotItem.setLabel("left", "loss")
-        self.plotItem.showGrid(x=True, y=True, alpha=0.2)
+        # no grid: in log mode its many minor lines cost most of each redraw
         self.data: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
 
@@ -54,6 +54,12 @@ class LossPlot(pg.PlotWidget):
                     continue
                 self.add(split, term, epoch, value)
 
+    def set_epoch_range(self, epochs: int) -> None:
+        """Fix the epoch axis to the whole run: the curves grow across it and the axis is
+        not re-laid out every epoch (only the loss axis follows the data)."""
+        self.plotItem.enableAutoRange(x=False)
+        self.plotItem.setXRange(0.5, max(epochs, 1) + 0.5, padding=0)
+
     def points(self, split: str, term: str) -> int:
         return len(self.data.get((split, term), ([], []))[0])
 
@@ -61,6 +67,7 @@ class LossPlot(pg.PlotWidget):
         self.plotItem.setLogMode(x=False, y=bool(on))
 
     def clear_curves(self) -> None:
+        self.plotItem.enableAutoRange(x=True)
         for curve in self.curves.values():
             self.plotItem.removeItem(curve)
         self.curves, self.data = {}, {}
