@@ -197,6 +197,13 @@ def test_no_identifiers_in_workspace_bytes(cohort, tmp_path):
     assert str(tmp_path).lower().encode() not in raw  # no absolute paths either
     with Workspace.open(ws_path) as ws:
         assert ws.skipped == [(skipped_paths[0], rep.skipped[0][1])]
+    # dropped again with a new unusable file beside the known series: still scrubbed
+    (named / "PHANTOM^001.txt").write_text("not dicom either")
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert not rep.added and sorted(p for p, _ in rep.skipped) == [
+        "PAT-0002 notes/PAT-0002 readme.txt", "PAT-0002 notes/PAT-0002.txt"]
+    raw = ws_path.read_bytes().lower()
+    assert b"phantom^001" not in raw and b"phantom_001" not in raw
 
 
 def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):

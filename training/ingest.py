@@ -24,9 +24,8 @@ dropped folder (the dropped folder's own name and everything above it are not st
 Folder names below it may be a user's naming with patient names or IDs in them, so
 every occurrence of a PatientID or PatientName (whole, its ^-separated parts, or spelt
 with _ / space) read from the headers of this drop is replaced by that patient's
-pseudonym before the path (or a warning) is stored. A folder named after a patient
-whose files were all already known (so not read this time) cannot be recognised; only
-its newly unusable files would be listed under that name.
+pseudonym before the path (or a warning) is stored. When a drop has new unusable files,
+one header of each already-known series in it is read for the same purpose.
 
 Parallelism: header scanning (by folder chunks) and, per series, hashing, loading,
 rasterising, preprocessing and writing the entry's staged file run in a pool of
@@ -680,6 +679,12 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     def rel(p) -> str:
         return clean(rel_of.get(str(p), str(p)))
 
+    if scan.skipped or scan.structs:
+        # Patients of this drop whose files were all known were not read; their names
+        # may still be folder names above a newly unusable file. One header each.
+        for s in sorted(known_series):
+            _learn_identifiers(known_by_series[s][:1], st, replacements)
+
     for s in scan.skipped:
         sp = str(_attr(s, "path", default=""))
         reason = str(_attr(s, "reason", default="unusable"))
@@ -776,6 +781,22 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         _call(progress, "ingest", done, total, label)
     if cancel and cancel():
         report.cancelled = True
+
+
+def _learn_identifiers(files: list[Path], st: _State, replacements: dict[str, str]) -> None:
+    import pydicom
+
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID", "PatientName"])
+        except Exception:
+            continue
+        pid, pname = str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or "")
+        if not pid:
+            continue
+        pseudo, _ = st.pseudonym_for(f"id:{pid}")
+        for tok in identifying_tokens([pid, pname]):
+            replacements.setdefault(tok, pseudo)
 
 
 def _merged_through(path: Path) -> int:
