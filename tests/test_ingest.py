@@ -133,6 +133,12 @@ def test_changed_parameters_rederive_without_dicom(cohort, tmp_path, monkeypatch
     with Workspace.open(ws_path) as ws:
         hash_before = ws.data_hash
     shutil.rmtree(drop)  # the DICOM files are gone: re-deriving must not need them
+    calls = []
+    rep = rederive(ws_path, CFG.replace(crop=16), workers=1, cancel=lambda: bool(calls),
+                   progress=lambda *a: calls.append(a))
+    assert rep.cancelled and not rep.rederived  # all or nothing
+    with Workspace.open(ws_path) as ws:
+        assert ws.data_hash == hash_before and ws.preprocess == CFG
     counter = DcmreadCounter(monkeypatch)
     new = CFG.replace(crop=None, size=16, mode="3d", depth=8, rois=("Heart",))
     rep = rederive(ws_path, new, workers=1)
