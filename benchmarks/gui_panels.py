@@ -94,7 +94,11 @@ def bench_latent(size: int = 128, n: int = 15, repeats: int = 60, rt: bool = Fal
     while interp.endpoints is None:
         app.processEvents()
     steps = np.linspace(0, SLIDER_STEPS, repeats + 5).astype(int)
-    times = []
+    z0, z1 = interp.endpoints["z0"], interp.endpoints["z1"]
+    model = lm.model
+    times, bare = [], []
+    # interleaved: each slider step, then the bare decode of the same code, so both see
+    # the same load on this shared machine
     for i, v in enumerate(steps):
         t0 = time.perf_counter()
         interp.slider.setValue(int(v) if int(v) != interp.slider.value() else int(v) - 1)
@@ -103,18 +107,14 @@ def bench_latent(size: int = 128, n: int = 15, repeats: int = 60, rt: bool = Fal
             app.processEvents()
         interp.image.viewport().repaint()
         dt = (time.perf_counter() - t0) * 1000.0
-        if i >= 5:
-            times.append(dt)
-    z0, z1 = interp.endpoints["z0"], interp.endpoints["z1"]
-    bare = []
-    model = lm.model
-    for i in range(repeats + 5):
-        z = torch.from_numpy(sampling.lerp(z0, z1, [i / (repeats + 4)]).astype(np.float32))
+        z = torch.from_numpy(sampling.lerp(z0, z1, [v / SLIDER_STEPS]).astype(np.float32))
         t0 = time.perf_counter()
         with torch.inference_mode():
             model.decode(z)
+        db = (time.perf_counter() - t0) * 1000.0
         if i >= 5:
-            bare.append((time.perf_counter() - t0) * 1000.0)
+            times.append(dt)
+            bare.append(db)
     out["slider_ms"] = {"median": _p(times, 50), "p95": _p(times, 95), "max": max(times)}
     out["slider_bare_decode_ms"] = {"median": _p(bare, 50), "p95": _p(bare, 95)}
     out["slider_sync"] = bool(np.median(interp.decode_ms[-5:]) <= 30.0)
@@ -133,7 +133,9 @@ def bench_latent(size: int = 128, n: int = 15, repeats: int = 60, rt: bool = Fal
     man.n_spin.setValue(n)
     man.n_spin.blockSignals(False)
     rounds = max(3, repeats // 12)
-    refresh, parts = [], []
+    codes = sampling.grid_codes(n, (0, 1), lm.latent_dim, prior_sigma2=lm.prior_sigma2).reshape(n * n, -1)
+    zt = torch.from_numpy(codes)
+    refresh, parts, bare_m = [], [], []
     for i in range(rounds + 1):
         before = man.refreshes
         t0 = time.perf_counter()
@@ -142,18 +144,15 @@ def bench_latent(size: int = 128, n: int = 15, repeats: int = 60, rt: bool = Fal
         while man.refreshes == before:
             app.processEvents()
         man.view.viewport().repaint()
-        if i:
-            refresh.append((time.perf_counter() - t0) * 1000.0)
-            parts.append((man.result["decode_ms"], man.result["overlay_ms"]))
-    codes = sampling.grid_codes(n, (0, 1), lm.latent_dim, prior_sigma2=lm.prior_sigma2).reshape(n * n, -1)
-    zt = torch.from_numpy(codes)
-    bare_m = []
-    for i in range(rounds + 1):
+        dt = (time.perf_counter() - t0) * 1000.0
         t0 = time.perf_counter()
         with torch.inference_mode():
             model.decode(zt)
+        db = (time.perf_counter() - t0) * 1000.0
         if i:
-            bare_m.append((time.perf_counter() - t0) * 1000.0)
+            refresh.append(dt)
+            bare_m.append(db)
+            parts.append((man.result["decode_ms"], man.result["overlay_ms"]))
     # naive GUI: a decode call per tile and a fresh ImageItem for each
     naive = []
     view = pg.GraphicsLayoutWidget()
