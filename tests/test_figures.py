@@ -194,3 +194,50 @@ def test_latest_worker_replaces_queued_and_drops_stale(qtbot):
     assert not worker.is_busy()
     worker.shutdown()
     assert worker.submit(slow, 1) == -1
+
+
+_HIDPI_SCRIPT = r"""
+import sys
+import numpy as np
+from explorer.qt import QtGui, pg
+from explorer import figures
+app = pg.mkQApp()
+w = pg.GraphicsLayoutWidget()
+w.resize(200, 150)
+plot = w.addPlot()
+plot.invertY(True)
+data = np.zeros((40, 60), np.float32)
+data[:, 30:] = 1.0
+item = pg.ImageItem(data, levels=(0, 1))
+plot.addItem(item)
+w.show()
+app.processEvents()
+plot.autoRange(padding=0)
+app.processEvents()
+out = figures.export_png(w, sys.argv[1])
+img = QtGui.QImage(str(out))
+vp = w.viewport().size()
+s = figures.true_pixel_scale(w)
+r = w.mapFromScene(item.mapRectToScene(item.boundingRect())).boundingRect()
+cy = (r.top() + r.height() // 2) * s
+left = QtGui.QColor(img.pixel((r.left() + r.width() // 4) * s, cy)).value()
+right = QtGui.QColor(img.pixel((r.left() + 3 * r.width() // 4) * s, cy)).value()
+print(left, right, w.devicePixelRatioF(), vp.width(), vp.height(), s, img.width(), img.height())
+"""
+
+
+def test_png_not_halved_on_hidpi(tmp_path):
+    """Under a 2× screen scale the PNG is still logical size × true-pixel scale (no halving
+    and no doubling by the device pixel ratio)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "QT_SCALE_FACTOR": "2"}
+    res = subprocess.run([sys.executable, "-c", _HIDPI_SCRIPT, str(tmp_path / "h.png")], env=env,
+                         capture_output=True, text=True, timeout=120, cwd=os.getcwd())
+    assert res.returncode == 0, res.stderr
+    left, right, dpr, w, h, scale, iw, ih = res.stdout.split()[-8:]
+    assert float(dpr) == 2.0
+    assert int(left) < 30 and int(right) > 225  # the image fills its place, black | white
+    assert (int(iw), int(ih)) == (int(w) * int(scale), int(h) * int(scale))
