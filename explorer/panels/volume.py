@@ -273,8 +273,9 @@ class VolumePanel(Panel):
             text = ("3D workspace: each patient is one volume; the slider moves through its depth "
                     "slices (inferior → superior) on both sides.")
         elif self.mode == "2d":
-            text = ("2D workspace: the patient's stack of slices beside the per-slice reconstructions "
-                    "(each slice encoded and decoded on its own).")
+            text = ("2D workspace: a patient is a stack of slices and the model encodes and decodes "
+                    "each slice on its own, so the right side is built slice by slice (per-slice "
+                    "reconstructions).")
         else:
             text = ""
         self.note.setText(text + " Anterior at the top, patient's left on the image's right (R | L marked).")
