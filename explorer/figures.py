@@ -54,6 +54,20 @@ Table = Union[tuple[Sequence[str], Iterable[Sequence[Any]]], np.ndarray, Mapping
 ViewLike = Union[QtWidgets.QGraphicsView, Callable[[], QtWidgets.QGraphicsView]]
 
 
+def _readable(path: Path) -> Path:
+    """Exports are for sharing: the temp file behind the atomic write is created 0600;
+    give the result the permissions a normally created file would have (umask)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    try:
+        os.chmod(path, 0o666 & ~mask)
+    except OSError:
+        pass
+    return path
+
+
 def _view(view: ViewLike) -> QtWidgets.QGraphicsView:
     v = view() if callable(view) and not isinstance(view, QtWidgets.QGraphicsView) else view
     if not isinstance(v, QtWidgets.QGraphicsView):
@@ -131,7 +145,7 @@ def _qimage_bytes(img: QtGui.QImage, fmt: str = "PNG") -> bytes:
 
 def export_png(view: ViewLike, path, scale: int | None = None) -> Path:
     """Write the view as PNG at true pixel scale (see module docstring); the path."""
-    return atomic_write_bytes(Path(path), _qimage_bytes(render_image(view, scale)))
+    return _readable(atomic_write_bytes(Path(path), _qimage_bytes(render_image(view, scale))))
 
 
 _IMAGE_TAG = re.compile(r"<image\b([^>]*)>")
@@ -141,6 +155,35 @@ _RENDERING_ATTR = re.compile(r'\s(?:image-rendering|style)="[^"]*"')
 def _pixelated(match: re.Match) -> str:
     attrs = _RENDERING_ATTR.sub("", match.group(1))
     return f'<image image-rendering="pixelated" style="image-rendering:pixelated"{attrs}>'
+
+
+_GROUP = re.compile(r"(<g\b[^>]*>)(.*?)(</g>)", re.S)
+_MATRIX = re.compile(r'transform="matrix\(([^)]*)\)"')
+_STROKE_W = re.compile(r'stroke-width="([0-9.eE+-]+)"')
+_NON_SCALING = ' vector-effect="non-scaling-stroke"'
+
+
+def _bake_cosmetic_strokes(match: re.Match) -> str:
+    """A cosmetic (screen-width) pen inside a scaled group: Qt writes the data-space
+    transform and vector-effect="non-scaling-stroke", which SVG 1.1 renderers
+    (ImageMagick, older editors) ignore, drawing 1 px lines 50× thick. Divide the width
+    by the group's scale instead, which every renderer draws the same."""
+    head, body, tail = match.groups()
+    m = _MATRIX.search(head)
+    if _NON_SCALING not in body or m is None:
+        return match.group(0)
+    try:
+        a, b, c, d = (float(v) for v in m.group(1).replace(" ", ",").split(",")[:4])
+    except ValueError:
+        return match.group(0)
+    scale = math.sqrt(abs(a * d - b * c))
+    if scale <= 0:
+        return match.group(0)
+    w = _STROKE_W.search(head)
+    width = float(w.group(1)) if w else 1.0
+    new = f'stroke-width="{width / scale:.6g}"'
+    head = _STROKE_W.sub(new, head) if w else head.replace("<g ", f"<g {new} ", 1)
+    return head + body.replace(_NON_SCALING, "") + tail
 
 
 def svg_bytes(view: ViewLike, title: str = "") -> bytes:
@@ -164,11 +207,12 @@ def svg_bytes(view: ViewLike, title: str = "") -> bytes:
     text = bytes(buf.data()).decode("utf-8")
     # Viewers smooth embedded images by default; a CT pixel must stay a square.
     text = _IMAGE_TAG.sub(_pixelated, text)
+    text = _GROUP.sub(_bake_cosmetic_strokes, text)
     return text.encode("utf-8")
 
 
 def export_svg(view: ViewLike, path, title: str = "") -> Path:
-    return atomic_write_bytes(Path(path), svg_bytes(view, title))
+    return _readable(atomic_write_bytes(Path(path), svg_bytes(view, title)))
 
 
 def pdf_bytes(view: ViewLike, title: str = "") -> bytes:
@@ -194,7 +238,7 @@ def pdf_bytes(view: ViewLike, title: str = "") -> bytes:
 
 
 def export_pdf(view: ViewLike, path, title: str = "") -> Path:
-    return atomic_write_bytes(Path(path), pdf_bytes(view, title))
+    return _readable(atomic_write_bytes(Path(path), pdf_bytes(view, title)))
 
 
 def table_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
@@ -234,7 +278,7 @@ def csv_text(table: Table) -> str:
 
 def export_csv(table: Table, path) -> Path:
     """Write the numbers behind a figure as CSV (floats in shortest round-trip form)."""
-    return atomic_write_text(Path(path), csv_text(table))
+    return _readable(atomic_write_text(Path(path), csv_text(table)))
 
 
 def copy_to_clipboard(view: ViewLike, scale: int | None = None) -> QtGui.QImage:

@@ -64,8 +64,13 @@ def test_svg_embeds_full_resolution_image(qtbot, tmp_path):
     from explorer import figures
     from explorer.qt import QtGui
 
+    from explorer.qt import pg
+
     data = np.linspace(0, 1, 37 * 23, dtype=np.float32).reshape(37, 23)
     view, _ = _image_view(qtbot, data)
+    plot = view.getItem(0, 0)
+    plot.addItem(pg.PlotCurveItem([0, 10, 20], [0, 30, 5], pen=pg.mkPen((200, 0, 0), width=2)))
+    qtbot.wait(10)
     out = figures.export_svg(view, tmp_path / "f.svg", title="t")
     root = ET.parse(out).getroot()
     images = [e for e in root.iter() if e.tag.endswith("image")]
@@ -81,6 +86,15 @@ def test_svg_embeds_full_resolution_image(qtbot, tmp_path):
     assert (23, 37) in sizes  # the data's own resolution (width, height)
     # text stays text (axis labels)
     assert any(e.tag.endswith("text") for e in root.iter())
+    # the 2 px cosmetic pen stays 2 px in renderers without vector-effect: width × scale
+    import re
+
+    assert "non-scaling-stroke" not in out.read_text()
+    red = [g for g in root.iter() if g.tag.endswith("g") and g.get("stroke") == "#c80000"]
+    assert red
+    for g in red:
+        a, b, c, d = (float(v) for v in re.search(r"matrix\(([^)]*)\)", g.get("transform")).group(1).split(",")[:4])
+        assert float(g.get("stroke-width")) * abs(a * d - b * c) ** 0.5 == pytest.approx(2.0, rel=1e-3)
 
 
 def test_pdf_and_csv(qtbot, tmp_path):
@@ -90,6 +104,12 @@ def test_pdf_and_csv(qtbot, tmp_path):
     view, _ = _image_view(qtbot, data)
     pdf = figures.export_pdf(view, tmp_path / "f.pdf")
     raw = pdf.read_bytes()
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(pdf.stat().st_mode) == 0o666 & ~mask  # not the temp file's 0600
     assert raw.startswith(b"%PDF") and b"%%EOF" in raw[-64:]
 
     # the three table forms

@@ -63,6 +63,7 @@ class ManifoldPanel(LatentPanel):
         self.plot.setAspectLocked(True)
         self.plot.setMenuEnabled(False)
         self.plot.showGrid(False, False)
+        self.plot.getAxis("left").setWidth(56)  # room for tick labels and the rotated label
         self.hover = pg.TextItem("", color=(0, 0, 0), anchor=(0, 1), fill=pg.mkBrush(255, 255, 255, 200))
         self.hover.setZValue(20)
         self.hover.setVisible(False)  # an empty TextItem still paints its filled box
