@@ -111,6 +111,8 @@ def test_pdf_and_csv(qtbot, tmp_path):
     os.umask(mask)
     assert stat.S_IMODE(pdf.stat().st_mode) == 0o666 & ~mask  # not the temp file's 0600
     assert raw.startswith(b"%PDF") and b"%%EOF" in raw[-64:]
+    assert b"/Width 16" in raw and b"/Height 16" in raw  # the image at its own resolution
+    assert b"/Interpolate true" not in raw  # viewers must not smooth CT pixels
 
     # the three table forms
     figures.export_csv({"x": [1.5, 2.0], "n": np.array([3, 4])}, tmp_path / "a.csv")
