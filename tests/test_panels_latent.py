@@ -199,6 +199,8 @@ def test_manifold_click_shows_cell_code(qtbot, setup):
     np.testing.assert_allclose(xs, wl.patients.mu[:, 0])
     np.testing.assert_allclose(ys, wl.patients.mu[:, 1])
     assert len(p.ellipses) == 3
+    state.select_patient("PAT-0002")  # picked in the patient list: highlighted
+    assert [pt.size() for pt in p.points.points()] == [7, 11, 7]
     # hovering shows z
     p._moved(scene)
     assert p.hover.isVisible() and f"z0 = {cx:.3f}" in p.hover.toPlainText()

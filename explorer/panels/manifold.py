@@ -31,6 +31,7 @@ from explorer.widgets.latent_canvas import (CTImageView, LatentPanel, fill_dim_c
 
 ZERO = "zero (prior mean)"
 PATIENT_COLOUR = (220, 40, 40)
+SELECTED_COLOUR = (255, 170, 0)  # the patient picked in the patient list
 
 
 class ManifoldPanel(LatentPanel):
@@ -274,14 +275,21 @@ class ManifoldPanel(LatentPanel):
         pp = r["wl"].patients
         mu, sd = pp.mu[:, [d0, d1]], pp.sigma[:, [d0, d1]]
         xy = self.to_plot(mu)
+        chosen = [name == self.state.selected_patient for name in pp.names]
         self.points.setData(x=xy[:, 0], y=xy[:, 1], data=list(pp.names),
+                            brush=[pg.mkBrush(*(SELECTED_COLOUR if c else PATIENT_COLOUR)) for c in chosen],
+                            size=[11 if c else 7 for c in chosen],
                             tip=lambda x, y, data: f"{data}\nµ = ({self.to_z(x):.3f}, {self.to_z(y):.3f})")
         for i in range(len(mu)):
             pts = self.to_plot(sigma_ellipse(mu[i], sd[i]))
-            e = pg.PlotCurveItem(pts[:, 0], pts[:, 1], pen=pg.mkPen(*PATIENT_COLOUR, width=1.2))
+            colour = SELECTED_COLOUR if chosen[i] else PATIENT_COLOUR
+            e = pg.PlotCurveItem(pts[:, 0], pts[:, 1], pen=pg.mkPen(*colour, width=2.4 if chosen[i] else 1.2))
             e.setZValue(9)
             self.plot.addItem(e)
             self.ellipses.append(e)
+
+    def on_patient_selected(self, pseudonym: str) -> None:
+        self._draw_patients()  # highlight the patient picked in the list
 
     # -- interaction -------------------------------------------------------------------
     def cell_at(self, x: float, y: float) -> tuple[int, int] | None:
