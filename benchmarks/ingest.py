@@ -151,19 +151,22 @@ def main() -> int:
         t_bare = best_of(lambda: bare_load(series_dirs), args.repeat)
         k = [0]
 
-        def run_ingest(drop, c=cfg):
+        def run_ingest(drop, c=cfg, workers=args.workers):
             k[0] += 1
             ws = tmp / f"w{k[0]}.h5"
-            ingest([drop], ws, c, workers=args.workers)
+            ingest([drop], ws, c, workers=workers)
             return ws
 
         t_ing = best_of(lambda: run_ingest(drop_ct), args.repeat)
+        t_ing1 = best_of(lambda: run_ingest(drop_ct, workers=1), args.repeat)
         t_ing_rt = best_of(lambda: run_ingest(drop_rt, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart"))),
                            args.repeat)
         ws = run_ingest(drop_rt, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart")))
         print(f"bare pydicom loop (CT only)       {t_bare:7.2f} s  {n_files / t_bare:7.0f} slices/s")
         print(f"ingest (CT only)                  {t_ing:7.2f} s  {n_files / t_ing:7.0f} slices/s  "
               f"ratio {t_bare / t_ing:.2f}× (target ≥ 1.5×)")
+        print(f"ingest (CT only), workers=1       {t_ing1:7.2f} s  {n_files / t_ing1:7.0f} slices/s  "
+              f"ratio {t_bare / t_ing1:.2f}×")
         print(f"ingest (CT + RTSTRUCT, 6 ROIs)    {t_ing_rt:7.2f} s  {n_files / t_ing_rt:7.0f} slices/s  "
               f"ratio {t_bare / t_ing_rt:.2f}×")
 
@@ -177,7 +180,8 @@ def main() -> int:
         t_open = time.perf_counter() - t0
         hidden.rename(drop_rt)
         print(f"open + first batch {batch.shape}  {t_open * 1000:7.1f} ms = "
-              f"{100 * t_open / t_ing_rt:.2f}% of its ingest (target < 1%)")
+              f"{100 * t_open / t_ing_rt:.2f}% of its ingest, {100 * t_open / t_ing:.2f}% of the "
+              "CT-only ingest (target < 1%)")
         t0 = time.perf_counter()
         rep = ingest([drop_rt], ws, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart")), workers=args.workers)
         t_re = time.perf_counter() - t0

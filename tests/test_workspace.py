@@ -108,15 +108,16 @@ def test_batches_larger_than_memory_read_chunk_by_chunk(tmp_path, monkeypatch):
         calls.append(source_sel)
         return orig(self, arr, source_sel, dest_sel)
 
-    monkeypatch.setattr(h5py.Dataset, "read_direct", spy)
-    monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda *a: pytest.fail("whole-array read"))
     with Workspace.open(p) as ws:
+        monkeypatch.setattr(h5py.Dataset, "read_direct", spy)
+        monkeypatch.setattr(h5py.Dataset, "__getitem__", lambda *a: pytest.fail("whole-array read"))
         idx = ws.index()
         seen = 0
         for start in range(0, len(idx), 4):
             batch = ws.read_images(idx[start:start + 4])
             seen += len(batch)
         assert seen == len(idx)
+        monkeypatch.undo()
     assert calls and all(isinstance(s, slice) for s in calls)
 
 

@@ -480,6 +480,7 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
                     raise IngestCancelled()
                 dst.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
                 wsmod._record_splits(dst)
+                wsmod._write_entry_table(dst)
                 prov = wsmod._read_meta(src, "provenance", [])
                 prov.append({"time": wsmod.now_iso(), "tool_version": __version__, "action": "rederive",
                              "preprocess": cfg.to_dict(), "n_entries": len(report.rederived)})

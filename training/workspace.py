@@ -278,6 +278,32 @@ def _record_splits(f: h5py.File) -> None:
         ents[k].attrs["split"] = splits[p]
 
 
+def _entry_row(g: h5py.Group, phash: str) -> dict:
+    """What Workspace.open needs about one entry (a row of /meta/entries)."""
+    d = g.get("derived/" + phash)
+    img = d["images"] if d is not None and "images" in d else None
+    src = g.get("source")
+    return {
+        "pseudonym": str(g.attrs.get("pseudonym", g.name.rsplit("/", 1)[-1])),
+        "patient": str(g.attrs.get("patient", g.name.rsplit("/", 1)[-1])),
+        "content_hash": str(g.attrs.get("content_hash", "")),
+        "spacing": [float(v) for v in g.attrs.get("spacing", (1.0, 1.0, 1.0))],
+        "rois": json.loads(g.attrs.get("rois", "[]")),
+        "warnings": json.loads(g.attrs.get("warnings", "[]")),
+        "has_source": src is not None,
+        "source_shape": list(src["hu"].shape) if src is not None else None,
+        "n_images": int(img.shape[0]) if img is not None else 0,
+        "image_shape": list(img.shape[1:]) if img is not None else None,
+        "has_labels": bool(d is not None and "labels" in d),
+    }
+
+
+def _write_entry_table(f: h5py.File) -> None:
+    """/meta/entries: one JSON row per entry, so opening reads one dataset, not N groups."""
+    phash = str(f.attrs["preprocess_hash"])
+    _write_meta(f, "entries", {k: _entry_row(f["entries"][k], phash) for k in f["entries"]})
+
+
 def _data_hash(phash: str, rows: Iterable[tuple[str, str, str]]) -> str:
     h = hashlib.sha256(phash.encode())
     for label, content, split in sorted(rows):
@@ -456,6 +482,7 @@ class Merger:
             d.attrs["image_shape"] = np.asarray(self.shape, dtype=np.int64)
             d.attrs["merged_through"] = int(self.max_seq)
             _record_splits(d)
+            _write_entry_table(d)
             _write_meta(d, "identity", self.identity)
             _write_meta(d, "pseudonyms", self.pseudonyms)
             _write_meta(d, "provenance", self.provenance)
@@ -543,6 +570,7 @@ def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray
                                                     images=arr, labels=lab,
                                                     rois=tuple(cfg.rois)), phash)
             _record_splits(f)
+            _write_entry_table(f)
             _write_meta(f, "provenance", [{"time": now_iso(), "tool_version": __version__,
                                            "source": "arrays", "n_entries": len(images),
                                            "preprocess": cfg.to_dict()}])
@@ -562,47 +590,40 @@ class Workspace:
     Rows are (patient index, image index) into `patients` and that entry's images.
     """
 
-    def __init__(self, path: Path, files: list[h5py.File], groups: list[h5py.Group],
-                 main: h5py.File):
+    def __init__(self, path: Path, files: list[h5py.File], main: h5py.File,
+                 entries: list[tuple[str, h5py.File, dict]]):
         self.path = path
         self._files = files
         self._main = main
         self.preprocess: PreprocessConfig = PreprocessConfig.from_json(main.attrs["preprocess"])
         self.preprocess_hash: str = str(main.attrs["preprocess_hash"])
         self.schema_version = int(main.attrs["schema_version"])
-        self._groups = groups
-        self._images: list[h5py.Dataset | None] = []
-        self._labels: list[h5py.Dataset | None] = []
+        # (label, file holding it, row); datasets are looked up on first read
+        self._entries = entries
+        self._ds: dict[tuple[str, int], h5py.Dataset | None] = {}
         shape = tuple(int(v) for v in main.attrs["image_shape"])
-        patients_of = [g.attrs.get("patient", g.name.rsplit("/", 1)[-1]) for g in groups]
-        splits = assign_splits(patients_of, float(main.attrs["test_fraction"]),
+        if not shape:
+            shape = next((tuple(r["image_shape"]) for _, _, r in entries if r["image_shape"]), ())
+        self.image_shape: tuple[int, ...] = tuple(int(v) for v in shape)
+        splits = assign_splits([r["patient"] for _, _, r in entries], float(main.attrs["test_fraction"]),
                                int(main.attrs["split_seed"]))
         infos = []
-        for g, pat in zip(groups, patients_of):
-            d = g.get("derived/" + self.preprocess_hash)
-            img = d["images"] if d is not None else None
-            if img is not None and not shape:
-                shape = img.shape[1:]
-            if img is not None and img.shape[1:] != shape:
-                img = None  # cannot be batched with the others; listed with n_images 0
-            self._images.append(img)
-            self._labels.append(d["labels"] if d is not None and "labels" in d and img is not None
-                                else None)
-            src = g.get("source")
+        for _, _, r in entries:
+            ok = r["image_shape"] is not None and tuple(r["image_shape"]) == self.image_shape
             infos.append(PatientInfo(
-                pseudonym=str(g.attrs.get("pseudonym", g.name.rsplit("/", 1)[-1])),
-                n_images=0 if img is None else int(img.shape[0]),
-                spacing=tuple(float(v) for v in g.attrs.get("spacing", (1.0, 1.0, 1.0))),
-                rois=tuple(json.loads(g.attrs.get("rois", "[]"))),
-                split=splits[pat],
-                patient=str(pat),
-                content_hash=str(g.attrs.get("content_hash", "")),
-                source_shape=tuple(src["hu"].shape) if src is not None else None,
-                warnings=tuple(json.loads(g.attrs.get("warnings", "[]"))),
-                has_source=src is not None,
+                pseudonym=r["pseudonym"],
+                # an entry that cannot be batched with the others is listed with 0 images
+                n_images=r["n_images"] if ok else 0,
+                spacing=tuple(r["spacing"]),
+                rois=tuple(r["rois"]),
+                split=splits[r["patient"]],
+                patient=r["patient"],
+                content_hash=r["content_hash"],
+                source_shape=tuple(r["source_shape"]) if r["source_shape"] else None,
+                warnings=tuple(r["warnings"]),
+                has_source=bool(r["has_source"]),
             ))
         self.patients: list[PatientInfo] = infos
-        self.image_shape: tuple[int, ...] = tuple(int(v) for v in shape)
         self.roi_names: tuple[str, ...] = tuple(self.preprocess.rois)
         self.data_hash: str = _data_hash(
             self.preprocess_hash, ((p.pseudonym, p.content_hash, p.split) for p in infos))
@@ -620,7 +641,12 @@ class Workspace:
         files = [main]
         try:
             _check_format(main, path)
-            groups = {k: main["entries"][k] for k in main["entries"]}
+            phash = str(main.attrs["preprocess_hash"])
+            table = _read_meta(main, "entries", None)
+            names = list(main["entries"])
+            if table is None or set(table) != set(names):
+                table = {k: _entry_row(main["entries"][k], phash) for k in names}
+            found: dict[str, tuple[str, h5py.File, dict]] = {k: (k, main, table[k]) for k in names}
             for _, p in list_staged(path, int(main.attrs.get("merged_through", 0))):
                 try:
                     sf = h5py.File(p, "r")
@@ -631,9 +657,8 @@ class Workspace:
                     continue
                 files.append(sf)
                 for k in sf["entries"]:
-                    groups[k] = sf["entries"][k]
-            ordered = [groups[k] for k in sorted(groups)]
-            return cls(path, files, ordered, main)
+                    found[k] = (k, sf, _entry_row(sf["entries"][k], phash))
+            return cls(path, files, main, [found[k] for k in sorted(found)])
         except BaseException:
             for f in files:
                 f.close()
@@ -700,7 +725,22 @@ class Workspace:
             return np.zeros((0, 2), dtype=np.int64)
         return np.concatenate(parts).astype(np.int64)
 
-    def _read(self, datasets: list, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def _group(self, p: int) -> h5py.Group:
+        label, f, _ = self._entries[p]
+        return f["entries"][label]
+
+    def _dataset(self, kind: str, p: int) -> h5py.Dataset | None:
+        """The entry's images or labels for the current preprocessing (None if absent)."""
+        key = (kind, p)
+        if key not in self._ds:
+            ds = None
+            if self.patients[p].n_images:
+                d = self._group(p).get(f"derived/{self.preprocess_hash}")
+                ds = d.get(kind) if d is not None else None
+            self._ds[key] = ds
+        return self._ds[key]
+
+    def _read(self, kind: str, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         # Consecutive rows of one patient become one slice read; others one chunk each.
         n = len(rows)
         b = 0
@@ -709,11 +749,11 @@ class Workspace:
             e = b + 1
             while e < n and rows[e, 0] == p and rows[e, 1] == i + (e - b):
                 e += 1
-            if not 0 <= p < len(datasets):
-                raise IndexError(f"patient index {p} out of range (0..{len(datasets) - 1})")
-            ds = datasets[p]
+            if not 0 <= p < len(self._entries):
+                raise IndexError(f"patient index {p} out of range (0..{len(self._entries) - 1})")
+            ds = self._dataset(kind, p)
             if ds is None:
-                raise IndexError(f"patient {p} has no images for the current preprocessing")
+                raise IndexError(f"patient {p} has no {kind} for the current preprocessing")
             if i < 0 or i + (e - b) > ds.shape[0]:
                 raise IndexError(f"image rows {i}..{i + e - b - 1} out of range for patient {p}")
             ds.read_direct(out, np.s_[i:i + (e - b)], np.s_[b:e])
@@ -725,7 +765,7 @@ class Workspace:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         if out is None:
             out = np.empty((len(rows), *self.image_shape), dtype=np.float32)
-        return self._read(self._images, rows, out)
+        return self._read("images", rows, out)
 
     def read_labels(self, rows: np.ndarray | Sequence, out: np.ndarray | None = None) -> np.ndarray | None:
         """uint8 (B, *image_shape): 0 = complement, k = roi_names[k-1]; None for CT only."""
@@ -734,9 +774,7 @@ class Workspace:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1, 2)
         if out is None:
             out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
-        if any(self._labels[int(p)] is None for p in np.unique(rows[:, 0])):
-            raise IndexError("a requested patient has no labels for the current preprocessing")
-        return self._read(self._labels, rows, out)
+        return self._read("labels", rows, out)
 
     def read_patient(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """All preprocessed images (and labels) of one entry."""
@@ -746,11 +784,11 @@ class Workspace:
 
     def read_source(self, index: int) -> tuple[np.ndarray, dict[str, np.ndarray], VolumeGeometry | None]:
         """Native HU int16 (z, y, x), ROI masks and geometry of one entry."""
-        g = self._groups[index]
+        g = self._group(index)
         if "source" not in g:
             raise WorkspaceError(f"{self.patients[index].pseudonym}: no source data stored")
         return read_source(g["source"])
 
     def images_dataset(self, index: int) -> h5py.Dataset | None:
         """The h5py dataset behind an entry's images (chunk layout checks, streaming)."""
-        return self._images[index]
+        return self._dataset("images", index)
