@@ -145,6 +145,7 @@ class ManifoldPanel(LatentPanel):
         if d0 == d1:
             raise ValueError(f"choose two different latent dimensions (both are z{d0})")
         wl = None
+        t_enc = time.perf_counter()
         if req["workspace"]:
             try:
                 wl = latent_views.encode_patients(lm, req["workspace"])
@@ -157,13 +158,14 @@ class ManifoldPanel(LatentPanel):
         if req["base"] != ZERO and wl is not None and req["base"] in wl.names:
             base = wl.patient_mu(req["base"])
         t0 = time.perf_counter()
+        encode_ms = (t0 - t_enc) * 1000.0  # ~0 when the encoding is cached
         m = latent.manifold(lm.model, n=req["n"], dims=(d0, d1), base=base,
                             prior_sigma2=lm.prior_sigma2, decoder=lm.decoder)
         t1 = time.perf_counter()
         ct = latent_views.display_slice(m.images, lm.spatial_dims)
         lab = latent_views.display_slice(m.labels, lm.spatial_dims)
         shown = latent_views.display_rgb(ct, lab, lm.n_classes) if lab is not None else ct
-        return {"decode_ms": (t1 - t0) * 1000.0, "overlay_ms": (time.perf_counter() - t1) * 1000.0,"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
+        return {"decode_ms": (t1 - t0) * 1000.0, "encode_ms": encode_ms, "overlay_ms": (time.perf_counter() - t1) * 1000.0,"manifold": m, "shown": shown, "lm": lm, "wl": wl, "base_name": req["base"] if base is not None else ZERO,
                 "side": latent_views.tile_side(m.positions)}
 
     # -- display -----------------------------------------------------------------------
@@ -194,7 +196,8 @@ class ManifoldPanel(LatentPanel):
             self.selected = None
             self.selection.setData([], [])
         kind = "CT + RT" + self.legend(lm) if lm.n_classes else "CT only"
-        self.set_status(f"{n}×{n} images in {self.last_ms:.0f} ms (decoding {r['decode_ms']:.0f} ms) · {kind} model, "
+        enc = f", encoding the workspace {r['encode_ms']:.0f} ms" if r["encode_ms"] > 50 else ""
+        self.set_status(f"{n}×{n} images in {self.last_ms:.0f} ms (decoding {r['decode_ms']:.0f} ms{enc}) · {kind} model, "
                         f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
                         + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
 
