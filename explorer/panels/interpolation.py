@@ -187,6 +187,7 @@ class InterpolationPanel(LatentPanel):
 
     def _show_decoded(self, z, t, ct, labels, shown, ms) -> None:
         self.decode_ms.append(ms)
+        del self.decode_ms[:-50]  # the sync/async choice only looks at the last few
         self.current_code, self.current_image, self.current_labels = z, ct, labels
         self.image.set_image(shown)
         title = f"Decoded on the {self.endpoints['method']} path {self.path_text}"
