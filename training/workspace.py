@@ -4,11 +4,16 @@ Layout of ``W.h5`` (schema version 1)::
 
     attrs      format, schema_version, tool_version, created, modified, preprocess (JSON),
                preprocess_hash, image_shape, salt, split_seed, test_fraction, merged_through
-    /meta/     provenance, skipped, identity, pseudonyms: JSON text (scalar string datasets)
+    /meta/     JSON text (scalar string datasets): provenance (one record per ingest or
+               re-derive: time, tool version, source file count, preprocess), skipped
+               ([relative path, reason]), identity (quick-identity table, see ingest.py),
+               pseudonyms (HMAC digest → number), entries (one summary row per entry,
+               so opening reads one dataset instead of every group)
     /entries/<label>/           one per CT series; <label> = "PAT-0001" or "PAT-0001-2"
         attrs  pseudonym, patient, split, content_hash, series_uid, frame_of_reference_uid,
                spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files
-        source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice
+        source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice,
+                      uncompressed (lzf ran slower than reading the DICOM)
         source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x
                       attrs geometry (VolumeGeometry.to_dict JSON), roi_names (JSON)
         derived/<preprocess_hash>/images  float32 (n, H, W) or (n, D, H, W) in [0, 1]
