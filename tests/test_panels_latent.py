@@ -57,7 +57,7 @@ def _checkpoint(path, workspace, seed: int = 0):
 
 
 @pytest.fixture(params=["ct", "ct+rt"])
-def setup(request, data_dir, qtbot):
+def latent_env(request, data_dir, qtbot):
     """(AppState, workspace path, checkpoint path) for a CT-only or CT+RT tiny model."""
     from explorer.settings import AppSettings
     from explorer.state import AppState
@@ -161,12 +161,12 @@ def test_sigma_ellipse_and_tiles():
 # ----------------------------------------------------------------------------- manifold
 
 
-def test_manifold_click_shows_cell_code(qtbot, setup):
+def test_manifold_click_shows_cell_code(qtbot, latent_env):
     from explorer.panels.manifold import ManifoldPanel
     from explorer.qt import Qt, QtCore
     from training import latent
 
-    state, ws, ck = setup
+    state, ws, ck = latent_env
     p = _panel(qtbot, ManifoldPanel, state)
     p.n_spin.setValue(5)
     assert p.wait_idle(60000)
@@ -230,13 +230,13 @@ def test_manifold_click_shows_cell_code(qtbot, setup):
     p.shutdown()
 
 
-def test_panels_follow_new_checkpoint(qtbot, setup):
+def test_panels_follow_new_checkpoint(qtbot, latent_env):
     from explorer.panels.density import DensityPanel
     from explorer.panels.interpolation import InterpolationPanel
     from explorer.panels.manifold import ManifoldPanel
     from explorer.panels.samples import SamplesPanel
 
-    state, ws, ck = setup
+    state, ws, ck = latent_env
     panels = [_panel(qtbot, cls, state) for cls in (ManifoldPanel, InterpolationPanel, SamplesPanel, DensityPanel)]
     before = [p.refreshes for p in panels]
     ck2 = _checkpoint(ck.with_name("model2.pt"), ws, seed=1)
@@ -252,10 +252,10 @@ def test_panels_follow_new_checkpoint(qtbot, setup):
 # ----------------------------------------------------------------------------- interpolation
 
 
-def test_interpolation_slider_reaches_reconstruction(qtbot, setup):
+def test_interpolation_slider_reaches_reconstruction(qtbot, latent_env):
     from explorer.panels.interpolation import SLIDER_STEPS, InterpolationPanel
 
-    state, ws, ck = setup
+    state, ws, ck = latent_env
     p = _panel(qtbot, InterpolationPanel, state)
     lm, wl = _headless(ck, ws)
     # first view: first and last patient
@@ -298,11 +298,11 @@ def test_interpolation_slider_reaches_reconstruction(qtbot, setup):
 # ----------------------------------------------------------------------------- samples
 
 
-def test_samples_reproducible_with_seed(qtbot, setup):
+def test_samples_reproducible_with_seed(qtbot, latent_env):
     from explorer.panels.samples import SamplesPanel
     from training import latent
 
-    state, ws, ck = setup
+    state, ws, ck = latent_env
     p = _panel(qtbot, SamplesPanel, state)
     p.count.setValue(6)
     p.seed.setValue(7)
@@ -333,11 +333,11 @@ def test_samples_reproducible_with_seed(qtbot, setup):
 # ----------------------------------------------------------------------------- density
 
 
-def test_density_equals_headless(qtbot, setup):
+def test_density_equals_headless(qtbot, latent_env):
     from explorer.panels.density import DensityPanel
     from training.sampling import density_grid
 
-    state, ws, ck = setup
+    state, ws, ck = latent_env
     p = _panel(qtbot, DensityPanel, state)
     lm, wl = _headless(ck, ws)
     ref = density_grid(wl.encoded.mu, wl.encoded.logvar, (0, 1), n=101, extent=4.0, prior_sigma2=lm.prior_sigma2)
@@ -357,13 +357,13 @@ def test_density_equals_headless(qtbot, setup):
 # ----------------------------------------------------------------------------- exports
 
 
-def test_every_panel_exports(qtbot, setup, tmp_path):
+def test_every_panel_exports(qtbot, latent_env, tmp_path):
     from explorer.panels.density import DensityPanel
     from explorer.panels.manifold import ManifoldPanel
     from explorer.panels.samples import SamplesPanel
     from explorer.qt import QtGui
 
-    state, ws, ck = setup
+    state, ws, ck = latent_env
     for cls in (ManifoldPanel, SamplesPanel, DensityPanel):
         p = _panel(qtbot, cls, state)
         name = cls.__name__
