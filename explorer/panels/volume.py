@@ -152,6 +152,7 @@ class VolumePanel(Panel):
             try:
                 with self.state.open_workspace() as ws:
                     names = [p.pseudonym for p in ws.patients if p.n_images]
+                    self._splits = {p.pseudonym: p.split for p in ws.patients}
                     mode = ws.preprocess.mode
             except Exception as exc:  # unreadable workspace: say so, stay usable
                 from explorer.workers import readable_error
@@ -240,7 +241,14 @@ class VolumePanel(Panel):
         self.mode = result.mode
         self.stacks.set_pair(result.left, result.right, self._title(result.left.title),
                              self._title(result.right.title))
-        self._set_message(result.note)
+        name = self.patient.currentText()
+        split = getattr(self, "_splits", {}).get(name, "")
+        about = f"{name}: {split + ' patient, ' if split else ''}{result.left.n_slices} slices"
+        if result.source == "reconstruction":
+            self._set_message(f"{about}; right: decode(µ(x)), the posterior mean decoded "
+                              "(deterministic).")
+        else:
+            self._set_message(f"{about}; right: {result.note}.")
         self._update_note()
 
     def _title(self, text: str) -> str:
