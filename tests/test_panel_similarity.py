@@ -203,6 +203,7 @@ def test_nearest_follows_selection(qtbot, setup):
     assert names[1] in panel.near_title.text()
     # the table selected that patient's row; selecting another row selects the patient
     assert panel.table.currentIndex().row() == panel.table.kl_model.row_of(names[1])
+    assert panel.heatmap.highlighted == 1 and panel.heatmap.row_box.isVisible()
     panel.table.selectRow(panel.table.kl_model.row_of(names[3]))
     assert state.selected_patient == names[3]
     panel.symmetric.setChecked(True)

@@ -395,6 +395,8 @@ class SimilarityPanel(Panel):
     def _show_nearest(self) -> None:
         self.near_list.clear()
         name = self.state.selected_patient
+        names = self.result.names if self.result is not None else []
+        self.heatmap.set_highlight(names.index(name) if name in names else -1)
         if self.result is None:
             self.near_title.setText("No divergences yet")
             return

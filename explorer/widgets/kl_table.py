@@ -233,6 +233,27 @@ class HeatMapView(pg.GraphicsLayoutWidget):
         self.plot.setLabel("left", "patient i (row)")
         self.caption = self.addLabel("", row=1, col=0, size="9pt")
         self.rgb: np.ndarray | None = None
+        # outline of the selected patient's row (and column)
+        pen = pg.mkPen((230, 85, 13), width=2, cosmetic=True)
+        self.row_box = QtWidgets.QGraphicsRectItem()
+        self.col_box = QtWidgets.QGraphicsRectItem()
+        for box in (self.row_box, self.col_box):
+            box.setPen(pen)
+            box.setZValue(2)
+            box.setVisible(False)
+            self.plot.addItem(box)
+        self.highlighted = -1
+
+    def set_highlight(self, i: int) -> None:
+        """Outline row i and column i (−1: none)."""
+        n = 0 if self.rgb is None else self.rgb.shape[0]
+        self.highlighted = i if 0 <= i < n else -1
+        on = self.highlighted >= 0
+        if on:
+            self.row_box.setRect(QtCore.QRectF(0, i, n, 1))
+            self.col_box.setRect(QtCore.QRectF(i, 0, 1, n))
+        self.row_box.setVisible(on)
+        self.col_box.setVisible(on)
 
     def set_matrix(self, matrix: np.ndarray, names: list[str], title: str, scale_note: str = "") -> None:
         m = np.asarray(matrix, np.float64)
@@ -240,6 +261,7 @@ class HeatMapView(pg.GraphicsLayoutWidget):
         if not m.size:
             self.image.clear()
             self.rgb = None
+            self.set_highlight(-1)
             return
         self.rgb = heat_rgb(m)
         self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
@@ -251,3 +273,4 @@ class HeatMapView(pg.GraphicsLayoutWidget):
             self.plot.getAxis(side).setTicks([[(k + 0.5, names[k]) for k in range(0, n, step)]])
         self.plot.autoRange(padding=0.01)
         self.caption.setText(scale_note)
+        self.set_highlight(self.highlighted)
