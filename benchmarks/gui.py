@@ -1,14 +1,17 @@
 """GUI responsiveness while ingesting and training, and the app's training throughput.
 
-    python benchmarks/gui.py [--patients 8] [--slices 24] [--size 64] [--epochs 3] [--rounds 2]
+    python benchmarks/gui.py [--patients 8] [--slices 24] [--size 64] [--epochs 3] [--rounds 3] [--threads 1]
 
 1. Ingest: a phantom cohort (training.phantom) is dropped on the main window (a real
    QDropEvent); a 10 ms QTimer on the GUI thread records how late each tick fires until
    the ingest ends. Target: p99 lateness < 50 ms, no stall > 200 ms.
 2. Training: the same settings are trained headless (training.trainer.Trainer.run on the
    main thread, no Qt event loop) and through the app (Train tab → TrainingWorker on a
-   QThread, curves and reconstructions drawn live) in alternating rounds, with the timer
-   probing the event loop during the app's runs. Throughput is the trainer's own
+   QThread, curves and reconstructions drawn live), each round also running the app
+   once more with the timer probing its event loop (the probe wakes the GUI thread 100
+   times a second, which a user's idle window does not, so the throughput target is
+   judged on the unprobed app run and the probed figure is printed beside it); the
+   order within a round rotates. Throughput is the trainer's own
    train_images_per_s (training batches only, test evaluation and checkpoints excluded)
    in both cases. Target: app / headless ≥ 0.9.
 
@@ -69,12 +72,28 @@ class LatenessProbe:
 
 
 def spin_until(app, predicate, timeout_s: float) -> None:
+    """Run the real Qt event loop (QEventLoop.exec) until predicate() holds."""
+    from explorer.qt import QtCore, QTimer
+
+    loop = QtCore.QEventLoop()
     deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("timed out")
-        app.processEvents()
-        time.sleep(0.002)
+    timed_out = []
+
+    def check() -> None:
+        if predicate():
+            loop.quit()
+        elif time.monotonic() > deadline:
+            timed_out.append(True)
+            loop.quit()
+
+    poll = QTimer()
+    poll.timeout.connect(check)
+    poll.start(20)
+    if not predicate():
+        loop.exec()
+    poll.stop()
+    if timed_out:
+        raise TimeoutError("timed out")
 
 
 def drop(widget, paths) -> None:
@@ -98,13 +117,15 @@ def headless_train(workspace: Path, model_cfg, train_cfg, out_dir: Path) -> floa
     return summary.train_images_per_s
 
 
-def app_train(app, panel, probe: LatenessProbe, timeout_s: float) -> tuple[float, dict]:
-    probe.start()
+def app_train(app, panel, probe: LatenessProbe | None, timeout_s: float) -> tuple[float, dict | None]:
+    """Train through the Train tab; probe the event loop meanwhile when `probe` is given."""
+    if probe is not None:
+        probe.start()
     if not panel.start():
         raise RuntimeError(panel.error.text())
     worker = panel.worker
     spin_until(app, lambda: not panel.is_training(), timeout_s)
-    stats = probe.stop()
+    stats = probe.stop() if probe is not None else None
     if worker.summary is None or worker.summary.status != "finished":
         raise RuntimeError(panel.last_message)
     return worker.summary.train_images_per_s, stats
@@ -116,8 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=24)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--filters", type=int, default=16)
     ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of the idle reference probe")
     ap.add_argument("--all-tabs", action="store_true",
@@ -156,7 +177,7 @@ def main(argv=None) -> int:
 
     # -- 0. reference: the same probe on the idle window (what the machine's load alone costs)
     probe.start()
-    spin_until(app, lambda: False if len(probe.gaps) < args.idle_s * 100 else True, args.idle_s * 3 + 10)
+    spin_until(app, lambda: len(probe.gaps) >= args.idle_s * 100, args.idle_s * 3 + 10)
     results["idle"] = probe.stop()
     print(f"idle window: event loop lateness {results['idle']}", flush=True)
 
@@ -181,17 +202,30 @@ def main(argv=None) -> int:
                           n_recon_examples=6))
     panel.extra_train = {"threads": args.threads}
     model_cfg, train_cfg = panel.configs()
-    head, gui, lat = [], [], []
+    head, gui, gui_probed, lat = [], [], [], []
     for r in range(args.rounds):
-        h = headless_train(ws_path, model_cfg, train_cfg, tmp / f"headless-{r}")
-        g, stats = app_train(app, panel, probe, 1800)
-        head.append(h)
-        gui.append(g)
+        # three runs per round, in an order that rotates so a drift in the machine's load
+        # favours none: headless, the app as a user runs it, the app with the 10 ms probe
+        runs = ["headless", "app", "probed"]
+        runs = runs[r % 3:] + runs[:r % 3]
+        got = {}
+        for kind in runs:
+            if kind == "headless":
+                got[kind] = headless_train(ws_path, model_cfg, train_cfg, tmp / f"headless-{r}")
+            elif kind == "app":
+                got[kind] = app_train(app, panel, None, 1800)[0]
+            else:
+                got[kind], stats = app_train(app, panel, probe, 1800)
+        head.append(got["headless"])
+        gui.append(got["app"])
+        gui_probed.append(got["probed"])
         lat.append(stats)
-        print(f"round {r + 1}: headless {h:.1f} img/s, app {g:.1f} img/s (ratio {g / h:.3f}); "
+        print(f"round {r + 1} ({', '.join(runs)}): headless {got['headless']:.1f} img/s, app {got['app']:.1f} "
+              f"(ratio {got['app'] / got['headless']:.3f}), app with probe {got['probed']:.1f} img/s; "
               f"event loop {stats}", flush=True)
-    results["train"] = {"headless": head, "app": gui, "lateness": lat}
+    results["train"] = {"headless": head, "app": gui, "app_probed": gui_probed, "lateness": lat}
     ratio = statistics.median(gui) / statistics.median(head)
+    ratio_probed = statistics.median(gui_probed) / statistics.median(head)
     worst_p99 = max([s["p99_ms"] for s in lat] + [results["ingest"]["p99_ms"]])
     worst_max = max([s["max_ms"] for s in lat] + [results["ingest"]["max_ms"]])
     print("\n| phase | ticks | p50 lateness (ms) | p99 lateness (ms) | max (ms) |")
@@ -203,7 +237,8 @@ def main(argv=None) -> int:
     for k, s in enumerate(lat):
         print(f"| training, round {k + 1} | {s['ticks']} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {s['max_ms']:.1f} |")
     print(f"\ntraining throughput (median of {args.rounds}): headless {statistics.median(head):.1f} img/s, "
-          f"app {statistics.median(gui):.1f} img/s, app/headless = {ratio:.3f}")
+          f"app {statistics.median(gui):.1f} img/s, app/headless = {ratio:.3f}; "
+          f"app with the probe running {statistics.median(gui_probed):.1f} img/s ({ratio_probed:.3f})")
     ok = worst_p99 < 50 and worst_max < 200 and ratio >= 0.9
     print(f"targets (p99 < 50 ms, max < 200 ms, ratio ≥ 0.9): {'met' if ok else 'NOT met'}")
     window.close()

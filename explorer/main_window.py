@@ -40,6 +40,8 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings = self.state.settings
         self.job: workers.Job | None = None
         self._queued_drops: list[list[Path]] = []
+        self._listed: tuple = (None, 0)  # (workspace, derived version) the thumbnails show
+        self._derived_version = 0  # bumped by a re-derive: thumbnails must be re-read
         self.setWindowIcon(app_icon())
         self.setAcceptDrops(True)
         self.setMinimumSize(720, 480)
@@ -209,22 +211,31 @@ class MainWindow(QtWidgets.QMainWindow):
         self.workspace_label.setText(f"Workspace: {ws}" if ws else "No workspace")
 
     def reload_patients(self) -> None:
-        """Refill the patient list from the workspace (pseudonyms, counts, thumbnails)."""
+        """Refill the patient list from the workspace (pseudonyms, counts, thumbnails).
+
+        Rows that already have a thumbnail (added live by an ingest) keep it, so the end
+        of an ingest reads no images on the GUI thread.
+        """
         selected = self.state.selected_patient
-        self.patient_list.clear_patients()
         if not self.state.has_workspace_data():
+            self.patient_list.clear_patients()
             return
+        same = self._listed == (self.state.workspace_path, self._derived_version)
+        icons = self.patient_list.icons() if same else {}
+        self._listed = (self.state.workspace_path, self._derived_version)
+        self.patient_list.clear_patients()
         try:
             with self.state.open_workspace() as ws:
                 index = np.asarray(ws.index())
                 for i, p in enumerate(ws.patients):
-                    rows = index[index[:, 0] == i] if len(index) else index
                     thumb = None
-                    if len(rows):
+                    if p.pseudonym not in icons and p.n_images:
+                        rows = index[index[:, 0] == i]
                         thumb = as_slice(ws.read_images(rows[len(rows) // 2: len(rows) // 2 + 1])[0])
-                    self.patient_list.upsert(workers.patient_row(p, thumbnail=thumb))
+                    self.patient_list.upsert(workers.patient_row(p, thumbnail=thumb), icons.get(p.pseudonym))
         except Exception as exc:  # a damaged file must not take the window down
             log.exception("cannot read workspace")
+            self.patient_list.clear_patients()
             self.state.show_message(f"Cannot read {self.state.workspace_path}: {workers.readable_error(exc)}", 0)
         if selected:
             self.patient_list.select(selected)
@@ -284,6 +295,7 @@ class MainWindow(QtWidgets.QMainWindow):
         names = ", ".join(p.name for p in paths[:3]) + (" …" if len(paths) > 3 else "")
         job = workers.Job(workers.run_ingest, list(paths), self.state.workspace_path,
                           self.state.preprocess_for_ingest(), parent=self)
+        job.done.connect(lambda report: self._bump_derived() if getattr(report, "rederived", None) else None)
         self._start_job(job, f"Ingesting {names}")
 
     def rederive(self, cfg) -> None:
@@ -292,7 +304,11 @@ class MainWindow(QtWidgets.QMainWindow):
             self.state.show_message("Wait for the running job to finish (or cancel it) first")
             return
         job = workers.Job(workers.run_rederive, self.state.workspace_path, cfg, parent=self)
+        job.done.connect(self._bump_derived)
         self._start_job(job, "Re-deriving with the new settings")
+
+    def _bump_derived(self, *_) -> None:
+        self._derived_version += 1
 
     def run_job(self, job: "workers.Job", text: str) -> None:
         """Run another workspace-writing job (e.g. the demo's preparation) with the same UI."""

@@ -69,13 +69,20 @@ class PatientList(QtWidgets.QTableWidget):
     def pseudonyms(self) -> list[str]:
         return list(self._rows)
 
+    def icons(self) -> dict[str, QtGui.QIcon]:
+        """The thumbnails already shown, by pseudonym."""
+        return {name: item.icon() for name, row in self._rows.items()
+                if (item := self.item(row, 0)) is not None and not item.icon().isNull()}
+
     def clear_patients(self) -> None:
         self.setRowCount(0)
         self._rows = {}
         self.viewport().update()
 
-    def upsert(self, p: PatientRow) -> None:
-        """Add the patient, or update its row when the pseudonym is already listed."""
+    def upsert(self, p: PatientRow, icon: QtGui.QIcon | None = None) -> None:
+        """Add the patient, or update its row when the pseudonym is already listed.
+
+        icon: a thumbnail already made (kept when the list is rebuilt in another order)."""
         row = self._rows.get(p.pseudonym)
         if row is None:
             row = self.rowCount()
@@ -85,6 +92,8 @@ class PatientList(QtWidgets.QTableWidget):
         name.setData(Qt.ItemDataRole.UserRole, p.pseudonym)
         if p.thumbnail is not None:
             name.setIcon(thumbnail_icon(p.thumbnail))
+        elif icon is not None:
+            name.setIcon(icon)
         elif (old := self.item(row, 0)) is not None:
             name.setIcon(old.icon())
         rois = ", ".join(p.rois) if p.rois else "–"
