@@ -113,7 +113,7 @@ def headless_similarity(ckpt: Path, ws_path: Path, aggregate="mixture"):
 
 
 @pytest.fixture(params=["ct_rt", "ct_only"])
-def setup(request, tmp_path, settings):
+def panel_env(request, tmp_path, settings):
     rt = request.param == "ct_rt"
     ws = write_workspace(tmp_path / "ws.h5", rt=rt)
     ckpt = write_checkpoint(tmp_path / "model.pt", n_classes=3 if rt else 0)
@@ -141,11 +141,11 @@ def make_panel(qtbot, state, cls=None):
     return panel
 
 
-def test_table_equals_headless_and_sorts_like_numpy(qtbot, setup):
+def test_table_equals_headless_and_sorts_like_numpy(qtbot, panel_env):
     from explorer.qt import Qt
     from explorer.widgets.kl_table import VALUE_ROLE
 
-    settings, ws, ckpt = setup
+    settings, ws, ckpt = panel_env
     panel = make_panel(qtbot, make_state(settings, ws, ckpt))
     settle(qtbot, panel)
     names, directed, sym = headless_similarity(ckpt, ws)
@@ -186,10 +186,10 @@ def test_table_equals_headless_and_sorts_like_numpy(qtbot, setup):
     assert "0.5" in model.definition and "½" in panel.definition.text()
 
 
-def test_nearest_follows_selection(qtbot, setup):
+def test_nearest_follows_selection(qtbot, panel_env):
     from training import similarity
 
-    settings, ws, ckpt = setup
+    settings, ws, ckpt = panel_env
     state = make_state(settings, ws, ckpt)
     panel = make_panel(qtbot, state)
     settle(qtbot, panel)
@@ -210,12 +210,12 @@ def test_nearest_follows_selection(qtbot, setup):
     assert [n for n, _ in panel.nearest()] == [names[j] for j, _ in similarity.nearest(sym, 3, 5)]
 
 
-def test_identification_equals_headless(qtbot, setup):
+def test_identification_equals_headless(qtbot, panel_env):
     from training import latent, similarity
     from training.checkpoint import load_model
     from training.workspace import Workspace
 
-    settings, ws, ckpt = setup
+    settings, ws, ckpt = panel_env
     panel = make_panel(qtbot, make_state(settings, ws, ckpt))
     settle(qtbot, panel)
     panel.slice_a.setValue(0)

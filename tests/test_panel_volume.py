@@ -19,7 +19,7 @@ def volume_panel(qtbot, state):
 
 
 @pytest.fixture(params=["2d", "3d"])
-def setup(request, tmp_path, settings):
+def panel_env(request, tmp_path, settings):
     three = request.param == "3d"
     ws = write_workspace(tmp_path / "ws.h5", rt=True, depth=SIZE if three else None)
     ckpt = write_checkpoint(tmp_path / "model.pt", n_classes=3, spatial_dims=3 if three else 2)
@@ -36,8 +36,8 @@ def headless_pair(ckpt, ws_path, patient=0):
         return vv.reconstruction_pair(model, ws, patient)
 
 
-def test_slider_moves_both_sides_with_overlay_and_window(qtbot, setup):
-    settings, ws, ckpt, mode = setup
+def test_slider_moves_both_sides_with_overlay_and_window(qtbot, panel_env):
+    settings, ws, ckpt, mode = panel_env
     state = make_state(settings, ws, ckpt)
     panel = volume_panel(qtbot, state)
     settle(qtbot, panel)
