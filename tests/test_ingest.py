@@ -166,6 +166,10 @@ def test_ingest_with_new_settings_rederives_existing(cohort, tmp_path):
     assert sorted(rep.rederived) == ["PAT-0001", "PAT-0002"] and rep.added == ["PAT-0003"]
     with Workspace.open(ws_path) as ws:
         assert ws.image_shape == (16, 16) and [p.n_images for p in ws.patients] == [SLICES] * 3
+    rep = ingest([drop], ws_path, None, workers=1)  # None keeps the workspace's settings
+    assert not rep.rederived and not rep.added
+    with Workspace.open(ws_path) as ws:
+        assert ws.preprocess.crop == 16
 
 
 def test_cancel_keeps_committed_patients(cohort, tmp_path):

@@ -521,8 +521,9 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
            test_fraction: float = 0.25, seed: int = 0) -> IngestReport:
     """Add every CT series (with its RTSTRUCTs) found below `paths` to the workspace.
 
-    preprocess: settings for the derived arrays; when they differ from the workspace's,
-    existing entries are re-derived from their stored source first (report.rederived).
+    preprocess: settings for the derived arrays (None: the workspace's own, or the
+    defaults for a new workspace); when they differ from the workspace's, existing
+    entries are re-derived from their stored source first (report.rederived).
     progress(phase, done, total, message): phases "discover", "scan", "ingest",
     "rederive", "merge". on_patient(PatientInfo) after each committed series.
     cancel() → True stops after the series in flight; what was committed stays.
@@ -530,8 +531,13 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
     """
     from training import dicom
 
-    cfg = preprocess or PreprocessConfig()
     path = Path(workspace_path)
+    cfg = preprocess
+    if cfg is None:  # keep the workspace's settings; defaults for a new workspace
+        cfg = PreprocessConfig()
+        if path.exists():
+            with Workspace.open(path) as ws:
+                cfg = ws.preprocess
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     t0 = time.perf_counter()
