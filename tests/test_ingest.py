@@ -256,6 +256,15 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):
     assert not rep2.added and {p for p, _ in rep2.skipped} >= {p for p, _ in rep.skipped if "bad/" in p}
 
 
+def test_workspace_inside_the_dropped_folder_is_not_ingested(cohort):
+    drop, _ = cohort
+    ws_path = drop / "w.h5"
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert len(rep.added) == 3 and not rep.skipped
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert not rep.added and not rep.skipped and len(rep.unchanged) == 3
+
+
 def test_two_series_of_one_patient(tmp_path):
     a = generate_cohort(tmp_path / "a", 1, slices=4, size=SIZE, seed=0, fsync=False)
     b = generate_cohort(tmp_path / "b", 1, slices=4, size=SIZE, seed=1, fsync=False)

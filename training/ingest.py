@@ -599,7 +599,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
                       progress, on_patient, cancel, pool: _Pool, merger: "wsmod.Merger") -> None:
     phash = wsmod.preprocess_hash(cfg)
     _call(progress, "discover", 0, 0, "listing files")
-    files = discover(paths)
+    files = [f for f in discover(paths) if not _is_own_file(f[0], st.path)]
     report.n_files = len(files)
     rel_of: dict[str, str] = {}
     quick_of: dict[str, str] = {}
@@ -788,6 +788,16 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         _call(progress, "ingest", done, total, label)
     if cancel and cancel():
         report.cancelled = True
+
+
+def _is_own_file(p: Path, workspace: Path) -> bool:
+    """The workspace, its lock, staging folder and temporaries (a drop may contain them)."""
+    rp, ws = os.path.realpath(p), os.path.realpath(workspace)
+    if rp in (ws, ws + ".lock") or rp.startswith(ws + ".staging" + os.sep):
+        return True
+    name = os.path.basename(rp)
+    return os.path.dirname(rp) == os.path.dirname(ws) and name.startswith(
+        "." + os.path.basename(ws) + ".") and name.endswith(".tmp")
 
 
 def _learn_identifiers(files: list[Path], st: _State, replacements: dict[str, str]) -> None:
