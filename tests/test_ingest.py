@@ -254,6 +254,14 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):
     # dropped again: the bad files are reported again without being read
     rep2 = ingest([drop, orphan], ws_path, CFG, workers=1)
     assert not rep2.added and {p for p, _ in rep2.skipped} >= {p for p, _ in rep.skipped if "bad/" in p}
+    # a file fixed since is no longer listed; the others still are
+    shutil.copy(infos[1].rtstruct, bad / "wrong_for_rs.dcm")
+    rep3 = ingest([drop, orphan], ws_path, CFG, workers=1)
+    assert rep3.added == ["PAT-0002"]  # its series gained an RTSTRUCT file
+    with Workspace.open(ws_path) as ws:
+        listed = {p for p, _ in ws.skipped}
+        assert "bad/wrong_for_rs.dcm" not in listed
+        assert {"bad/empty.dcm", "bad/text.txt", "bad/truncated.dcm"} <= listed
 
 
 def test_workspace_inside_the_dropped_folder_is_not_ingested(cohort):

@@ -363,6 +363,7 @@ class _State:
     entries: dict[str, dict]  # label → {content_hash, series_uid, patient}
     image_shape: tuple[int, ...]
     fresh: dict[str, list] = field(default_factory=dict)  # rows learnt outside staged entries
+    seen_paths: set[str] = field(default_factory=set)  # scrubbed relative paths of this drop
 
     def remember(self, rows: dict[str, list]) -> None:
         self.identity.update(rows)
@@ -572,7 +573,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
                 "time": wsmod.now_iso(), "tool_version": __version__, "action": "ingest",
                 "n_source_files": report.n_files, "added": len(report.added),
                 "unchanged": len(report.unchanged), "cancelled": report.cancelled,
-                "preprocess": cfg.to_dict()})
+                "preprocess": cfg.to_dict()}, seen=st.seen_paths)
             _call(progress, "merge", 1, 1, "done")
         else:
             merger.abort()
@@ -686,6 +687,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     def rel(p) -> str:
         return clean(rel_of.get(str(p), str(p)))
 
+    st.seen_paths = {rel(p) for p, _, _ in files}
     if scan.skipped or scan.structs:
         # Patients of this drop whose files were all known were not read; their names
         # may still be folder names above a newly unusable file. One header each.

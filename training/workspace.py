@@ -465,7 +465,10 @@ class Merger:
         self.consumed.append(staged)
         self.max_seq = max(self.max_seq, seq)
 
-    def finish(self, skipped: list[list[str]] | None = None, provenance: dict | None = None) -> Path:
+    def finish(self, skipped: list[list[str]] | None = None, provenance: dict | None = None,
+               seen: Iterable[str] = ()) -> Path:
+        """seen: relative paths of this drop; their old skipped rows are replaced by `skipped`
+        (a file fixed since is no longer listed)."""
         from training.atomic import fsync_dir, fsync_file
 
         try:
@@ -479,6 +482,8 @@ class Merger:
                     copy_entry(self.src["entries"][k], ents, [self.phash])
                     if not self.shape and self.phash in ents[k]["derived"]:
                         self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
+            for p in seen:
+                self.skip_rows.pop(p, None)
             if skipped:
                 self.skip_rows.update({r[0]: r[1] for r in skipped})
             if provenance:
