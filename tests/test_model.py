@@ -251,3 +251,16 @@ def test_assemble_input_one_hot():
     assert x[0, 3, 1, 2] == 1 and x[0, 1, 1, 2] == 0
     torch.testing.assert_close(x[:, 1:].sum(1), torch.ones(2, 4, 4))
     assert assemble_input(ct, None, 0).shape == (2, 1, 4, 4)
+
+
+def test_codes_depend_on_the_input_at_initialisation():
+    """Regression: with PyTorch's default init the thesis network's µ was constant over
+    inputs (biases dominated after eight convolutions) and training stalled on the mean
+    image. The initial codes and reconstructions must vary with the input."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(input_size=64, filters=16, n_blocks=4, dropout=0.0)
+    model = VAE(cfg).eval()
+    x = torch.rand(8, 1, 64, 64)
+    mu, _ = model.encode(x)
+    assert mu.std(0).mean() > 1e-2 * mu.abs().mean().clamp_min(1e-6) and mu.std(0).mean() > 1e-3
+    assert model.decode(mu).ct.std(0).mean() > 1e-5

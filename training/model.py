@@ -199,6 +199,32 @@ class VAE(nn.Module):
                 *[block() for _ in range(n_dec - n_shared)],
                 conv_transpose_layer(d, f, cfg.n_classes, 2),
             )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He (Kaiming) weights for the rectified layers, Xavier for the output layers,
+        zero biases (TensorFlow's default, as in the thesis).
+
+        PyTorch's default initialisation (uniform ±1/√fan_in with non-zero biases) shrinks
+        the signal by about √3 per layer; after the eight encoder convolutions of the
+        thesis network the biases dominate, µ no longer depends on the input, and training
+        stalls on the mean image (posterior collapse from the first step).
+        """
+        slope = self.cfg.leaky_slope
+        outputs = {id(self.fc_mu), id(self.fc_logvar), id(self.ct_head[-2])}
+        if self.rt_head is not None:
+            outputs.add(id(self.rt_head[-1]))
+        for module in self.modules():
+            if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+                continue
+            if id(module) in outputs:
+                nn.init.xavier_uniform_(module.weight)
+            else:
+                # leaky ReLU gain; for the plain-ReLU decoder layers the difference is
+                # a factor √(1 + slope²) ≈ 1.02.
+                nn.init.kaiming_normal_(module.weight, a=slope, nonlinearity="leaky_relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     # -- API -----------------------------------------------------------------------------
 
