@@ -181,11 +181,18 @@ def test_staged_entries_are_read_and_merged(tmp_path):
                      preprocess_hash(cfg), salt, {f"q{seq}": ["c", "s", "", ""]}, {f"d{seq}": seq})
     keep = tmp_path / "copy.h5"
     shutil.copy(list_staged(p)[0][1], keep)
-    with Workspace.open(p) as ws:  # leftovers of a killed ingest are part of the workspace
-        assert [x.pseudonym for x in ws.patients] == ["PAT-0001", "PAT-0002"]
-        np.testing.assert_array_equal(ws.read_images([[1, 2]])[0], arrays["PAT-0002"][2])
-        hu, masks, _ = ws.read_source(0)
-        np.testing.assert_array_equal(masks["Body"], hu > 0)  # packed bits round trip
+    for max_open in (256, 0):  # leftovers kept open, or reopened on demand (many of them)
+        Workspace.MAX_OPEN_STAGED, Workspace.LRU_STAGED = max_open, 1
+        try:
+            with Workspace.open(p) as ws:  # leftovers of a killed ingest are part of the workspace
+                assert [x.pseudonym for x in ws.patients] == ["PAT-0001", "PAT-0002"]
+                for _ in range(2):
+                    np.testing.assert_array_equal(ws.read_images([[1, 2], [0, 0]]),
+                                                  [arrays["PAT-0002"][2], arrays["PAT-0001"][0]])
+                hu, masks, _ = ws.read_source(0)
+                np.testing.assert_array_equal(masks["Body"], hu > 0)  # packed bits round trip
+        finally:
+            Workspace.MAX_OPEN_STAGED, Workspace.LRU_STAGED = 256, 32
     merge(p)
     assert not staging_dir(p).exists()
     # a staged file already merged (crash between the rename and its removal) is ignored

@@ -600,10 +600,16 @@ class Workspace:
     Rows are (patient index, image index) into `patients` and that entry's images.
     """
 
+    MAX_OPEN_STAGED = 256  # file handles kept for unmerged staged entries
+    LRU_STAGED = 32  # reopened staged files kept open when there are more
+
     def __init__(self, path: Path, files: list[h5py.File], main: h5py.File,
-                 entries: list[tuple[str, h5py.File, dict]]):
+                 entries: list[tuple[str, h5py.File | Path, dict]]):
+        from collections import OrderedDict
+
         self.path = path
         self._files = files
+        self._lru: OrderedDict[Path, h5py.File] = OrderedDict()
         self._main = main
         self.preprocess: PreprocessConfig = PreprocessConfig.from_json(main.attrs["preprocess"])
         self.preprocess_hash: str = str(main.attrs["preprocess_hash"])
@@ -656,8 +662,12 @@ class Workspace:
             names = list(main["entries"])
             if table is None or set(table) != set(names):
                 table = {k: _entry_row(main["entries"][k], phash) for k in names}
-            found: dict[str, tuple[str, h5py.File, dict]] = {k: (k, main, table[k]) for k in names}
-            for _, p in list_staged(path, int(main.attrs.get("merged_through", 0))):
+            found: dict[str, tuple[str, h5py.File | Path, dict]] = {k: (k, main, table[k]) for k in names}
+            staged = list_staged(path, int(main.attrs.get("merged_through", 0)))
+            # Few leftovers stay open (their data stays readable even if a concurrent merge
+            # removes them); many are closed after reading their rows, reopened on demand.
+            keep_open = len(staged) <= cls.MAX_OPEN_STAGED
+            for _, p in staged:
                 try:
                     sf = h5py.File(p, "r")
                 except OSError:
@@ -665,9 +675,12 @@ class Workspace:
                 if sf.attrs.get("salt") != main.attrs["salt"]:
                     sf.close()
                     continue
-                files.append(sf)
                 for k in sf["entries"]:
-                    found[k] = (k, sf, _entry_row(sf["entries"][k], phash))
+                    found[k] = (k, sf if keep_open else p, _entry_row(sf["entries"][k], phash))
+                if keep_open:
+                    files.append(sf)
+                else:
+                    sf.close()
             return cls(path, files, main, [found[k] for k in sorted(found)])
         except BaseException:
             for f in files:
@@ -675,12 +688,14 @@ class Workspace:
             raise
 
     def close(self) -> None:
-        for f in self._files:
+        for f in [*self._files, *self._lru.values()]:
             try:
                 f.close()
             except Exception:
                 pass
         self._files = []
+        self._lru.clear()
+        self._ds.clear()
 
     def __enter__(self) -> "Workspace":
         return self
@@ -737,6 +752,20 @@ class Workspace:
 
     def _group(self, p: int) -> h5py.Group:
         label, f, _ = self._entries[p]
+        if isinstance(f, Path):
+            if f not in self._lru:
+                if len(self._lru) >= self.LRU_STAGED:
+                    old, handle = self._lru.popitem(last=False)
+                    self._ds = {k: v for k, v in self._ds.items()
+                                if self._entries[k[1]][1] != old}
+                    handle.close()
+                try:
+                    self._lru[f] = h5py.File(f, "r")
+                except OSError as exc:
+                    raise WorkspaceError(f"{self.path}: staged entry {label} was merged or removed "
+                                         "meanwhile; open the workspace again") from exc
+            self._lru.move_to_end(f)
+            return self._lru[f]["entries"][label]
         return f["entries"][label]
 
     def _dataset(self, kind: str, p: int) -> h5py.Dataset | None:
