@@ -216,7 +216,7 @@ def test_no_identifiers_in_workspace_bytes(cohort, tmp_path):
     assert b"phantom^001" not in raw and b"phantom_001" not in raw
 
 
-def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):
+def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path, monkeypatch):
     drop, infos = cohort
     bad = drop / "bad"
     bad.mkdir()
@@ -252,7 +252,14 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path):
         assert len(ws.skipped) == len(rep.skipped)
         assert len(ws.patients) == 3
     # dropped again: the bad files are reported again without being read
+    import training.ingest as ingest_mod
+
+    scanned = []
+    real_scan = ingest_mod._scan
+    monkeypatch.setattr(ingest_mod, "_scan", lambda d, files, *a: scanned.extend(files) or real_scan(d, files, *a))
     rep2 = ingest([drop, orphan], ws_path, CFG, workers=1)
+    assert [f.name for f in scanned] == ["rs.dcm"]  # only the orphan RTSTRUCT is looked at again
+    monkeypatch.undo()
     assert not rep2.added and {p for p, _ in rep2.skipped} >= {p for p, _ in rep.skipped if "bad/" in p}
     # a file fixed since is no longer listed; the others still are
     shutil.copy(infos[1].rtstruct, bad / "wrong_for_rs.dcm")

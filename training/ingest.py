@@ -726,6 +726,11 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             reason = "its CT series is not in this drop"
         if target is None:
             report.skipped.append((rel(sp), reason or "no matching CT series"))
+            q = quick_of.get(sp)
+            if q and "differs" in (reason or ""):
+                # A mismatch stays one until the file changes; an RTSTRUCT whose CT is
+                # absent is looked at again next time (its CT may come in a later drop).
+                st.remember({q: ["", "", reason, rel(sp)]})
             continue
         target[2].append(sp)
 
