@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 import numpy as np
 
 from explorer.qt import QtCore, QtGui, QtSvg, QtWidgets, Signal, pg
-from training.atomic_files import atomic_write_bytes, atomic_write_text
+from training.atomic import atomic_write_bytes, atomic_write_text
 
 MAX_SCALE = 8
 FORMATS = ("png", "svg", "pdf", "csv")

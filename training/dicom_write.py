@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -43,6 +42,7 @@ from pydicom.uid import (
 from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
+from training.atomic import atomic_write
 from training.geometry import VolumeGeometry
 
 RESCALE_INTERCEPT = -1024.0
@@ -150,22 +150,7 @@ def _keep_raw(ds: Dataset) -> None:
 
 
 def _atomic_save(ds: FileDataset, path: Path, fsync: bool = True) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            ds.save_as(f, enforce_file_format=True)
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: ds.save_as(f, enforce_file_format=True), fsync=fsync)
 
 
 def _file_meta(sop_class: str, sop_uid: str) -> FileMetaDataset:

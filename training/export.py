@@ -24,7 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from training.atomic_files import atomic_save_npy
+from training.atomic import atomic_save_npy
 from training.images import compose_grid, overlay_labels, write_png
 
 GENERATED_DESCRIPTION = "ct-vae generated (synthetic, not a patient)"

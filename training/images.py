@@ -119,6 +119,6 @@ def _png_zlib(a: np.ndarray) -> bytes:
 
 def write_png(path, image) -> Path:
     """Atomically write a PNG (see png_bytes)."""
-    from training.atomic_files import atomic_write_bytes
+    from training.atomic import atomic_write_bytes
 
     return atomic_write_bytes(path, png_bytes(image))

@@ -188,7 +188,7 @@ def write_matrix_csv(path, matrix: np.ndarray, names: list[str], symmetric: bool
     import csv
     import io
 
-    from training.atomic_files import atomic_write_text
+    from training.atomic import atomic_write_text
 
     buf = io.StringIO()
     definition = SYMMETRIC_DEFINITION if symmetric else KL_DIRECTION

@@ -80,9 +80,16 @@ def patient_similarity(model, ws, aggregate: str = "mixture", split: str | None 
 def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
     """(patient indices, rows of slice a, rows of slice b) of the patients having both
     (negative indices count from the end of each patient's stack; a == b is left out)."""
-    from training.commands.identify import rows_for
-
-    return rows_for(ws, a, b, split)
+    pats, ra, rb = [], [], []
+    for i, p in enumerate(ws.patients):
+        if split not in (None, p.split) or p.n_images == 0:
+            continue
+        ia, ib = a % p.n_images if a < 0 else a, b % p.n_images if b < 0 else b
+        if ia < p.n_images and ib < p.n_images and ia != ib:
+            pats.append(i)
+            ra.append((i, ia))
+            rb.append((i, ib))
+    return pats, np.array(ra, np.int64).reshape(-1, 2), np.array(rb, np.int64).reshape(-1, 2)
 
 
 def identify_slices(model, ws, a: int, b: int, symmetric: bool = False, split: str | None = None,

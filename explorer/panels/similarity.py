@@ -446,7 +446,7 @@ class SimilarityPanel(Panel):
 
     def export_table_png(self, path) -> Path:
         """The table as shown on screen (colours, sort order, visible cells) as PNG."""
-        from training.atomic_files import atomic_write_bytes
+        from training.atomic import atomic_write_bytes
 
         from explorer.qt import QtCore
 

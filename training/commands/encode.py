@@ -36,7 +36,7 @@ def _csv(header: list[str], rows) -> str:
 
 
 def write_outputs(out: Path, enc, pp) -> list[Path]:
-    from training.atomic_files import atomic_save_npz, atomic_write_text
+    from training.atomic import atomic_save_npz, atomic_write_text
 
     j = enc.mu.shape[1]
     cols = [f"mu_{d}" for d in range(j)] + [f"sigma_{d}" for d in range(j)]

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def export_patient(ws, index: int, out: Path, source: bool = False) -> list[Path]:
-    from training.atomic_files import atomic_save_npy, atomic_save_npz
+    from training.atomic import atomic_save_npy, atomic_save_npz
 
     info = ws.patients[index]
     images, labels = ws.read_patient(index)

@@ -8,7 +8,6 @@ import io
 import json
 from pathlib import Path
 
-import numpy as np
 
 from training.commands import _latent_common as common
 
@@ -35,34 +34,17 @@ def register(sub) -> None:
     p.set_defaults(func=lambda a: common.run(main, a))
 
 
-def rows_for(ws, a: int, b: int, split):
-    """(patient indices, rows for slice a, rows for slice b) of patients having both."""
-    pats, ra, rb = [], [], []
-    for i, p in enumerate(ws.patients):
-        if split not in (None, p.split) or p.n_images == 0:
-            continue
-        ia, ib = a % p.n_images if a < 0 else a, b % p.n_images if b < 0 else b
-        if ia < p.n_images and ib < p.n_images and ia != ib:
-            pats.append(i)
-            ra.append((i, ia))
-            rb.append((i, ib))
-    return pats, np.array(ra, np.int64).reshape(-1, 2), np.array(rb, np.int64).reshape(-1, 2)
-
-
 def run_identification(model, ws, slice_a: int, slice_b: int, split=None, symmetric=False, batch_size=64):
-    from training import latent, similarity
+    from training.similarity_views import identify_slices
 
-    pats, ra, rb = rows_for(ws, slice_a, slice_b, split)
-    if len(pats) < 2:
-        raise common.CommandError(f"{ws.path}: fewer than 2 patients have slices {slice_a} and {slice_b}")
-    ea = latent.encode_workspace(model, ws, rows=ra, batch_size=batch_size)
-    eb = latent.encode_workspace(model, ws, rows=rb, batch_size=batch_size)
-    names = [ws.patients[i].pseudonym for i in pats]
-    return similarity.identify(ea.mu, ea.logvar, eb.mu, eb.logvar, names=names, symmetric=symmetric)
+    try:
+        return identify_slices(model, ws, slice_a, slice_b, symmetric=symmetric, split=split, batch_size=batch_size)
+    except ValueError as exc:
+        raise common.CommandError(f"{ws.path}: {exc}") from exc
 
 
 def write_outputs(out: Path, res, slice_a: int, slice_b: int) -> list[Path]:
-    from training.atomic_files import atomic_write_text
+    from training.atomic import atomic_write_text
     from training.similarity import write_matrix_csv
 
     buf = io.StringIO()

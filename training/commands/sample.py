@@ -69,7 +69,7 @@ def main(args) -> int:
             g = sampling.density_grid(enc.mu, enc.logvar, tuple(args.density_dims), args.density_n, prior_sigma2=s2)
         except IndexError as exc:
             raise common.CommandError(f"--density-dims out of range for J = {enc.mu.shape[1]}") from exc
-        from training.atomic_files import atomic_save_npz
+        from training.atomic import atomic_save_npz
 
         atomic_save_npz(out.with_name(out.stem + "_density.npz"), x=g.x, y=g.y, density=g.density, prior=g.prior, dims=np.array(g.dims))
         pair = np.stack([g.density[::-1] / g.density.max(), g.prior[::-1] / g.prior.max()])[None]
