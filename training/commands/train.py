@@ -108,12 +108,16 @@ def _settings_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 class TerminalProgress:
     """Progress bar on stderr (epoch, batch, losses, images/s, ETA) and per-epoch lines."""
 
-    def __init__(self, stream=sys.stderr, log_json: bool = False, bar: bool = True):
-        self.stream = stream
+    def __init__(self, stream=None, log_json: bool = False, bar: bool = True):
+        self._stream = stream
         self.log_json = log_json
         self.bar = bar
         self._last = 0.0
         self._width = 0
+
+    @property
+    def stream(self):
+        return self._stream if self._stream is not None else sys.stderr  # as it is now, not at import
 
     # Callback protocol (duck-typed so this module stays independent of the trainer's import)
     def on_train_start(self, trainer) -> None:
