@@ -19,10 +19,11 @@ import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 
+from training.atomic import atomic_write, atomic_write_text  # noqa: F401 - re-exported for callers
 from training.config import ModelConfig, PreprocessConfig, TrainConfig
 
 FORMAT = "ct-vae-checkpoint"
@@ -59,42 +60,6 @@ class Checkpoint:
     rng_state: dict[str, torch.Tensor] = field(default_factory=dict)
     trainer_state: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
-
-
-def atomic_write(path: os.PathLike | str, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file so readers see the old or the new content, never a partial one.
-
-    `write(f)` fills a temporary file in the same folder; it is flushed and fsynced, then
-    renamed over `path` (os.replace is atomic on one filesystem) and the folder is fsynced
-    so the rename itself survives a power cut.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders; the rename is still atomic
-        return path
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    return path
-
-
-def atomic_write_text(path: os.PathLike | str, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(

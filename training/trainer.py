@@ -402,7 +402,7 @@ class Trainer:
         if self.out_dir is not None and self._is_main:
             # temp files of a writer that was killed mid-write (their content is incomplete)
             for name in (LAST, BEST, HISTORY):
-                for stale in self.out_dir.glob(f".{name}.tmp-*"):
+                for stale in self.out_dir.glob(f".{name}.*.tmp"):
                     stale.unlink(missing_ok=True)
         if self.resume_from is not None:
             self._load_resume(self.resume_from)
