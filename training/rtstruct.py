@@ -142,12 +142,39 @@ def _colour(value) -> tuple[int, int, int] | None:
     return rgb if len(rgb) == 3 else None  # type: ignore[return-value]
 
 
+_CONTOUR_DATA = 0x30060050
+
+
+def _raw_numbers(item) -> np.ndarray | None:
+    """ContourData parsed straight from the raw DS bytes ("x\\y\\z\\…").
+
+    pydicom builds one DSfloat object per number (about 5 µs each: seconds for a large
+    structure set); numpy parses the same text in bulk. None when the element is already
+    converted or the text is not plain numbers (the caller falls back to pydicom).
+    """
+    try:
+        elem = item.get_item(_CONTOUR_DATA)
+    except (KeyError, AttributeError):
+        return None
+    value = getattr(elem, "value", None)
+    if not isinstance(value, (bytes, bytearray)):
+        return None
+    text = bytes(value).replace(b"\\", b" ").replace(b"\x00", b" ")
+    try:
+        pts = np.array(text.split(), dtype=np.float64)
+    except ValueError:
+        return None
+    return pts
+
+
 def _contour_points(item) -> np.ndarray:
-    raw = item.get("ContourData", None)
-    if raw is None:
-        raise ValueError("no ContourData")
-    values = [raw] if not isinstance(raw, (list, tuple, MultiValue)) else raw
-    pts = np.asarray([float(v) for v in values], dtype=np.float64)
+    pts = _raw_numbers(item)
+    if pts is None:
+        raw = item.get("ContourData", None)
+        if raw is None:
+            raise ValueError("no ContourData")
+        values = [raw] if not isinstance(raw, (list, tuple, MultiValue)) else raw
+        pts = np.asarray([float(v) for v in values], dtype=np.float64)
     if pts.size == 0 or pts.size % 3:
         raise ValueError(f"ContourData holds {pts.size} numbers, not a multiple of 3")
     pts = pts.reshape(-1, 3)
