@@ -1,6 +1,6 @@
 """GUI responsiveness while ingesting and training, and the app's training throughput.
 
-    python benchmarks/gui.py [--patients 8] [--slices 24] [--size 64] [--epochs 3] [--rounds 3] [--threads 1]
+    python benchmarks/gui.py [--patients 16] [--slices 24] [--size 64] [--epochs 3] [--rounds 3] [--threads 1]
 
 1. Ingest: a phantom cohort (training.phantom) is dropped on the main window (a real
    QDropEvent); a 10 ms QTimer on the GUI thread records how late each tick fires until
@@ -133,7 +133,7 @@ def app_train(app, panel, probe: LatenessProbe | None, timeout_s: float) -> tupl
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--patients", type=int, default=8)
+    ap.add_argument("--patients", type=int, default=16)
     ap.add_argument("--slices", type=int, default=24)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=3)

@@ -104,7 +104,7 @@ def small_training(panel, **train) -> None:
     """Tiny, fast settings on a TrainerPanel (32 px inputs)."""
     panel.set_values(dict(latent_dim=4, filters=4, n_blocks=2, convs_per_block=1, fc_units=16,
                           batch_size=8, recon_every=1, checkpoint_every=1, n_recon_examples=3,
-                          **{"epochs": 2, **train}))
+                          threads=1, **{"epochs": 2, **train}))
     panel.extra_train = {"threads": 1}
 
 

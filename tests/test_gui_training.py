@@ -50,9 +50,9 @@ def test_pause_resume_stop(make_window, tiny_workspace, qtbot):
     wait_until(qtbot, lambda: panel.plot.points("train", "total") >= 1, what="a first epoch")
     panel.toggle_pause()
     assert panel.run_state == "paused" and panel.pause_btn.text() == "Resume"
-    qtbot.wait(400)  # the batch in flight finishes
+    qtbot.wait(1500)  # the batch in flight (and, if it was the last, its epoch's end) finishes
     frozen = panel.plot.points("train", "total")
-    qtbot.wait(800)
+    qtbot.wait(1000)
     assert panel.plot.points("train", "total") == frozen, "epochs advanced while paused"
     panel.toggle_pause()
     assert panel.run_state == "running"

@@ -20,10 +20,12 @@ from explorer.widgets.image_grid import ReconstructionHistory
 from explorer.widgets.loss_plot import LossPlot
 
 # Small, fast defaults: a newcomer sees curves move within a minute on 2 CPU cores.
+# threads=1: on the 2-core development machine one torch thread trained 3× faster than
+# two (benchmarks/README.md, "GUI"); 0 means one per physical core.
 MODEL_DEFAULTS = dict(latent_dim=8, filters=8, convs_per_block=1, n_blocks=3, dropout=0.1, fc_units=64)
 TRAIN_DEFAULTS = dict(epochs=30, batch_size=16, lr=1e-3, seed=0, recon_sigma2=0.01, prior_sigma2=1.0,
                       mc_samples=1, ce_weight=1.0, ce_weighting="none", recon_every=2,
-                      checkpoint_every=5, early_stopping_patience=0, n_recon_examples=6)
+                      checkpoint_every=5, early_stopping_patience=0, n_recon_examples=6, threads=1)
 
 
 RECON_DELAY_MS = 40
@@ -86,6 +88,8 @@ class TrainerPanel(Panel):
         self._int(tf, "n_recon_examples", "Recon. examples", 1, 32, "Fixed train and test images shown with their reconstructions")
         self._int(tf, "checkpoint_every", "Checkpoint every", 1, 1000, "Save a checkpoint every K epochs (and on stop)")
         self._int(tf, "early_stopping_patience", "Early stop", 0, 1000, "Stop when the test loss has not improved for K epochs (0: off)")
+        self._int(tf, "threads", "CPU threads", 0, 256, "Torch threads for training (0: one per physical core; "
+                  "1 is fastest on a small or busy machine)")
         self.info = QtWidgets.QLabel()
         self.info.setWordWrap(True)
         self.error = QtWidgets.QLabel()
