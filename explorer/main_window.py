@@ -397,8 +397,8 @@ class MainWindow(QtWidgets.QMainWindow):
         try:
             if exporter is not None:
                 exporter(Path(path))
-            else:
-                panel.grab().save(path)
+            elif not panel.grab().save(path):
+                raise OSError(f"cannot write {path} (this tab exports images: .png)")
             self.state.show_message(f"Exported {path}")
         except Exception as exc:
             self.state.show_message(f"Export failed: {workers.readable_error(exc)}", 0)

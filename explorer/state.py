@@ -37,6 +37,7 @@ class AppState(QObject):
         self.checkpoint_path: Path | None = None
         self.selected_patient: str | None = None
         self._busy = 0
+        self.training = False  # set by the Train tab while a run is in progress
         from training.config import PreprocessConfig
 
         # The Data tab's settings: used for ingests into a workspace that has none yet.

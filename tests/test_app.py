@@ -98,3 +98,24 @@ def test_loading_a_bad_model_is_a_message(make_window, data_dir):
     assert not w.load_model(bad)
     assert "not-a-model.pt" in w.statusBar().currentMessage()
     assert w.state.checkpoint_path is None
+
+
+def test_errors_read_as_one_line():
+    import errno
+
+    from explorer.workers import _humanise_training_error, describe_result, readable_error
+    from training.config import ConfigError
+    from training.ingest import IngestReport
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/data/w.h5")
+    assert readable_error(full).startswith("The disk is full") and "/data/w.h5" in readable_error(full)
+    assert readable_error(ConfigError("lr must be > 0")) == "lr must be > 0"
+    assert readable_error(ValueError("bad")) == "ValueError: bad"
+    msg = _humanise_training_error("training failed: CheckpointError: x.pt: cannot write checkpoint "
+                                   "([Errno 28] No space left on device)")
+    assert msg.startswith("The disk is full")
+    report = IngestReport(added=["PAT-0001"], unchanged=["PAT-0002"], skipped=[("a.txt", "not DICOM")],
+                          rois_missing={"Heart": ["PAT-0001"]})
+    text = describe_result(report)
+    assert "1 added" in text and "1 unchanged" in text and "1 file(s) skipped" in text
+    assert "Heart in 1" in text and "\n" not in text

@@ -329,6 +329,9 @@ class DataPanel(Panel):
         except Exception as exc:
             self.error.setText(workers.readable_error(exc))
             return
+        if self.state.training:
+            self.error.setText("Stop the training (Train tab) before re-deriving the workspace")
+            return
         self.apply.setEnabled(False)
         self.state.request_rederive(cfg)
 

@@ -470,6 +470,7 @@ class TrainerPanel(Panel):
 
     def _set_state(self, s: str) -> None:
         self.run_state = s
+        self.state.training = s != "idle"
         self.pause_btn.setText("Resume" if s == "paused" else "Pause")
         self.pause_btn.setIcon(self.style().standardIcon(
             QtWidgets.QStyle.StandardPixmap.SP_MediaPlay if s == "paused"
