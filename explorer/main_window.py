@@ -182,6 +182,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.skipped.clear()
         self.state.set_checkpoint(None)
         self.state.set_workspace(Path(path) if path else default_workspace_path())
+        latest = workers.latest_checkpoint(self.state.workspace_path)
+        if latest is not None:
+            self.state.set_checkpoint(latest)
+            self.state.show_message(f"Opened {self.state.workspace_path.name} with its latest model "
+                                    f"({latest.parent.name})")
 
     def new_workspace(self) -> None:
         path, _ = QtWidgets.QFileDialog.getSaveFileName(

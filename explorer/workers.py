@@ -259,6 +259,29 @@ def check_checkpoint(path: Path):
     return load_checkpoint(path)
 
 
+def latest_checkpoint(workspace: Path) -> Path | None:
+    """The newest last.pt in the workspace's runs folder whose data hash matches the
+    workspace as it is now (a re-derive or new patients make older models stale)."""
+    from explorer.settings import runs_dir
+    from training.workspace import Workspace
+
+    folder = runs_dir(workspace)
+    if not Path(workspace).exists() or not folder.is_dir():
+        return None
+    candidates = sorted(folder.glob("*/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not candidates:
+        return None
+    try:
+        with Workspace.open(workspace) as ws:
+            data_hash = ws.data_hash
+        for path in candidates[:5]:
+            if check_checkpoint(path).data_hash == data_hash:
+                return path
+    except Exception:  # an unreadable file: open without a model
+        log.exception("looking for the latest checkpoint")
+    return None
+
+
 def copy_checkpoint(src: Path, dst: Path) -> Path:
     """Copy a checkpoint atomically (temp file in the target folder, fsync, os.replace)."""
     from training.checkpoint import atomic_write

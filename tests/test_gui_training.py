@@ -118,3 +118,16 @@ def test_loss_numbers_export_as_csv(make_window, tiny_workspace, qtbot, tmp_path
     assert lines[0] == "epoch,split,term,loss_per_image" and len(lines) == 1 + 2 * 4
     panel.export(tmp_path / "train.png")
     assert (tmp_path / "train.png").stat().st_size > 1000
+
+
+def test_reopening_a_workspace_loads_its_latest_model(make_window, tiny_workspace, qtbot):
+    w = make_window(tiny_workspace)
+    panel = _train_tab(w)
+    small_training(panel, epochs=1)
+    assert panel.start()
+    wait_until(qtbot, lambda: not panel.is_training(), what="training to end")
+    trained = w.state.checkpoint_path
+    w.close()
+    w2 = make_window(tiny_workspace)
+    assert w2.state.checkpoint_path == trained
+    assert w2.panel("Train").plot.points("train", "total") == 1  # its curves are shown
