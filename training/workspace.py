@@ -651,7 +651,9 @@ class Workspace:
         if not path.exists():
             raise WorkspaceError(f"{path}: no such workspace")
         try:
-            main = h5py.File(path, "r")
+            # No chunk cache: training reads each chunk once per epoch, and h5py's default
+            # 1 MiB cache per dataset (two per patient) made memory grow with the cohort.
+            main = h5py.File(path, "r", rdcc_nbytes=0)
         except OSError as exc:
             raise WorkspaceError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
         files = [main]
@@ -669,7 +671,7 @@ class Workspace:
             keep_open = len(staged) <= cls.MAX_OPEN_STAGED
             for _, p in staged:
                 try:
-                    sf = h5py.File(p, "r")
+                    sf = h5py.File(p, "r", rdcc_nbytes=0)
                 except OSError:
                     continue  # removed by a concurrent merge, or unreadable: skip
                 if sf.attrs.get("salt") != main.attrs["salt"]:
@@ -760,7 +762,7 @@ class Workspace:
                                 if self._entries[k[1]][1] != old}
                     handle.close()
                 try:
-                    self._lru[f] = h5py.File(f, "r")
+                    self._lru[f] = h5py.File(f, "r", rdcc_nbytes=0)
                 except OSError as exc:
                     raise WorkspaceError(f"{self.path}: staged entry {label} was merged or removed "
                                          "meanwhile; open the workspace again") from exc
