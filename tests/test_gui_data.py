@@ -40,6 +40,13 @@ def test_preview_follows_the_window_and_apply_rederives(make_window, ingested, q
     after = panel.preview.current_image()
     assert after.shape == before.shape and not np.allclose(after, before)
 
+    # 3D: the preview scrolls through the cube's depth slices
+    n = panel.preview_count
+    panel.mode3d.setChecked(True)
+    wait_until(qtbot, lambda: panel.preview_count > n, what="the 3D preview")
+    assert panel.preview.images.shape == (32, 32, 32)
+    panel.mode2d.setChecked(True)
+
     # custom limits switch the preset to "custom"
     panel.hu_max.setValue(100.0)
     assert panel.preset.currentText() == "custom"
