@@ -65,3 +65,15 @@ def test_cancel_keeps_window_usable(make_window, cohort_with_bad_file, qtbot):
     wait_until(qtbot, lambda: w.job is None, timeout_s=120, what="the cancelled ingest")
     assert not w.job_progress.isVisible()
     assert len(w.patient_list.pseudonyms()) <= 3
+
+
+def test_a_drop_during_an_ingest_is_queued(make_window, cohort_with_bad_file, qtbot):
+    w = make_window(None)
+    _small_preprocess(w)
+    drop_paths(w, [cohort_with_bad_file])
+    first = w.job
+    drop_paths(w.skipped.table.viewport(), [cohort_with_bad_file])  # a drop on a child widget
+    assert w.job is first and w._queued_drops, "the second drop was not queued"
+    wait_until(qtbot, lambda: w.job is None and not w._queued_drops, timeout_s=180, what="both ingests")
+    assert len(w.patient_list.pseudonyms()) == 3
+    assert "3 unchanged" in w.statusBar().currentMessage()
