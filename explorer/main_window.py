@@ -344,7 +344,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def _on_job_failed(self, message: str) -> None:
         self.state.show_message(message, 0)
-        QtWidgets.QMessageBox.warning(self, APP_TITLE, message) if not self.property("quiet") else None
+        if not self.property("quiet"):  # tests and benchmarks set "quiet": no modal boxes
+            QtWidgets.QMessageBox.warning(self, APP_TITLE, message)
 
     def _on_job_ended(self) -> None:
         job, self.job = self.job, None

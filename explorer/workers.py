@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import math
 import shutil
 import threading
 import time
@@ -292,12 +291,6 @@ def copy_checkpoint(src: Path, dst: Path) -> Path:
 
     return atomic_write(dst, write)
 
-
-def finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 # -- preview --------------------------------------------------------------------------

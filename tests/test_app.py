@@ -5,8 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from test_gui_support import data_dir, make_window, tiny_workspace  # noqa: F401
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_gui_support import data_dir  # noqa: F401
-
 
 @pytest.mark.timeout(300)
 def test_5000_imageitem_renders_do_not_abort(qtbot):

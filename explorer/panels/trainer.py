@@ -52,7 +52,6 @@ class TrainerPanel(Panel):
         self.run_state = "idle"
         self._image_shape: tuple[int, ...] = ()
         self._n_classes = 0
-        self._t_epochs: list[float] = []
         self.last_checkpoint: Path | None = None
         self.last_message = ""
         # TrainConfig fields without a form field (threads, device, max_loss, …); tests
@@ -363,7 +362,6 @@ class TrainerPanel(Panel):
         self.state.settings.set_interrupted_run(None, None)
         self.last_message = ""
         self.last_checkpoint = None
-        self._t_epochs = []
         self.progress.setRange(0, train.epochs)
         worker = workers.TrainingWorker(self.state.workspace_path, model, train, out_dir,
                                         resume=Path(resume_from) if resume_from else None, parent=self)
