@@ -308,11 +308,10 @@ def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
         index = ws.patient_index(pseudonym)
         info = ws.patients[index]
         if info.has_source:
-            from training import ingest as _ingest
-
             # The ingest's own derivation (labels, then preprocess_volume), so the preview
             # is exactly what "Apply" would store.
-            derive = getattr(_ingest, "derive", None) or _ingest._derive
+            from training.ingest import derive
+
             hu, masks, geometry = ws.read_source(index)
             positions = geometry if geometry is not None else np.arange(hu.shape[0], dtype=float)
             images, labels, missing = derive(hu, masks, positions, cfg)

@@ -40,6 +40,18 @@ def test_two_epochs_draw_curves_and_reconstructions(make_window, tiny_workspace,
     assert panel.history.label.text().startswith("epoch 1")
 
 
+def test_explorer_tabs_follow_each_checkpoint_while_training(make_window, tiny_workspace, qtbot):
+    w = make_window(tiny_workspace)
+    panel = _train_tab(w)
+    small_training(panel, epochs=3)  # checkpoint_every=1
+    seen = []
+    w.state.checkpointChanged.connect(lambda path: seen.append((path, panel.is_training())))
+    assert panel.start()
+    wait_until(qtbot, lambda: not panel.is_training(), what="training to end")
+    during = [p for p, training in seen if training]
+    assert len(during) >= 2 and all(p.endswith("last.pt") for p in during), seen
+
+
 def test_pause_resume_stop(make_window, tiny_workspace, qtbot):
     from training.checkpoint import load_checkpoint
 

@@ -215,8 +215,6 @@ def derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: Any,
     return images, labs, missing
 
 
-_derive = derive
-
 
 def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) -> str:
     """Make a message storable: paths relative to the drop, identifiers → pseudonyms."""

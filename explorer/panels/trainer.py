@@ -444,6 +444,9 @@ class TrainerPanel(Panel):
     def _on_checkpoint(self, path: str) -> None:
         if self.worker is not None and Path(path) == self.worker.checkpoint_path:
             self.last_checkpoint = Path(path)  # last.pt; best.pt is written beside it
+            # The explorer tabs follow training: each checkpoint becomes the current model
+            # (hidden tabs only mark themselves stale; the visible one refreshes off-thread).
+            self.state.set_checkpoint(self.last_checkpoint)
 
     def _on_finished(self, message: str) -> None:
         self.last_message = message
