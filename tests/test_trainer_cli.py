@@ -75,7 +75,9 @@ def _completed_epochs(out: Path) -> int:
 def test_sigkill_at_a_random_moment_loses_at_most_one_checkpoint_interval(tmp_path):
     ws = _workspace(tmp_path / "w.h5", n_patients=8, n_images=8, size=32)
     out = tmp_path / "run"
-    every, epochs = 2, 10
+    # Far more epochs than can run before the kill, whatever the machine's speed; the
+    # resumed run is then asked to stop two epochs after the last checkpoint.
+    every, epochs = 2, 10_000
     cmd = [sys.executable, "-m", "training.cli", "train", "--workspace", str(ws), "--out", str(out),
            "--epochs", str(epochs), "--batch-size", "4", "--checkpoint-every", str(every), "--filters", "8",
            "--latent-dim", "2", "--n-blocks", "2", "--fc-units", "16", "--threads", "1", "--no-progress"]
@@ -93,9 +95,11 @@ def test_sigkill_at_a_random_moment_loses_at_most_one_checkpoint_interval(tmp_pa
     saved = load_checkpoint(out / "last.pt").epoch if (out / "last.pt").exists() else 0
     assert done - saved <= every, (done, saved)
 
-    again = cmd + (["--resume"] if saved else [])  # killed before the first checkpoint: start over
+    target = saved + 2
+    again = [a if a != str(epochs) else str(target) for a in cmd]
+    again += ["--resume"] if saved else []  # killed before the first checkpoint: start over
     rc = subprocess.run(again, cwd=ROOT, env=env, capture_output=True, timeout=120)
     assert rc.returncode == 0, rc.stderr.decode()
     final = load_checkpoint(out / "last.pt")
-    assert final.epoch == epochs and len(final.history) == epochs
+    assert final.epoch == target and len(final.history) == target
     assert not list(out.glob(".*tmp*"))

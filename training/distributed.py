@@ -138,6 +138,13 @@ class DDPStrategy(SingleProcess):
 
     def close(self) -> None:
         if self._owns_group and dist.is_initialized():
+            # Leave together: a rank that tears gloo down while rank 0 still writes its
+            # last checkpoints was seen aborting ("terminate called without an active
+            # exception", SIGABRT) and failing the torchrun.
+            try:
+                dist.barrier()
+            except Exception:  # a peer already failed: nothing to wait for
+                pass
             dist.destroy_process_group()
             self._owns_group = False
 
