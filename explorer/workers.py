@@ -232,13 +232,10 @@ def run_ingest(ctx: JobContext, paths: list[Path], workspace: Path, preprocess, 
     def on_patient(info) -> None:
         ctx.patient(info, committed_thumbnail(Path(workspace), info.pseudonym))
 
-    report = ingest([Path(p) for p in paths], Path(workspace), preprocess,
-                    progress=ctx.progress, on_patient=on_patient, cancel=ctx.cancel,
-                    workers=workers)
-    for item in getattr(report, "skipped", []) or []:
-        path, reason = (item.path, item.reason) if hasattr(item, "reason") else item
-        ctx.skipped(path, reason)
-    return report
+    # Skipped files are listed as they are found (most during the header scan).
+    return ingest([Path(p) for p in paths], Path(workspace), preprocess,
+                  progress=ctx.progress, on_patient=on_patient, on_skipped=ctx.skipped,
+                  cancel=ctx.cancel, workers=workers)
 
 
 def run_rederive(ctx: JobContext, workspace: Path, cfg):

@@ -241,8 +241,10 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path, monkeypatc
     shutil.copytree(other.folder, orphan)
     shutil.rmtree(orphan / "CT")
     ws_path = tmp_path / "w.h5"
-    rep = ingest([drop, orphan], ws_path, CFG, workers=1)
+    live = []
+    rep = ingest([drop, orphan], ws_path, CFG, workers=1, on_skipped=lambda p, r: live.append((p, r)))
     assert len(rep.added) == 3
+    assert live == rep.skipped  # each one reported as it was found
     reasons = dict(rep.skipped)
     for name in ("bad/empty.dcm", "bad/text.txt", "bad/truncated.dcm", "bad/wrong_for_rs.dcm",
                  "RTSTRUCT/rs.dcm"):

@@ -89,6 +89,13 @@ class IngestReport:
     n_files: int = 0
     seconds: float = 0.0
     workspace: str = ""
+    on_skipped: Callable[[str, str], None] | None = field(default=None, repr=False, compare=False)
+
+    def skip(self, row: tuple[str, str]) -> None:
+        """Record an unusable file (relative path, reason) and tell the listener at once."""
+        self.skipped.append(row)
+        if self.on_skipped is not None:
+            self.on_skipped(*row)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -463,7 +470,7 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
                         g = wsmod.copy_entry(src["entries"][label], dst["entries"], [])
                         if shape and images.shape[1:] != shape:
                             del dst["entries"][label]
-                            report.skipped.append((label, f"image shape {images.shape[1:]} differs from "
+                            report.skip((label, f"image shape {images.shape[1:]} differs from "
                                                    f"the workspace's {shape}; set crop or size"))
                             continue
                         shape = shape or images.shape[1:]
@@ -516,6 +523,7 @@ def rederive(workspace_path: str | os.PathLike, new_cfg: PreprocessConfig,
 def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_path: str | os.PathLike,
            preprocess: PreprocessConfig | None = None, *, progress: Progress | None = None,
            on_patient: Callable[[PatientInfo], None] | None = None,
+           on_skipped: Callable[[str, str], None] | None = None,
            cancel: Callable[[], bool] | None = None, workers: int = 2,
            test_fraction: float = 0.25, seed: int = 0) -> IngestReport:
     """Add every CT series (with its RTSTRUCTs) found below `paths` to the workspace.
@@ -524,7 +532,8 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
     defaults for a new workspace); when they differ from the workspace's, existing
     entries are re-derived from their stored source first (report.rederived).
     progress(phase, done, total, message): phases "discover", "scan", "ingest",
-    "rederive", "merge". on_patient(PatientInfo) after each committed series.
+    "rederive", "merge". on_patient(PatientInfo) after each committed series;
+    on_skipped(relative path, reason) as each unusable file is found.
     cancel() → True stops after the series in flight; what was committed stays.
     test_fraction, seed: the split, used only when the workspace is created.
     """
@@ -540,7 +549,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     t0 = time.perf_counter()
-    report = IngestReport(workspace=str(path))
+    report = IngestReport(workspace=str(path), on_skipped=on_skipped)
     with workspace_lock(path):
         _prepare(path, cfg, test_fraction, seed)
         st = _State.read(path)
@@ -613,7 +622,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         if row is None:
             unknown.append(p)
         elif row[2]:  # known unusable file: report it again without reading it
-            report.skipped.append((row[3] if len(row) > 3 else rel, row[2]))
+            report.skip((row[3] if len(row) > 3 else rel, row[2]))
         else:
             known_by_series[row[1]].append(p)
             known_series.add(row[1])
@@ -695,7 +704,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     for s in scan.skipped:
         sp = str(_attr(s, "path", default=""))
         reason = str(_attr(s, "reason", default="unusable"))
-        report.skipped.append((rel(sp), clean(reason)))
+        report.skip((rel(sp), clean(reason)))
         q = quick_of.get(sp)
         if q:
             st.remember({q: ["", "", clean(reason), rel(sp)]})
@@ -723,7 +732,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         else:
             reason = "its CT series is not in this drop"
         if target is None:
-            report.skipped.append((rel(sp), reason or "no matching CT series"))
+            report.skip((rel(sp), reason or "no matching CT series"))
             q = quick_of.get(sp)
             if q and "differs" in (reason or ""):
                 # A mismatch stays one until the file changes; an RTSTRUCT whose CT is
@@ -760,7 +769,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             files = _ref_files(ref)
             where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
             reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            report.skipped.append((where, clean(str(reason))))
+            report.skip((where, clean(str(reason))))
             _call(progress, "ingest", done, total, f"skipped {label}")
             continue
         if res["status"] == "unchanged":
@@ -769,11 +778,11 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             _call(progress, "ingest", done, total, f"{label} unchanged")
             continue
         for sp, why in res["struct_skipped"]:
-            report.skipped.append((rel(sp), clean(str(why))))
+            report.skip((rel(sp), clean(str(why))))
         shape = res["shape"]
         if st.image_shape and shape != st.image_shape:
             Path(res["tmp"]).unlink(missing_ok=True)
-            report.skipped.append((rel(_ref_files(ref)[0].parent), (
+            report.skip((rel(_ref_files(ref)[0].parent), (
                 f"preprocessed image shape {shape} differs from the workspace's "
                 f"{st.image_shape}; set a crop or size")))
             continue
