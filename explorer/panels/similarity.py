@@ -15,7 +15,6 @@ reference j = patient j's slice a, ranked by KL(q_b,i ‖ q_a,j).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from explorer.widgets.kl_table import HeatMapView, KLTableView
 from explorer.widgets.latest_worker import LatestWorker
 from training import similarity
 from training.latent import AGGREGATES
+from training.latent_views import load_latent_model
 
 AGGREGATE_TEXT = {
     "mixture": "mixture (moment-matched)",
@@ -35,38 +35,21 @@ AGGREGATE_TEXT = {
 }
 
 
-class ModelCache:
-    """The checkpoint's model, loaded once per (path, modification time), on the worker thread."""
-
-    def __init__(self) -> None:
-        self._key = None
-        self._value = None
-
-    def get(self, path: str):
-        from training.checkpoint import load_model
-
-        key = (path, os.stat(path).st_mtime_ns)
-        if key != self._key:
-            self._value = load_model(path)[0]
-            self._key = key
-        return self._value
-
-
-def _compute_matrix(cache: ModelCache, ckpt: str, ws_path: str, aggregate: str, split, progress, cancel):
+def _compute_matrix(ckpt: str, ws_path: str, aggregate: str, split, progress, cancel):
     from training.similarity_views import patient_similarity
     from training.workspace import Workspace
 
-    model = cache.get(ckpt)
+    model = load_latent_model(ckpt).model  # cached while the file is unchanged
     with Workspace.open(ws_path) as ws:
         return patient_similarity(model, ws, aggregate, split, progress=progress, cancel=cancel)
 
 
-def _compute_identification(cache: ModelCache, ckpt: str, ws_path: str, a: int, b: int, symmetric: bool,
+def _compute_identification(ckpt: str, ws_path: str, a: int, b: int, symmetric: bool,
                             split, progress, cancel):
     from training.similarity_views import identify_slices
     from training.workspace import Workspace
 
-    model = cache.get(ckpt)
+    model = load_latent_model(ckpt).model  # cached while the file is unchanged
     with Workspace.open(ws_path) as ws:
         return identify_slices(model, ws, a, b, symmetric, split, progress=progress, cancel=cancel)
 
@@ -81,8 +64,6 @@ class SimilarityPanel(Panel):
         self.result = None  # training.similarity_views.PatientSimilarity
         self.identification: similarity.Identification | None = None
         self.error = ""
-        self._cache = ModelCache()  # used only on the matrix worker's thread
-        self._id_cache = ModelCache()  # used only on the identification worker's thread
         self.worker = LatestWorker(self, "similarity-matrix")
         self.id_worker = LatestWorker(self, "similarity-identify")
         self.worker.resultReady.connect(self._matrix_ready)
@@ -288,7 +269,7 @@ class SimilarityPanel(Panel):
         ckpt, ws = inputs
         self._set_message("Encoding the patients…")
         box: list[int] = []
-        return self._submit(self.worker, box, _compute_matrix, self._cache, ckpt, ws,
+        return self._submit(self.worker, box, _compute_matrix, ckpt, ws,
                             self.aggregate.currentData(), self._split_value(), "encoding")
 
     def run_identification(self) -> int | None:
@@ -298,7 +279,7 @@ class SimilarityPanel(Panel):
         ckpt, ws = inputs
         self.id_score.setText("…")
         box: list[int] = []
-        return self._submit(self.id_worker, box, _compute_identification, self._id_cache, ckpt, ws,
+        return self._submit(self.id_worker, box, _compute_identification, ckpt, ws,
                             self.slice_a.value(), self.slice_b.value(), self.symmetric.isChecked(),
                             self._split_value(), "identification")
 

@@ -11,7 +11,6 @@ training.volume_views; encoding and decoding run on a background thread
 
 from __future__ import annotations
 
-import os
 
 from explorer import figures
 from explorer.panels import Panel
@@ -26,27 +25,7 @@ SOURCE_TEXT = {
 }
 
 
-class _ModelCache:
-    """The checkpoint's model, loaded once per (path, modification time), on the worker thread."""
-
-    def __init__(self) -> None:
-        self._key = None
-        self._value = None
-
-    def get(self, path: str):
-        from training.checkpoint import load_model
-
-        key = (path, os.stat(path).st_mtime_ns)
-        if key != self._key:
-            model, ckpt = load_model(path)
-            from training.latent import prior_sigma2_of
-
-            self._value = (model, prior_sigma2_of(ckpt))
-            self._key = key
-        return self._value
-
-
-def _compute(cache: _ModelCache, ckpt: str | None, ws_path: str, patient: str, source: str, params: dict):
+def _compute(ckpt: str | None, ws_path: str, patient: str, source: str, params: dict):
     """A training.volume_views.VolumePair (or, without a model, (input stack, None))."""
     from training import volume_views as vv
     from training.workspace import Workspace
@@ -55,7 +34,10 @@ def _compute(cache: _ModelCache, ckpt: str | None, ws_path: str, patient: str, s
         index = ws.patient_index(patient)
         if ckpt is None:
             return vv.patient_stack(ws, index), ws.preprocess.mode
-        model, prior_sigma2 = cache.get(ckpt)
+        from training.latent_views import load_latent_model
+
+        lm = load_latent_model(ckpt)  # cached while the file is unchanged
+        model, prior_sigma2 = lm.model, lm.prior_sigma2
         if source == "generated":
             return vv.generated_pair(model, ws, index, seed=params.get("seed", 0), prior_sigma2=prior_sigma2)
         if source == "interpolated":
@@ -74,7 +56,6 @@ class VolumePanel(Panel):
         self.pair = None  # the training.volume_views.VolumePair shown
         self.mode = ""
         self.error = ""
-        self._cache = _ModelCache()
         self.worker = LatestWorker(self, "volume")
         self.worker.resultReady.connect(self._ready)
         self.worker.failed.connect(self._failed)
@@ -221,7 +202,7 @@ class VolumePanel(Panel):
         source = self.source.currentData()
         if source == "interpolated" and self.other.currentText() == name:
             self._set_message("Choose another patient to interpolate to.")
-        return self.worker.submit(_compute, self._cache, ckpt, str(self.state.workspace_path), name,
+        return self.worker.submit(_compute, ckpt, str(self.state.workspace_path), name,
                                   source, self.params())
 
     def wait_idle(self, timeout_ms: int = 30000) -> bool:
