@@ -100,6 +100,18 @@ def _memory_format(model) -> torch.memory_format:
     return fmt if fmt is not None else torch.contiguous_format
 
 
+def check_model_fits(model, ws) -> None:
+    """ValueError naming the workspace when `model` cannot encode its images (RT classes or
+    image shape differ)."""
+    if ws.preprocess.n_classes != model.cfg.n_classes:
+        raise ValueError(
+            f"{ws.path}: the workspace has {ws.preprocess.n_classes} RT classes, the model expects "
+            f"{model.cfg.n_classes}")
+    want = (model.cfg.input_size,) * model.cfg.spatial_dims
+    if tuple(ws.image_shape) != want:
+        raise ValueError(f"{ws.path}: images are {tuple(ws.image_shape)}, the model expects {want}")
+
+
 def encode_arrays(model, images, labels=None, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """µ and log σ² (float32 (N, J)) of images (N, *spatial) in [0, 1] (+ labels (N, *spatial)).
 

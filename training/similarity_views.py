@@ -47,14 +47,7 @@ class PatientSimilarity:
         return similarity.nearest(self.matrix(symmetric), i, k)
 
 
-def _check(model, ws) -> None:
-    if ws.preprocess.n_classes != model.cfg.n_classes:
-        raise ValueError(
-            f"{ws.path}: the workspace has {ws.preprocess.n_classes} RT classes, the model expects "
-            f"{model.cfg.n_classes}")
-    want = (model.cfg.input_size,) * model.cfg.spatial_dims
-    if tuple(ws.image_shape) != want:
-        raise ValueError(f"{ws.path}: images are {tuple(ws.image_shape)}, the model expects {want}")
+_check = latent.check_model_fits
 
 
 def patient_similarity(model, ws, aggregate: str = "mixture", split: str | None = None,

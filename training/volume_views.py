@@ -93,14 +93,7 @@ def _stack(arr: np.ndarray | None, mode: str) -> np.ndarray | None:
     return arr[0] if mode == "3d" else arr
 
 
-def _check(model, ws) -> None:
-    if ws.preprocess.n_classes != model.cfg.n_classes:
-        raise ValueError(
-            f"{ws.path}: the workspace has {ws.preprocess.n_classes} RT classes, the model expects "
-            f"{model.cfg.n_classes}")
-    want = (model.cfg.input_size,) * model.cfg.spatial_dims
-    if tuple(ws.image_shape) != want:
-        raise ValueError(f"{ws.path}: images are {tuple(ws.image_shape)}, the model expects {want}")
+_check = latent.check_model_fits
 
 
 def _decoded_stack(dec: latent.DecodedArrays, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
