@@ -10,8 +10,10 @@ import numpy as np
 
 from explorer.qt import Qt, QtWidgets, pg
 
-ROI_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-              (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+from training.images import ROI_COLOURS
+
+# The ROI colours every view and export uses (class k ↔ ROI_COLOURS[k]).
+ROI_COLORS = [tuple(int(v) for v in c) for c in ROI_COLOURS[1:]]
 
 
 def label_lut(n_classes: int, alpha: int = 110) -> np.ndarray:
