@@ -241,6 +241,50 @@ def export_pdf(view: ViewLike, path, title: str = "") -> Path:
     return _readable(atomic_write_bytes(Path(path), pdf_bytes(view, title)))
 
 
+def widget_bytes(widget: QtWidgets.QWidget, fmt: str, title: str = "") -> bytes:
+    """Any widget (a whole tab: form, plots, labels) as PNG, SVG or PDF bytes.
+
+    For tabs that are not one graphics view; SVG and PDF keep text and lines as vectors
+    (QWidget.render into QSvgGenerator / QPdfWriter), 1 logical px → 1 unit (px, pt).
+    """
+    fmt = fmt.lower()
+    if fmt == "png":
+        # unbound QWidget methods: a tab may shadow `size` or `grab` with a child widget
+        return _qimage_bytes(QtWidgets.QWidget.grab(widget).toImage())
+    size = QtWidgets.QWidget.size(widget)
+    buf = QtCore.QBuffer()
+    buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
+    if fmt == "svg":
+        target = QtSvg.QSvgGenerator()
+        target.setOutputDevice(buf)
+        target.setSize(size)
+        target.setViewBox(QtCore.QRect(0, 0, size.width(), size.height()))
+        target.setTitle(title or "ct-vae-explorer figure")
+    elif fmt == "pdf":
+        target = QtGui.QPdfWriter(buf)
+        target.setTitle(title or "ct-vae-explorer figure")
+        target.setCreator("ct-vae-explorer")
+        target.setResolution(72)
+        target.setPageSize(QtGui.QPageSize(QtCore.QSizeF(size.width(), size.height()),
+                                           QtGui.QPageSize.Unit.Point, "figure",
+                                           QtGui.QPageSize.SizeMatchPolicy.ExactMatch))
+        target.setPageMargins(QtCore.QMarginsF(0, 0, 0, 0), QtGui.QPageLayout.Unit.Point)
+    else:
+        raise ValueError(f"cannot export a tab as {fmt!r} (use png, svg or pdf)")
+    p = QtGui.QPainter(target)
+    try:
+        QtWidgets.QWidget.render(widget, p, QtCore.QPoint(0, 0))
+    finally:
+        p.end()
+    return bytes(buf.data())
+
+
+def export_widget(widget: QtWidgets.QWidget, path, title: str = "") -> Path:
+    """Write a whole widget as PNG/SVG/PDF by the path's suffix, atomically; the path."""
+    path = Path(path)
+    return _readable(atomic_write_bytes(path, widget_bytes(widget, path.suffix.lstrip(".") or "png", title)))
+
+
 def table_rows(table: Table) -> tuple[list[str], list[list[Any]]]:
     """(header, rows) of any accepted Table form (header [] for a bare 2-D array)."""
     if isinstance(table, Mapping):
@@ -441,7 +485,7 @@ class ExportButton(QtWidgets.QToolButton):
 
 __all__ = [
     "ExportButton", "FORMATS", "Table", "ask_save_folder", "ask_save_path", "copy_to_clipboard",
-    "csv_text", "export_csv", "export_figure", "export_pdf", "export_png", "export_svg",
+    "csv_text", "export_csv", "export_widget", "widget_bytes", "export_figure", "export_pdf", "export_png", "export_svg",
     "image_items", "last_folder", "pdf_bytes", "remember_folder", "render_image", "svg_bytes",
     "table_rows", "true_pixel_scale",
 ]

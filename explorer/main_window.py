@@ -33,6 +33,23 @@ def app_icon() -> QtGui.QIcon:
     return QtGui.QIcon(str(path)) if path.exists() else QtGui.QIcon()
 
 
+# Panels' export(path) picks the format from the suffix (explorer.figures.export_figure).
+EXPORT_FILTERS = ("PNG image (*.png)", "SVG vector image (*.svg)", "PDF document (*.pdf)",
+                  "CSV numbers (*.csv)")
+
+
+def with_export_suffix(path: str, chosen_filter: str) -> str:
+    """`path` with the chosen filter's suffix added when it has none of the offered ones
+    (some platform dialogs return the typed name without the filter's extension)."""
+    suffixes = [f[f.index("*") + 1:-1] for f in EXPORT_FILTERS]
+    if any(path.lower().endswith(s) for s in suffixes):
+        return path
+    for f in EXPORT_FILTERS:
+        if f == chosen_filter:
+            return path + f[f.index("*") + 1:-1]
+    return path + ".png"
+
+
 class MainWindow(QtWidgets.QMainWindow):
     def __init__(self, state: AppState | None = None, *, restore: bool = True) -> None:
         super().__init__()
@@ -141,7 +158,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.act_load_model = self._action("&Load model…", self.load_model_dialog, "Ctrl+L",
                                            "Load a model checkpoint (weights only; no code runs)")
         self.act_export = self._action("&Export current view…", self.export_dialog, "Ctrl+E",
-                                       "Save the current tab as an image (PNG) or its numbers (CSV)")
+                                       "Save the current tab as an image (PNG, SVG, PDF) or its numbers (CSV)")
         self.act_quit = self._action("&Quit", self.close, "Ctrl+Q", "Close the window (training stops at a checkpoint)")
         for a in (self.act_new, self.act_open):
             m.addAction(a)
@@ -394,17 +411,28 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def export_dialog(self) -> None:
         panel = self.tabs.currentWidget()
-        exporter = getattr(panel, "export", None)
-        path, _ = QtWidgets.QFileDialog.getSaveFileName(
-            self, "Export", f"{getattr(panel, 'title', 'view').lower()}.png",
-            "PNG image (*.png);;CSV numbers (*.csv)")
+        exporter = getattr(panel, "export", None)  # export(path), or a child widget named so
+        filters = EXPORT_FILTERS  # CSV where the tab has numbers; otherwise its message says so
+        path, chosen = QtWidgets.QFileDialog.getSaveFileName(
+            self, "Export", f"{getattr(panel, 'title', 'view').lower()}.png", ";;".join(filters))
         if not path:
             return
+        path = with_export_suffix(path, chosen)
         try:
-            if exporter is not None:
+            if isinstance(exporter, QtCore.QObject):
+                # some tabs name a child widget `export` (an ExportButton, a spin box)
+                exporter = getattr(exporter, "export", None)
+                if callable(exporter) and not isinstance(exporter, QtCore.QObject):
+                    exporter(Path(path).suffix.lstrip(".").lower(), Path(path))
+                    exporter = True
+                else:
+                    exporter = None
+            elif callable(exporter):
                 exporter(Path(path))
-            elif not panel.grab().save(path):
-                raise OSError(f"cannot write {path} (this tab exports images: .png)")
+            if exporter is None:
+                from explorer import figures
+
+                figures.export_widget(panel, Path(path), title=getattr(panel, "title", ""))
             self.state.show_message(f"Exported {path}")
         except Exception as exc:
             self.state.show_message(f"Export failed: {workers.readable_error(exc)}", 0)

@@ -487,20 +487,24 @@ class TrainerPanel(Panel):
         for w in self.fields.values():
             w.setEnabled(idle)
 
-    def export(self, path: Path) -> None:
-        """CSV: the loss curves' numbers (epoch, split, term, value); otherwise an image of the tab."""
-        path = Path(path)
-        if path.suffix.lower() == ".csv":
-            import csv
+    def export(self, path: Path) -> Path:
+        """CSV: the loss curves' numbers (epoch, split, term, value); .png/.svg/.pdf: the tab."""
+        import csv
+        import io
 
-            with open(path, "w", newline="") as f:
-                out = csv.writer(f)
-                out.writerow(["epoch", "split", "term", "loss_per_image"])
-                for (split, term), (xs, ys) in sorted(self.plot.data.items()):
-                    for x, y in zip(xs, ys):
-                        out.writerow([int(x), split, term, repr(float(y))])
-        elif not self.grab().save(str(path)):
-            raise OSError(f"cannot write image {path}")
+        from explorer import figures
+        from training.atomic import atomic_write_text
+
+        path = Path(path)
+        if path.suffix.lower() != ".csv":
+            return figures.export_widget(self, path, title=self.title)
+        text = io.StringIO()
+        out = csv.writer(text)
+        out.writerow(["epoch", "split", "term", "loss_per_image"])
+        for (split, term), (xs, ys) in sorted(self.plot.data.items()):
+            for x, y in zip(xs, ys):
+                out.writerow([int(x), split, term, repr(float(y))])
+        return atomic_write_text(path, text.getvalue())
 
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Window closing: stop at a checkpoint and remember it for the next start."""
