@@ -44,6 +44,8 @@ def test_identify_slices_rows_and_3d_refusal(tmp_path):
     with Workspace.open(ws) as w:
         pats, ra, rb = slice_rows(w, 1, -1)
         assert pats == [0, 1, 2, 3] and ra[:, 1].tolist() == [1] * 4 and rb[:, 1].tolist() == [4] * 4
+        # a negative index beyond the stack (5 images) is out of range, not wrapped around
+        assert slice_rows(w, 1, -6)[0] == [] and slice_rows(w, -5, 1)[1][:, 1].tolist() == [0] * 4
         calls = []
         res = identify_slices(model, w, 1, -1, symmetric=True, progress=lambda d, t: calls.append((d, t)))
         ea = latent.encode_workspace(model, w, rows=ra)

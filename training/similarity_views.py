@@ -77,8 +77,9 @@ def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int],
     for i, p in enumerate(ws.patients):
         if split not in (None, p.split) or p.n_images == 0:
             continue
-        ia, ib = a % p.n_images if a < 0 else a, b % p.n_images if b < 0 else b
-        if ia < p.n_images and ib < p.n_images and ia != ib:
+        # Python's rule: −n is the first image, −(n+1) is out of range (not wrapped round)
+        ia, ib = a + p.n_images if a < 0 else a, b + p.n_images if b < 0 else b
+        if 0 <= ia < p.n_images and 0 <= ib < p.n_images and ia != ib:
             pats.append(i)
             ra.append((i, ia))
             rb.append((i, ib))
