@@ -46,3 +46,24 @@ def test_export_adds_the_chosen_filters_suffix():
     assert with_export_suffix("/x/fig", "SVG vector image (*.svg)") == "/x/fig.svg"
     assert with_export_suffix("/x/fig.pdf", "PNG image (*.png)") == "/x/fig.pdf"
     assert with_export_suffix("/x/fig", "") == "/x/fig.png"
+
+
+def test_latest_worker_stops_when_its_parent_is_destroyed(qtbot):
+    import time
+
+    from explorer.qt import QtCore, QtWidgets
+    from explorer.widgets.latest_worker import LatestWorker
+
+    parent = QtWidgets.QWidget()
+    worker = LatestWorker(parent)
+    got = []
+    worker.resultReady.connect(lambda rid, value: got.append(value))
+    worker.submit(time.sleep, 0.2)
+    thread = worker._thread
+    assert thread is not None and thread.isRunning()
+    parent.deleteLater()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+    assert thread.isFinished()  # stopped (after the running call) while the parent died
+    assert worker.submit(time.sleep, 0) == -1
+    qtbot.wait(50)
+    assert got == []

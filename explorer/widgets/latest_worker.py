@@ -24,6 +24,7 @@ Work functions must not touch widgets; they run on the worker thread.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from typing import Any, Callable
@@ -31,6 +32,28 @@ from typing import Any, Callable
 from explorer.qt import QObject, QThread, QtCore, Signal
 
 log = logging.getLogger(__name__)
+
+
+_UNFINISHED: set = set()  # threads still running after a timed-out stop: kept alive, never destroyed running
+
+
+def _stop_orphaned(attrs: dict, timeout_ms: int = 5000) -> None:
+    """Stop a LatestWorker's thread given the worker's attribute dict (its Python side,
+    which outlives the C++ object); the running call finishes first, its result dropped."""
+    cond = attrs["_cond"]
+    with cond:
+        attrs["_stopping"] = True
+        attrs["_pending"] = None
+        attrs["_latest_id"] += 1
+        cond.notify_all()
+    thread = attrs.get("_thread")
+    if thread is not None:
+        if not thread.wait(timeout_ms):
+            log.warning("%s: background call still running after %d ms", attrs.get("name"), timeout_ms)
+            _UNFINISHED.add(thread)
+        attrs["_thread"] = None
+    for t in [t for t in _UNFINISHED if t.isFinished()]:
+        _UNFINISHED.discard(t)
 
 
 class _Thread(QThread):
@@ -66,6 +89,10 @@ class LatestWorker(QObject):
         app = QtCore.QCoreApplication.instance()
         if app is not None:  # never leave a running QThread behind at exit
             app.aboutToQuit.connect(self.shutdown)
+        # Destroyed with its parent and no shutdown() (a closed tab, a test's widget): the
+        # thread must still stop, or Qt aborts with "QThread: Destroyed while thread is
+        # still running". A plain function, not a method: the C++ object is going away.
+        self.destroyed.connect(functools.partial(_stop_orphaned, self.__dict__))
 
     # -- GUI thread ------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args, **kwargs) -> int:
@@ -119,14 +146,7 @@ class LatestWorker(QObject):
 
     def shutdown(self, timeout_ms: int = 5000) -> None:
         """Stop the thread (the running call finishes first; its result is dropped)."""
-        with self._cond:
-            self._stopping = True
-            self._pending = None
-            self._latest_id += 1
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.wait(timeout_ms)
-            self._thread = None
+        _stop_orphaned(self.__dict__, timeout_ms)
 
     # -- worker thread ---------------------------------------------------------------------
     def _loop(self) -> None:
@@ -148,18 +168,21 @@ class LatestWorker(QObject):
 
                 ok, value = False, readable_error(exc)
             with self._cond:
+                # Emitting under the lock (queued to the GUI thread, never blocks): once
+                # shutdown has set _stopping, nothing more is emitted on a dying object.
                 self._running_id = None
                 self.completed += 1
                 current = rid == self._latest_id and not self._stopping
                 if not current:
                     self.dropped += 1
                 self._cond.notify_all()
-            if current:
-                if ok:
-                    self.resultReady.emit(rid, value)
-                else:
-                    self.failed.emit(rid, value)
-            self._ran.emit()
+                if current:
+                    if ok:
+                        self.resultReady.emit(rid, value)
+                    else:
+                        self.failed.emit(rid, value)
+                if not self._stopping:
+                    self._ran.emit()
 
     def _set_busy(self, busy: bool) -> None:
         if busy != self._busy:
