@@ -260,3 +260,32 @@ def test_corrupted_bytes_never_stop_the_scan(tmp_path):
             except DicomError as exc:
                 assert exc.path and exc.reason
     assert loaded > 0
+
+
+def _stretch(path: Path, tag_vr: bytes, length: int) -> None:
+    """Give the (explicit VR, short form) element tag_vr a wrong, larger length, so that
+    its value swallows the elements after it, as a damaged file does."""
+    data = bytearray(path.read_bytes())
+    at = data.index(tag_vr)
+    data[at + 6 : at + 8] = length.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("tag_vr", [b"\x08\x00\x16\x00UI", b"\x02\x00\x10\x00UI", b"\x20\x00\x37\x00DS"])
+def test_damaged_length_never_quotes_the_elements_it_swallows(tmp_path, tag_vr):
+    # SOPClassUID, TransferSyntaxUID and ImageOrientationPatient stretched over the
+    # patient module (or, for IOP, the elements after it): the skip reason describes
+    # the value and quotes none of the identifiers it swallowed.
+    img = ramp_volume(1, 8, 10)[0]
+    extra = {"InstitutionName": "Secret Hospital", "ReferringPhysicianName": "Secret^Doctor"}
+    if tag_vr.startswith(b"\x20\x00\x37"):  # put identifiers after IOP
+        extra.update(RequestingPhysician="Secret^Doctor", PatientComments="Secret 19451231")
+    f = write_ct_slice(tmp_path / "bad", img, patient_name="Secret^Patientname",
+                       patient_id="SECRETID7", birth_date="19451231", extra=extra)
+    _stretch(f, tag_vr, 600)
+    result = scan(tmp_path)
+    assert not result.series and len(result.skipped) == 1
+    reason = result.skipped[0].reason
+    for token in ("secret", "patientname", "19451231", "doctor"):
+        assert token not in reason.lower(), reason

@@ -10,6 +10,7 @@ values is recorded so load_ct_series can read them without parsing the header ag
 from __future__ import annotations
 
 import os
+import re
 import struct
 from collections import defaultdict
 from typing import Callable, Iterable
@@ -72,6 +73,29 @@ def _value(ds, keyword: str):
     return str(v).strip() or None
 
 
+_UID_CHARS = re.compile(r"[0-9.]{1,64}")
+_NUMBER_CHARS = re.compile(r"[0-9eE+\-. \\]{0,80}")
+_CODE_CHARS = re.compile(r"[A-Z0-9 _]{1,16}")
+
+
+def _shown_uid(uid: str) -> str:
+    """A UID fit for a message. A damaged length makes an element swallow the elements
+    after it, names and birth dates included, so a value that is not a plausible UID is
+    described, never quoted."""
+    return uid if _UID_CHARS.fullmatch(uid) else f"malformed UID ({len(uid)} characters)"
+
+
+def _shown_number(value) -> str:
+    """A numeric element's text quoted only while it looks numeric (see _shown_uid)."""
+    text = str(value)
+    return repr(text) if _NUMBER_CHARS.fullmatch(text) else f"{len(text)} malformed characters"
+
+
+def _shown_code(value: str) -> str:
+    """A code string (Modality) quoted only while it looks like one (see _shown_uid)."""
+    return value if _CODE_CHARS.fullmatch(value) else f"malformed ({len(value)} characters)"
+
+
 def _text(ds, keyword: str) -> str:
     value = _value(ds, keyword)
     return "" if value is None else str(value)
@@ -109,9 +133,9 @@ def _floats(ds, keyword: str, n: int) -> tuple[float, ...]:
     try:
         out = tuple(float(v) for v in str(value).split("\\"))
     except ValueError:
-        raise ValueError(f"{keyword} is not numeric ({value!r})") from None
+        raise ValueError(f"{keyword} is not numeric ({_shown_number(value)})") from None
     if len(out) != n or not all(np.isfinite(out)):
-        raise ValueError(f"{keyword} should hold {n} finite numbers, holds {value!r}")
+        raise ValueError(f"{keyword} should hold {n} finite numbers, holds {_shown_number(value)}")
     return out
 
 
@@ -199,7 +223,7 @@ def _read_header(path: str):
             implicit, little = ds.original_encoding
             ts = IMPLICIT_LE if implicit else "1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2"
         if not UID(ts).is_transfer_syntax:
-            raise ValueError(f"unknown Transfer Syntax UID {ts!r}")
+            raise ValueError(f"unknown Transfer Syntax UID {_shown_uid(ts)}")
         size = os.fstat(fp.fileno()).st_size
         pixel = _pixel_location(fp, ts, size)
     if not preamble and not (ds.get("SOPClassUID") or ds.get("Modality")):
@@ -213,7 +237,7 @@ class _NotDicom(ValueError):
 
 def _sop_class_name(uid: str) -> str:
     name = UID(uid).name if uid else ""
-    return name if name and name != uid else (uid or "unknown SOP class")
+    return name if name and name != uid else (_shown_uid(uid) if uid else "unknown SOP class")
 
 
 def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
@@ -443,7 +467,7 @@ def _classify(path: str, result: ScanResult, by_series, series_info) -> None:
             raise ValueError(f"secondary capture image ({_sop_class_name(sop_class)}), not CT")
         if not (sop_class == CT_IMAGE or (not sop_class and modality == "CT")):
             raise ValueError(
-                f"neither a CT image nor an RT structure set (Modality {modality or 'missing'}, "
+                f"neither a CT image nor an RT structure set (Modality {_shown_code(modality) if modality else 'missing'}, "
                 f"{_sop_class_name(sop_class)})"
             )
         study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")

@@ -115,7 +115,10 @@ def _read_dataset(path: str | Path, **kwargs) -> pydicom.Dataset:
     modality = str(ds.get("Modality", "")).upper()
     sop_class = str(ds.get("SOPClassUID", ""))
     if modality != "RTSTRUCT" and sop_class != RTSTRUCT_SOP_CLASS:
-        raise RTStructError(path, f"not an RT Structure Set (Modality {modality or 'missing'})")
+        # A damaged length can make Modality swallow the elements after it: quote only a code.
+        shown = modality if re.fullmatch(r"[A-Z0-9 _]{1,16}", modality) else (
+            f"malformed, {len(modality)} characters" if modality else "missing")
+        raise RTStructError(path, f"not an RT Structure Set (Modality {shown})")
     return ds
 
 
