@@ -67,3 +67,74 @@ def test_latest_worker_stops_when_its_parent_is_destroyed(qtbot):
     assert worker.submit(time.sleep, 0) == -1
     qtbot.wait(50)
     assert got == []
+
+
+def _open_via_menu(w, monkeypatch, path):
+    from explorer.qt import QtWidgets
+
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(path), "")))
+    w.act_open.trigger()
+
+
+@pytest.mark.parametrize("damage", ["not_hdf5", "truncated"])
+def test_opening_a_damaged_workspace_gives_a_message(make_window, tiny_workspace, monkeypatch, qtbot,
+                                                     damage):
+    bad = tiny_workspace.with_name(f"{damage}.h5")
+    data = tiny_workspace.read_bytes()
+    bad.write_bytes(b"this is not a workspace\n" * 100 if damage == "not_hdf5" else data[: len(data) // 3])
+    w = make_window(tiny_workspace)
+    messages = []
+    w.state.statusMessage.connect(lambda text, ms: messages.append(text))
+    _open_via_menu(w, monkeypatch, bad)
+    for i in range(w.tabs.count()):  # every tab reacts to the new workspace without raising
+        w.tabs.setCurrentIndex(i)
+        qtbot.wait(20)
+    assert w.state.workspace_path == bad
+    assert w.patient_list.rowCount() == 0
+    assert any(bad.name in m for m in messages), messages
+
+
+def test_loading_a_checkpoint_of_another_workspace_or_garbage(make_window, tiny_workspace, monkeypatch,
+                                                              qtbot, tmp_path):
+    from explorer.qt import QtWidgets
+    from test_gui_support import write_tiny_workspace
+
+    other = write_tiny_workspace(tmp_path / "other.h5", n_patients=2, size=16)
+    w = make_window(tiny_workspace)
+    messages = []
+    w.state.statusMessage.connect(lambda text, ms: messages.append(text))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"PK\x03\x04 not a checkpoint")
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(garbage), "")))
+    w.act_load_model.trigger()
+    assert w.state.checkpoint_path is None and "garbage.pt" in messages[-1]
+
+    # a valid checkpoint of a model for another workspace (16 px inputs, not 32): loads,
+    # and every tab shows a message instead of raising in a slot
+    import torch
+
+    from training.checkpoint import save_checkpoint
+    from training.config import ModelConfig, TrainConfig
+    from training.model import VAE
+    from training.workspace import Workspace
+
+    with Workspace.open(other) as ws:
+        pre, dh = ws.preprocess, ws.data_hash
+    cfg = ModelConfig(input_size=16, n_classes=pre.n_classes, latent_dim=4, filters=4, n_blocks=2,
+                      convs_per_block=1, fc_units=16, dropout=0.0)
+    foreign = save_checkpoint(tmp_path / "foreign.pt", model_config=cfg, train_config=TrainConfig(),
+                              preprocess_config=pre, model_state=VAE(cfg).state_dict(),
+                              optimizer_state=None, epoch=1, history=[], data_hash=dh)
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName",
+                        staticmethod(lambda *a, **k: (str(foreign), "")))
+    w.act_load_model.trigger()
+    for i in range(w.tabs.count()):
+        w.tabs.setCurrentIndex(i)
+        w.state.select_patient("PAT-0002")
+        qtbot.wait(300)
+    for p in w.panels:
+        if hasattr(p, "wait_idle"):
+            p.wait_idle(30000)
+    qtbot.wait(200)
