@@ -138,3 +138,28 @@ def test_loading_a_checkpoint_of_another_workspace_or_garbage(make_window, tiny_
         if hasattr(p, "wait_idle"):
             p.wait_idle(30000)
     qtbot.wait(200)
+
+
+def test_data_preview_is_marked_and_the_right_way_up(qtbot):
+    import numpy as np
+
+    from explorer.widgets.slice_preview import SlicePreview
+
+    w = SlicePreview()
+    qtbot.addWidget(w)
+    w.resize(400, 400)
+    w.show()
+    qtbot.waitExposed(w)
+    img = np.zeros((3, 20, 30), np.float32)
+    img[:, 0, 0] = 1.0  # row 0, column 0: anterior, the patient's right
+    w.set_stack(img, caption="test")
+    qtbot.wait(20)
+    letters = {t.textItem.toPlainText(): t for t in w._letters}
+    assert set(letters) == {"A", "P", "R", "L"}
+    scene = {k: w.view.mapViewToScene(t.pos()) for k, t in letters.items()}
+    assert scene["A"].y() < scene["P"].y() and scene["R"].x() < scene["L"].x()
+    corner = w.view.mapViewToScene(w.image_item.mapToView(w.image_item.boundingRect().topLeft()))
+    assert abs(corner.y() - scene["A"].y()) < 1 and abs(corner.x() - scene["R"].x()) < 1
+    assert w.plot.getAxis("left").labelText and w.plot.getAxis("bottom").labelText
+    w.set_stack(None)
+    assert w._letters == []

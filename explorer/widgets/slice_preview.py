@@ -1,7 +1,8 @@
 """A stack of preprocessed slices with ROI overlays and a slider through them.
 
 Images (n, H, W) in [0, 1], labels (n, H, W) uint8 (0 = complement, k = rois[k-1]) or
-None; shown as stored: anterior at the top, the patient's left on the image's right.
+None; shown as stored: anterior at the top, the patient's left on the image's right,
+marked A/P/R/L at the image's edges, axes in pixels.
 """
 
 from __future__ import annotations
@@ -32,8 +33,17 @@ class SlicePreview(QtWidgets.QWidget):
         self.labels: np.ndarray | None = None
         self.roi_names: list[str] = []
         self.view_widget = pg.GraphicsLayoutWidget()
-        self.view = self.view_widget.addViewBox(lockAspect=True, invertY=True)
+        # a plot (axes in pixels) like the latent views' CTImageView: row 0 = anterior at the
+        # top, column 0 = the patient's right on the image's left
+        self.plot = self.view_widget.addPlot()
+        self.plot.setLabel("bottom", "x (pixels, patient right → left)")
+        self.plot.setLabel("left", "y (pixels, anterior → posterior)")
+        self.view = self.plot.getViewBox()
+        self.view.setAspectLocked(True)
+        self.view.invertY(True)
         self.view.setMenuEnabled(False)
+        self._letters: list = []
+        self._letters_shape: tuple[int, int] | None = None
         self.image_item = pg.ImageItem()
         self.label_item = pg.ImageItem()
         self.label_item.setZValue(1)
@@ -80,6 +90,9 @@ class SlicePreview(QtWidgets.QWidget):
         if n == 0:
             self.image_item.clear()
             self.label_item.clear()
+            for it in self._letters:
+                self.view.removeItem(it)
+            self._letters, self._letters_shape = [], None
             return
         self._show(self.slider.value())
         self.view.autoRange(padding=0.01)
@@ -92,6 +105,12 @@ class SlicePreview(QtWidgets.QWidget):
             return
         index = int(np.clip(index, 0, len(self.images) - 1))
         self.image_item.setImage(self.images[index], levels=(0.0, 1.0), autoLevels=False)
+        shape = tuple(self.images.shape[-2:])
+        if shape != self._letters_shape:
+            from explorer.widgets.latent_canvas import orientation_letters
+
+            self._letters = orientation_letters(self.view, shape, self._letters)
+            self._letters_shape = shape
         if self.labels is not None and self.roi_names:
             lut = label_lut(len(self.roi_names))
             lab = np.clip(self.labels[index].astype(np.intp), 0, len(lut) - 1)
