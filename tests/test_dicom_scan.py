@@ -289,3 +289,28 @@ def test_damaged_length_never_quotes_the_elements_it_swallows(tmp_path, tag_vr):
     reason = result.skipped[0].reason
     for token in ("secret", "patientname", "19451231", "doctor"):
         assert token not in reason.lower(), reason
+
+
+@pytest.mark.parametrize("tag_vr", [b"\x08\x00\x16\x00UI", b"\x02\x00\x10\x00UI", b"\x08\x00\x60\x00CS"])
+def test_damaged_file_logs_and_warns_no_identifiers(tmp_path, tag_vr, caplog):
+    # pydicom's value validation logs and warns the whole (swallowed) value; the GUI
+    # logs at INFO, so that would print names and birth dates.
+    import logging
+    import warnings
+
+    img = ramp_volume(1, 8, 10)[0]
+    f = write_ct_slice(tmp_path / "bad", img, patient_name="Secret^Patientname",
+                       patient_id="SECRETID7", birth_date="19451231")
+    _stretch(f, tag_vr, 600)
+    with caplog.at_level(logging.DEBUG), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = scan(tmp_path)
+        for ref in result.series:
+            try:
+                load_ct_series(ref)
+            except DicomError:
+                pass
+    text = caplog.text + "\n".join(str(w.message) for w in caught)
+    text += " ".join(s.reason for s in result.skipped)
+    for token in ("secret", "patientname", "19451231"):
+        assert token not in text.lower(), text

@@ -14,12 +14,26 @@ from __future__ import annotations
 import os
 
 import pydicom
+import pydicom.config
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_LE = "1.2.840.10008.1.2"
 PIXEL_DATA = 0x7FE00010
+
+
+def quiet_pydicom_validation() -> None:
+    """Stop pydicom logging and warning invalid values on read (SPEC F7).
+
+    Its message quotes the whole value, and a damaged length makes one element's value
+    swallow the elements after it, patient name, ID and birth date included; the GUI
+    logs at INFO. Our readers check the values they use and name what is wrong.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
+
+quiet_pydicom_validation()
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}

@@ -236,8 +236,12 @@ class _NotDicom(ValueError):
 
 
 def _sop_class_name(uid: str) -> str:
-    name = UID(uid).name if uid else ""
-    return name if name and name != uid else (_shown_uid(uid) if uid else "unknown SOP class")
+    if not uid:
+        return "unknown SOP class"
+    if not _UID_CHARS.fullmatch(uid):
+        return _shown_uid(uid)
+    name = UID(uid).name
+    return name if name and name != uid else uid
 
 
 def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:

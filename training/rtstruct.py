@@ -28,7 +28,10 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.errors import InvalidDicomError
 
+from training.dicom_header import quiet_pydicom_validation
 from training.geometry import VolumeGeometry
+
+quiet_pydicom_validation()
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 # CLOSED_PLANAR_XOR (DICOM 2021) states the even-odd combination we apply to all contours.
