@@ -10,14 +10,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 
 from explorer import panels as panel_registry
 from explorer.qt import Qt, QtCore, QtGui, QtWidgets
 from explorer.settings import AppSettings, default_workspace_path
 from explorer.state import AppState
 from explorer.widgets.drop_zone import DropOverlay, local_paths
-from explorer.widgets.image_grid import as_slice
+from explorer.widgets.latest_worker import LatestWorker
 from explorer.widgets.patient_list import PatientList, PatientRow
 from explorer.widgets.progress import JobProgress
 from explorer.widgets.skipped_panel import SkippedFiles
@@ -65,6 +64,8 @@ class MainWindow(QtWidgets.QMainWindow):
 
         # left: patients over skipped files
         self.patient_list = PatientList()
+        self.thumbnails = LatestWorker(self, name="thumbnails")
+        self.thumbnails.resultReady.connect(self._show_thumbnails)
         self.skipped = SkippedFiles()
         left = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         left.addWidget(self.patient_list)
@@ -246,21 +247,28 @@ class MainWindow(QtWidgets.QMainWindow):
         icons = self.patient_list.icons() if same else {}
         self._listed = (self.state.workspace_path, self._derived_version)
         self.patient_list.clear_patients()
+        missing: list[str] = []
         try:
             with self.state.open_workspace() as ws:
-                index = np.asarray(ws.index())
-                for i, p in enumerate(ws.patients):
-                    thumb = None
+                for p in ws.patients:
                     if p.pseudonym not in icons and p.n_images:
-                        rows = index[index[:, 0] == i]
-                        thumb = as_slice(ws.read_images(rows[len(rows) // 2: len(rows) // 2 + 1])[0])
-                    self.patient_list.upsert(workers.patient_row(p, thumbnail=thumb), icons.get(p.pseudonym))
+                        missing.append(p.pseudonym)
+                    self.patient_list.upsert(workers.patient_row(p), icons.get(p.pseudonym))
         except Exception as exc:  # a damaged file must not take the window down
             log.exception("cannot read workspace")
             self.patient_list.clear_patients()
             self.state.show_message(f"Cannot read {self.state.workspace_path}: {workers.readable_error(exc)}", 0)
         if selected:
             self.patient_list.select(selected)
+        if missing:  # images are read off the GUI thread; rows get their icons as they come
+            self.thumbnails.submit(workers.read_thumbnails, self.state.workspace_path, missing)
+
+    def _show_thumbnails(self, _rid: int, result) -> None:
+        workspace, thumbs = result
+        if workspace != self.state.workspace_path:
+            return
+        for pseudonym, image in thumbs.items():
+            self.patient_list.set_thumbnail(pseudonym, image)
 
     # -- drops ---------------------------------------------------------------------------
     def eventFilter(self, obj, event) -> bool:
@@ -449,6 +457,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.job is not None:
             self.job.cancel()
             self.job.wait(30_000)
+        self.thumbnails.shutdown()
         for panel in self.panels:
             try:
                 panel.shutdown()

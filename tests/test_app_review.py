@@ -163,3 +163,23 @@ def test_data_preview_is_marked_and_the_right_way_up(qtbot):
     assert w.plot.getAxis("left").labelText and w.plot.getAxis("bottom").labelText
     w.set_stack(None)
     assert w._letters == []
+
+
+def test_opening_a_workspace_reads_thumbnails_off_the_gui_thread(make_window, tiny_workspace, qtbot,
+                                                                 monkeypatch):
+    import threading
+
+    from training.workspace import Workspace
+
+    threads = []
+    real = Workspace.read_images
+
+    def spy(self, *a, **k):
+        threads.append(threading.current_thread() is threading.main_thread())
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Workspace, "read_images", spy)
+    w = make_window(tiny_workspace)
+    assert w.patient_list.pseudonyms() == ["PAT-0001", "PAT-0002", "PAT-0003"]
+    qtbot.waitUntil(lambda: len(w.patient_list.icons()) == 3, timeout=10000)
+    assert threads and not any(threads)

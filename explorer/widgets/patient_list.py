@@ -74,6 +74,15 @@ class PatientList(QtWidgets.QTableWidget):
         return {name: item.icon() for name, row in self._rows.items()
                 if (item := self.item(row, 0)) is not None and not item.icon().isNull()}
 
+    def set_thumbnail(self, pseudonym: str, image: np.ndarray) -> bool:
+        """Give a listed patient its thumbnail (read later, off the GUI thread)."""
+        row = self._rows.get(pseudonym)
+        item = None if row is None else self.item(row, 0)
+        if item is None:
+            return False
+        item.setIcon(thumbnail_icon(image))
+        return True
+
     def clear_patients(self) -> None:
         self.setRowCount(0)
         self._rows = {}
