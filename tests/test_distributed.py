@@ -66,3 +66,42 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
         torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=1e-4, atol=1e-6)
     # checkpoints and logs from rank 0 only: one set of files
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "history.json", "last.pt"]
+
+
+_STOP_ONE_RANK = """
+import sys, torch
+torch.set_num_threads(1)
+from training.config import ModelConfig, TrainConfig
+from training.distributed import DDPStrategy
+from training.trainer import Trainer, TrainingControl
+st = DDPStrategy(timeout_s=20)
+control = TrainingControl()
+if st.rank == 1:
+    control.stop()  # a signal that reached this process only
+mc = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2, fc_units=16, n_classes=0, dropout=0.0)
+tc = TrainConfig(epochs=2, batch_size=8, threads=1, device="cpu")
+s = Trainer(sys.argv[1], mc, tc, out_dir=sys.argv[2], control=control, strategy=st).run()
+print(f"rank {st.rank}: {s.status} after {s.epochs_completed} epochs", flush=True)
+sys.exit(0 if s.status == "stopped" else 3)
+"""
+
+
+@pytest.mark.slow
+def test_a_stop_on_one_rank_stops_every_rank(tmp_path):
+    # Before the fix rank 1 left the loop alone and rank 0 waited in its first all-reduce
+    # until the process-group timeout (here 20 s, by default 30 min), then failed.
+    rng = np.random.default_rng(0)
+    images = {f"P{p}": rng.random((4, 16, 16), dtype=np.float32) for p in range(6)}
+    ws = write_arrays_workspace(tmp_path / "w.h5", images, None, test_fraction=0.34)
+    script = tmp_path / "stop_one_rank.py"
+    script.write_text(_STOP_ONE_RANK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(ws), str(tmp_path / "out")],
+        cwd=ROOT, env=env, capture_output=True, timeout=120)
+    out = run.stdout.decode()
+    assert run.returncode == 0, (out + run.stderr.decode())[-3000:]
+    assert "rank 0: stopped after 0 epochs" in out and "rank 1: stopped after 0 epochs" in out

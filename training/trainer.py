@@ -451,7 +451,7 @@ class Trainer:
         self._n_batches_done = 0
         for epoch_index in range(self._start_epoch, tc.epochs):
             number = epoch_index + 1
-            if self.control.stop_requested:
+            if self._stop_agreed():
                 self._status = "stopped"
                 break
             if self._augments_at(epoch_index):
@@ -499,6 +499,16 @@ class Trainer:
         if self._status == "stopped":
             self._message = f"stopped by request after {self._completed()} epochs"
             self._save_last()
+
+    def _stop_agreed(self) -> bool:
+        """True when a stop was asked for on any process (all-reduced under DDP): a rank
+        that left the loop on its own would leave its peers waiting in the next collective
+        until the process-group timeout (a signal may reach one rank only)."""
+        if self.strategy.world_size == 1:
+            return self.control.stop_requested
+        flag = torch.tensor([1.0 if self.control.stop_requested else 0.0], dtype=torch.float64,
+                            device=self.device)
+        return self.strategy.all_reduce_sum(flag).item() > 0
 
     def _augments_at(self, epoch_index: int) -> bool:
         tc = self.train_config
