@@ -325,3 +325,25 @@ def test_refuses_foreign_files_and_arrays_only_rederive(cohort, tmp_path):
         rederive(arr, CFG, workers=1)
     with Workspace.open(arr) as ws:
         assert len(ws.patients) == 1
+
+
+def test_failed_series_in_the_dropped_folder_itself_stores_no_path_above_it(cohort, tmp_path,
+                                                                          monkeypatch):
+    # The CT folder itself is dropped and its series cannot be loaded: the skipped row
+    # names the folder relative to the drop ("."), never its absolute path (the dropped
+    # folder's name and the folders above it may name the patient or the user).
+    drop, _ = cohort
+    ct = drop.parent / "Secret_Surname_folder" / "CT"
+    shutil.copytree(drop / "patient_001" / "CT", ct)
+    import training.dicom
+
+    def boom(*a, **k):
+        raise MemoryError("Unable to allocate 40.2 GiB for an array")
+
+    monkeypatch.setattr(training.dicom, "load_ct_series", boom)
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([ct], ws_path, CFG, workers=1)
+    assert not rep.added and len(rep.skipped) == 1
+    where, why = rep.skipped[0]
+    assert where == "." and "MemoryError" in why
+    assert b"Secret_Surname" not in ws_path.read_bytes()

@@ -692,7 +692,12 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         return clean_text(text, roots_sorted, replacements)
 
     def rel(p) -> str:
-        return clean(rel_of.get(str(p), str(p)))
+        key = str(p)
+        if key in rel_of:
+            return clean(rel_of[key])
+        if key.rstrip(os.sep) in roots or os.path.abspath(key) in roots:
+            return "."  # a dropped folder itself: its name and what is above it stay out
+        return clean(key)
 
     st.seen_paths = {rel(p) for p, _, _ in files}
     if scan.skipped or scan.structs:
