@@ -347,3 +347,20 @@ def test_failed_series_in_the_dropped_folder_itself_stores_no_path_above_it(coho
     where, why = rep.skipped[0]
     assert where == "." and "MemoryError" in why
     assert b"Secret_Surname" not in ws_path.read_bytes()
+
+
+def test_non_utf8_file_names_are_stored_printable(cohort, tmp_path):
+    # A Latin-1 file name (old archives) is not UTF-8; Python holds its bytes as lone
+    # surrogates, which `ct-vae info` could not print on a strict UTF-8 terminal.
+    drop, _ = cohort
+    with open(os.path.join(os.fsencode(drop), b"M\xfcller.txt"), "wb") as fh:
+        fh.write(b"not DICOM")
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert len(rep.added) == 3
+    assert [p for p, _ in rep.skipped] == ["M\\xfcller.txt"]
+    with Workspace.open(ws_path) as ws:
+        for path, reason in ws.skipped:
+            (path + reason).encode("utf-8")  # strict: raises on a surrogate
+    rep = ingest([drop], ws_path, CFG, workers=1)  # known unusable file: same row again
+    assert [p for p, _ in rep.skipped] == ["M\\xfcller.txt"]

@@ -224,10 +224,13 @@ def derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: Any,
 
 
 def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) -> str:
-    """Make a message storable: paths relative to the drop, identifiers → pseudonyms."""
+    """Make a message storable: paths relative to the drop, identifiers → pseudonyms, and
+    bytes of a file name that is not UTF-8 (Python keeps them as lone surrogates, which
+    a print to a strict UTF-8 terminal refuses) spelt as \\xNN."""
     for r in roots:
         text = text.replace(r.rstrip(os.sep) + os.sep, "")
-    return scrub(text, replacements)
+    text = scrub(text, replacements)
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
