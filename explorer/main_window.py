@@ -241,6 +241,8 @@ class MainWindow(QtWidgets.QMainWindow):
         """
         selected = self.state.selected_patient
         if not self.state.has_workspace_data():
+            # an empty workspace: rows an ingest adds (with thumbnails) belong to it
+            self._listed = (self.state.workspace_path, self._derived_version)
             self.patient_list.clear_patients()
             return
         same = self._listed == (self.state.workspace_path, self._derived_version)
