@@ -9,7 +9,9 @@ the GUI's event loop.
 
 from __future__ import annotations
 
+import atexit
 import errno
+import functools
 import logging
 import shutil
 import threading
@@ -135,13 +137,13 @@ class JobContext:
                 or (args and args[0] != self._phase)):
             self._last = now
             self._phase = args[0] if args else None
-            self._job.progress.emit(done, total, text)
+            self._job._emit(self._job.progress, done, total, text)
 
     def patient(self, info: Any, thumbnail: np.ndarray | None = None) -> None:
-        self._job.patientCommitted.emit(patient_row(info, thumbnail))
+        self._job._emit(self._job.patientCommitted, patient_row(info, thumbnail))
 
     def skipped(self, path: Any, reason: Any) -> None:
-        self._job.skipped.emit(str(path), str(reason))
+        self._job._emit(self._job.skipped, str(path), str(reason))
 
     def switch_workspace(self, path: Path) -> None:
         """After the job, the window opens `path` (the demo's workspace)."""
@@ -155,6 +157,35 @@ class _Runner(QThread):
 
     def run(self) -> None:
         self._job._run()
+
+
+# Runners of jobs whose QObject was destroyed (their parent widget closed) while they ran:
+# kept referenced until they finish, since a QThread destroyed while running aborts the
+# process. Waited for when the application quits and when Python exits.
+_ORPHANED: set[_Runner] = set()
+
+
+def _orphan(attrs: dict) -> None:
+    """A Job was destroyed: cancel it, stop its signals, keep its runner until it ends."""
+    attrs["_orphaned"] = True
+    attrs["cancel_flag"].set()
+    runner = attrs.get("_thread")
+    if runner is not None and not runner.isFinished():
+        _ORPHANED.add(runner)
+        runner.finished.connect(lambda r=runner: _ORPHANED.discard(r))
+
+
+def wait_orphaned(timeout_ms: int = 30_000) -> bool:
+    """Wait for cancelled jobs of destroyed owners to end; whether all did."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    for runner in list(_ORPHANED):
+        runner.wait(max(0, int((deadline - time.monotonic()) * 1000)))
+        if runner.isFinished():
+            _ORPHANED.discard(runner)
+    return not _ORPHANED
+
+
+atexit.register(wait_orphaned)
 
 
 class Job(QObject):
@@ -179,8 +210,16 @@ class Job(QObject):
         self.workspace_switch: Path | None = None
         self.result: Any = None
         self.error: str | None = None
+        self._orphaned = False  # set when this QObject is destroyed while the job runs
         self._thread = _Runner(self)
         self._thread.finished.connect(self.ended)
+        self.destroyed.connect(functools.partial(_orphan, self.__dict__))
+        from explorer.qt import QtCore
+
+        app = QtCore.QCoreApplication.instance()
+        if app is not None and not getattr(app, "_ct_vae_waits_orphans", False):
+            app._ct_vae_waits_orphans = True
+            app.aboutToQuit.connect(wait_orphaned)
 
     def start(self) -> None:
         self._thread.start()
@@ -197,11 +236,20 @@ class Job(QObject):
     def _run(self) -> None:
         try:
             self.result = self._fn(JobContext(self), *self._args, **self._kwargs)
-            self.done.emit(self.result)
+            self._emit(self.done, self.result)
         except BaseException as exc:  # shown to the user as one line; the log keeps the traceback
             log.exception("background job failed")
             self.error = readable_error(exc)
-            self.failed.emit(self.error)
+            self._emit(self.failed, self.error)
+
+    def _emit(self, signal, *args) -> None:
+        """Emit from the worker thread unless the Job's QObject is gone (its owner closed)."""
+        if self._orphaned:
+            return
+        try:
+            signal.emit(*args)
+        except RuntimeError:  # destroyed between the check and the emit
+            pass
 
 
 # -- job functions (run on the worker thread) ---------------------------------------------

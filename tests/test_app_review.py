@@ -183,3 +183,33 @@ def test_opening_a_workspace_reads_thumbnails_off_the_gui_thread(make_window, ti
     assert w.patient_list.pseudonyms() == ["PAT-0001", "PAT-0002", "PAT-0003"]
     qtbot.waitUntil(lambda: len(w.patient_list.icons()) == 3, timeout=10000)
     assert threads and not any(threads)
+
+
+def test_a_job_outlives_its_destroyed_owner_without_aborting(qtbot):
+    import time
+
+    from explorer import workers
+    from explorer.qt import QtCore, QtWidgets
+
+    parent = QtWidgets.QWidget()
+    started = []
+
+    def slow(ctx):
+        started.append(1)
+        for _ in range(100):
+            if ctx.cancel():
+                return "cancelled"
+            time.sleep(0.01)
+        ctx.progress(1, 2, "late")
+        return "ok"
+
+    job = workers.Job(slow, parent=parent)
+    runner = job._thread
+    job.start()
+    qtbot.waitUntil(lambda: bool(started), timeout=5000)
+    del job
+    parent.deleteLater()
+    QtCore.QCoreApplication.sendPostedEvents(None, QtCore.QEvent.Type.DeferredDelete)
+    assert runner in workers._ORPHANED or runner.isFinished()
+    assert workers.wait_orphaned(5000)
+    assert runner.isFinished()

@@ -173,6 +173,12 @@ class VolumePanel(Panel):
 
     def shutdown(self) -> None:
         self.worker.shutdown()
+        job = getattr(self, "_export_job", None)
+        if job is not None:
+            try:
+                job.wait(10_000)  # a DICOM export finishes; longer ones are left to end alone
+            except RuntimeError:  # already deleted after it ended
+                pass
 
     # -- requests
     def params(self) -> dict:
@@ -281,14 +287,11 @@ class VolumePanel(Panel):
 
     def export_volume(self, out_dir, formats=("png", "npy", "dicom")):
         """Write the right side (training.volume_views.export_right) into `out_dir` now;
-        {format: [paths]}."""
-        from training.volume_views import export_right
-        from training.workspace import Workspace
-
+        {format: [paths]}. GUI thread only (reads the widgets); the dialog's background
+        job calls `_export_right` with the values taken here."""
         if self.pair is None:
             raise ValueError("nothing to export yet: load a model first")
-        with Workspace.open(self.state.workspace_path) as ws:
-            return export_right(self.pair, ws, ws.patient_index(self.patient.currentText()), out_dir, formats)
+        return _export_right(self.pair, self.state.workspace_path, self.patient.currentText(), out_dir, formats)
 
     def _export_volume_dialog(self) -> None:
         from explorer import workers
@@ -299,7 +302,11 @@ class VolumePanel(Panel):
         out = figures.ask_save_folder(self, "Folder for the PNG, .npy and DICOM files", self.state.settings)
         if out is None:
             return
-        job = workers.Job(lambda _ctx: self.export_volume(out), parent=self)
+        # what is exported is fixed now: the worker thread must not read widgets, and a
+        # patient picked during the export must not mix with the pair shown before
+        pair, ws_path, pseudonym = self.pair, self.state.workspace_path, self.patient.currentText()
+        job = workers.Job(lambda _ctx: _export_right(pair, ws_path, pseudonym, out,
+                                                     ("png", "npy", "dicom")), parent=self)
         job.done.connect(lambda res: self.state.show_message(
             f"Exported {sum(len(v) for v in res.values())} files to {out}"))
         job.failed.connect(lambda msg: self.state.show_message(f"Export failed: {msg}", 0))
@@ -316,6 +323,15 @@ class VolumePanel(Panel):
         fmt = path.suffix.lstrip(".").lower() or "png"
         figures.export_figure(self.stacks.left, path.with_name(f"{path.stem}-input{path.suffix}"), fmt)
         return figures.export_figure(self.stacks.right, path, fmt)
+
+
+def _export_right(pair, workspace, pseudonym: str, out_dir, formats):
+    """training.volume_views.export_right for the named patient; {format: [paths]}."""
+    from training.volume_views import export_right
+    from training.workspace import Workspace
+
+    with Workspace.open(workspace) as ws:
+        return export_right(pair, ws, ws.patient_index(pseudonym), out_dir, formats)
 
 
 PANEL = VolumePanel
