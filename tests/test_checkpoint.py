@@ -113,3 +113,48 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
         atomic_write(target, explode)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("filters", 0), ("filters", "8"), ("latent_dim", 2.5), ("n_blocks", True), ("dropout", "0.1"),
+])
+def test_settings_of_the_wrong_type_or_range_are_a_checkpoint_error(tmp_path, field, value):
+    # JSON edited (or written by something else): load_model must name the file, not raise
+    # a TypeError or ConfigError from deep inside the network's constructor.
+    import json
+
+    from training.checkpoint import load_model
+
+    from training.model import VAE
+
+    mc = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2)
+    path = tmp_path / "edited.pt"
+    _save(path, model_config=mc, model_state=VAE(mc).state_dict())
+    load_model(path)  # as written it loads
+    raw = torch.load(path, weights_only=True)
+    cfg = json.loads(raw["model_config"])
+    cfg[field] = value
+    raw["model_config"] = json.dumps(cfg)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="edited.pt"):
+        load_model(path)
+
+
+def test_train_and_preprocess_settings_types_are_checked(tmp_path):
+    import json
+
+    path = tmp_path / "edited.pt"
+    _save(path)
+    raw = torch.load(path, weights_only=True)
+    tc = json.loads(raw["train_config"])
+    tc["epochs"] = 2.5
+    raw["train_config"] = json.dumps(tc)
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="epochs"):
+        load_checkpoint(path)
+    raw["train_config"] = json.dumps({**tc, "epochs": 3})
+    pre = json.loads(raw["preprocess_config"])
+    raw["preprocess_config"] = json.dumps({**pre, "rois": "GTV"})  # a string, not a list of names
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="rois"):
+        load_checkpoint(path)
