@@ -364,3 +364,18 @@ def test_non_utf8_file_names_are_stored_printable(cohort, tmp_path):
             (path + reason).encode("utf-8")  # strict: raises on a surrogate
     rep = ingest([drop], ws_path, CFG, workers=1)  # known unusable file: same row again
     assert [p for p, _ in rep.skipped] == ["M\\xfcller.txt"]
+
+
+def test_rederive_settings_unfit_for_an_entry_name_it_and_change_nothing(cohort, tmp_path):
+    from training.workspace import WorkspaceError
+
+    drop, _ = cohort
+    ws_path = tmp_path / "w.h5"
+    ingest([drop], ws_path, CFG, workers=1)
+    before = ws_path.read_bytes()
+    far = CFG.replace(slices="around", slice_center=1e4, slice_count=2)
+    with pytest.raises(WorkspaceError, match=r"PAT-000\d: slice centre .* outside the series"):
+        rederive(ws_path, far, workers=1)
+    with pytest.raises(WorkspaceError, match="workspace is unchanged"):
+        ingest([drop], ws_path, far, workers=1)
+    assert ws_path.read_bytes() == before

@@ -469,7 +469,11 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
                 done = 0
                 try:
                     for label, fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
-                        images, labs, missing = fut.result()
+                        try:
+                            images, labs, missing = fut.result()
+                        except ValueError as exc:  # e.g. a slice centre outside this series
+                            raise WorkspaceError(
+                                f"{path}: {label}: {exc}; the workspace is unchanged") from exc
                         g = wsmod.copy_entry(src["entries"][label], dst["entries"], [])
                         if shape and images.shape[1:] != shape:
                             del dst["entries"][label]
