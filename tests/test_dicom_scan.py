@@ -314,3 +314,14 @@ def test_damaged_file_logs_and_warns_no_identifiers(tmp_path, tag_vr, caplog):
     text += " ".join(s.reason for s in result.skipped)
     for token in ("secret", "patientname", "19451231"):
         assert token not in text.lower(), text
+
+
+def test_reference_repr_holds_no_identifier_or_free_text(tmp_path):
+    spec = _good_series(tmp_path, series_description="Secret Surname thorax")
+    _write_rtstruct(tmp_path / "rs.dcm", "1.2.3", spec.series_uid, "1.2.4")
+    result = scan(tmp_path)
+    assert result.structs[0].label == "RS"  # the repr must not show a label either
+    object.__setattr__(result.structs[0], "label", "Secret Surname RS")
+    text = repr(result.series) + repr(result.structs) + repr(result)
+    for token in ("Secret", "Doe", "Jane", "PAT-1", "19700101"):
+        assert token not in text, text

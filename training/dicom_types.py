@@ -3,7 +3,8 @@
 Everything here is a plain frozen dataclass of str/int/float/tuple so that references
 cross process boundaries (pickle, e.g. a ProcessPoolExecutor worker) and hold no open
 file. Patient identifiers (PatientID, PatientName, PatientBirthDate) are kept in memory
-only for the pseudonym: they are excluded from repr() so logging a reference does not
+only for the pseudonym: they (and the free-text SeriesDescription and StructureSetLabel,
+where users type names too) are excluded from repr() so logging a reference does not
 leak them, and nothing in this module writes them anywhere.
 
 Conventions: lengths in mm, patient coordinates LPS, arrays (z, y, x), intensities HU.
@@ -85,7 +86,7 @@ class SeriesRef:
     study_uid: str
     series_uid: str
     frame_of_reference_uid: str
-    series_description: str
+    series_description: str = field(repr=False)  # free text: may name the patient
     series_number: int | None
     slices: tuple[SliceHeader, ...] = field(repr=False)  # in file-scan order, not sorted
     patient_id: str = field(default="", repr=False)
@@ -117,7 +118,7 @@ class StructRef:
     series_uid: str
     frame_of_reference_uid: str  # the referenced frame of reference ("" if absent)
     referenced_series_uids: tuple[str, ...]  # CT series the contours were drawn on
-    label: str  # StructureSetLabel
+    label: str = field(repr=False)  # StructureSetLabel, free text: may name the patient
     patient_id: str = field(default="", repr=False)
     patient_name: str = field(default="", repr=False)
     birth_date: str = field(default="", repr=False)
