@@ -270,3 +270,20 @@ def test_reading_in_worker_processes_gives_the_same_run(workspace):
     assert b.status == "finished", b.message
     assert [h["train"] for h in a.history] == [h["train"] for h in b.history]
     assert b.history[-1]["augmented"] == 3
+
+
+def test_a_nan_test_loss_stops_the_run_and_keeps_the_previous_epoch(workspace, monkeypatch, tmp_path):
+    # finite training losses but weights that give NaN on the test set are not "good"
+    values = iter([4.0, float("nan"), 3.0])
+
+    def fake_eval(self, epoch_index):
+        v = next(values)
+        return {"total": v, "recon": v, "kl": 0.0, "ce": 0.0}
+
+    monkeypatch.setattr(Trainer, "_evaluate", fake_eval)
+    rec = Recorder()
+    s = Trainer(workspace, MC, tc(epochs=3, checkpoint_every=10), out_dir=tmp_path, callbacks=[rec]).run()
+    assert s.status == "failed" and s.epochs_completed == 1
+    assert "after epoch 2: the test total loss is nan" in s.message
+    assert load_checkpoint(tmp_path / "last.pt").epoch == 1
+    assert [e[1] for e in rec.of("epoch")] == [1]

@@ -468,6 +468,15 @@ class Trainer:
                 # the next epoch's first batches load while the test set is evaluated
                 self._next_iter = self._train.epoch(number)
             test_terms = self._evaluate(epoch_index)
+            if test_terms is not None and not all(math.isfinite(v) for v in test_terms.values()):
+                # weights that give NaN/inf on the test set are not good: keep the last epoch
+                bad = next(k for k in TERMS if not math.isfinite(test_terms[k]))
+                self._restore(self._good)
+                path = self._save_last()
+                kept = f"the weights of the last good epoch ({self._completed()})"
+                kept += f" are kept in {path}" if path is not None else " are kept in memory"
+                raise TrainingFailed(f"training stopped after epoch {number}: the test {bad} loss is "
+                                     f"{test_terms[bad]}; {kept}")
             entry = {
                 "epoch": number,
                 "train": train_terms,
