@@ -379,3 +379,21 @@ def test_rederive_settings_unfit_for_an_entry_name_it_and_change_nothing(cohort,
     with pytest.raises(WorkspaceError, match="workspace is unchanged"):
         ingest([drop], ws_path, far, workers=1)
     assert ws_path.read_bytes() == before
+
+
+def test_birth_date_in_a_folder_name_is_scrubbed(cohort, tmp_path):
+    drop, infos = cohort
+    date = infos[0].patient_birth_date
+    named = drop / f"scan of {date}"
+    named.mkdir()
+    (named / f"{date}.txt").write_text("not dicom")
+    ws_path = tmp_path / "w.h5"
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert len(rep.added) == 3 and len(rep.skipped) == 1
+    assert date not in repr(rep.skipped)
+    assert date.encode() not in ws_path.read_bytes()
+    # dropped again with a new unusable file: the known series' header is read for it
+    (named / f"{date} notes.txt").write_text("not dicom either")
+    rep = ingest([drop], ws_path, CFG, workers=1)
+    assert len(rep.skipped) == 2 and date not in repr(rep.skipped)
+    assert date.encode() not in ws_path.read_bytes()

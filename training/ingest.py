@@ -22,9 +22,9 @@ split keeps all of a patient's series on one side.
 Privacy of stored paths: unusable files are listed by their path relative to the
 dropped folder (the dropped folder's own name and everything above it are not stored).
 Folder names below it may be a user's naming with patient names or IDs in them, so
-every occurrence of a PatientID or PatientName (whole, its ^-separated parts, or spelt
-with _ / space) read from the headers of this drop is replaced by that patient's
-pseudonym before the path (or a warning) is stored. When a drop has new unusable files,
+every occurrence of a PatientID, PatientName (whole, its ^-separated parts, or spelt
+with _ / space) or PatientBirthDate (as stored, YYYYMMDD) read from the headers of this
+drop is replaced by that patient's pseudonym before the path (or a warning) is stored. When a drop has new unusable files,
 one header of each already-known series in it is read for the same purpose.
 
 Parallelism: header scanning (by folder chunks) and, per series, hashing, loading,
@@ -679,9 +679,10 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     for ref in series:
         pid = str(_attr(ref, "patient_id", default=""))
         pname = str(_attr(ref, "patient_name", default=""))
+        birth = str(_attr(ref, "birth_date", default=""))
         key = f"id:{pid}" if pid else f"study:{_attr(ref, 'study_uid', 'study_instance_uid')}"
         pseudo, digest = st.pseudonym_for(key)
-        for tok in identifying_tokens([pid, pname]):
+        for tok in identifying_tokens([pid, pname, birth]):
             replacements.setdefault(tok, pseudo)
         suid = str(_attr(ref, "series_uid", "series_instance_uid"))
         label = st.label_for_series(suid) or st.new_label(pseudo, taken)
@@ -831,14 +832,16 @@ def _learn_identifiers(files: list[Path], st: _State, replacements: dict[str, st
 
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID", "PatientName"])
+            ds = pydicom.dcmread(f, stop_before_pixels=True,
+                                 specific_tags=["PatientID", "PatientName", "PatientBirthDate"])
         except Exception:
             continue
         pid, pname = str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or "")
+        birth = str(ds.get("PatientBirthDate", "") or "")
         if not pid:
             continue
         pseudo, _ = st.pseudonym_for(f"id:{pid}")
-        for tok in identifying_tokens([pid, pname]):
+        for tok in identifying_tokens([pid, pname, birth]):
             replacements.setdefault(tok, pseudo)
 
 
