@@ -325,3 +325,21 @@ def test_reference_repr_holds_no_identifier_or_free_text(tmp_path):
     text = repr(result.series) + repr(result.structs) + repr(result)
     for token in ("Secret", "Doe", "Jane", "PAT-1", "19700101"):
         assert token not in text, text
+
+
+@pytest.mark.parametrize("keyword", ["RescaleSlope", "RescaleIntercept"])
+def test_non_finite_rescale_is_named(tmp_path, keyword):
+    # NaN HU would be stored as arbitrary int16 values without a word
+    spec = _good_series(tmp_path)
+    img = ramp_volume(1, 8, 10)[0]
+    f = write_ct_slice(tmp_path / "ct" / "nan", img, series_uid=spec.series_uid,
+                       pixel_spacing=(0.8, 0.6), ipp=(-10.0, -20.0, 40.0), slope=1.5,
+                       intercept=-1000.0)
+    old, new = (b"DS\x04\x001.5 ", b"DS\x04\x00NaN ") if keyword == "RescaleSlope" else (
+        b"DS\x06\x00-1000 ", b"DS\x06\x00inf   ")
+    data = f.read_bytes()
+    assert data.count(old) == 1
+    f.write_bytes(data.replace(old, new))
+    result = scan(tmp_path)
+    assert keyword in _reasons(result)["nan"]
+    assert len(result.series) == 1 and len(result.series[0]) == 4

@@ -276,6 +276,9 @@ def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
         raise ValueError("Rows, Columns or BitsAllocated missing")
     slope = _float_or(ds, "RescaleSlope", 1.0) or 1.0
     intercept = _float_or(ds, "RescaleIntercept", 0.0) or 0.0
+    for keyword, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if not np.isfinite(v):  # NaN HU would become arbitrary int16 values in the workspace
+            raise ValueError(f"{keyword} is {v}, not a finite number")
     if offset >= 0:
         expected = rows * cols * (bits // 8)
         available = size - offset
