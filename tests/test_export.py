@@ -21,7 +21,27 @@ def test_output_spacing_from_preprocessing():
     assert export.output_spacing(p, (3.0, 0.8, 0.9)) == (3.0, 0.8, 0.9)
     p = PreprocessConfig(crop=None, size=32, mode="3d", slices="around", slice_count=10)
     sp = export.output_spacing(p, (3.0, 1.0, 1.0), source_shape=(40, 64, 128), image_shape=(32, 32, 32))
-    assert sp == pytest.approx((3.0 * 10 / 32, 2.0, 4.0))
+    # 10 slices, 3 mm apart, span 27 mm between the first and last centres; the cube's 32
+    # slices span the same 27 mm (training.preprocess.to_cube), so 31 gaps of 27/31 mm
+    assert sp == pytest.approx((3.0 * 9 / 31, 2.0, 4.0))
+
+
+def test_output_spacing_of_3d_depth_matches_what_preprocessing_does():
+    from training.preprocess import preprocess_volume
+
+    # HU = the slice position in mm: after preprocessing, neighbouring slices of the cube
+    # differ by exactly their spacing in HU (linear interpolation keeps a linear ramp)
+    dz, n_src = 2.5, 40
+    z_mm = np.arange(n_src) * dz
+    hu = np.broadcast_to(z_mm[:, None, None], (n_src, 16, 16)).astype(np.float32)
+    for slices, count in (("around", 8), ("around", 16), ("all", 0)):
+        p = PreprocessConfig(crop=16, mode="3d", slices=slices, slice_count=max(count, 1), depth=32,
+                             hu_min=-1000.0, hu_max=1000.0)
+        img, _ = preprocess_volume(hu, None, z_mm, p)
+        cube_hu = export.window_to_hu(img[0], p.hu_min, p.hu_max).astype(np.float64)
+        measured = np.diff(cube_hu[:, 8, 8]).mean()
+        sp = export.output_spacing(p, (dz, 1.0, 1.0), source_shape=(n_src, 16, 16), image_shape=img.shape[1:])
+        assert sp[0] == pytest.approx(measured, rel=1e-4), (slices, count)
 
 
 def test_dicom_round_trip_hu_geometry_and_pseudonym(tmp_path):

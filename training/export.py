@@ -48,7 +48,9 @@ def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Se
     In-plane: crop keeps the spacing; `size` resamples crop (or the source extent) to size
     pixels, so spacing × extent / size. Depth (3D): the chosen slices (slice_count for
     "around", the range length for "range", all source slices for "all") interpolated to
-    the volume's depth D, so dz × n_chosen / D. 2D slices keep the source dz.
+    the volume's depth D from the first chosen slice's centre to the last's
+    (`training.preprocess.to_cube`), so dz × (n_chosen − 1) / (D − 1). 2D slices keep the
+    source dz.
     """
     dz, dy, dx = (float(v) for v in source_spacing)
     if preprocess.size:
@@ -70,7 +72,9 @@ def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Se
             n = max(1, min(stop, n_src) - preprocess.slice_start)
         else:
             n = n_src
-        dz *= n / depth
+        # to_cube places the D slices evenly from the first chosen slice's centre to the
+        # last's: n − 1 source gaps become D − 1 (a single slice is repeated D times)
+        dz *= (n - 1) / (depth - 1) if n > 1 and depth > 1 else n / depth
     return (dz, dy, dx)
 
 
