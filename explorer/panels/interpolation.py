@@ -127,11 +127,15 @@ class InterpolationPanel(LatentPanel):
 
         z0, z1 = code(src, 0), code(dst, 1)
         lm.decoder.decode(z0)  # warm up here, not in the first slider move on the GUI thread
+        t0 = time.perf_counter()
+        lm.decoder.decode(z1)  # timed warm: whether the first slider move may decode on the GUI thread
+        decode_ms = (time.perf_counter() - t0) * 1000.0
         film = latent.interpolation(lm.model, z0, z1, req["steps"], req["method"], decoder=lm.decoder)
         ct = latent_views.display_slice(film.images, lm.spatial_dims)
         lab = latent_views.display_slice(film.labels, lm.spatial_dims)
         shown = latent_views.display_rgb(ct, lab, lm.n_classes) if lab is not None else ct
         return {"lm": lm, "z0": z0, "z1": z1, "names": names, "film": film, "film_shown": shown,
+                "decode_ms": decode_ms,
                 "src": src if (src == RANDOM or src in names) else RANDOM,
                 "dst": dst if (dst == RANDOM or dst in names) else RANDOM, "method": req["method"]}
 
@@ -151,7 +155,8 @@ class InterpolationPanel(LatentPanel):
         b = "µ " + r["dst"] if r["dst"] != RANDOM else f"prior draw 1 (seed {self.seed.value()})"
         self.film.plot.setTitle(f"{r['method'].capitalize()} path from {a} to {b}: {steps} steps")
         self.path_text = f"{a} → {b}"
-        self.decode_ms = []
+        # a slow model (a 3-D volume) is decoded off the GUI thread from the first move on
+        self.decode_ms = [r["decode_ms"]] if "decode_ms" in r else []
         self._slider_moved(self.slider.value())
         kind = "CT + RT" + self.legend(r["lm"]) if r["lm"].n_classes else "CT only"
         self.set_status(f"{kind} model, epoch {r['lm'].epoch} · |z0| = {np.linalg.norm(r['z0']):.3f}, "
