@@ -55,6 +55,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state = state or AppState(AppSettings())
         self.settings = self.state.settings
         self.job: workers.Job | None = None
+        self._save_jobs: list[workers.Job] = []  # model copies (Save model as…) under way
         self._queued_drops: list[list[Path]] = []
         self._listed: tuple = (None, 0)  # (workspace, derived version) the thumbnails show
         self._derived_version = 0  # bumped by a re-derive: thumbnails must be re-read
@@ -394,12 +395,17 @@ class MainWindow(QtWidgets.QMainWindow):
             self.state.show_message("No model yet: train one on the Train tab, or load one")
             return
         path, _ = QtWidgets.QFileDialog.getSaveFileName(self, "Save model", src.name, "Checkpoint (*.pt)")
-        if path:
-            try:
-                workers.copy_checkpoint(src, Path(path))
-                self.state.show_message(f"Saved the model to {path}")
-            except Exception as exc:
-                self.state.show_message(workers.readable_error(exc), 0)
+        if not path:
+            return
+        # a large checkpoint's copy and fsync take long: off the GUI thread
+        job = workers.Job(lambda _ctx: workers.copy_checkpoint(src, Path(path)), parent=self)
+        job.done.connect(lambda _: self.state.show_message(f"Saved the model to {path}"))
+        job.failed.connect(lambda msg: self.state.show_message(f"Could not save the model: {msg}", 0))
+        job.ended.connect(lambda: self._save_jobs.remove(job) if job in self._save_jobs else None)
+        job.ended.connect(job.deleteLater)
+        self._save_jobs.append(job)
+        self.state.show_message(f"Saving the model to {path}…", 0)
+        job.start()
 
     def load_model_dialog(self) -> None:
         path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Load model", "", "Checkpoint (*.pt);;All files (*)")
@@ -460,6 +466,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.job.cancel()
             self.job.wait(30_000)
         self.thumbnails.shutdown()
+        for job in list(self._save_jobs):  # a saved model must be complete
+            job.wait(60_000)
         for panel in self.panels:
             try:
                 panel.shutdown()

@@ -213,3 +213,35 @@ def test_a_job_outlives_its_destroyed_owner_without_aborting(qtbot):
     assert runner in workers._ORPHANED or runner.isFinished()
     assert workers.wait_orphaned(5000)
     assert runner.isFinished()
+
+
+def test_save_model_copies_off_the_gui_thread(make_window, tiny_workspace, monkeypatch, qtbot, tmp_path):
+    import threading
+
+    from explorer import workers
+    from test_gui_support import wait_until
+
+    src = tmp_path / "model.pt"
+    src.write_bytes(b"x" * 100_000)  # the copy does not read it as a checkpoint
+    w = make_window(tiny_workspace)
+    w.state.set_checkpoint(src)
+    on_main = []
+    real = workers.copy_checkpoint
+
+    def spy(a, b):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return real(a, b)
+
+    monkeypatch.setattr(workers, "copy_checkpoint", spy)
+    messages = []
+    w.state.statusMessage.connect(lambda text, ms: messages.append(text))
+    dst = tmp_path / "out" / "saved.pt"
+    dst.parent.mkdir()
+    _answer_save_dialog(monkeypatch, dst)
+    w.act_save_model.trigger()
+    wait_until(qtbot, lambda: any(m.startswith("Saved the model") for m in messages), 10, "the copy")
+    assert on_main == [False] and dst.read_bytes() == src.read_bytes()
+    (tmp_path / "a-file").write_text("")
+    _answer_save_dialog(monkeypatch, tmp_path / "a-file" / "saved.pt")  # its folder is a file
+    w.act_save_model.trigger()
+    wait_until(qtbot, lambda: messages[-1].startswith("Could not save"), 10, "the failure")
