@@ -414,7 +414,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def load_model(self, path: Path) -> bool:
         try:
-            workers.check_checkpoint(path)
+            ck = workers.check_checkpoint(path)
         except Exception as exc:
             msg = workers.readable_error(exc)
             self.state.show_message(msg, 0)
@@ -422,8 +422,28 @@ class MainWindow(QtWidgets.QMainWindow):
                 QtWidgets.QMessageBox.warning(self, APP_TITLE, msg)
             return False
         self.state.set_checkpoint(path)
-        self.state.show_message(f"Loaded model {path.name}")
+        note = self._model_fit_note(ck)
+        self.state.show_message(f"Loaded model {path.name}{note}", 0 if note else 6000)
         return True
+
+    def _model_fit_note(self, ck) -> str:
+        """'' when the model was trained on the open workspace as it is; else why not (the
+        tabs still use what they can, e.g. samples from the prior)."""
+        if not self.state.has_workspace_data():
+            return ""
+        try:
+            with self.state.open_workspace() as ws:
+                shape, n_classes, data_hash = tuple(ws.image_shape), ws.preprocess.n_classes, ws.data_hash
+        except Exception:  # the workspace's own problem is reported where it is read
+            return ""
+        cfg = ck.model_config
+        want = (cfg.input_size,) * cfg.spatial_dims
+        if shape != want or n_classes != cfg.n_classes:
+            return (f": it cannot encode this workspace (images {shape} with {n_classes} RT classes; "
+                    f"the model expects {want} with {cfg.n_classes})")
+        if ck.data_hash != data_hash:
+            return ": it was trained on other data than this workspace holds now"
+        return ""
 
     def export_dialog(self) -> None:
         panel = self.tabs.currentWidget()

@@ -130,6 +130,7 @@ def test_loading_a_checkpoint_of_another_workspace_or_garbage(make_window, tiny_
     monkeypatch.setattr(QtWidgets.QFileDialog, "getOpenFileName",
                         staticmethod(lambda *a, **k: (str(foreign), "")))
     w.act_load_model.trigger()
+    assert w.state.checkpoint_path == foreign and "cannot encode this workspace" in messages[-1]
     for i in range(w.tabs.count()):
         w.tabs.setCurrentIndex(i)
         w.state.select_patient("PAT-0002")
