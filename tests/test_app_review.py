@@ -246,3 +246,18 @@ def test_save_model_copies_off_the_gui_thread(make_window, tiny_workspace, monke
     _answer_save_dialog(monkeypatch, tmp_path / "a-file" / "saved.pt")  # its folder is a file
     w.act_save_model.trigger()
     wait_until(qtbot, lambda: messages[-1].startswith("Could not save"), 10, "the failure")
+
+
+def test_latest_worker_keeps_a_thread_that_outlives_its_stop(qtbot):
+    import time
+
+    from explorer.widgets import latest_worker
+    from explorer.widgets.latest_worker import LatestWorker
+
+    worker = LatestWorker()
+    worker.submit(time.sleep, 0.5)
+    qtbot.waitUntil(lambda: worker._running_id is not None, timeout=5000)
+    thread = worker._thread
+    worker.shutdown(timeout_ms=10)  # gives up waiting: the thread must stay referenced
+    assert thread in latest_worker._UNFINISHED
+    assert latest_worker.wait_unfinished(5000) and thread.isFinished()

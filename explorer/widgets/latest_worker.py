@@ -24,6 +24,7 @@ Work functions must not touch widgets; they run on the worker thread.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import threading
@@ -54,6 +55,21 @@ def _stop_orphaned(attrs: dict, timeout_ms: int = 5000) -> None:
         attrs["_thread"] = None
     for t in [t for t in _UNFINISHED if t.isFinished()]:
         _UNFINISHED.discard(t)
+
+
+def wait_unfinished(timeout_ms: int = 30_000) -> bool:
+    """Wait for threads whose stop timed out (called when Python exits); whether all ended."""
+    import time
+
+    deadline = time.monotonic() + timeout_ms / 1000
+    for t in list(_UNFINISHED):
+        t.wait(max(0, int((deadline - time.monotonic()) * 1000)))
+        if t.isFinished():
+            _UNFINISHED.discard(t)
+    return not _UNFINISHED
+
+
+atexit.register(wait_unfinished)
 
 
 class _Thread(QThread):
