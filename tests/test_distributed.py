@@ -105,3 +105,42 @@ def test_a_stop_on_one_rank_stops_every_rank(tmp_path):
     out = run.stdout.decode()
     assert run.returncode == 0, (out + run.stderr.decode())[-3000:]
     assert "rank 0: stopped after 0 epochs" in out and "rank 1: stopped after 0 epochs" in out
+
+
+_FAIL_ONE_RANK = """
+import sys, torch
+torch.set_num_threads(1)
+from training.config import ModelConfig, TrainConfig
+from training.distributed import DDPStrategy
+from training.trainer import Trainer
+st = DDPStrategy()  # the default 30-minute group timeout
+if st.rank == 1:
+    def broken(self, epoch_index):
+        raise OSError("the workspace became unreadable on this node")
+    Trainer._evaluate = broken
+mc = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2, fc_units=16, n_classes=0, dropout=0.0)
+tc = TrainConfig(epochs=3, batch_size=8, threads=1, device="cpu")
+s = Trainer(sys.argv[1], mc, tc, strategy=st).run()
+print(f"rank {st.rank}: {s.status}: {s.message}", flush=True)
+sys.exit(1 if s.status == "failed" else 0)
+"""
+
+
+@pytest.mark.slow
+def test_an_error_on_one_rank_ends_the_job_instead_of_hanging(tmp_path):
+    # Before the fix the failed rank waited in close()'s barrier while rank 0 waited in
+    # its test-loss all-reduce: both hung until the 30-minute process-group timeout.
+    rng = np.random.default_rng(0)
+    images = {f"P{p}": rng.random((4, 16, 16), dtype=np.float32) for p in range(6)}
+    ws = write_arrays_workspace(tmp_path / "w.h5", images, None, test_fraction=0.34)
+    script = tmp_path / "fail_one_rank.py"
+    script.write_text(_FAIL_ONE_RANK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(script), str(ws)],
+        cwd=ROOT, env=env, capture_output=True, timeout=90)
+    assert run.returncode != 0
+    assert "rank 1: failed: training failed: OSError: the workspace became unreadable" in run.stdout.decode()

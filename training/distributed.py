@@ -84,7 +84,7 @@ class SingleProcess:
     def barrier(self) -> None:
         pass
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         pass
 
     def describe(self) -> str:
@@ -136,15 +136,19 @@ class DDPStrategy(SingleProcess):
     def barrier(self) -> None:
         dist.barrier()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group. wait=False when this rank failed on its own (its
+        peers are still inside a collective and would never reach the barrier: waiting
+        would hang both until the group timeout; exiting lets torchrun stop the job)."""
         if self._owns_group and dist.is_initialized():
             # Leave together: a rank that tears gloo down while rank 0 still writes its
             # last checkpoints was seen aborting ("terminate called without an active
             # exception", SIGABRT) and failing the torchrun.
-            try:
-                dist.barrier()
-            except Exception:  # a peer already failed: nothing to wait for
-                pass
+            if wait:
+                try:
+                    dist.barrier()
+                except Exception:  # a peer already failed: nothing to wait for
+                    pass
             dist.destroy_process_group()
             self._owns_group = False
 

@@ -286,6 +286,7 @@ class Trainer:
         self._train_time = 0.0
         self._train_images = 0
         self._status, self._message = "finished", ""
+        self._failed_alone = False
         self._good = None
         self._next_iter = None
         try:
@@ -296,6 +297,7 @@ class Trainer:
             self._status, self._message = "failed", str(exc)
         except Exception as exc:  # any other error: report it, keep the last good state
             log.exception("training failed")
+            self._failed_alone = True  # an error of this process only: peers are not in step
             self._status = "failed"
             self._message = f"training failed: {type(exc).__name__}: {exc}"
             try:
@@ -817,7 +819,7 @@ class Trainer:
         if getattr(self, "_train", None) is not None:
             self._train.shutdown()
         try:
-            self.strategy.close()
+            self.strategy.close(wait=not getattr(self, "_failed_alone", False))
         finally:
             if self._owns_workspace:
                 close = getattr(self.workspace, "close", None)
