@@ -106,3 +106,11 @@ def test_generate_exports_dicom(files):
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     assert np.abs(hu - (-1000 + 2000 * ct)).max() <= 0.5 + 1e-3
     assert main(["generate", ck, "--n", "1", "--formats", "png,tiff", "--out", str(tmp / "g2")]) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_asking_for_a_gpu_without_one_is_one_clear_error(files, capsys):
+    tmp, ck, ws = files
+    assert main(["encode", ck, ws, "--out", str(tmp / "enc"), "--device", "cuda"]) == 1
+    err = capsys.readouterr().err
+    assert "no CUDA GPU is available" in err and "Traceback" not in err

@@ -142,9 +142,14 @@ def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
 
 
 def load_model(path: os.PathLike | str, device: str | torch.device = "cpu"):
-    """Return `(VAE in eval mode on device, Checkpoint)` for the latent tools and the GUI."""
+    """Return `(VAE in eval mode on device, Checkpoint)` for the latent tools and the GUI.
+
+    device: "cpu", "cuda", "cuda:N" or "auto" (a GPU when there is one); a GPU asked for
+    on a machine without one is a RuntimeError saying so."""
+    from training.distributed import resolve_device
     from training.model import VAE  # imported here so checkpoints can be inspected without the model
 
+    device = resolve_device(str(device))  # RuntimeError naming the device when there is no GPU
     ckpt = load_checkpoint(path)
     try:
         model = VAE(ckpt.model_config)

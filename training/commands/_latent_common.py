@@ -53,6 +53,8 @@ def load(args):
         return load_model(args.checkpoint, device=args.device)
     except (CheckpointError, OSError) as exc:
         raise CommandError(f"{args.checkpoint}: {exc}") from exc
+    except RuntimeError as exc:  # --device names a GPU this machine lacks
+        raise CommandError(str(exc)) from exc
 
 
 def open_workspace(path: Path):
