@@ -55,7 +55,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state = state or AppState(AppSettings())
         self.settings = self.state.settings
         self.job: workers.Job | None = None
-        self._save_jobs: list[workers.Job] = []  # model copies (Save model as…) under way
+        self._save_jobs: list[workers.Job] = []  # model copies and exports under way
         self._queued_drops: list[list[Path]] = []
         self._listed: tuple = (None, 0)  # (workspace, derived version) the thumbnails show
         self._derived_version = 0  # bumped by a re-derive: thumbnails must be re-read
@@ -457,12 +457,14 @@ class MainWindow(QtWidgets.QMainWindow):
         try:
             if isinstance(exporter, QtCore.QObject):
                 # some tabs name a child widget `export` (an ExportButton, a spin box)
-                exporter = getattr(exporter, "export", None)
-                if callable(exporter) and not isinstance(exporter, QtCore.QObject):
-                    exporter(Path(path).suffix.lstrip(".").lower(), Path(path))
-                    exporter = True
-                else:
-                    exporter = None
+                if callable(getattr(exporter, "start_export", None)):  # PNG encoded off the GUI thread
+                    job = exporter.start_export(Path(path).suffix.lstrip(".").lower(), Path(path))
+                    job.done.connect(lambda out: self.state.show_message(f"Exported {out}"))
+                    job.failed.connect(lambda msg: self.state.show_message(f"Export failed: {msg}", 0))
+                    self._save_jobs.append(job)
+                    job.ended.connect(lambda: self._save_jobs.remove(job) if job in self._save_jobs else None)
+                    return
+                exporter = None
             elif callable(exporter):
                 exporter(Path(path))
             if exporter is None:
@@ -486,7 +488,7 @@ class MainWindow(QtWidgets.QMainWindow):
             self.job.cancel()
             self.job.wait(30_000)
         self.thumbnails.shutdown()
-        for job in list(self._save_jobs):  # a saved model must be complete
+        for job in list(self._save_jobs):  # a saved model or export must be complete
             job.wait(60_000)
         for panel in self.panels:
             try:
