@@ -25,7 +25,7 @@ def _answer_save_dialog(monkeypatch, path: Path, chosen: str = ""):
 
 @pytest.mark.parametrize("fmt", ["svg", "pdf", "png"])
 def test_export_dialog_writes_every_tab_in_each_image_format(make_window, tiny_workspace, tmp_path,
-                                                             monkeypatch, fmt):
+                                                             monkeypatch, qtbot, fmt):
     w = make_window(tiny_workspace)
     messages = []
     w.state.statusMessage.connect(lambda text, ms: messages.append(text))
@@ -36,6 +36,8 @@ def test_export_dialog_writes_every_tab_in_each_image_format(make_window, tiny_w
         seen = _answer_save_dialog(monkeypatch, out)
         w.export_dialog()
         assert "SVG" in seen["filters"] and "PDF" in seen["filters"]
+        qtbot.waitUntil(lambda: bool(messages) and (messages[-1].startswith("Export failed")
+                                                    or messages[-1] == f"Exported {out}"), timeout=10000)
         assert messages[-1] == f"Exported {out}", (w.tabs.tabText(i), messages[-1])
         assert magic in out.read_bytes()[:4096], w.tabs.tabText(i)
 
@@ -261,3 +263,62 @@ def test_latest_worker_keeps_a_thread_that_outlives_its_stop(qtbot):
     worker.shutdown(timeout_ms=10)  # gives up waiting: the thread must stay referenced
     assert thread in latest_worker._UNFINISHED
     assert latest_worker.wait_unfinished(5000) and thread.isFinished()
+
+
+def test_export_button_png_is_encoded_off_the_gui_thread(qtbot, monkeypatch, tmp_path):
+    import threading
+
+    import numpy as np
+
+    from explorer import figures
+    from explorer.qt import pg
+
+    view = pg.GraphicsLayoutWidget()
+    qtbot.addWidget(view)
+    vb = view.addViewBox()
+    vb.addItem(pg.ImageItem(np.random.default_rng(0).random((64, 64)).astype(np.float32)))
+    view.resize(200, 200)
+    view.show()
+    btn = figures.ExportButton(view, "fig")
+    qtbot.addWidget(btn)
+    on_main, written, failed = [], [], []
+    real = figures._qimage_bytes
+
+    def spy(img, fmt="PNG"):
+        on_main.append(threading.current_thread() is threading.main_thread())
+        return real(img, fmt)
+
+    monkeypatch.setattr(figures, "_qimage_bytes", spy)
+    monkeypatch.setattr(figures, "ask_save_path", lambda *a, **k: tmp_path / "fig.png")
+    btn.exported.connect(written.append)
+    btn.failed.connect(failed.append)
+    btn.actions_by_format["png"].trigger()
+    qtbot.waitUntil(lambda: bool(written or failed), timeout=10000)
+    assert written == [str(tmp_path / "fig.png")] and on_main == [False]
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
+    monkeypatch.setattr(figures, "ask_save_path", lambda *a, **k: tmp_path / "no-dir" / "x" / "fig.png")
+    (tmp_path / "no-dir").write_text("")  # a file where a folder should be
+    btn.actions_by_format["png"].trigger()
+    qtbot.waitUntil(lambda: bool(failed), timeout=10000)
+    assert failed[0].startswith("Could not write fig.png")
+
+
+@pytest.mark.slow
+def test_a_script_ending_without_closing_the_window_exits_cleanly(tiny_workspace, data_dir):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from explorer.qt import QtWidgets\n"
+        "app = QtWidgets.QApplication([])\n"
+        "from explorer.main_window import MainWindow\n"
+        "w = MainWindow()\n"
+        "w.show()\n"
+        f"w.open_workspace({str(tiny_workspace)!r})\n"
+        "app.processEvents()\n"  # no app.exec(): aboutToQuit never comes, nobody closes w
+    )
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Destroyed while thread" not in r.stderr

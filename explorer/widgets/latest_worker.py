@@ -28,6 +28,7 @@ import atexit
 import functools
 import logging
 import threading
+import weakref
 from typing import Any, Callable
 
 from explorer.qt import QObject, QThread, QtCore, Signal
@@ -57,10 +58,20 @@ def _stop_orphaned(attrs: dict, timeout_ms: int = 5000) -> None:
         _UNFINISHED.discard(t)
 
 
+_LIVE: "weakref.WeakSet[LatestWorker]" = weakref.WeakSet()  # stopped at exit if still running
+
+
 def wait_unfinished(timeout_ms: int = 30_000) -> bool:
-    """Wait for threads whose stop timed out (called when Python exits); whether all ended."""
+    """At Python exit: stop the workers nobody shut down (a script that never ran the
+    event loop, so aboutToQuit never came), then wait for threads whose stop timed out;
+    whether all ended."""
     import time
 
+    for worker in list(_LIVE):
+        try:
+            _stop_orphaned(worker.__dict__, 2000)
+        except Exception:  # half torn down: nothing left to stop
+            pass
     deadline = time.monotonic() + timeout_ms / 1000
     for t in list(_UNFINISHED):
         t.wait(max(0, int((deadline - time.monotonic()) * 1000)))
@@ -109,6 +120,7 @@ class LatestWorker(QObject):
         # thread must still stop, or Qt aborts with "QThread: Destroyed while thread is
         # still running". A plain function, not a method: the C++ object is going away.
         self.destroyed.connect(functools.partial(_stop_orphaned, self.__dict__))
+        _LIVE.add(self)
 
     # -- GUI thread ------------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args, **kwargs) -> int:
