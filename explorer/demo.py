@@ -72,7 +72,7 @@ def start_demo(window) -> None:
         data.set_config(demo_preprocess())  # what the demo's ingest uses
     job = Job(prepare_demo, parent=window)
     window.run_job(job, "Preparing the demo (phantom cohort)")
-    job.ended.connect(lambda: QTimer.singleShot(0, lambda: _after_prepare(window, job)))
+    job.ended.connect(lambda: QTimer.singleShot(0, window, lambda: _after_prepare(window, job)))
 
 
 def _after_prepare(window, job) -> None:

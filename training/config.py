@@ -19,6 +19,27 @@ class ConfigError(ValueError):
     """A setting is missing, unknown or out of range; the message names it."""
 
 
+def _checked(owner: str, name: str, annotation: str, value: Any) -> Any:
+    """`value` as the field's annotated type (int, float, str, bool, tuple[str, ...], or
+    any of them | None); ConfigError naming the setting otherwise. Settings come from
+    JSON in checkpoints and workspaces and from TOML files: nothing is trusted."""
+    kinds = [a.strip() for a in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    for kind in kinds:
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "int" and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind.startswith("tuple") and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    raise ConfigError(f"{owner}.{name} must be {annotation}, got {value!r}")
+
+
 @dataclass
 class _Config:
     def to_dict(self) -> dict[str, Any]:
@@ -34,10 +55,7 @@ class _Config:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"{cls.__name__}: unknown setting(s) {', '.join(unknown)}")
-        kwargs = {
-            k: tuple(v) if isinstance(v, list) and "tuple" in str(known[k].type) else v
-            for k, v in data.items()
-        }
+        kwargs = {k: _checked(cls.__name__, k, str(known[k].type), v) for k, v in data.items()}
         obj = cls(**kwargs)
         obj.validate()
         return obj

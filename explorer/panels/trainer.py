@@ -435,7 +435,8 @@ class TrainerPanel(Panel):
     def _on_recon(self, epoch: int, rows: list) -> None:
         # Drawn a moment after the epoch's curves, so the two redraws fall into separate
         # turns of the event loop instead of one long one.
-        QTimer.singleShot(RECON_DELAY_MS, lambda: self.history.add_snapshot(epoch, rows))
+        # The grid as context: the timer is dropped if the tab is destroyed before it fires.
+        QTimer.singleShot(RECON_DELAY_MS, self.history, lambda: self.history.add_snapshot(epoch, rows))
 
     def _on_batch(self, batch: int, n_batches: int) -> None:
         self.batch_progress.setRange(0, max(n_batches, 1))
