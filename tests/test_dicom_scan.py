@@ -343,3 +343,22 @@ def test_non_finite_rescale_is_named(tmp_path, keyword):
     result = scan(tmp_path)
     assert keyword in _reasons(result)["nan"]
     assert len(result.series) == 1 and len(result.series[0]) == 4
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_damaged_sop_instance_uid_is_not_kept(tmp_path):
+    # A SOPInstanceUID whose length swallows the patient module would be stored in the
+    # workspace (the geometry keeps each slice's UID): such a file is skipped instead.
+    spec = _good_series(tmp_path)
+    img = ramp_volume(1, 8, 10)[0]
+    f = write_ct_slice(tmp_path / "ct" / "bad", img, series_uid=spec.series_uid,
+                       pixel_spacing=(0.8, 0.6), ipp=(-10.0, -20.0, 40.0),
+                       patient_name="Secret^Patientname", birth_date="19451231")
+    data = f.read_bytes()  # stretched up to StudyInstanceUID: over the patient module
+    start, end = data.index(b"\x08\x00\x18\x00UI"), data.index(b"\x20\x00\x0d\x00UI")
+    _stretch(f, b"\x08\x00\x18\x00UI", end - start - 8)
+    result = scan(tmp_path)
+    assert "SOPInstanceUID" in _reasons(result)["bad"]
+    assert len(result.series) == 1 and len(result.series[0]) == 4
+    uids = [s.sop_instance_uid for r in result.series for s in r.slices]
+    assert not any("Secret" in u or "19451231" in u for u in uids)

@@ -78,6 +78,21 @@ _NUMBER_CHARS = re.compile(r"[0-9eE+\-. \\]{0,80}")
 _CODE_CHARS = re.compile(r"[A-Z0-9 _]{1,16}")
 
 
+# What a stored UID may hold: printable ASCII without spaces or backslashes. Lenient about
+# digits and the 64-character limit (some writers break both); a damaged length that
+# swallows the next elements brings their binary tags (control bytes) with it.
+_PLAUSIBLE_UID = re.compile(r"[!-\[\]-~]{1,128}")
+
+
+def _uid(ds, keyword: str) -> str:
+    """A UID element's text ("" when absent); ValueError when it cannot be a UID, since it
+    would be stored (geometry, entry attributes) or shown with whatever it swallowed."""
+    text = _text(ds, keyword)
+    if text and not _PLAUSIBLE_UID.fullmatch(text):
+        raise ValueError(f"{keyword} is malformed ({len(text)} characters; damaged file?)")
+    return text
+
+
 def _shown_uid(uid: str) -> str:
     """A UID fit for a message. A damaged length makes an element swallow the elements
     after it, names and birth dates included, so a value that is not a plausible UID is
@@ -291,7 +306,7 @@ def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
         path=path,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
         instance_number=_int_or_none(ds, "InstanceNumber"),
         ipp=ipp,  # type: ignore[arg-type]
         iop=iop,  # type: ignore[arg-type]
@@ -315,25 +330,25 @@ def _struct_ref(path: str, st, ds) -> StructRef:
     for_uid = ""
     series: list[str] = []
     for fr in ds.get("ReferencedFrameOfReferenceSequence", None) or []:
-        for_uid = for_uid or _text(fr, "FrameOfReferenceUID")
+        for_uid = for_uid or _uid(fr, "FrameOfReferenceUID")
         for study in fr.get("RTReferencedStudySequence", None) or []:
             for s in study.get("RTReferencedSeriesSequence", None) or []:
-                uid = _text(s, "SeriesInstanceUID")
+                uid = _uid(s, "SeriesInstanceUID")
                 if uid and uid not in series:
                     series.append(uid)
     if not for_uid:
         for roi in ds.get("StructureSetROISequence", None) or []:
-            for_uid = _text(roi, "ReferencedFrameOfReferenceUID")
+            for_uid = _uid(roi, "ReferencedFrameOfReferenceUID")
             if for_uid:
                 break
     return StructRef(
         path=path,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
-        sop_instance_uid=_text(ds, "SOPInstanceUID"),
-        study_uid=_text(ds, "StudyInstanceUID"),
-        series_uid=_text(ds, "SeriesInstanceUID"),
-        frame_of_reference_uid=for_uid or _text(ds, "FrameOfReferenceUID"),
+        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
+        study_uid=_uid(ds, "StudyInstanceUID"),
+        series_uid=_uid(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=for_uid or _uid(ds, "FrameOfReferenceUID"),
         referenced_series_uids=tuple(series),
         label=_decoded(ds, "StructureSetLabel"),
         patient_id=_decoded(ds, "PatientID"),
@@ -477,9 +492,10 @@ def _classify(path: str, result: ScanResult, by_series, series_info) -> None:
                 f"neither a CT image nor an RT structure set (Modality {_shown_code(modality) if modality else 'missing'}, "
                 f"{_sop_class_name(sop_class)})"
             )
-        study, series = _text(ds, "StudyInstanceUID"), _text(ds, "SeriesInstanceUID")
+        study, series = _uid(ds, "StudyInstanceUID"), _uid(ds, "SeriesInstanceUID")
         if not series:
             raise ValueError("no SeriesInstanceUID")
+        for_uid = _uid(ds, "FrameOfReferenceUID")
         header = _ct_slice(path, st, ds, ts, pixel, size)
     except ValueError as exc:
         reason = str(exc)
@@ -492,7 +508,7 @@ def _classify(path: str, result: ScanResult, by_series, series_info) -> None:
         series_info[key] = dict(
             study_uid=study,
             series_uid=series,
-            frame_of_reference_uid=_text(ds, "FrameOfReferenceUID"),
+            frame_of_reference_uid=for_uid,
             series_description=_decoded(ds, "SeriesDescription"),
             series_number=_int_or_none(ds, "SeriesNumber"),
             patient_id=_decoded(ds, "PatientID"),
