@@ -346,7 +346,8 @@ class ManifoldPanel(LatentPanel):
         self.cell_code = z
         self.cell_view.set_image(r["shown"][row, col], autorange=True)
         d0, d1 = m.dims
-        self.cell_view.set_title(f"Tile ({row}, {col}): z{d0} = {z[d0]:.3f}, z{d1} = {z[d1]:.3f}")
+        # Short: a long title widens the plot past its narrow side pane (the full z is below).
+        self.cell_view.set_title(f"z{d0} = {z[d0]:.3f}, z{d1} = {z[d1]:.3f}")
         self._draw_selection()
         lines = ["<b>z</b> = (" + ", ".join(f"{v:.3f}" for v in z) + ")"]
         if r["wl"] is not None:

@@ -56,8 +56,8 @@ class CTImageView(pg.GraphicsLayoutWidget):
         self.plot.invertY(True)
         self.plot.setAspectLocked(True)
         self.plot.setMenuEnabled(False)
-        self.plot.setLabel("bottom", "x (pixels, patient right → left)")
-        self.plot.setLabel("left", "y (pixels, anterior → posterior)")
+        self.plot.setLabel("bottom", "x (px, patient R → L)")
+        self.plot.setLabel("left", "y (px, A → P)")
         self.item = pg.ImageItem()
         self.plot.addItem(self.item)
         self.array: np.ndarray | None = None  # what is shown (grey float or RGB uint8)
@@ -81,7 +81,18 @@ class CTImageView(pg.GraphicsLayoutWidget):
             self._letters = orientation_letters(self.plot.vb, shape, self._letters)
             autorange = True if autorange is None else autorange
         if autorange:
-            self.plot.autoRange(padding=0.02)
+            self.fit()
+
+    def fit(self) -> None:
+        """Show the whole image (the letters around it do not count)."""
+        shape = getattr(self, "_shape", None)  # resize events come during __init__ too
+        if shape is not None:
+            h, w = shape
+            self.plot.setRange(xRange=(0, w), yRange=(0, h), padding=0.02)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        super().resizeEvent(event)
+        self.fit()  # a side view resized by the layout keeps its image whole
 
     def clear_image(self) -> None:
         self.array = None
