@@ -235,6 +235,14 @@ def test_bad_geometry_tags_are_named(tmp_path):
     assert "not two orthogonal unit vectors" in reasons["badiop"]
 
 
+def test_an_implausibly_large_slice_is_skipped_with_its_size(tmp_path):
+    img = ramp_volume(1, 8, 10)[0]
+    write_ct_slice(tmp_path / "huge", img, transfer_syntax=ExplicitVRLittleEndian,
+                   extra={"Rows": 40000, "Columns": 40000})
+    reasons = _reasons(scan(tmp_path))
+    assert "40000×40000" in reasons["huge"]
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom complains about the damage
 def test_corrupted_bytes_never_stop_the_scan(tmp_path):
     spec = write_ct_series(tmp_path / "ct", ramp_volume(3, 32, 32))

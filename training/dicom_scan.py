@@ -46,6 +46,7 @@ IOP_TOLERANCE = 1e-3
 _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 
 
+MAX_EDGE = 8192  # pixels per slice edge; clinical CT is 512 or 1024
 _US_KEYWORDS = {"Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel"}
 _TAGS: dict[str, int] = {}
 
@@ -289,6 +290,8 @@ def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
     bits = _int_or_none(ds, "BitsAllocated")
     if not rows or not cols or not bits:
         raise ValueError("Rows, Columns or BitsAllocated missing")
+    if rows > MAX_EDGE or cols > MAX_EDGE:  # a damaged header must not make a worker allocate gigabytes
+        raise ValueError(f"{rows}×{cols} pixels is larger than any CT slice (at most {MAX_EDGE}² accepted)")
     slope = _float_or(ds, "RescaleSlope", 1.0) or 1.0
     intercept = _float_or(ds, "RescaleIntercept", 0.0) or 0.0
     for keyword, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
