@@ -71,6 +71,19 @@ _CACHE_MODELS = 2
 _CACHE_ENCODINGS = 4
 
 
+def two_dims(latent_dim: int, dims: tuple[int, int], what: str) -> tuple[int, int]:
+    """The two latent dimensions a 2-D view shows: `dims`, or (0, 1) when out of range;
+    ValueError naming `what` for a model with J < 2 or two equal dimensions."""
+    if latent_dim < 2:
+        raise ValueError(f"{what} needs a model with at least 2 latent dimensions")
+    d0, d1 = dims
+    if not (0 <= d0 < latent_dim and 0 <= d1 < latent_dim):
+        d0, d1 = 0, 1
+    if d0 == d1:
+        raise ValueError(f"choose two different latent dimensions (both are z{d0})")
+    return d0, d1
+
+
 def load_latent_model(path, device: str = "cpu") -> LatentModel:
     """The checkpoint at `path` as a LatentModel, cached while the file is unchanged."""
     from training.checkpoint import load_model

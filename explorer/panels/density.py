@@ -84,14 +84,7 @@ class DensityPanel(LatentPanel):
         from training import latent_views, sampling
 
         lm = latent_views.load_latent_model(req["checkpoint"])
-        j = lm.latent_dim
-        d0, d1 = req["dims"]
-        if j < 2:
-            raise ValueError("the density view needs a model with at least 2 latent dimensions")
-        if not (0 <= d0 < j and 0 <= d1 < j):
-            d0, d1 = 0, 1
-        if d0 == d1:
-            raise ValueError(f"choose two different latent dimensions (both are z{d0})")
+        d0, d1 = latent_views.two_dims(lm.latent_dim, req["dims"], "the density view")
         wl = latent_views.encode_patients(lm, req["workspace"])
         sd = float(np.sqrt(lm.prior_sigma2))
         grid = sampling.density_grid(wl.encoded.mu, wl.encoded.logvar, (d0, d1), n=req["n"],

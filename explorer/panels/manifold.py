@@ -136,14 +136,7 @@ class ManifoldPanel(LatentPanel):
         from training import latent, latent_views
 
         lm = latent_views.load_latent_model(req["checkpoint"])
-        j = lm.latent_dim
-        d0, d1 = req["dims"]
-        if j < 2:
-            raise ValueError("the manifold needs a model with at least 2 latent dimensions")
-        if not (0 <= d0 < j and 0 <= d1 < j):
-            d0, d1 = 0, 1
-        if d0 == d1:
-            raise ValueError(f"choose two different latent dimensions (both are z{d0})")
+        d0, d1 = latent_views.two_dims(lm.latent_dim, req["dims"], "the manifold")
         wl = None
         t_enc = time.perf_counter()
         if req["workspace"]:
