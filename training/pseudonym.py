@@ -8,6 +8,7 @@ pseudonym while the file holds neither the ID nor an unsalted hash of it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -62,7 +63,14 @@ def scrub(text: str, replacements: dict[str, str]) -> str:
     keys first), so a replacement is never itself rewritten."""
     if not replacements:
         return text
-    keys = sorted(replacements, key=len, reverse=True)
-    lower = {k.lower(): v for k, v in replacements.items()}
-    pattern = re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE)
+    pattern, lower = _scrubber(tuple(sorted(replacements.items())))
     return pattern.sub(lambda m: lower[m.group(0).lower()], text)
+
+
+@functools.lru_cache(maxsize=16)
+def _scrubber(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern, dict[str, str]]:
+    # One compiled pattern per set of replacements: an ingest scrubs every file's path
+    # with the same set, and building the alternation each time cost ~0.2 ms a call.
+    keys = sorted((k for k, _ in items), key=len, reverse=True)
+    lower = {k.lower(): v for k, v in items}
+    return re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE), lower

@@ -371,10 +371,10 @@ def staged_path(path: str | os.PathLike, seq: int, label: str) -> Path:
 
 def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
                      identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
-    """Write one entry as a complete temporary file beside `final` (not yet committed:
-    `commit_staged` fsyncs and renames it). Workers call this; the parent commits, so the
-    disk wait of the fsync overlaps the workers' next series."""
-    from training.atomic import temp_path_for
+    """Write one entry as a complete, fsynced temporary file beside `final` (not yet
+    committed: `commit_staged` renames it). Workers call this, so the fsyncs of several
+    series run in parallel instead of one after another in the committing parent."""
+    from training.atomic import fsync_file, temp_path_for
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(final)
@@ -386,6 +386,7 @@ def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
             write_entry(f.create_group("entries"), entry, phash)
             _write_meta(f, "identity", identity)
             _write_meta(f, "pseudonyms", pseudonyms)
+        fsync_file(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -393,10 +394,10 @@ def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
 
 
 def commit_staged(tmp: Path, final: Path) -> Path:
-    """The commit point of one entry: fsync, then an atomic rename into the staging folder."""
-    from training.atomic import fsync_dir, fsync_file
+    """The commit point of one entry: an atomic rename of the (already fsynced, see
+    write_staged_tmp) file into the staging folder."""
+    from training.atomic import fsync_dir
 
-    fsync_file(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
     return final
