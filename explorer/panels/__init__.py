@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib
 import logging
 
-from explorer.qt import QtWidgets
+from explorer.qt import QtCore, QtWidgets
 from explorer.state import AppState
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,34 @@ class Panel(QtWidgets.QWidget):
         state.workspaceChanged.connect(self.on_workspace_changed)
         state.checkpointChanged.connect(self.on_checkpoint_changed)
         state.patientSelected.connect(self.on_patient_selected)
+
+    #: set when the tab had to recompute while hidden; showEvent then calls refresh().
+    stale = False
+    #: refresh on the next turn of the event loop rather than inside showEvent (lets the
+    #: new tab's layout settle first).
+    defer_refresh_on_show = False
+
+    def refresh(self) -> object:
+        """Recompute what the tab shows (tabs that compute override it)."""
+        return None
+
+    def visible_or_stale(self) -> bool:
+        """True when the tab is visible and should compute now; otherwise remember that it
+        is out of date and return False. An ingest changes the workspace once per patient,
+        and a hidden tab must not re-encode each time: it computes when next shown."""
+        if self.isVisible():
+            self.stale = False
+            return True
+        self.stale = True
+        return False
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if self.stale:
+            if self.defer_refresh_on_show:
+                QtCore.QTimer.singleShot(0, self, self.refresh)
+            else:
+                self.refresh()
 
     def on_workspace_changed(self) -> None:
         """The open workspace, or its content, changed."""

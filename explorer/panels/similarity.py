@@ -227,11 +227,6 @@ class SimilarityPanel(Panel):
             self.table.select_patient(pseudonym)
         self._show_nearest()
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        super().showEvent(event)
-        if getattr(self, "_dirty", False):
-            self.refresh()
-
     def shutdown(self) -> None:
         self.worker.shutdown()
         self.id_worker.shutdown()
@@ -256,10 +251,8 @@ class SimilarityPanel(Panel):
         A hidden tab only remembers that it is out of date and computes when shown (an ingest
         changes the workspace once per patient; a hidden tab must not re-encode each time).
         """
-        if not self.isVisible():
-            self._dirty = True
+        if not self.visible_or_stale():
             return None
-        self._dirty = False
         inputs = self._inputs()
         if inputs is None:
             self.worker.cancel()

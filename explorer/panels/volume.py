@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from explorer import figures
 from explorer.panels import Panel
-from explorer.qt import Qt, QtWidgets
+from explorer.qt import QtWidgets
 from explorer.widgets.latest_worker import LatestWorker
 from explorer.widgets.slice_stack import SliceStackPair
 
@@ -166,11 +166,6 @@ class VolumePanel(Panel):
         if i >= 0 and i != self.patient.currentIndex():
             self.patient.setCurrentIndex(i)  # → refresh
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
-        super().showEvent(event)
-        if getattr(self, "_dirty", False):
-            self.refresh()
-
     def shutdown(self) -> None:
         self.worker.shutdown()
         job = getattr(self, "_export_job", None)
@@ -190,10 +185,8 @@ class VolumePanel(Panel):
         A hidden tab only remembers that it is out of date and computes when shown (an ingest
         changes the workspace once per patient; a hidden tab must not re-encode each time).
         """
-        if not self.isVisible():
-            self._dirty = True
+        if not self.visible_or_stale():
             return None
-        self._dirty = False
         name = self.patient.currentText()
         if not self.state.has_workspace_data() or not name:
             self.worker.cancel()

@@ -197,6 +197,8 @@ class LatentPanel(Panel):
     their controls. `refresh()` submits; a newer request replaces a queued one.
     """
 
+    defer_refresh_on_show = True
+
     needs_workspace = False  # the tab needs an encoded workspace to show anything
 
     def __init__(self, state, parent=None) -> None:
@@ -253,15 +255,8 @@ class LatentPanel(Panel):
 
     def request_refresh(self) -> None:
         """Refresh now if the tab is visible; otherwise when it is next shown."""
-        if self.isVisible():
+        if self.visible_or_stale():
             self.refresh()
-        else:
-            self.stale = True
-
-    def showEvent(self, event) -> None:
-        super().showEvent(event)
-        if self.stale:
-            QtCore.QTimer.singleShot(0, self.refresh)
 
     def on_checkpoint_changed(self, path: str) -> None:
         self.request_refresh()
