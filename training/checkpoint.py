@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+from pickle import UnpicklingError  # what weights_only=True raises; nothing is unpickled here
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +107,7 @@ def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
         raise CheckpointError(path, "no such checkpoint file")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except UnpicklingError as exc:
         raise CheckpointError(
             path, "refused: the file holds Python objects other than tensors and plain values "
             f"(only weights are loaded, never code): {str(exc).splitlines()[0]}"

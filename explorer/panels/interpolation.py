@@ -105,15 +105,7 @@ class InterpolationPanel(LatentPanel):
         from training import latent, latent_views, sampling
 
         lm = latent_views.load_latent_model(req["checkpoint"])
-        wl = None
-        if req["workspace"]:
-            try:
-                wl = latent_views.encode_patients(lm, req["workspace"])
-            except Exception:  # no (readable) images: the view works without patients
-                import logging
-
-                logging.getLogger(__name__).warning("could not encode %s", req["workspace"], exc_info=True)
-                wl = None
+        wl = LatentPanel.encode_optional(lm, req["workspace"])
         names = wl.names if wl is not None else []
         src, dst = req["src"], req["dst"]
         if src == RANDOM and dst == RANDOM and names and req.get("first", False):

@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from explorer.qt import Qt, QtCore, QtGui, QtWidgets, pg
+from explorer.qt import Qt, QtGui, QtWidgets, pg
 from explorer.widgets.latent_canvas import (CTImageView, LatentPanel, fill_dim_combo, fill_patient_combo,
                                             labelled_row)
 
@@ -137,16 +137,8 @@ class ManifoldPanel(LatentPanel):
 
         lm = latent_views.load_latent_model(req["checkpoint"])
         d0, d1 = latent_views.two_dims(lm.latent_dim, req["dims"], "the manifold")
-        wl = None
         t_enc = time.perf_counter()
-        if req["workspace"]:
-            try:
-                wl = latent_views.encode_patients(lm, req["workspace"])
-            except Exception:  # no (readable) images: the view works without patients
-                import logging
-
-                logging.getLogger(__name__).warning("could not encode %s", req["workspace"], exc_info=True)
-                wl = None
+        wl = LatentPanel.encode_optional(lm, req["workspace"])
         base = None
         if req["base"] != ZERO and wl is not None and req["base"] in wl.names:
             base = wl.patient_mu(req["base"])

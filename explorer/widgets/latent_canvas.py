@@ -199,6 +199,22 @@ class LatentPanel(Panel):
 
     defer_refresh_on_show = True
 
+    @staticmethod
+    def encode_optional(lm, workspace):
+        """The workspace's encoded patients (cached), or None when there is no workspace or
+        it cannot be encoded: views that draw patients over the latent space work without."""
+        if not workspace:
+            return None
+        from training import latent_views
+
+        try:
+            return latent_views.encode_patients(lm, workspace)
+        except Exception:  # no (readable) images
+            import logging
+
+            logging.getLogger(__name__).warning("could not encode %s", workspace, exc_info=True)
+            return None
+
     needs_workspace = False  # the tab needs an encoded workspace to show anything
 
     def __init__(self, state, parent=None) -> None:
