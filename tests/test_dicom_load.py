@@ -260,3 +260,57 @@ def test_error_and_volume_pickle_and_worker_process(tmp_path):
     with ProcessPoolExecutor(1, mp_context=ctx) as ex:
         vol = ex.submit(load_ct_series, ref).result(timeout=60)
     np.testing.assert_array_equal(vol.hu, spec.hu.astype(np.float32))
+
+
+def _int16_reference(hu32: np.ndarray) -> np.ndarray:
+    """What a workspace stores: float HU rounded to the nearest integer and clipped."""
+    return np.clip(np.rint(hu32.astype(np.float64)), -32768, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("case", ["uint_intercept", "int16_signed", "fractional_slope", "overflow",
+                                  "negative_overflow"])
+def test_int16_loading_equals_rounded_float(tmp_path, case):
+    """load_ct_series(dtype=int16) takes integer shortcuts; each must equal the float
+    HU rounded and clipped (stored × slope + intercept, per slice)."""
+    rng = np.random.default_rng(3)
+    if case == "uint_intercept":
+        stored, slope, intercept = rng.integers(0, 4096, (3, 6, 8)).astype(np.uint16), 1.0, -1024.0
+    elif case == "int16_signed":
+        stored, slope, intercept = rng.integers(-2000, 3000, (3, 6, 8)).astype(np.int16), 1.0, 0.0
+    elif case == "fractional_slope":
+        stored, slope, intercept = rng.integers(0, 4096, (3, 6, 8)).astype(np.uint16), 0.37, -1000.5
+    elif case == "overflow":  # uint16 above the int16 range: clipped, not wrapped
+        stored, slope, intercept = rng.integers(30000, 65535, (3, 6, 8)).astype(np.uint16), 1.0, 100.0
+    else:  # signed stored values pushed below −32768 by the intercept
+        stored, slope, intercept = rng.integers(-32768, -32000, (3, 6, 8)).astype(np.int16), 1.0, -1024.0
+    write_ct_series(tmp_path, stored, slope=slope, intercept=intercept)
+    ref = scan(tmp_path).series[0]
+    as_float = load_ct_series(ref)
+    as_int = load_ct_series(ref, dtype=np.int16)
+    assert as_int.hu.dtype == np.int16
+    expected = np.clip(np.rint(stored.astype(np.float64) * np.float32(slope) + intercept), -32768, 32767)
+    np.testing.assert_array_equal(as_int.hu, expected.astype(np.int16))
+    np.testing.assert_array_equal(as_int.hu, _int16_reference(as_float.hu))
+
+
+def test_int16_loading_of_a_tilted_series_interpolates_in_float(tmp_path):
+    theta = np.radians(20)
+    ramp = np.repeat((10 * np.arange(24))[None, :, None], 10, axis=2).repeat(4, axis=0).astype(np.int16)
+    write_ct_series(tmp_path, ramp, pixel_spacing=(1.0, 1.0), slice_spacing=0.7 / np.sin(theta),
+                    stack_dir=(0, np.sin(theta), np.cos(theta)), intercept=0.0)
+    ref = scan(tmp_path).series[0]
+    as_float, as_int = load_ct_series(ref), load_ct_series(ref, dtype=np.int16)
+    assert as_int.hu.dtype == np.int16 and any("gantry tilt" in w for w in as_int.warnings)
+    np.testing.assert_array_equal(as_int.hu, _int16_reference(as_float.hu))
+    np.testing.assert_allclose(as_int.geometry.ipp, as_float.geometry.ipp)
+
+
+def test_on_file_hands_over_each_read_file_whole(tmp_path):
+    spec = write_ct_series(tmp_path, ramp_volume(4, 6, 8))
+    ref = scan(tmp_path).series[0]
+    seen = {}
+    vol = load_ct_series(ref, dtype=np.int16, on_file=lambda p, data: seen.__setitem__(str(p), bytes(data)))
+    assert sorted(seen) == sorted(str(p) for p in spec.paths)
+    for p in spec.paths:
+        assert seen[str(p)] == Path(p).read_bytes()
+    np.testing.assert_array_equal(vol.hu, spec.hu)

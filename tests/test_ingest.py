@@ -126,6 +126,23 @@ def test_reingest_unchanged_reads_no_dicom(cohort, tmp_path, monkeypatch):
     assert "PAT-0002" in rep.unchanged and not rep.added
 
 
+def test_content_hash_read_in_one_pass_equals_hashing_each_file(cohort, tmp_path):
+    """New series are hashed from the bytes the loader reads (one read per file); the
+    content hash must be the one hash_file gives, with the RTSTRUCT included."""
+    from training.ingest import combine_hashes, hash_file
+
+    drop, infos = cohort
+    ws_path = tmp_path / "w.h5"
+    ingest([drop], ws_path, CFG, workers=2)
+    with h5py.File(ws_path, "r") as f:
+        stored = {f["entries"][k].attrs["series_uid"]: f["entries"][k].attrs["content_hash"]
+                  for k in f["entries"]}
+    for info in infos:
+        files = [p for p in info.folder.rglob("*") if p.is_file()]
+        uid = pydicom.dcmread(next((info.folder / "CT").iterdir()), stop_before_pixels=True).SeriesInstanceUID
+        assert stored[uid] == combine_hashes(hash_file(p) for p in files)
+
+
 def test_changed_parameters_rederive_without_dicom(cohort, tmp_path, monkeypatch):
     drop, _ = cohort
     ws_path = tmp_path / "w.h5"

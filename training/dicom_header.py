@@ -12,6 +12,7 @@ a character set, sequences) load the pydicom Dataset lazily.
 from __future__ import annotations
 
 import os
+import struct
 
 import pydicom
 import pydicom.config
@@ -78,21 +79,28 @@ class RawHeader:
         return self.dataset().get(keyword, default)
 
 
+_TAG_VR_LEN = struct.Struct("<HH2sH")  # group, element, VR, 16-bit length (explicit VR)
+_TAG_LEN = struct.Struct("<HHI")  # group, element, 32-bit length (implicit VR, items)
+_U32 = struct.Struct("<I")
+
+
 def _element(buf: bytes, pos: int, explicit: bool) -> tuple[int, bytes | None, int, int]:
     """(tag, VR or None, length, value offset) of the element at pos."""
     if pos + 8 > len(buf):
         raise _More
-    tag = (int.from_bytes(buf[pos:pos + 2], "little") << 16) | int.from_bytes(buf[pos + 2:pos + 4], "little")
-    if not explicit or tag >> 16 == 0xFFFE:  # items and delimiters carry no VR
-        return tag, None, int.from_bytes(buf[pos + 4:pos + 8], "little"), pos + 8
-    vr = buf[pos + 4:pos + 6]
+    if not explicit:
+        g, e, length = _TAG_LEN.unpack_from(buf, pos)
+        return (g << 16) | e, None, length, pos + 8
+    g, e, vr, length = _TAG_VR_LEN.unpack_from(buf, pos)
+    if g == 0xFFFE:  # items and delimiters carry no VR
+        return (g << 16) | e, None, _U32.unpack_from(buf, pos + 4)[0], pos + 8
     if vr in _LONG_VRS:
         if pos + 12 > len(buf):
             raise _More
-        return tag, vr, int.from_bytes(buf[pos + 8:pos + 12], "little"), pos + 12
+        return (g << 16) | e, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
     if not (65 <= vr[0] <= 90 and 65 <= vr[1] <= 90):
         raise _Odd
-    return tag, vr, int.from_bytes(buf[pos + 6:pos + 8], "little"), pos + 8
+    return (g << 16) | e, vr, length, pos + 8
 
 
 def _skip_sequence(buf: bytes, pos: int, explicit: bool) -> int:

@@ -89,7 +89,28 @@ def _check_decoder(path: str, ts: str) -> None:
 
 
 def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
-    """out = stored × slope + intercept in float32 (one pass when the slope is 1)."""
+    """out = stored × slope + intercept: float32 (one pass when the slope is 1), or int16
+    HU rounded to the nearest integer and clipped to the int16 range (integer arithmetic
+    when the slope is 1 and the intercept whole, which is every CT seen so far)."""
+    if out.dtype == np.int16:
+        if s.slope == 1.0 and float(s.intercept).is_integer():
+            b = int(s.intercept)
+            if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
+                lo, hi = int(stored.min()), int(stored.max())
+                if hi <= 32767 and -32768 <= lo + b and hi + b <= 32767:  # no clipping needed
+                    np.copyto(out, stored, casting="unsafe")
+                    if b:
+                        np.add(out, np.int16(b), out=out)
+                    return
+            wide = stored.astype(np.int32)
+            wide += b
+        else:
+            wide = np.multiply(stored, np.float32(s.slope), dtype=np.float32)
+            wide += np.float32(s.intercept)
+            np.rint(wide, out=wide)
+        np.clip(wide, -32768, 32767, out=wide)
+        out[...] = wide
+        return
     if s.slope == 1.0:
         np.add(stored, np.float32(s.intercept), out=out, casting="unsafe")
         return
@@ -105,8 +126,11 @@ def _native_dtype(s: SliceHeader) -> np.dtype | None:
     return np.dtype(f"<{kind}{s.bits_allocated // 8}")
 
 
-def _read_fast(s: SliceHeader, out: np.ndarray) -> bool:
-    """Read native LE pixel values from the scanned offset; False when not applicable."""
+def _read_fast(s: SliceHeader, out: np.ndarray, on_file=None) -> bool:
+    """Read native LE pixel values from the scanned offset; False when not applicable.
+
+    on_file(path, data): when given, the whole file is read in one call and handed over
+    (the caller hashes it: each file is read once)."""
     dtype = _native_dtype(s)
     if s.pixel_value_offset < 0 or s.transfer_syntax not in NATIVE_LE or dtype is None:
         return False
@@ -115,11 +139,17 @@ def _read_fast(s: SliceHeader, out: np.ndarray) -> bool:
         st = os.fstat(fp.fileno())
         if st.st_size != s.size or st.st_mtime_ns != s.mtime_ns:
             return False
-        fp.seek(s.pixel_value_offset)
-        buf = fp.read(nbytes)
+        if on_file is not None:
+            data = fp.read()
+            buf = memoryview(data)[s.pixel_value_offset:s.pixel_value_offset + nbytes]
+        else:
+            fp.seek(s.pixel_value_offset)
+            buf = fp.read(nbytes)
     if len(buf) < nbytes:
         raise _SliceProblem(f"truncated: pixel data holds {len(buf)} of {nbytes} bytes")
     _rescale_into(np.frombuffer(buf, dtype).reshape(s.rows, s.columns), s, out)
+    if on_file is not None:
+        on_file(s.path, data)
     return True
 
 
@@ -159,8 +189,13 @@ def _fmt(v: float) -> str:
     return f"{v:.2f}"
 
 
-def load_ct_series(ref: SeriesRef, cancel=None) -> CTVolume:
-    """Load a SeriesRef from scan() as HU float32 (z, y, x) with its VolumeGeometry.
+def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=None) -> CTVolume:
+    """Load a SeriesRef from scan() as HU (z, y, x) with its VolumeGeometry.
+
+    dtype: float32 (exact stored × slope + intercept) or int16 (HU rounded to the nearest
+    integer and clipped, what a workspace stores; no float copy when the slope is 1).
+    on_file(path, data): called with the whole content of each file read natively
+    (the ingest hashes files as they are read instead of reading them twice).
 
     Slices are sorted by position along the normal; slices of a minority orientation,
     size or spacing, unreadable slices and exact duplicates are left out with a warning.
@@ -186,7 +221,7 @@ def load_ct_series(ref: SeriesRef, cancel=None) -> CTVolume:
     slices = [slices[i] for i in order]
 
     ny, nx = first.rows, first.columns
-    hu = np.empty((len(slices), ny, nx), dtype=np.float32)
+    hu = np.empty((len(slices), ny, nx), dtype=np.dtype(dtype))
     good: list[SliceHeader] = []
     problems: list[str] = []
     for s in slices:
@@ -194,7 +229,7 @@ def load_ct_series(ref: SeriesRef, cancel=None) -> CTVolume:
             raise Cancelled(f"loading {name} cancelled")
         target = hu[len(good)]
         try:
-            if not _read_fast(s, target):
+            if not _read_fast(s, target, on_file):
                 _read_decoded(s, target)
         except _SliceProblem as exc:
             problems.append(f"{s.path}: {exc}")
@@ -279,12 +314,17 @@ def _correct_tilt(ipp, hu, row_dir, col_dir, normal, spacing, warnings):
     stack = d[-1]
     angle = float(np.degrees(np.arccos(min(1.0, abs(stack @ normal) / np.linalg.norm(stack)))))
     fill = float(hu.min())
-    out = np.empty_like(hu)
+    out = np.empty(hu.shape, dtype=np.float32)
     for k in range(len(hu)):
         if np.hypot(u[k], v[k]) <= TILT_TOLERANCE_PX:
             out[k] = hu[k]
         else:
-            nd_shift(hu[k], (v[k], u[k]), output=out[k], order=1, mode="constant", cval=fill)
+            nd_shift(hu[k].astype(np.float32, copy=False), (v[k], u[k]), output=out[k], order=1,
+                     mode="constant", cval=fill)
+    if hu.dtype != np.float32:  # interpolated in float, stored as the caller asked
+        np.rint(out, out=out)
+        np.clip(out, np.iinfo(hu.dtype).min, np.iinfo(hu.dtype).max, out=out)
+        out = out.astype(hu.dtype)
     new_ipp = ipp[0] + np.outer(d @ normal, normal)
     warnings.append(
         f"gantry tilt: slices stacked {angle:.1f}° off the slice normal; each slice shifted "

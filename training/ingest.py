@@ -129,6 +129,17 @@ def _ref_files(ref: Any) -> list[Path]:
     return [Path(p) for p in files]
 
 
+def hash_bytes(data: bytes) -> str:
+    """The content hash of one file (hash_file of a file holding `data`)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _identity_rows(hashes: dict[str, str], stage: dict[str, Any]) -> dict[str, list]:
+    """Identity table rows (quick identity → [content hash, series UID, "", ""])."""
+    return {stage["quick"][p]: [h, stage["series_uid"], "", ""] for p, h in hashes.items()
+            if p in stage["quick"]}
+
+
 def hash_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -152,33 +163,55 @@ def quick_identity(path: Path, st: os.stat_result) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def discover(paths: Iterable[str | os.PathLike]) -> list[tuple[Path, str, os.stat_result]]:
-    """Every regular file below the dropped paths: (path, path relative to its drop, stat)."""
+def discover(paths: Iterable[str | os.PathLike], exclude: Callable[[str], bool] | None = None
+             ) -> list[tuple[Path, str, os.stat_result]]:
+    """Every regular file below the dropped paths: (path, path relative to its drop, stat).
+
+    Folders are walked in name order with os.scandir (one stat per file); symbolic links
+    to files are followed, links to folders are not, and a file reached twice (a link, or
+    overlapping drops) is listed once. exclude(real path) → True leaves a file out.
+    """
     out = []
-    seen = set()
+    seen: set[str] = set()
+
+    def add(p: Path, rel: str, st: os.stat_result, key: str) -> None:
+        if key not in seen and not (exclude and exclude(key)):
+            seen.add(key)
+            out.append((p, rel, st))
+
     for root in paths:
         root = Path(root)
         if root.is_file():
-            items = [(root, root.name)]
-        elif root.is_dir():
-            items = []
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames.sort()
-                for fn in sorted(filenames):
-                    p = Path(dirpath) / fn
-                    items.append((p, str(p.relative_to(root))))
-        else:
-            items = []
-        for p, rel in items:
+            with contextlib.suppress(OSError):
+                add(root, root.name, root.stat(), os.path.realpath(root))
+            continue
+        if not root.is_dir():
+            continue
+        stack = [(str(root), "")]
+        while stack:
+            folder, prefix = stack.pop()
             try:
-                st = p.stat()
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
             except OSError:
                 continue
-            key = os.path.realpath(p)
-            if key in seen or not os.path.isfile(p):
-                continue
-            seen.add(key)
-            out.append((p, rel, st))
+            real_folder = os.path.realpath(folder)
+            subdirs = []
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        subdirs.append(e)
+                        continue
+                    if not e.is_file():  # follows a link; sockets, fifos, dangling links out
+                        continue
+                    link = e.is_symlink()
+                    st = e.stat()
+                except OSError:
+                    continue
+                key = os.path.realpath(e.path) if link else os.path.join(real_folder, e.name)
+                add(Path(e.path), prefix + e.name, st, key)
+            # depth first in name order, like os.walk with sorted names
+            stack.extend((e.path, prefix + e.name + os.sep) for e in reversed(subdirs))
     return out
 
 
@@ -222,7 +255,6 @@ def derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: Any,
     return images, labs, missing
 
 
-
 def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) -> str:
     """Make a message storable: paths relative to the drop, identifiers → pseudonyms, and
     bytes of a file name that is not UTF-8 (Python keeps them as lone surrogates, which
@@ -235,8 +267,8 @@ def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) ->
 
 def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
               stage: dict[str, Any]) -> dict:
-    """Worker: hash the series' files; unless unchanged, load, rasterise, preprocess and
-    write the entry as a complete temporary staged file (the parent commits it by rename).
+    """Worker: hash the series' files; unless unchanged, load (int16 HU), rasterise,
+    preprocess and write the entry as a complete temporary staged file (the parent commits it by rename).
 
     Returns only small metadata, so big arrays never travel between processes.
     """
@@ -244,16 +276,24 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     from training.rtstruct import read_rtstruct, rasterise
 
     files = _ref_files(ref)
-    hashes = {str(p): hash_file(p) for p in [*files, *map(Path, struct_paths)]}
-    content = combine_hashes(hashes.values())
-    rows = {stage["quick"][p]: [h, stage["series_uid"], "", ""] for p, h in hashes.items()
-            if p in stage["quick"]}
+    hashes: dict[str, str] = {}
+    if known_hash:  # seen before: hash first, load only when the content changed
+        hashes = {str(p): hash_file(p) for p in [*files, *map(Path, struct_paths)]}
+        content = combine_hashes(hashes.values())
+        if content == known_hash:
+            return {"content_hash": content, "status": "unchanged",
+                    "identity": _identity_rows(hashes, stage)}
+        vol = load_ct_series(ref, dtype=np.int16)
+    else:  # new: each file is hashed from the bytes the loader reads (one read per file)
+        vol = load_ct_series(ref, dtype=np.int16,
+                             on_file=lambda p, data: hashes.__setitem__(str(p), hash_bytes(data)))
+        for p in [*files, *map(Path, struct_paths)]:  # left out by the loader, or decoded
+            if str(p) not in hashes:
+                hashes[str(p)] = hash_file(p)
+        content = combine_hashes(hashes.values())
+    rows = _identity_rows(hashes, stage)
     out: dict[str, Any] = {"content_hash": content, "identity": rows}
-    if content == known_hash:
-        out["status"] = "unchanged"
-        return out
     cfg = PreprocessConfig.from_json(cfg_json)
-    vol = load_ct_series(ref)
     geometry = vol.geometry
     warnings = list(vol.warnings)
     masks: dict[str, np.ndarray] = {}
@@ -269,11 +309,8 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         warnings.extend(rr.warnings)
         for name, m in rr.masks.items():
             masks[name] = m if name not in masks else (masks[name] | m)
-    hu = vol.hu  # float32; rounded and clipped in place (no second full-size temporary)
-    np.rint(hu, out=hu)
-    np.clip(hu, -32768, 32767, out=hu)
-    hu16 = hu.astype(np.int16)
-    del vol, hu
+    hu16 = vol.hu  # int16 HU, rounded and clipped by the loader
+    del vol
     images, labels, missing = derive(hu16, masks, geometry.positions, cfg)
     warnings = [clean_text(w, stage["roots"], stage["replacements"]) for w in warnings]
     spacing = tuple(float(v) for v in geometry.spacing)
@@ -614,7 +651,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
                       progress, on_patient, cancel, pool: _Pool, merger: "wsmod.Merger") -> None:
     phash = wsmod.preprocess_hash(cfg)
     _call(progress, "discover", 0, 0, "listing files")
-    files = [f for f in discover(paths) if not _is_own_file(f[0], st.path)]
+    ws_real = os.path.realpath(st.path)
+    files = discover(paths, exclude=lambda real: _is_own_file(real, ws_real))
     report.n_files = len(files)
     rel_of: dict[str, str] = {}
     quick_of: dict[str, str] = {}
@@ -817,14 +855,14 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         report.cancelled = True
 
 
-def _is_own_file(p: Path, workspace: Path) -> bool:
-    """The workspace, its lock, staging folder and temporaries (a drop may contain them)."""
-    rp, ws = os.path.realpath(p), os.path.realpath(workspace)
-    if rp in (ws, ws + ".lock") or rp.startswith(ws + ".staging" + os.sep):
+def _is_own_file(real: str, ws_real: str) -> bool:
+    """The workspace, its lock, staging folder and temporaries (a drop may contain them).
+    Both paths are real paths (os.path.realpath)."""
+    if real in (ws_real, ws_real + ".lock") or real.startswith(ws_real + ".staging" + os.sep):
         return True
-    name = os.path.basename(rp)
-    return os.path.dirname(rp) == os.path.dirname(ws) and name.startswith(
-        "." + os.path.basename(ws) + ".") and name.endswith(".tmp")
+    name = os.path.basename(real)
+    return os.path.dirname(real) == os.path.dirname(ws_real) and name.startswith(
+        "." + os.path.basename(ws_real) + ".") and name.endswith(".tmp")
 
 
 def _learn_identifiers(files: list[Path], st: _State, replacements: dict[str, str]) -> None:

@@ -25,11 +25,19 @@ preallocated array (a list index on an h5py dataset is ~20× slower).
 
 Atomicity: HDF5 is not crash-safe when modified in place, so the file is never modified
 in place. A writer commits each series as its own small file in ``W.h5.staging/`` (written
-to a temporary name, fsynced, renamed), and a merge writes a complete new copy of the
-workspace and ``os.replace``-s it. A SIGKILL at any instant leaves the old workspace plus
-complete staged files; ``Workspace.open`` reads those leftovers as part of the workspace
-and the next writer merges them. Staged files numbered ≤ ``merged_through`` were already
-merged (a crash between the rename and their removal) and are ignored.
+to a temporary name, then renamed), and a merge writes a complete new copy of the
+workspace, fsyncs it and ``os.replace``-s it. A SIGKILL at any instant leaves the old
+workspace plus complete staged files; ``Workspace.open`` reads those leftovers as part of
+the workspace and the next writer merges them. Staged files numbered ≤ ``merged_through``
+were already merged (a crash between the rename and their removal) and are ignored.
+
+Durability: only the merged copy is fsynced (before it replaces the workspace), so a power
+cut never damages the workspace. Staged files are not: they guard against a killed or
+crashed process, which leaves the page cache intact. After a power cut a staged file may be
+damaged; opening and merging skip such a file (the merge removes it and records it in the
+provenance), and its series is ingested again with the next drop because its files'
+identity rows went with it. Not fsyncing them halves what an ingest writes to disk: a
+staged file merged and removed within the kernel's writeback delay (~30 s) never reaches it.
 """
 
 from __future__ import annotations
@@ -371,10 +379,9 @@ def staged_path(path: str | os.PathLike, seq: int, label: str) -> Path:
 
 def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
                      identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
-    """Write one entry as a complete, fsynced temporary file beside `final` (not yet
-    committed: `commit_staged` renames it). Workers call this, so the fsyncs of several
-    series run in parallel instead of one after another in the committing parent."""
-    from training.atomic import fsync_file, temp_path_for
+    """Write one entry as a complete temporary file beside `final` (not yet committed:
+    `commit_staged` renames it). Not fsynced (see the module's Durability note)."""
+    from training.atomic import temp_path_for
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(final)
@@ -386,7 +393,6 @@ def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
             write_entry(f.create_group("entries"), entry, phash)
             _write_meta(f, "identity", identity)
             _write_meta(f, "pseudonyms", pseudonyms)
-        fsync_file(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -394,12 +400,9 @@ def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
 
 
 def commit_staged(tmp: Path, final: Path) -> Path:
-    """The commit point of one entry: an atomic rename of the (already fsynced, see
-    write_staged_tmp) file into the staging folder."""
-    from training.atomic import fsync_dir
-
+    """The commit point of one entry: an atomic rename of the complete file into the
+    staging folder (durable only once merged; see the module's Durability note)."""
     os.replace(tmp, final)
-    fsync_dir(final.parent)
     return final
 
 
@@ -449,20 +452,51 @@ class Merger:
             raise
         self.max_seq = self.merged_through
         self.consumed: list[Path] = []
+        self.damaged: list[str] = []  # staged files that could not be read (left out)
 
     def add_staged(self, seq: int, staged: Path) -> None:
+        """Copy a committed staged file into the next workspace copy. One that cannot be
+        read (damaged by a power cut: staged files are not fsynced) is left out, recorded
+        in the provenance and removed with the merged ones; its series comes in again with
+        the next drop."""
+        from training.atomic import start_writeback
+
         ents = self.dst["entries"]
-        with h5py.File(staged, "r") as sf:
+        try:
+            sf = h5py.File(staged, "r")
+        except OSError as exc:
+            self._damaged(seq, staged, exc)
+            return
+        with sf:
             if sf.attrs.get("salt") != self.salt:
                 return  # not written for this workspace
-            for k in sf["entries"]:
-                if k in ents:
-                    del ents[k]  # a later commit of the same series wins
-                copy_entry(sf["entries"][k], ents, [self.phash])
-                if not self.shape and self.phash in ents[k]["derived"]:
-                    self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
-            self.identity.update(_read_meta(sf, "identity", {}))
-            self.pseudonyms.update(_read_meta(sf, "pseudonyms", {}))
+            copied: list[str] = []
+            try:
+                names = list(sf["entries"])
+                identity = _read_meta(sf, "identity", {})
+                pseudonyms = _read_meta(sf, "pseudonyms", {})
+                for k in names:
+                    if k in ents:
+                        del ents[k]  # a later commit of the same series wins
+                    copied.append(k)
+                    copy_entry(sf["entries"][k], ents, [self.phash])
+                    if not self.shape and self.phash in ents[k]["derived"]:
+                        self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
+            except (OSError, KeyError, ValueError) as exc:
+                for k in copied:
+                    if k in ents:
+                        del ents[k]
+                self._damaged(seq, staged, exc)
+                return
+            self.identity.update(identity)
+            self.pseudonyms.update(pseudonyms)
+        self.consumed.append(staged)
+        self.max_seq = max(self.max_seq, seq)
+        start_writeback(self.tmp)  # most of the copy is on disk before the final fsync
+
+    def _damaged(self, seq: int, staged: Path, exc: BaseException) -> None:
+        # the name only: h5py's message holds the absolute path
+        self.damaged.append(f"{staged.name}: unreadable ({type(exc).__name__})")
         self.consumed.append(staged)
         self.max_seq = max(self.max_seq, seq)
 
@@ -487,8 +521,11 @@ class Merger:
                 self.skip_rows.pop(p, None)
             if skipped:
                 self.skip_rows.update({r[0]: r[1] for r in skipped})
-            if provenance:
-                self.provenance.append(provenance)
+            if provenance or self.damaged:
+                record = dict(provenance or {"time": now_iso(), "action": "merge"})
+                if self.damaged:
+                    record["damaged_staged_files"] = list(self.damaged)
+                self.provenance.append(record)
             d = self.dst
             d.attrs["image_shape"] = np.asarray(self.shape, dtype=np.int64)
             d.attrs["merged_through"] = int(self.max_seq)
@@ -675,11 +712,16 @@ class Workspace:
                     sf = h5py.File(p, "r", rdcc_nbytes=0)
                 except OSError:
                     continue  # removed by a concurrent merge, or unreadable: skip
-                if sf.attrs.get("salt") != main.attrs["salt"]:
+                try:
+                    if sf.attrs.get("salt") != main.attrs["salt"]:
+                        sf.close()
+                        continue
+                    rows = {k: _entry_row(sf["entries"][k], phash) for k in sf["entries"]}
+                except (OSError, KeyError, ValueError):  # damaged (a power cut): skip
                     sf.close()
                     continue
-                for k in sf["entries"]:
-                    found[k] = (k, sf if keep_open else p, _entry_row(sf["entries"][k], phash))
+                for k, row in rows.items():
+                    found[k] = (k, sf if keep_open else p, row)
                 if keep_open:
                     files.append(sf)
                 else:
