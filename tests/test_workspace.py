@@ -153,6 +153,39 @@ def test_write_is_atomic_no_temp_left(tmp_path):
         assert len(ws.patients) == 2 and ws.preprocess.crop == 16
 
 
+@pytest.mark.parametrize("damage", ["empty", "truncated", "zeroed_tail"])
+def test_damaged_staged_file_is_skipped_by_open_and_merge(tmp_path, damage):
+    """Staged files are not fsynced (only the merged copy is): after a power cut one may be
+    empty or cut short. Opening and merging leave it out; the merge records and removes it."""
+    from training.workspace import (
+        EntryData, create_empty, list_staged, merge, preprocess_hash, staging_dir, write_staged)
+
+    cfg = PreprocessConfig(crop=8)
+    p = create_empty(tmp_path / "w.h5", cfg)
+    with h5py.File(p, "r") as f:
+        salt = f.attrs["salt"]
+    rng = np.random.default_rng(1)
+    for seq, label in enumerate(["PAT-0001", "PAT-0002"], start=1):
+        write_staged(p, seq, EntryData(label=label, patient=label, content_hash=f"h{seq}",
+                                       images=rng.random((3, 8, 8), dtype=np.float32),
+                                       hu=rng.integers(-1000, 1000, (3, 8, 8)).astype(np.int16)),
+                     preprocess_hash(cfg), salt, {f"q{seq}": ["c", "s", "", ""]}, {f"d{seq}": seq})
+    bad = list_staged(p)[1][1]
+    raw = bad.read_bytes()
+    bad.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 3],
+                     "zeroed_tail": raw[:2048] + bytes(len(raw) - 2048)}[damage])
+    with Workspace.open(p) as ws:
+        assert [x.pseudonym for x in ws.patients] == ["PAT-0001"]
+    merge(p)
+    assert not staging_dir(p).exists()
+    with Workspace.open(p) as ws:
+        assert [x.pseudonym for x in ws.patients] == ["PAT-0001"]
+        (note,) = ws.provenance[-1]["damaged_staged_files"]
+        assert note.startswith(f"{bad.name}: unreadable (") and str(tmp_path) not in note
+    with h5py.File(p, "r") as f:
+        assert f.attrs["merged_through"] == 2  # the damaged file is not merged later either
+
+
 def test_staged_entries_are_read_and_merged(tmp_path):
     import shutil
 

@@ -468,10 +468,10 @@ class Merger:
             self._damaged(seq, staged, exc)
             return
         with sf:
-            if sf.attrs.get("salt") != self.salt:
-                return  # not written for this workspace
             copied: list[str] = []
             try:
+                if sf.attrs.get("salt") != self.salt:
+                    return  # not written for this workspace
                 names = list(sf["entries"])
                 identity = _read_meta(sf, "identity", {})
                 pseudonyms = _read_meta(sf, "pseudonyms", {})
