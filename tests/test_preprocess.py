@@ -112,3 +112,26 @@ def test_preprocess_volume_2d_and_3d():
     im2, none = preprocess_volume(hu2, None, pos, PreprocessConfig(crop=None, slices="range", slice_start=2, slice_stop=4))
     assert none is None
     np.testing.assert_allclose(im2[:, 0, 0], [200 / 1500, 300 / 1500], atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+@pytest.mark.parametrize("crop", [None, 16, 48])
+def test_preprocess_volume_leaves_its_inputs_alone(dtype, crop):
+    """Slices are taken as views and windowing runs in place on the float copy: the
+    source HU and labels must come out unchanged and the results must not alias them."""
+    rng = np.random.default_rng(2)
+    hu = rng.integers(-1200, 1500, (6, 32, 32)).astype(dtype)
+    lab = rng.integers(0, 3, (6, 32, 32)).astype(np.uint8)
+    hu0, lab0 = hu.copy(), lab.copy()
+    pos = np.arange(6) * 2.0
+    for cfg in (PreprocessConfig(crop=crop), PreprocessConfig(crop=crop, slices="range", slice_start=1,
+                                                               slice_stop=4)):
+        im, lb = preprocess_volume(hu, lab, pos, cfg)
+        np.testing.assert_array_equal(hu, hu0)
+        np.testing.assert_array_equal(lab, lab0)
+        assert not np.may_share_memory(im, hu) and not np.may_share_memory(lb, lab)
+        assert im.flags.c_contiguous and lb.flags.c_contiguous
+        sl = slice(1, 4) if cfg.slices == "range" else slice(None)
+        expected = center_crop(hu0[sl], crop) if crop else hu0[sl]
+        np.testing.assert_allclose(im, window(expected, cfg.hu_min, cfg.hu_max), atol=1e-7)
+        np.testing.assert_array_equal(lb, center_crop(lab0[sl], crop, 0) if crop else lab0[sl])

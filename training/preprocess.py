@@ -20,11 +20,18 @@ from training.config import WINDOW_PRESETS, ConfigError, PreprocessConfig
 AIR_HU = -1000.0
 
 
-def window(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    """Clip HU to [lo, hi] and scale linearly to float32 [0, 1] (lo → 0, hi → 1)."""
+def window(hu: np.ndarray, lo: float, hi: float, *, in_place: bool = False) -> np.ndarray:
+    """Clip HU to [lo, hi] and scale linearly to float32 [0, 1] (lo → 0, hi → 1).
+
+    in_place: `hu` is a float32 array the caller owns and no longer needs; it is
+    overwritten and returned (no second full-size array)."""
     if not hi > lo:
         raise ValueError(f"window: upper limit {hi} must exceed lower limit {lo}")
-    out = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
+    if in_place and isinstance(hu, np.ndarray) and hu.dtype == np.float32 and hu.flags.writeable:
+        out = np.subtract(hu, np.float32(lo), out=hu)
+        out *= np.float32(1.0 / (hi - lo))
+    else:
+        out = (np.asarray(hu, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo))
     return np.clip(out, 0.0, 1.0, out=out)
 
 
@@ -41,8 +48,12 @@ def center_crop(vol: np.ndarray, size: int, fill: float = AIR_HU) -> np.ndarray:
 
     An axis longer than `size` loses (n - size) // 2 pixels at its start; a shorter one
     is padded with `fill` (air, −1000 HU, for CT; 0 for labels), (size - n) // 2 before.
+    When both axes are at least `size` long the result is a view of `vol`.
     """
     vol = np.asarray(vol)
+    if min(vol.shape[-2:]) >= size:  # cropping only: a view, no copy
+        s0, s1 = ((n - size) // 2 for n in vol.shape[-2:])
+        return vol[..., s0:s0 + size, s1:s1 + size]
     out = np.full(vol.shape[:-2] + (size, size), fill, dtype=vol.dtype)
     src, dst = [], []
     for n in vol.shape[-2:]:
@@ -152,13 +163,15 @@ def preprocess_volume(hu: np.ndarray, labels: np.ndarray | None, positions: np.n
         positions = positions.positions
     positions = np.asarray(positions, dtype=np.float64)
     idx = select_slices(positions, cfg)
-    vol = np.asarray(hu)[idx]
-    lab = None if labels is None else np.asarray(labels, dtype=np.uint8)[idx]
+    # select_slices gives a run of consecutive slices: a view, copied once below
+    sel = slice(int(idx[0]), int(idx[-1]) + 1) if np.all(np.diff(idx) == 1) else idx
+    vol = np.asarray(hu)[sel]
+    lab = None if labels is None else np.asarray(labels, dtype=np.uint8)[sel]
     pos = positions[idx]
     if cfg.crop:  # before the float conversion: a 512² → 128² crop converts 16× fewer pixels
         vol = center_crop(vol, cfg.crop, AIR_HU)
         lab = None if lab is None else center_crop(lab, cfg.crop, 0)
-    vol = vol.astype(np.float32, copy=False)
+    vol = vol.astype(np.float32)  # always a new array (hu may be float32): windowed in place
     if cfg.size:
         vol = resize_inplane(vol, cfg.size, order=1)
         lab = None if lab is None else resize_inplane(lab, cfg.size, order=0)
@@ -166,4 +179,8 @@ def preprocess_volume(hu: np.ndarray, labels: np.ndarray | None, positions: np.n
         d = output_depth(cfg, vol.shape[-1])
         vol = to_cube(vol, pos, d, order=1)[None]
         lab = None if lab is None else to_cube(lab, pos, d, order=0)[None]
-    return window(vol, cfg.hu_min, cfg.hu_max), lab
+    if lab is not None:  # own, contiguous labels (not a view of the caller's array)
+        lab = np.ascontiguousarray(lab)
+        if np.may_share_memory(lab, labels):
+            lab = lab.copy()
+    return window(vol, cfg.hu_min, cfg.hu_max, in_place=True), lab
