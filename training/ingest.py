@@ -121,12 +121,17 @@ def _attr(obj: Any, *names: str, default: Any = "") -> Any:
     return default
 
 
-def _ref_files(ref: Any) -> list[Path]:
+def _ref_paths(ref: Any) -> list[str]:
+    """The files of a series reference, as strings."""
     files = _attr(ref, "files", "paths", default=None)
     if files is None:
         slices = _attr(ref, "slices", "instances", default=[])
         files = [_attr(s, "path", "file", default=s) for s in slices]
-    return [Path(p) for p in files]
+    return [str(p) for p in files]
+
+
+def _ref_files(ref: Any) -> list[Path]:
+    return [Path(p) for p in _ref_paths(ref)]
 
 
 def hash_bytes(data: bytes) -> str:
@@ -275,10 +280,10 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     from training.dicom import load_ct_series
     from training.rtstruct import read_rtstruct, rasterise
 
-    files = _ref_files(ref)
+    files = [*_ref_paths(ref), *map(str, struct_paths)]
     hashes: dict[str, str] = {}
     if known_hash:  # seen before: hash first, load only when the content changed
-        hashes = {str(p): hash_file(p) for p in [*files, *map(Path, struct_paths)]}
+        hashes = {p: hash_file(p) for p in files}
         content = combine_hashes(hashes.values())
         if content == known_hash:
             return {"content_hash": content, "status": "unchanged",
@@ -287,9 +292,9 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     else:  # new: each file is hashed from the bytes the loader reads (one read per file)
         vol = load_ct_series(ref, dtype=np.int16,
                              on_file=lambda p, data: hashes.__setitem__(str(p), hash_bytes(data)))
-        for p in [*files, *map(Path, struct_paths)]:  # left out by the loader, or decoded
-            if str(p) not in hashes:
-                hashes[str(p)] = hash_file(p)
+        for p in files:  # left out by the loader, or decoded
+            if p not in hashes:
+                hashes[p] = hash_file(p)
         content = combine_hashes(hashes.values())
     rows = _identity_rows(hashes, stage)
     out: dict[str, Any] = {"content_hash": content, "identity": rows}
@@ -709,7 +714,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     # Identifying tokens of this drop → pseudonyms (for scrubbing stored paths).
     # Drop order (first file of each series as discovered) fixes the pseudonym numbering.
     order_of = {str(p): i for i, (p, _, _) in enumerate(files)}
-    series = sorted(scan.series, key=lambda r: min((order_of.get(str(f), 1 << 62) for f in _ref_files(r)),
+    series = sorted(scan.series, key=lambda r: min((order_of.get(f, 1 << 62) for f in _ref_paths(r)),
                                                    default=1 << 62))
     plan = []  # (label, ref, struct paths, patient pseudonym, digest)
     replacements: dict[str, str] = {}
@@ -805,8 +810,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
                 "final": str(wsmod.staged_path(st.path, seq0 + k, label)), "label": label,
                 "patient": pseudo, "digest": digest, "number": st.pseudonyms[digest],
                 "salt": st.salt, "phash": phash, "series_uid": suid,
-                "quick": {str(f): quick_of[str(f)] for f in [*_ref_files(ref), *structs]
-                          if str(f) in quick_of},
+                "quick": {f: quick_of[f] for f in [*_ref_paths(ref), *map(str, structs)]
+                          if f in quick_of},
                 "roots": roots_sorted, "replacements": replacements,
             }
             yield (item, stage["final"], seq0 + k), _load_job, (ref, structs, cfg_json, known, stage)

@@ -200,7 +200,12 @@ def copy_entry(src: h5py.Group, dst_entries: h5py.Group, keep_derived: Iterable[
                replace_derived: dict[str, tuple[np.ndarray, np.ndarray | None]] | None = None
                ) -> h5py.Group:
     """Copy an entry's attrs, source and the named derived groups (raw chunk copies)."""
-    g = dst_entries.create_group(src.name.rsplit("/", 1)[-1])
+    name = src.name.rsplit("/", 1)[-1]
+    keep_derived = list(keep_derived)
+    if not replace_derived and set(src.get("derived", {})) <= set(keep_derived):
+        src.file.copy(src, dst_entries, name=name)  # all of it: one H5Ocopy, attributes included
+        return dst_entries[name]
+    g = dst_entries.create_group(name)
     for k, v in src.attrs.items():
         g.attrs[k] = v
     if "source" in src:
