@@ -8,10 +8,11 @@ What is stored, and why (see training/workspace.py for the file layout):
   group keeps HU (int16, native grid), every ROI mask (packed bits) and the geometry,
   so changed preprocessing re-derives from the workspace without touching DICOM;
 - a quick-identity table: SHA-256 of (absolute path, size, mtime_ns) → the file's
-  content hash (SHA-256 of its bytes), its series and, for an unusable file, the reason
-  and its (scrubbed) relative path. Re-dropping unchanged files therefore reads no DICOM
-  at all and leaves the workspace untouched; a copied or touched file is hashed (bytes
-  only) and, when its series' content hash is unchanged, not parsed further.
+  content hash (BLAKE3 of its bytes, 128 bits), its series and, for an unusable file, the
+  reason and its (scrubbed) relative path. Re-dropping unchanged files therefore reads no
+  DICOM at all and leaves the workspace untouched; a copied or touched file is hashed
+  (bytes only) and, when its series' content hash is unchanged, not parsed further. A new
+  series is hashed from the bytes its loader reads (each file is read once).
 - pseudonyms: HMAC-SHA256(salt, PatientID) → number; the salt is random per workspace.
   DICOM UIDs (study, series, frame of reference, SOP instances in the geometry) are kept:
   they are needed to attach RTSTRUCTs and are not names, IDs or birth dates.
@@ -33,10 +34,11 @@ rasterising, preprocessing and writing the entry's staged file run in a pool of
 At most `workers + 1` series are in flight and workers return only metadata, so memory
 grows with the largest series, not with the folder.
 
-Atomicity: a worker writes its entry to a temporary file; the parent commits it (fsync,
-rename into W.h5.staging/) and copies it into the next workspace copy (workspace.Merger),
-which replaces the workspace at the end (also after cancel). A killed ingest leaves the
-workspace openable with every committed series (Workspace.open reads staged files).
+Atomicity: a worker writes its entry to a temporary file; the parent commits it (rename
+into W.h5.staging/) and copies it into the next workspace copy (workspace.Merger), which
+is fsynced and replaces the workspace at the end (also after cancel). A killed ingest
+leaves the workspace openable with every committed series (Workspace.open reads staged
+files); see workspace.py for what a power cut can cost.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from blake3 import blake3
 
 from training import __version__
 from training.config import PreprocessConfig
@@ -135,8 +138,10 @@ def _ref_files(ref: Any) -> list[Path]:
 
 
 def hash_bytes(data: bytes) -> str:
-    """The content hash of one file (hash_file of a file holding `data`)."""
-    return hashlib.sha256(data).hexdigest()[:32]
+    """The content hash of one file (hash_file of a file holding `data`): BLAKE3, 128 bits
+    in hex. BLAKE3 runs at several GB/s where SHA-256 manages ~0.9 GB/s here, and hashing
+    every file is a large part of an ingest."""
+    return blake3(data, max_threads=1).hexdigest(length=16)
 
 
 def _identity_rows(hashes: dict[str, str], stage: dict[str, Any]) -> dict[str, list]:
@@ -146,14 +151,15 @@ def _identity_rows(hashes: dict[str, str], stage: dict[str, Any]) -> dict[str, l
 
 
 def hash_file(path: str | os.PathLike, bufsize: int = 1 << 20) -> str:
-    h = hashlib.sha256()
+    """hash_bytes of the file's content, read in pieces."""
+    h = blake3(max_threads=1)
     with open(path, "rb") as fh:
         while True:
             b = fh.read(bufsize)
             if not b:
                 break
             h.update(b)
-    return h.hexdigest()[:32]
+    return h.hexdigest(length=16)
 
 
 def combine_hashes(hashes: Iterable[str]) -> str:
