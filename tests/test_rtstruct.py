@@ -21,6 +21,7 @@ from training.rtstruct import (
     RTStructError,
     StructureSet,
     exclusive_labels,
+    fill_polygon_slices,
     fill_polygons,
     match_roi_names,
     normalise_roi_name,
@@ -107,6 +108,23 @@ def test_fill_outside_the_grid_is_empty_and_clipped_parts_stay():
     assert not fill_polygons([np.array([[-10.0, -10], [-10, -2], [-2, -2]])], (8, 8)).any()
     square = np.array([[-3.5, -3.5], [-3.5, 2.5], [2.5, 2.5], [2.5, -3.5]])
     assert fill_polygons([square], (8, 8)).sum() == 9  # centres (0..2, 0..2)
+
+
+def test_fill_of_many_slices_at_once_matches_each_slice():
+    """fill_polygon_slices batches every slice of an ROI; each slice must equal the even–odd
+    rule of skimage's points_in_poly for that slice's polygons alone."""
+    rng = np.random.default_rng(4)
+    ii, jj = np.mgrid[0:25, 0:35]
+    centres = np.stack([ii.ravel(), jj.ravel()], axis=1).astype(float)
+    by_slice = {k: [np.stack([rng.uniform(-4, 29, m), rng.uniform(-4, 39, m)], axis=1)
+                    for m in rng.integers(3, 25, size=rng.integers(1, 4))] for k in (0, 2, 3, 6)}
+    by_slice[4] = []  # a slice listed without polygons stays empty
+    got = fill_polygon_slices(by_slice, (7, 25, 35))
+    for k in range(7):
+        expected = np.zeros(25 * 35, dtype=bool)
+        for p in by_slice.get(k, []):
+            expected ^= points_in_poly(centres, p)
+        assert np.array_equal(got[k], expected.reshape(25, 35)), k
 
 
 # ------------------------------------------------------------------------ rasterisation

@@ -300,36 +300,62 @@ def fill_polygons(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndar
     """Even–odd fill of polygons given as (n, 2) arrays of fractional (row i, column j).
 
     Returns bool (ny, nx): True where the pixel centre (i, j) lies inside an odd number of
-    the polygons. Scanline parity over the polygons' bounding box: a horizontal ray from
-    a centre crosses edges whose ends straddle the row (half-open in i); the centre is
-    inside when the number of crossings at columns ≤ j is odd.
+    the polygons (one slice of `fill_polygon_slices`).
     """
-    ny, nx = shape
+    return fill_polygon_slices({0: polygons}, (1, *shape))[0]
+
+
+def fill_polygon_slices(polygons: dict[int, list[np.ndarray]], shape: tuple[int, int, int]
+                        ) -> np.ndarray:
+    """Even–odd fill of the polygons of many slices at once: {slice k: [(n, 2) arrays of
+    fractional (row i, column j)]} → bool (nz, ny, nx).
+
+    Scanline parity: a horizontal ray from the centre (i, j) crosses the edges whose ends
+    straddle row i (half-open: min(y) ≤ i < max(y)); the centre is inside when the number
+    of crossings at x ≤ j is odd. Only the crossings themselves are computed (about two
+    per row and polygon), then one cumulative sum along x gives every slice's parity.
+    """
+    nz, ny, nx = shape
     out = np.zeros(shape, dtype=bool)
-    polys = [np.asarray(p, dtype=np.float64) for p in polygons if len(p) >= 3]
+    ks: list[int] = []
+    polys: list[np.ndarray] = []
+    for k, plist in polygons.items():
+        for poly in plist:
+            poly = np.asarray(poly, dtype=np.float64)
+            if len(poly) >= 3:
+                polys.append(poly)
+                ks.append(k)
     if not polys:
         return out
-    allp = np.concatenate(polys)
-    i0 = max(int(np.ceil(allp[:, 0].min())), 0)
-    i1 = min(int(np.floor(allp[:, 0].max())), ny - 1)
-    j0 = max(int(np.ceil(allp[:, 1].min())), 0)
-    j1 = min(int(np.floor(allp[:, 1].max())), nx - 1)
-    if i1 < i0 or j1 < j0:
+    lens = np.array([len(poly) for poly in polys], dtype=np.int64)
+    a = np.concatenate(polys)  # edge starts; each edge ends at the next point of its polygon
+    ends = np.cumsum(lens)
+    nxt = np.arange(1, len(a) + 1)
+    nxt[ends - 1] = ends - lens  # the closing edge returns to the polygon's first point
+    b = a[nxt]
+    ya, yb = a[:, 0], b[:, 0]
+    lo = np.maximum(np.ceil(np.minimum(ya, yb)), 0).astype(np.int64)
+    hi = np.minimum(np.ceil(np.maximum(ya, yb)), ny).astype(np.int64)
+    n = np.maximum(hi - lo, 0)  # rows each edge crosses (none for horizontal edges)
+    total = int(n.sum())
+    if total == 0:
         return out
-    a = np.concatenate(polys)
-    b = np.concatenate([np.roll(p, -1, axis=0) for p in polys])
-    rows = np.arange(i0, i1 + 1, dtype=np.float64)
-    ya, yb = a[:, 0][:, None], b[:, 0][:, None]
-    cross = (ya <= rows) != (yb <= rows)  # (edges, rows)
-    e, r = np.nonzero(cross)
-    ya, yb = a[e, 0], b[e, 0]
-    t = (rows[r] - ya) / (yb - ya)  # yb != ya wherever the edge straddles the row
-    x = a[e, 1] + t * (b[e, 1] - a[e, 1])
-    width = j1 - j0 + 2  # one spare column for crossings right of the box
-    col = np.clip(np.ceil(x), j0, j1 + 1).astype(np.int64) - j0
-    counts = np.bincount(r * width + col, minlength=(i1 - i0 + 1) * width)
-    parity = np.cumsum(counts.reshape(i1 - i0 + 1, width), axis=1)[:, :-1] & 1
-    out[i0 : i1 + 1, j0 : j1 + 1] = parity.astype(bool)
+    e = np.repeat(np.arange(len(a)), n)
+    r = lo[e] + (np.arange(total) - (np.cumsum(n) - n)[e])
+    ya_e, yb_e = ya[e], yb[e]
+    x = a[e, 1] + (r - ya_e) / (yb_e - ya_e) * (b[e, 1] - a[e, 1])
+    # a crossing at x flips the centres j ≥ x; at or beyond nx it flips none
+    col = np.clip(np.ceil(x), 0, nx).astype(np.int64)
+    used, slot = np.unique(np.repeat(np.asarray(ks), lens)[e], return_inverse=True)
+    r0, r1 = int(r.min()), int(r.max())
+    c0, c1 = int(col.min()), int(col.max())
+    flips = np.zeros((len(used), r1 - r0 + 1, c1 - c0 + 1), dtype=np.uint8)
+    np.add.at(flips, (slot, r - r0, col - c0), 1)
+    # uint8 sums wrap at 256, which keeps the parity bit
+    parity = np.cumsum(flips, axis=2, dtype=np.uint8) & 1
+    width = min(c1, nx) - c0
+    if width > 0:
+        out[used, r0:r1 + 1, c0:c0 + width] = parity[:, :, :width].astype(bool)
     return out
 
 
@@ -426,7 +452,7 @@ def rasterise(
                     continue
             by_slice[k].append((plane, c.points))
 
-        mask = np.zeros((nz, ny, nx), dtype=bool)
+        polygons: dict[int, list[np.ndarray]] = {}
         for k, items in by_slice.items():
             planes = np.array([p for p, _ in items])
             nearest = planes[np.argmin(np.abs(planes - positions[k]))]
@@ -440,7 +466,8 @@ def rasterise(
                     d = pts - ipp[k]
                     ij = (d @ geometry.col_dir / dy, d @ geometry.row_dir / dx)
                     polys.append(np.stack(ij, axis=1))
-            mask[k] = fill_polygons(polys, (ny, nx))
+            polygons[k] = polys
+        mask = fill_polygon_slices(polygons, (nz, ny, nx))
         if off_plane:
             result.warnings.append(
                 f"{path}: ROI '{roi.name}': {off_plane} contour(s) lie more than half a slice "
