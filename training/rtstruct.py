@@ -195,11 +195,19 @@ def read_rtstruct(path: str | Path) -> StructureSet:
     Raises RTStructError(path, reason) when the file is not a readable RTSTRUCT. Damaged
     contours are skipped and reported in `StructureSet.warnings`.
     """
-    ds = _read_dataset(path)
+    from training.rtstruct_raw import read_roi_contours
+
+    # Contours straight from the bytes where the layout allows (most of the reading
+    # time); the rest of the structure set (names, references) through pydicom.
+    contour_items = read_roi_contours(str(path))
+    if contour_items is None:
+        ds = _read_dataset(path)
+    else:
+        ds = _read_dataset(path, specific_tags=_HEADER_TAGS)
     path = str(path)
     warnings: list[str] = []
     try:
-        return _parse(ds, path, warnings)
+        return _parse(ds, path, warnings, contour_items)
     except RTStructError:
         raise
     except Exception as exc:  # a malformed sequence must not crash the caller
@@ -207,7 +215,14 @@ def read_rtstruct(path: str | Path) -> StructureSet:
         raise RTStructError(path, reason) from exc
 
 
-def _parse(ds: pydicom.Dataset, path: str, warnings: list[str]) -> StructureSet:
+# What _parse reads through pydicom when the contours come from rtstruct_raw.
+_HEADER_TAGS = ["SpecificCharacterSet", "Modality", "SOPClassUID", "SOPInstanceUID",
+                "FrameOfReferenceUID", "ReferencedFrameOfReferenceSequence",
+                "StructureSetROISequence"]
+
+
+def _parse(ds: pydicom.Dataset, path: str, warnings: list[str], contour_items=None) -> StructureSet:
+    """contour_items: the ROIContourSequence read by rtstruct_raw (None: from `ds`)."""
     for_uid = ""
     series_uid = None
     for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
@@ -240,7 +255,9 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str]) -> StructureSet:
 
     contours: dict[int, list[Contour]] = defaultdict(list)
     colours: dict[int, tuple[int, int, int] | None] = {}
-    for rc in ds.get("ROIContourSequence", []) or []:
+    if contour_items is None:
+        contour_items = ds.get("ROIContourSequence", []) or []
+    for rc in contour_items:
         try:
             number = int(rc.get("ReferencedROINumber"))
         except (TypeError, ValueError):
