@@ -153,7 +153,9 @@ def test_layouts_it_does_not_handle_fall_back(tmp_path):
     info = generate_cohort(tmp_path, 1, slices=4, size=24, seed=1, fsync=False)[0]
     src = next((info.folder / "RTSTRUCT").iterdir())
     ds = pydicom.dcmread(src)
-    ds.save_as(tmp_path / "be.dcm", implicit_vr=False, little_endian=False)
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRBigEndian
+    pydicom.dcmwrite(tmp_path / "be.dcm", ds, implicit_vr=False, little_endian=False,
+                     force_encoding=True)
     assert raw.read_roi_contours(str(tmp_path / "be.dcm")) is None
     ss = read_rtstruct(tmp_path / "be.dcm")
     assert sum(len(r.contours) for r in ss.rois) == sum(len(r.contours) for r in read_rtstruct(src).rois)
