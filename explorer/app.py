@@ -74,7 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     window = build_window(args)
     window.show()
     _close_on_signals(window)
+    _start_ingest_workers_server()
     return app.exec()
+
+
+def _start_ingest_workers_server() -> None:
+    """The first drop of a session would otherwise wait ~0.5 s for the ingest pool's
+    forkserver (the app has threads, so workers are not forked from it directly)."""
+    from explorer.qt import QTimer
+
+    def start():
+        try:
+            from training.ingest import start_worker_server
+
+            start_worker_server()
+        except Exception:  # only a head start: the ingest starts the server itself
+            logging.getLogger(__name__).debug("worker server not started early", exc_info=True)
+
+    QTimer.singleShot(0, start)
 
 
 def _close_on_signals(window) -> None:

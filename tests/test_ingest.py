@@ -316,9 +316,18 @@ def test_two_series_of_one_patient(tmp_path):
 def test_worker_pool_gives_the_same_workspace(cohort, tmp_path):
     drop, _ = cohort
     ingest([drop], tmp_path / "one.h5", CFG, workers=1)
-    # from a thread, as the GUI runs it: workers come from a forkserver, not a fork
+    # from a thread, as the GUI runs it: workers come from a forkserver, not a fork,
+    # which the app starts ahead (start_worker_server returns at once)
     import threading
+    import time
+    from multiprocessing import forkserver
 
+    from training.ingest import start_worker_server
+
+    t0 = time.perf_counter()
+    start_worker_server()
+    assert time.perf_counter() - t0 < 2.0
+    assert forkserver._forkserver._forkserver_pid is not None  # running
     t = threading.Thread(target=ingest, args=([drop], tmp_path / "two.h5", CFG), kwargs={"workers": 2})
     t.start()
     t.join(120)

@@ -359,6 +359,24 @@ class _InlineExecutor:
         pass
 
 
+_WORKER_MODULES = ["training.ingest", "training.dicom", "training.rtstruct", "training.rtstruct_raw",
+                   "training.preprocess"]
+
+
+def start_worker_server() -> None:
+    """Start the forkserver that ingest workers come from in a process with threads (the
+    GUI), its modules imported, so that the first drop does not wait for it (~0.5 s).
+    Returns at once (~15 ms); a no-op where forkserver does not exist."""
+    try:
+        ctx = multiprocessing.get_context("forkserver")
+    except ValueError:
+        return
+    from multiprocessing import forkserver
+
+    ctx.set_forkserver_preload(_WORKER_MODULES)
+    forkserver.ensure_running()
+
+
 def _executor(workers: int):
     if workers <= 1:
         return _InlineExecutor()
@@ -375,8 +393,7 @@ def _executor(workers: int):
         # A caller with threads (the GUI) must not fork them; forkserver workers import
         # the modules once in the server and fork from there.
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["training.ingest", "training.dicom", "training.rtstruct",
-                                    "training.preprocess"])
+        ctx.set_forkserver_preload(_WORKER_MODULES)
     return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
 
