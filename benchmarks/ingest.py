@@ -178,20 +178,24 @@ def main() -> int:
         print(f"ingest (CT + RTSTRUCT, 6 ROIs)    {t_ing_rt:7.2f} s  {n_files / t_ing_rt:7.0f} slices/s  "
               f"ratio {t_bare / t_ing_rt:.2f}×")
 
-        hidden = tmp / "hidden"
-        drop_rt.rename(hidden)  # opening must not need the DICOM files
-        def open_and_read():
-            with Workspace.open(ws) as w:
+        ws_ct = run_ingest(drop_ct)
+        hidden_rt, hidden_ct = tmp / "hidden_rt", tmp / "hidden_ct"
+        drop_rt.rename(hidden_rt)  # opening must not need the DICOM files
+        drop_ct.rename(hidden_ct)
+
+        def open_and_read(path):
+            with Workspace.open(path) as w:
                 rows = w.index("train")[:32]
                 w.read_labels(rows)
                 return w.read_images(rows)
 
-        t_open = best_of(open_and_read, args.repeat)
-        batch = open_and_read()
-        hidden.rename(drop_rt)
-        print(f"open + first batch {batch.shape}  {t_open * 1000:7.1f} ms = "
-              f"{100 * t_open / t_ing_rt:.2f}% of its ingest, {100 * t_open / t_ing:.2f}% of the "
-              "CT-only ingest (target < 1%)")
+        for name, path, t_own in (("CT + RTSTRUCT", ws, t_ing_rt), ("CT only", ws_ct, t_ing)):
+            t_open = best_of(lambda: open_and_read(path), 4 * args.repeat)
+            batch = open_and_read(path)
+            print(f"open + first batch {batch.shape}, {name} workspace  {t_open * 1000:6.1f} ms = "
+                  f"{100 * t_open / t_own:.2f}% of its ingest (target < 1%)")
+        hidden_rt.rename(drop_rt)
+        hidden_ct.rename(drop_ct)
         t0 = time.perf_counter()
         rep = ingest([drop_rt], ws, cfg.replace(rois=("Lung-Left", "Lung-Right", "Heart")), workers=args.workers)
         t_re = time.perf_counter() - t0

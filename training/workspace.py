@@ -276,10 +276,17 @@ def _init_attrs(f: h5py.File, cfg: PreprocessConfig, *, salt: str, seed: int,
     f.require_group("entries")
 
 
-def _check_format(f: h5py.File, path: Path) -> None:
-    if f.attrs.get("format") != FORMAT:
+# Root attributes Workspace.open reads.
+_HEAD_ATTRS = ("format", "schema_version", "preprocess", "preprocess_hash", "merged_through",
+               "image_shape", "test_fraction", "split_seed")
+
+
+def _check_format(f: h5py.File | dict, path: Path) -> None:
+    """f: the file, or a dict of its root attributes already read."""
+    attrs = f if isinstance(f, dict) else f.attrs
+    if attrs.get("format") != FORMAT:
         raise WorkspaceError(f"{path}: not a ct-vae workspace (no format={FORMAT!r} attribute)")
-    v = int(f.attrs.get("schema_version", 0))
+    v = int(attrs.get("schema_version", 0) or 0)
     if v > SCHEMA_VERSION:
         raise WorkspaceError(
             f"{path}: workspace schema version {v} is newer than this program's ({SCHEMA_VERSION}); "
@@ -647,25 +654,26 @@ class Workspace:
     LRU_STAGED = 32  # reopened staged files kept open when there are more
 
     def __init__(self, path: Path, files: list[h5py.File], main: h5py.File,
-                 entries: list[tuple[str, h5py.File | Path, dict]]):
+                 entries: list[tuple[str, h5py.File | Path, dict]], head: dict | None = None):
         from collections import OrderedDict
 
         self.path = path
         self._files = files
         self._lru: OrderedDict[Path, h5py.File] = OrderedDict()
         self._main = main
-        self.preprocess: PreprocessConfig = PreprocessConfig.from_json(main.attrs["preprocess"])
-        self.preprocess_hash: str = str(main.attrs["preprocess_hash"])
-        self.schema_version = int(main.attrs["schema_version"])
+        a = head if head is not None else {k: main.attrs.get(k) for k in _HEAD_ATTRS}
+        self.preprocess: PreprocessConfig = PreprocessConfig.from_json(a["preprocess"])
+        self.preprocess_hash: str = str(a["preprocess_hash"])
+        self.schema_version = int(a["schema_version"])
         # (label, file holding it, row); datasets are looked up on first read
         self._entries = entries
         self._ds: dict[tuple[str, int], h5py.Dataset | None] = {}
-        shape = tuple(int(v) for v in main.attrs["image_shape"])
+        shape = tuple(int(v) for v in a["image_shape"])
         if not shape:
             shape = next((tuple(r["image_shape"]) for _, _, r in entries if r["image_shape"]), ())
         self.image_shape: tuple[int, ...] = tuple(int(v) for v in shape)
-        splits = assign_splits([r["patient"] for _, _, r in entries], float(main.attrs["test_fraction"]),
-                               int(main.attrs["split_seed"]))
+        splits = assign_splits([r["patient"] for _, _, r in entries], float(a["test_fraction"]),
+                               int(a["split_seed"]))
         infos = []
         for _, _, r in entries:
             ok = r["image_shape"] is not None and tuple(r["image_shape"]) == self.image_shape
@@ -701,24 +709,27 @@ class Workspace:
             raise WorkspaceError(f"{path}: cannot be opened as HDF5 ({exc})") from exc
         files = [main]
         try:
-            _check_format(main, path)
-            phash = str(main.attrs["preprocess_hash"])
+            # each root attribute read once (an h5py attribute read costs ~50 µs)
+            head = {k: main.attrs.get(k) for k in _HEAD_ATTRS}
+            _check_format(head, path)
+            phash = str(head["preprocess_hash"])
             table = _read_meta(main, "entries", None)
             names = list(main["entries"])
             if table is None or set(table) != set(names):
                 table = {k: _entry_row(main["entries"][k], phash) for k in names}
             found: dict[str, tuple[str, h5py.File | Path, dict]] = {k: (k, main, table[k]) for k in names}
-            staged = list_staged(path, int(main.attrs.get("merged_through", 0)))
+            staged = list_staged(path, int(head["merged_through"] or 0))
             # Few leftovers stay open (their data stays readable even if a concurrent merge
             # removes them); many are closed after reading their rows, reopened on demand.
             keep_open = len(staged) <= cls.MAX_OPEN_STAGED
+            salt = main.attrs["salt"] if staged else None
             for _, p in staged:
                 try:
                     sf = h5py.File(p, "r", rdcc_nbytes=0)
                 except OSError:
                     continue  # removed by a concurrent merge, or unreadable: skip
                 try:
-                    if sf.attrs.get("salt") != main.attrs["salt"]:
+                    if sf.attrs.get("salt") != salt:
                         sf.close()
                         continue
                     rows = {k: _entry_row(sf["entries"][k], phash) for k in sf["entries"]}
@@ -731,7 +742,7 @@ class Workspace:
                     files.append(sf)
                 else:
                     sf.close()
-            return cls(path, files, main, [found[k] for k in sorted(found)])
+            return cls(path, files, main, [found[k] for k in sorted(found)], head)
         except BaseException:
             for f in files:
                 f.close()
