@@ -25,6 +25,7 @@ format through a file dialog that remembers the last folder (AppSettings key
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import math
@@ -186,9 +187,10 @@ def _bake_cosmetic_strokes(match: re.Match) -> str:
     return head + body.replace(_NON_SCALING, "") + tail
 
 
-def svg_bytes(view: ViewLike, title: str = "") -> bytes:
-    """The view as SVG: vectors for lines and text, images embedded at full resolution."""
-    v = _view(view)
+_DATA_HREF = re.compile(r'((?:xlink:)?href=")data:image/([a-z]+);base64,([^"]*)(")')
+
+
+def _svg_text(v: QtWidgets.QGraphicsView, title: str) -> str:
     size = _logical_size(v)
     buf = QtCore.QBuffer()
     buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
@@ -204,11 +206,64 @@ def svg_bytes(view: ViewLike, title: str = "") -> bytes:
         _render(v, p, QtCore.QRectF(0, 0, size.width(), size.height()))
     finally:
         p.end()
-    text = bytes(buf.data()).decode("utf-8")
+    return bytes(buf.data()).decode("utf-8")
+
+
+def svg_parts(view: ViewLike, title: str = "") -> tuple[str, list[QtGui.QImage]]:
+    """The GUI-thread half of an SVG export (Qt draws scenes on the GUI thread only).
+
+    Each ImageItem is drawn with a tiny placeholder picture (k + 1 by 1 pixels for the
+    k-th item), so the SVG text holds its <image> element at the right place and scale
+    without the expensive part, encoding the full-resolution pixels as PNG. Returns the
+    text and copies of the items' real pictures, for `finish_svg` on any thread."""
+    v = _view(view)
+    items = []
+    for item in image_items(v):
+        if item.image is None:
+            continue
+        if getattr(item, "_renderRequired", False):
+            item.render()
+        if item.qimage is not None and not item.qimage.isNull():
+            items.append(item)
+    originals = [item.qimage for item in items]
+    try:
+        for k, item in enumerate(items):
+            placeholder = QtGui.QImage(k + 1, 1, QtGui.QImage.Format.Format_ARGB32)
+            placeholder.fill(0)
+            item.qimage = placeholder
+        text = _svg_text(v, title)
+    finally:
+        for item, q in zip(items, originals):
+            item.qimage = q
+    # copies: pyqtgraph may reuse the buffers behind its pictures once the view updates
+    return text, [q.copy() for q in originals]
+
+
+def finish_svg(text: str, images: Sequence[QtGui.QImage]) -> bytes:
+    """The slow half of an SVG export, safe off the GUI thread (QImage is reentrant):
+    placeholders replaced by the PNG of the full-resolution pictures, images marked
+    pixelated, cosmetic strokes baked."""
+    def real_picture(m: re.Match) -> str:
+        try:
+            ph = QtGui.QImage.fromData(base64.b64decode(m.group(3)))
+        except (ValueError, TypeError):
+            return m.group(0)
+        k = ph.width() - 1
+        if ph.height() != 1 or not 0 <= k < len(images):
+            return m.group(0)  # an image drawn by something else than an ImageItem
+        data = base64.b64encode(_qimage_bytes(images[k])).decode("ascii")
+        return f"{m.group(1)}data:image/png;base64,{data}{m.group(4)}"
+
+    text = _DATA_HREF.sub(real_picture, text)
     # Viewers smooth embedded images by default; a CT pixel must stay a square.
     text = _IMAGE_TAG.sub(_pixelated, text)
     text = _GROUP.sub(_bake_cosmetic_strokes, text)
     return text.encode("utf-8")
+
+
+def svg_bytes(view: ViewLike, title: str = "") -> bytes:
+    """The view as SVG: vectors for lines and text, images embedded at full resolution."""
+    return finish_svg(*svg_parts(view, title))
 
 
 def export_svg(view: ViewLike, path, title: str = "") -> Path:
@@ -357,7 +412,9 @@ def start_export(view: ViewLike, path, fmt: str | None = None,
 
     PNG: the view is drawn now (Qt draws on the GUI thread only) and encoded and written in
     the job — encoding is most of the time (a 15×15 manifold at true pixel scale is a
-    3780×4002 image: 75 ms to draw, 750 ms to encode). SVG, PDF and CSV are written now."""
+    3780×4002 image: 75 ms to draw, 750 ms to encode). SVG likewise: drawn with placeholder
+    pictures now, the full-resolution PNGs encoded in the job (see svg_parts). PDF and CSV
+    are written now."""
     from explorer.workers import Job
 
     path = Path(path)
@@ -367,6 +424,11 @@ def start_export(view: ViewLike, path, fmt: str | None = None,
 
         def work(_ctx):
             return _readable(atomic_write_bytes(path, _qimage_bytes(image)))
+    elif fmt == "svg":
+        text, images = svg_parts(view, title)  # drawing now, PNG encoding in the job
+
+        def work(_ctx):
+            return _readable(atomic_write_bytes(path, finish_svg(text, images)))
     else:
         out = export_figure(view, path, fmt, table, title)
 
@@ -536,6 +598,6 @@ class ExportButton(QtWidgets.QToolButton):
 __all__ = [
     "ExportButton", "FORMATS", "Table", "ask_save_folder", "ask_save_path", "copy_to_clipboard",
     "csv_text", "export_csv", "export_widget", "start_export", "widget_bytes", "export_figure", "export_pdf", "export_png", "export_svg",
-    "image_items", "last_folder", "pdf_bytes", "remember_folder", "render_image", "svg_bytes",
-    "table_rows", "true_pixel_scale",
+    "finish_svg", "image_items", "last_folder", "pdf_bytes", "remember_folder", "render_image",
+    "svg_bytes", "svg_parts", "table_rows", "true_pixel_scale",
 ]

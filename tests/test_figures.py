@@ -97,6 +97,43 @@ def test_svg_embeds_full_resolution_image(qtbot, tmp_path):
         assert float(g.get("stroke-width")) * abs(a * d - b * c) ** 0.5 == pytest.approx(2.0, rel=1e-3)
 
 
+def test_svg_pictures_encoded_off_the_gui_thread_are_each_items_own(qtbot, tmp_path):
+    """SVG export draws on the GUI thread with placeholder pictures and encodes the real
+    ones in the job: each <image> must carry its own ImageItem's full picture, pixel for
+    pixel, and the job's file must equal the synchronous export."""
+    from explorer import figures
+    from explorer.qt import QtGui, pg
+
+    rng = np.random.default_rng(5)
+    a = rng.random((37, 23)).astype(np.float32)
+    view, item_a = _image_view(qtbot, a)
+    item_b = pg.ImageItem(rng.random((11, 19)).astype(np.float32), levels=(0, 1))
+    item_b.setPos(30, 0)
+    view.getItem(0, 0).addItem(item_b)
+    view.getItem(0, 0).autoRange(padding=0)
+    qtbot.wait(10)
+    text, pictures = figures.svg_parts(view, "t")
+    assert len(pictures) == 2 and len(text) < 40_000  # no full pictures drawn on the GUI thread
+    want = {(q.width(), q.height()): q for q in (item_a.qimage, item_b.qimage)}
+    sync = figures.export_svg(view, tmp_path / "sync.svg", title="t")
+    figures.start_export(view, tmp_path / "job.svg", title="t")
+    qtbot.waitUntil((tmp_path / "job.svg").exists, timeout=10000)  # written atomically
+    assert (tmp_path / "job.svg").read_bytes() == sync.read_bytes()
+    found = {}
+    for e in ET.parse(sync).getroot().iter():
+        if e.tag.endswith("image"):
+            href = e.get("{http://www.w3.org/1999/xlink}href") or e.get("href")
+            q = QtGui.QImage.fromData(base64.b64decode(href.split(",", 1)[1]))
+            found[(q.width(), q.height())] = q
+    assert set(found) == {(23, 37), (19, 11)}
+    for size, q in found.items():
+        ref = want[size].convertToFormat(QtGui.QImage.Format.Format_ARGB32)
+        got = q.convertToFormat(QtGui.QImage.Format.Format_ARGB32)
+        assert all(got.pixel(x, y) == ref.pixel(x, y) for x in range(size[0]) for y in range(size[1]))
+    # the items keep their own pictures after the export
+    assert (item_a.qimage.width(), item_b.qimage.width()) == (23, 19)
+
+
 def test_pdf_and_csv(qtbot, tmp_path):
     from explorer import figures
 
