@@ -337,14 +337,20 @@ def latest_checkpoint(workspace: Path) -> Path | None:
     candidates = sorted(folder.glob("*/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     if not candidates:
         return None
+    from training.checkpoint import CheckpointError, load_checkpoint
+
     try:
         with Workspace.open(workspace) as ws:
             data_hash = ws.data_hash
-        for path in candidates[:5]:
-            if check_checkpoint(path).data_hash == data_hash:
-                return path
-    except Exception:  # an unreadable file: open without a model
+    except Exception:  # an unreadable workspace: open without a model
         log.exception("looking for the latest checkpoint")
+        return None
+    for path in candidates[:5]:  # mapped, not read: only the data hash is looked at
+        try:
+            if load_checkpoint(path, mmap=True).data_hash == data_hash:
+                return path
+        except CheckpointError as exc:  # a damaged run: the next one may do
+            log.warning("%s", exc)
     return None
 
 

@@ -322,3 +322,41 @@ def test_a_script_ending_without_closing_the_window_exits_cleanly(tiny_workspace
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Destroyed while thread" not in r.stderr
+
+
+def test_latest_checkpoint_skips_damaged_and_stale_runs(tiny_workspace, tmp_path):
+    """Opening a workspace picks the newest run whose data hash matches it; a damaged newer
+    run or one trained on other data does not stop the search (checkpoints are mapped,
+    not read, for this look)."""
+    import os
+    import time
+
+    import torch
+
+    from explorer import workers
+    from explorer.settings import runs_dir
+    from training.checkpoint import save_checkpoint
+    from training.config import ModelConfig, PreprocessConfig, TrainConfig
+    from training.workspace import Workspace
+
+    with Workspace.open(tiny_workspace) as ws:
+        data_hash = ws.data_hash
+    runs = runs_dir(tiny_workspace)
+    net = torch.nn.Linear(2, 2)
+
+    def run(name, hash_, age):
+        path = runs / name / "last.pt"
+        path.parent.mkdir(parents=True)
+        save_checkpoint(path, model_config=ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2),
+                        train_config=TrainConfig(epochs=1), preprocess_config=PreprocessConfig(crop=16),
+                        model_state=net.state_dict(), optimizer_state=None, epoch=0, history=[],
+                        data_hash=hash_)
+        t = time.time() - age
+        os.utime(path, (t, t))
+        return path
+
+    good = run("a-good", data_hash, 30)
+    run("b-stale", "other data", 20)
+    damaged = run("c-damaged", data_hash, 10)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    assert workers.latest_checkpoint(tiny_workspace) == good

@@ -84,6 +84,25 @@ def test_loading_refuses_pickled_code_and_never_runs_it(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_mapped_loading_reads_the_same_and_refuses_the_same(tmp_path):
+    """mmap=True (a look at the metadata when a workspace opens) maps the tensors instead
+    of reading them, and is as strict: weights only, one clear message per bad file."""
+    net, _, kw = _save(tmp_path / "last.pt")
+    ck = load_checkpoint(tmp_path / "last.pt", mmap=True)
+    assert (ck.data_hash, ck.epoch, ck.model_config, ck.history) == ("abc123", 2, kw["model_config"], kw["history"])
+    for k, v in net.state_dict().items():
+        assert torch.equal(ck.model_state[k], v)
+    marker = tmp_path / "marker.txt"
+    torch.save({"format": "ct-vae-checkpoint", "version": 1, "x": _WritesMarker(marker)}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(tmp_path / "evil.pt", mmap=True)
+    assert not marker.exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt", mmap=True)
+
+
 def test_bad_files_give_one_clear_message(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")

@@ -100,13 +100,16 @@ def save_checkpoint(
         raise CheckpointError(path, f"cannot write checkpoint ({exc.strerror or exc})") from exc
 
 
-def load_checkpoint(path: os.PathLike | str) -> Checkpoint:
-    """Read a checkpoint onto the CPU with `weights_only=True` (no code from the file runs)."""
+def load_checkpoint(path: os.PathLike | str, *, mmap: bool = False) -> Checkpoint:
+    """Read a checkpoint onto the CPU with `weights_only=True` (no code from the file runs).
+
+    mmap: map the tensors from the file instead of reading them (for a look at the
+    metadata: the data hash, the configurations, the history)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file")
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except UnpicklingError as exc:
         raise CheckpointError(
             path, "refused: the file holds Python objects other than tensors and plain values "
