@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,7 +51,7 @@ def start_writeback(path: str | os.PathLike) -> None:
     (Linux sync_file_range; elsewhere nothing). A later fsync then waits only for the
     tail, so a large file written piece by piece is mostly on disk when it is replaced."""
     global _libc
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
+    if not sys.platform.startswith("linux"):
         return
     try:
         if _libc is None:

@@ -102,7 +102,7 @@ def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
                     if b:
                         np.add(out, np.int16(b), out=out)
                     return
-            wide = stored.astype(np.int32)
+            wide = stored.astype(np.int64 if stored.dtype.itemsize >= 4 else np.int32)
             wide += b
         else:
             wide = np.multiply(stored, np.float32(s.slope), dtype=np.float32)

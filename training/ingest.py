@@ -279,7 +279,8 @@ def clean_text(text: str, roots: Sequence[str], replacements: dict[str, str]) ->
 def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
               stage: dict[str, Any]) -> dict:
     """Worker: hash the series' files; unless unchanged, load (int16 HU), rasterise,
-    preprocess and write the entry as a complete temporary staged file (the parent commits it by rename).
+    preprocess and write the entry as a complete temporary staged file (the parent
+    commits it by rename).
 
     Returns only small metadata, so big arrays never travel between processes.
     """
