@@ -422,6 +422,23 @@ def recon_rows(inputs: dict, recons: dict) -> list[tuple[str, np.ndarray]]:
     return rows
 
 
+def load_recon_history(checkpoint: Path) -> tuple[Path, list[tuple[int, list[tuple[str, np.ndarray]]]]]:
+    """The reconstruction snapshots kept beside a checkpoint (training.recon_history), as
+    (checkpoint, [(epoch, rows for ReconstructionHistory)]). Off the GUI thread."""
+    from training import recon_history
+
+    out = []
+    for epoch, arrays in recon_history.load_snapshots(Path(checkpoint).parent):
+        rows = []
+        for split in recon_history.SPLITS:
+            if f"{split}_input" in arrays and f"{split}_recon" in arrays:
+                rows.append((f"{split} input", arrays[f"{split}_input"]))
+                rows.append((f"{split} recon.", arrays[f"{split}_recon"]))
+        if rows:
+            out.append((epoch, rows))
+    return Path(checkpoint), out
+
+
 class _TrainerCallback:
     """training.trainer.Callback → TrainingWorker signals (runs on the training thread)."""
 

@@ -324,39 +324,62 @@ def test_a_script_ending_without_closing_the_window_exits_cleanly(tiny_workspace
     assert "Destroyed while thread" not in r.stderr
 
 
-def test_latest_checkpoint_skips_damaged_and_stale_runs(tiny_workspace, tmp_path):
-    """Opening a workspace picks the newest run whose data hash matches it; a damaged newer
-    run or one trained on other data does not stop the search (checkpoints are mapped,
-    not read, for this look)."""
+def _write_run(workspace, name: str, data_hash: str, age_s: float = 0.0):
+    """A run folder beside the workspace with a tiny last.pt (mtime age_s in the past)."""
     import os
     import time
 
     import torch
 
-    from explorer import workers
     from explorer.settings import runs_dir
     from training.checkpoint import save_checkpoint
     from training.config import ModelConfig, PreprocessConfig, TrainConfig
+
+    path = runs_dir(workspace) / name / "last.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(path, model_config=ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2),
+                    train_config=TrainConfig(epochs=1), preprocess_config=PreprocessConfig(crop=16),
+                    model_state=torch.nn.Linear(2, 2).state_dict(), optimizer_state=None, epoch=0,
+                    history=[], data_hash=data_hash)
+    t = time.time() - age_s
+    os.utime(path, (t, t))
+    return path
+
+
+def test_latest_checkpoint_skips_damaged_and_stale_runs(tiny_workspace, tmp_path):
+    """Opening a workspace picks the newest run whose data hash matches it; a damaged newer
+    run or one trained on other data does not stop the search (checkpoints are mapped,
+    not read, for this look)."""
+    from explorer import workers
     from training.workspace import Workspace
 
     with Workspace.open(tiny_workspace) as ws:
         data_hash = ws.data_hash
-    runs = runs_dir(tiny_workspace)
-    net = torch.nn.Linear(2, 2)
-
-    def run(name, hash_, age):
-        path = runs / name / "last.pt"
-        path.parent.mkdir(parents=True)
-        save_checkpoint(path, model_config=ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2),
-                        train_config=TrainConfig(epochs=1), preprocess_config=PreprocessConfig(crop=16),
-                        model_state=net.state_dict(), optimizer_state=None, epoch=0, history=[],
-                        data_hash=hash_)
-        t = time.time() - age
-        os.utime(path, (t, t))
-        return path
-
-    good = run("a-good", data_hash, 30)
-    run("b-stale", "other data", 20)
-    damaged = run("c-damaged", data_hash, 10)
+    good = _write_run(tiny_workspace, "a-good", data_hash, 30)
+    _write_run(tiny_workspace, "b-stale", "other data", 20)
+    damaged = _write_run(tiny_workspace, "c-damaged", data_hash, 10)
     damaged.write_bytes(damaged.read_bytes()[:100])
     assert workers.latest_checkpoint(tiny_workspace) == good
+
+
+def test_train_tab_shows_the_reconstruction_history_of_an_opened_run(make_window, tiny_workspace, qtbot):
+    """A run's reconstruction snapshots live in its folder: opening the workspace later
+    brings back the history slider, not only the loss curves."""
+    import numpy as np
+
+    from training import recon_history
+    from training.workspace import Workspace
+
+    with Workspace.open(tiny_workspace) as ws:
+        data_hash = ws.data_hash
+    ck = _write_run(tiny_workspace, "run", data_hash)
+    rng = np.random.default_rng(0)
+    for epoch in (2, 4, 6):
+        x = rng.random((3, 1, 16, 16)).astype(np.float32)
+        recon_history.save_snapshot(ck.parent, epoch, {"train": x, "test": x}, {"train": x / 2, "test": x / 3})
+    w = make_window(tiny_workspace)
+    hist = w.panel("Train").history
+    qtbot.waitUntil(lambda: len(hist.snapshots) == 3, timeout=10000)
+    assert [s.epoch for s in hist.snapshots] == [2, 4, 6]
+    assert [t for t, _ in hist.snapshots[0].rows] == ["train input", "train recon.", "test input", "test recon."]
+    assert hist.slider.isEnabled() and hist.slider.value() == 2

@@ -287,3 +287,42 @@ def test_a_nan_test_loss_stops_the_run_and_keeps_the_previous_epoch(workspace, m
     assert "after epoch 2: the test total loss is nan" in s.message
     assert load_checkpoint(tmp_path / "last.pt").epoch == 1
     assert [e[1] for e in rec.of("epoch")] == [1]
+
+
+def test_reconstruction_snapshots_kept_in_the_run_folder(workspace, tmp_path):
+    """With an output folder each reconstruction goes to reconstructions/epoch_N.npz (what
+    the callbacks saw, CT channel, float16); a fresh run there drops an earlier run's
+    snapshots and a resumed one those after its checkpoint."""
+    from training import recon_history
+
+    rec = Recorder()
+    Trainer(workspace, MC, tc(epochs=3, recon_every=1, checkpoint_every=2), out_dir=tmp_path,
+            callbacks=[rec]).run()
+    snaps = recon_history.load_snapshots(tmp_path)
+    assert [e for e, _ in snaps] == [1, 2, 3]
+    for (_, epoch, inputs, recons), (e, arrays) in zip(rec.of("recon"), snaps):
+        assert e == epoch
+        for split in ("train", "test"):
+            np.testing.assert_allclose(arrays[f"{split}_input"], inputs[split][:, 0], atol=1e-3)
+            np.testing.assert_allclose(arrays[f"{split}_recon"], recons[split][:, 0], atol=1e-3)
+    # a snapshot of an epoch after the last checkpoint (3): gone when the run resumes from it
+    recon_history.save_snapshot(tmp_path, 5, *rec.of("recon")[-1][2:])
+    assert load_checkpoint(tmp_path / "last.pt").epoch == 3
+    Trainer(workspace, train_config=tc(epochs=3), out_dir=tmp_path, resume=tmp_path / "last.pt").run()
+    assert recon_history.snapshot_epochs(tmp_path) == [1, 2, 3]
+    # no callbacks at all (a script, `ct-vae train`): still written
+    Trainer(workspace, MC, tc(epochs=1, recon_every=1), out_dir=tmp_path).run()
+    assert recon_history.snapshot_epochs(tmp_path) == [1]
+    (tmp_path / recon_history.FOLDER / "epoch_00009.npz").write_bytes(b"damaged")
+    assert [e for e, _ in recon_history.load_snapshots(tmp_path)] == [1]
+
+
+def test_reconstruction_snapshots_of_3d_volumes_are_middle_slices(tmp_path):
+    from training import recon_history
+
+    vol = np.random.default_rng(0).random((2, 3, 5, 8, 8)).astype(np.float32)
+    recon_history.save_snapshot(tmp_path, 4, {"train": vol}, {"train": vol[:, :, ::-1]})
+    ((epoch, arrays),) = recon_history.load_snapshots(tmp_path)
+    assert epoch == 4 and set(arrays) == {"train_input", "train_recon"}
+    np.testing.assert_allclose(arrays["train_input"], vol[:, 0, 2], atol=1e-3)
+    np.testing.assert_allclose(arrays["train_recon"], vol[:, 0, 2], atol=1e-3)  # middle of 5 reversed

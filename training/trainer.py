@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training import recon_history
 from training.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from training.config import ConfigError, ModelConfig, TrainConfig
 from training.data import BatchStream, EpochSampler, InMemoryItems, evenly_spaced, input_on_device
@@ -235,7 +236,8 @@ class Trainer:
     given, its spatial_dims / input_size / n_classes must fit the workspace.
     resume: a checkpoint path or Checkpoint to continue from (its ModelConfig is used;
     train_config, when given, may change e.g. epochs; the data hash must match).
-    out_dir: where last.pt, best.pt and history.json go (None: nothing is written).
+    out_dir: where last.pt, best.pt, history.json and the reconstruction snapshots
+    (reconstructions/epoch_NNNNN.npz, training.recon_history) go (None: nothing is written).
     strategy: training.distributed.SingleProcess (default) or DDPStrategy.
     data_workers: processes reading training batches (None: up to 4 on a GPU, 0 on the
     CPU, where one background thread keeps up and adds no process start-up per epoch).
@@ -408,6 +410,9 @@ class Trainer:
                     stale.unlink(missing_ok=True)
         if self.resume_from is not None:
             self._load_resume(self.resume_from)
+        if self.out_dir is not None and self._is_main:
+            # snapshots of an earlier run here, or of epochs after the one resumed from
+            recon_history.remove_snapshots(self.out_dir, after=self._start_epoch if self.resume_from else -1)
         self._good = self._snapshot()
 
     def _memory_format(self) -> torch.memory_format | None:
@@ -666,7 +671,9 @@ class Trainer:
 
     @torch.no_grad()
     def _reconstructions(self, number: int) -> None:
-        if not (self._is_main and self.callbacks and self._examples):
+        """Reconstruct the fixed examples: to the callbacks, and into the run folder
+        (training.recon_history) when there is one."""
+        if not (self._is_main and (self.callbacks or self.out_dir is not None) and self._examples):
             return
         self.model.eval()
         fmt = self._memory_format()
@@ -680,6 +687,11 @@ class Trainer:
             parts = [dec.ct] + ([dec.rt_probs()] if dec.rt_logits is not None else [])
             recons[split] = torch.cat(parts, 1).float().cpu().contiguous().numpy()
             inputs[split] = x.numpy()
+        if self.out_dir is not None:
+            try:
+                recon_history.save_snapshot(self.out_dir, number, inputs, recons)
+            except OSError as exc:  # a full disk shows at the next checkpoint; go on
+                log.warning("reconstruction snapshot of epoch %d not written: %s", number, exc)
         self._emit("on_reconstructions", number, inputs, recons)
 
     @torch.no_grad()

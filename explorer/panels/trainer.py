@@ -17,6 +17,7 @@ from explorer.panels import Panel
 from explorer.qt import Qt, QTimer, QtGui, QtWidgets, Signal
 from explorer.settings import runs_dir
 from explorer.widgets.image_grid import ReconstructionHistory
+from explorer.widgets.latest_worker import LatestWorker
 from explorer.widgets.loss_plot import LossPlot
 
 # Small, fast defaults: a newcomer sees curves move within a minute on 2 CPU cores.
@@ -161,6 +162,9 @@ class TrainerPanel(Panel):
 
         self.plot = LossPlot()
         self.history = ReconstructionHistory()
+        self._history_for: Path | None = None  # the checkpoint whose snapshots are loading
+        self.history_loader = LatestWorker(self, name="recon-history")
+        self.history_loader.resultReady.connect(self._show_loaded_history)
         self.log_scale.toggled.connect(self.plot.set_log)
         self.log_scale.setChecked(True)
         self.legend = QtWidgets.QLabel(LossPlot.legend_html())
@@ -301,9 +305,19 @@ class TrainerPanel(Panel):
         self.plot.clear_curves()
         for row in ckpt.history:
             self.plot.add_epoch(int(row.get("epoch", 0)), workers.losses_of(row))
+        self.history.clear()  # the run's own snapshots come from its folder, off the GUI thread
+        self._history_for = Path(path)
+        self.history_loader.submit(workers.load_recon_history, Path(path))
         self._show_configs(ckpt.model_config, ckpt.train_config)
         self.progress.setRange(0, max(ckpt.train_config.epochs, 1))
         self.progress.setValue(min(ckpt.epoch, ckpt.train_config.epochs))
+
+    def _show_loaded_history(self, _rid: int, result) -> None:
+        checkpoint, snapshots = result
+        if self.worker is not None or checkpoint != self._history_for:
+            return  # a run started meanwhile, or another checkpoint was chosen
+        for epoch, rows in snapshots:
+            self.history.add_snapshot(epoch, rows)
 
     def _show_configs(self, model, train) -> None:
         """Fill the form with a checkpoint's settings."""
@@ -509,6 +523,7 @@ class TrainerPanel(Panel):
 
     def shutdown(self, timeout_s: float = 120.0) -> None:
         """Window closing: stop at a checkpoint and remember it for the next start."""
+        self.history_loader.shutdown()
         if self.worker is None:
             return
         worker = self.worker
