@@ -65,7 +65,11 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     for k in b.model_state:
         torch.testing.assert_close(a.model_state[k], b.model_state[k], rtol=1e-4, atol=1e-6)
     # checkpoints and logs from rank 0 only: one set of files
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["best.pt", "history.json", "last.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
+        "best.pt", "history.json", "last.pt", "reconstructions"]  # rank 0 alone writes
+    from training import recon_history
+
+    assert recon_history.snapshot_epochs(tmp_path / "ddp") == recon_history.snapshot_epochs(tmp_path / "one") == [2]
 
 
 _STOP_ONE_RANK = """
