@@ -11,7 +11,7 @@ True pixel scale:
   downsampled. Images are scaled by nearest neighbour (no smoothing): pixels stay crisp.
 - SVG embeds each image as a PNG of the full data resolution with
   image-rendering="pixelated" (viewers do not blur it); lines and text stay vectors.
-- PDF: one page of the view's logical size in points; images are embedded at full
+- PDF: one page of the view's logical size at 96 dpi (1 px = 0.75 pt); images are embedded at full
   resolution without interpolation.
 - CSV: the numbers behind the figure, from a table the panel provides (see `Table`).
 
@@ -270,20 +270,31 @@ def export_svg(view: ViewLike, path, title: str = "") -> Path:
     return _readable(atomic_write_bytes(Path(path), svg_bytes(view, title)))
 
 
+# PDF pages are laid out at the screen's reference 96 dpi: 1 logical px = 0.75 pt. At 72 dpi
+# (1 px = 1 pt) pyqtgraph's axes came out shifted and scaled against the data they label.
+PDF_DPI = 96
+
+
+def _pdf_writer(buf: QtCore.QBuffer, size: QtCore.QSize, title: str) -> QtGui.QPdfWriter:
+    writer = QtGui.QPdfWriter(buf)
+    writer.setTitle(title or "ct-vae-explorer figure")
+    writer.setCreator("ct-vae-explorer")
+    writer.setResolution(PDF_DPI)
+    pt = 72.0 / PDF_DPI  # the file holds whole points: the page may be up to ½ pt larger
+    writer.setPageSize(QtGui.QPageSize(QtCore.QSizeF(size.width() * pt, size.height() * pt),
+                                       QtGui.QPageSize.Unit.Point, "figure",
+                                       QtGui.QPageSize.SizeMatchPolicy.ExactMatch))
+    writer.setPageMargins(QtCore.QMarginsF(0, 0, 0, 0), QtGui.QPageLayout.Unit.Point)
+    return writer
+
+
 def pdf_bytes(view: ViewLike, title: str = "") -> bytes:
-    """The view as a one-page PDF of its logical size in points (1 px → 1 pt)."""
+    """The view as a one-page PDF of its logical size at 96 dpi (1 px → 0.75 pt)."""
     v = _view(view)
     size = _logical_size(v)
     buf = QtCore.QBuffer()
     buf.open(QtCore.QIODevice.OpenModeFlag.WriteOnly)
-    writer = QtGui.QPdfWriter(buf)
-    writer.setTitle(title or "ct-vae-explorer figure")
-    writer.setCreator("ct-vae-explorer")
-    writer.setResolution(72)
-    writer.setPageSize(QtGui.QPageSize(QtCore.QSizeF(size.width(), size.height()),
-                                       QtGui.QPageSize.Unit.Point, "figure",
-                                       QtGui.QPageSize.SizeMatchPolicy.ExactMatch))
-    writer.setPageMargins(QtCore.QMarginsF(0, 0, 0, 0), QtGui.QPageLayout.Unit.Point)
+    writer = _pdf_writer(buf, size, title)
     p = QtGui.QPainter(writer)
     try:
         _render(v, p, QtCore.QRectF(p.viewport()))
@@ -300,7 +311,7 @@ def widget_bytes(widget: QtWidgets.QWidget, fmt: str, title: str = "") -> bytes:
     """Any widget (a whole tab: form, plots, labels) as PNG, SVG or PDF bytes.
 
     For tabs that are not one graphics view; SVG and PDF keep text and lines as vectors
-    (QWidget.render into QSvgGenerator / QPdfWriter), 1 logical px → 1 unit (px, pt).
+    (QWidget.render into QSvgGenerator / QPdfWriter): 1 logical px → 1 px (SVG), 0.75 pt (PDF).
     """
     fmt = fmt.lower()
     if fmt == "png":
@@ -316,14 +327,7 @@ def widget_bytes(widget: QtWidgets.QWidget, fmt: str, title: str = "") -> bytes:
         target.setViewBox(QtCore.QRect(0, 0, size.width(), size.height()))
         target.setTitle(title or "ct-vae-explorer figure")
     elif fmt == "pdf":
-        target = QtGui.QPdfWriter(buf)
-        target.setTitle(title or "ct-vae-explorer figure")
-        target.setCreator("ct-vae-explorer")
-        target.setResolution(72)
-        target.setPageSize(QtGui.QPageSize(QtCore.QSizeF(size.width(), size.height()),
-                                           QtGui.QPageSize.Unit.Point, "figure",
-                                           QtGui.QPageSize.SizeMatchPolicy.ExactMatch))
-        target.setPageMargins(QtCore.QMarginsF(0, 0, 0, 0), QtGui.QPageLayout.Unit.Point)
+        target = _pdf_writer(buf, size, title)
     else:
         raise ValueError(f"cannot export a tab as {fmt!r} (use png, svg or pdf)")
     p = QtGui.QPainter(target)

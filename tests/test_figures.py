@@ -150,6 +150,14 @@ def test_pdf_and_csv(qtbot, tmp_path):
     assert raw.startswith(b"%PDF") and b"%%EOF" in raw[-64:]
     assert b"/Width 16" in raw and b"/Height 16" in raw  # the image at its own resolution
     assert b"/Interpolate true" not in raw  # viewers must not smooth CT pixels
+    # the page is the view's logical size at 96 dpi (1 px = 0.75 pt): laid out at 72 dpi
+    # (1 px = 1 pt), pyqtgraph's axes were drawn shifted and scaled against the data
+    import re
+
+    size = figures._logical_size(figures._view(view))
+    box = [float(v) for v in re.search(rb"/MediaBox \[([^\]]*)\]", raw).group(1).split()]
+    assert box[2] - box[0] == pytest.approx(size.width() * 0.75, abs=0.51)  # whole points in the file
+    assert box[3] - box[1] == pytest.approx(size.height() * 0.75, abs=0.51)
 
     # the three table forms
     figures.export_csv({"x": [1.5, 2.0], "n": np.array([3, 4])}, tmp_path / "a.csv")
