@@ -3,11 +3,11 @@
     QT_QPA_PLATFORM=offscreen python benchmarks/export.py [--size 1920] [--repeat 5]
 
 A pyqtgraph plot holding one size × size image (a 15 × 15 manifold of 128² tiles is
-1920²) and a few hundred scatter points. For PNG and SVG, `figures.start_export` draws on
-the GUI thread and encodes in a job: the figure printed is the time until start_export
-returns (what the GUI thread waits) beside the time of the synchronous export of the same
-figure (`export_png` / `export_svg`: the bare reference, everything on one thread). PDF
-is drawn on the GUI thread in full (printed for the record).
+1920²) and a few hundred scatter points. `figures.start_export` draws on the GUI thread
+and encodes in a job: the figure printed is the time until start_export returns (what
+the GUI thread waits) beside the time of the synchronous export of the same figure
+(`export_png` / `export_svg`: the bare reference, all on one thread). PDF is drawn and
+written on the GUI thread in full (printed for the record).
 """
 
 from __future__ import annotations

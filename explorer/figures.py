@@ -164,22 +164,53 @@ _STROKE_W = re.compile(r'stroke-width="([0-9.eE+-]+)"')
 _NON_SCALING = ' vector-effect="non-scaling-stroke"'
 
 
+_NUMBER = r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+_XY = re.compile(rf"({_NUMBER}),({_NUMBER})")
+_GEOMETRY = re.compile(r'\b(points|d)="([^"]*)"')
+_ELEMENT = re.compile(r"<(\w+)")
+
+
+def _flatten(body: str, a: float, b: float, c: float, d: float, e: float, f: float) -> str | None:
+    """The group's polylines and paths with the matrix applied to their coordinates (the
+    group then needs no transform), or None when the body holds anything else (or path
+    commands other than Qt's absolute M, L, C, Z)."""
+    if any(el not in ("polyline", "polygon", "path") for el in _ELEMENT.findall(body)):
+        return None
+    for m in _GEOMETRY.finditer(body):
+        if m.group(1) == "d" and re.search(r"[A-Za-z]", re.sub(r"[MLCZ]|[eE][-+]?\d", "", m.group(2))):
+            return None
+
+    def point(m: re.Match) -> str:
+        x, y = float(m.group(1)), float(m.group(2))
+        return f"{a * x + c * y + e:.7g},{b * x + d * y + f:.7g}"
+
+    return _GEOMETRY.sub(lambda m: f'{m.group(1)}="{_XY.sub(point, m.group(2))}"', body)
+
+
 def _bake_cosmetic_strokes(match: re.Match) -> str:
     """A cosmetic (screen-width) pen inside a scaled group: Qt writes the data-space
     transform and vector-effect="non-scaling-stroke", which SVG 1.1 renderers
-    (ImageMagick, older editors) ignore, drawing 1 px lines 50× thick. Divide the width
-    by the group's scale instead, which every renderer draws the same."""
+    (ImageMagick, QSvgRenderer, older editors) ignore, drawing 1 px lines 50× thick.
+    A uniform scale: divide the width by it. Otherwise (a plot's x and y scales differ,
+    a log axis): apply the transform to the coordinates themselves and drop it, so the
+    stroke keeps its screen width in every direction; where that is not possible, divide
+    by the mean scale (as before)."""
     head, body, tail = match.groups()
     m = _MATRIX.search(head)
     if _NON_SCALING not in body or m is None:
         return match.group(0)
     try:
-        a, b, c, d = (float(v) for v in m.group(1).replace(" ", ",").split(",")[:4])
+        a, b, c, d, e, f = (float(v) for v in m.group(1).replace(" ", ",").split(",")[:6])
     except ValueError:
         return match.group(0)
     scale = math.sqrt(abs(a * d - b * c))
     if scale <= 0:
         return match.group(0)
+    uniform = abs(b) < 1e-12 and abs(c) < 1e-12 and abs(abs(a) - abs(d)) <= 1e-6 * max(abs(a), abs(d))
+    if not uniform:
+        flat = _flatten(body, a, b, c, d, e, f)
+        if flat is not None:
+            return _MATRIX.sub('transform="matrix(1,0,0,1,0,0)"', head) + flat.replace(_NON_SCALING, "") + tail
     w = _STROKE_W.search(head)
     width = float(w.group(1)) if w else 1.0
     new = f'stroke-width="{width / scale:.6g}"'
@@ -226,6 +257,7 @@ def svg_parts(view: ViewLike, title: str = "") -> tuple[str, list[QtGui.QImage]]
         if item.qimage is not None and not item.qimage.isNull():
             items.append(item)
     originals = [item.qimage for item in items]
+    markers, clips = _add_clip_markers(v)
     try:
         for k, item in enumerate(items):
             placeholder = QtGui.QImage(k + 1, 1, QtGui.QImage.Format.Format_ARGB32)
@@ -235,8 +267,66 @@ def svg_parts(view: ViewLike, title: str = "") -> tuple[str, list[QtGui.QImage]]
     finally:
         for item, q in zip(items, originals):
             item.qimage = q
+        for m in markers:
+            if m.scene() is not None:
+                m.scene().removeItem(m)
+    text = _clip_between_markers(text, clips)
     # copies: pyqtgraph may reuse the buffers behind its pictures once the view updates
     return text, [q.copy() for q in originals]
+
+
+def _marker_colour(k: int, end: bool) -> str:
+    return f"#fe01{(2 * k + int(end)) % 256:02x}"
+
+
+def _add_clip_markers(v: QtWidgets.QGraphicsView) -> tuple[list, list[QtCore.QRect]]:
+    """QSvgGenerator keeps no clipping, so what a plot draws outside its axes (ellipses,
+    zoomed-in images) would show in the SVG. Each visible ViewBox gets two tiny marker
+    items, painted first and last among its contents, in colours no plot uses; the SVG
+    text between them is then wrapped in a clip path of the ViewBox's rectangle."""
+    markers, clips = [], []
+    boxes = [it for it in v.scene().items() if isinstance(it, pg.ViewBox) and it.isVisible()]
+    for k, vb in enumerate(boxes[:100]):
+        rect = v.mapFromScene(vb.sceneBoundingRect()).boundingRect()
+        centre = vb.viewRect().center()
+        tiny = vb.viewRect().width() * 1e-6 or 1e-9, vb.viewRect().height() * 1e-6 or 1e-9
+        for end, z in ((False, -1e12), (True, 1e12)):
+            m = QtWidgets.QGraphicsRectItem(QtCore.QRectF(centre.x(), centre.y(), *tiny))
+            pen = QtGui.QPen(QtGui.QColor(_marker_colour(k, end)))
+            pen.setCosmetic(True)
+            m.setPen(pen)
+            m.setZValue(z)
+            vb.addItem(m, ignoreBounds=True)
+            markers.append(m)
+        clips.append(rect)
+    return markers, clips
+
+
+def _clip_between_markers(text: str, clips: list[QtCore.QRect]) -> str:
+    defs = []
+    for k, rect in enumerate(clips):
+        groups = []
+        for end in (False, True):
+            pattern = re.compile(r'<g\b[^>]*stroke="' + _marker_colour(k, end) + r'"[^>]*>(?:(?!<g\b).)*?</g>\s*', re.S)
+            groups.append(pattern.search(text))
+        start, stop = groups
+        if start is None or stop is None or stop.start() < start.end():
+            # not both drawn (or in an unexpected order): drop what is there, no clip
+            for g in groups:
+                if g is not None:
+                    text = text.replace(g.group(0), "", 1)
+            continue
+        clip_id = f"ctvae-clip-{k}"
+        text = (text[:start.start()] + f'<g clip-path="url(#{clip_id})">\n' + text[start.end():stop.start()]
+                + "</g>\n" + text[stop.end():])
+        defs.append(f'<clipPath id="{clip_id}"><rect x="{rect.x()}" y="{rect.y()}" '
+                    f'width="{rect.width()}" height="{rect.height()}"/></clipPath>')
+    if defs:
+        # clip paths are SVG 1.1 (Qt declares the Tiny 1.2 profile, which has none)
+        head_end = text.index(">", text.index("<svg")) + 1
+        head = text[:head_end].replace(' version="1.2" baseProfile="tiny"', ' version="1.1"')
+        text = head + "\n<defs>" + "".join(defs) + "</defs>" + text[head_end:]
+    return text
 
 
 def finish_svg(text: str, images: Sequence[QtGui.QImage]) -> bytes:
@@ -289,7 +379,10 @@ def _pdf_writer(buf: QtCore.QBuffer, size: QtCore.QSize, title: str) -> QtGui.QP
 
 
 def pdf_bytes(view: ViewLike, title: str = "") -> bytes:
-    """The view as a one-page PDF of its logical size at 96 dpi (1 px → 0.75 pt)."""
+    """The view as a one-page PDF of its logical size at 96 dpi (1 px → 0.75 pt).
+
+    Drawn directly (on the GUI thread): QSvgGenerator keeps no clipping, so a PDF made
+    from the SVG showed items outside the plot area."""
     v = _view(view)
     size = _logical_size(v)
     buf = QtCore.QBuffer()
@@ -417,8 +510,8 @@ def start_export(view: ViewLike, path, fmt: str | None = None,
     PNG: the view is drawn now (Qt draws on the GUI thread only) and encoded and written in
     the job — encoding is most of the time (a 15×15 manifold at true pixel scale is a
     3780×4002 image: 75 ms to draw, 750 ms to encode). SVG likewise: drawn with placeholder
-    pictures now, the full-resolution PNGs encoded in the job (see svg_parts). PDF and CSV
-    are written now."""
+    pictures now, the full-resolution PNGs encoded in the job (see svg_parts). PDF (drawn
+    and written at once, see pdf_bytes) and CSV are written now."""
     from explorer.workers import Job
 
     path = Path(path)

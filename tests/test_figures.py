@@ -134,6 +134,73 @@ def test_svg_pictures_encoded_off_the_gui_thread_are_each_items_own(qtbot, tmp_p
     assert (item_a.qimage.width(), item_b.qimage.width()) == (23, 19)
 
 
+def test_svg_cosmetic_pen_keeps_its_width_under_unequal_axis_scales(qtbot, tmp_path):
+    """A loss plot: x spans 40 epochs, y a few decades, so the data→screen scales differ
+    ~10×. Renderers that ignore vector-effect (QSvgRenderer, ImageMagick) drew a 2 px line
+    ~5 px thick one way and <1 px the other; the coordinates are transformed instead."""
+    import re
+
+    from explorer import figures
+    from explorer.qt import pg
+
+    w = pg.PlotWidget()
+    qtbot.addWidget(w)
+    w.resize(320, 200)
+    x = np.arange(1, 41, dtype=float)
+    w.plot(x, 4 - np.log10(x), pen=pg.mkPen((0, 120, 200), width=2))
+    w.show()
+    qtbot.waitExposed(w)
+    qtbot.wait(10)
+    text = figures.svg_bytes(w).decode()
+    groups = [g for g in re.findall(r"<g\b([^>]*)>(.*?)</g>", text, re.S) if 'stroke="#0078c8"' in g[0]]
+    assert groups
+    for head, body in groups:
+        assert 'transform="matrix(1,0,0,1,0,0)"' in head and 'stroke-width="2"' in head
+        assert "non-scaling-stroke" not in body
+        pts = [tuple(map(float, p.split(","))) for p in re.findall(r"-?[\d.eE+-]+,-?[\d.eE+-]+", body)]
+        assert len(pts) >= 40
+        xs, ys = zip(*pts)
+        assert 0 <= min(xs) < max(xs) <= 320 and 0 <= min(ys) < max(ys) <= 200  # screen units now
+        assert all(a <= b for a, b in zip(xs, xs[1:]))  # the curve's order kept (segments share ends)
+
+
+def test_svg_clips_what_a_plot_draws_outside_its_axes(qtbot, tmp_path):
+    """QSvgGenerator writes no clipping: an ellipse reaching past the axes (the manifold's
+    1σ ellipses) showed outside the plot. The view box's contents are wrapped in a clip
+    path of its rectangle; the marker items that find them leave no trace."""
+    import re
+
+    from explorer import figures
+    from explorer.qt import pg
+
+    w = pg.PlotWidget()
+    qtbot.addWidget(w)
+    w.resize(300, 220)
+    t = np.linspace(0, 2 * np.pi, 100)
+    w.plot(5 * np.cos(t), 5 * np.sin(t), pen=pg.mkPen((200, 0, 0), width=1))  # radius 5 …
+    w.setRange(xRange=(-2, 2), yRange=(-2, 2), padding=0)  # … seen through a 4 × 4 window
+    w.show()
+    qtbot.waitExposed(w)
+    qtbot.wait(10)
+    n_items = len(w.getViewBox().addedItems)
+    text = figures.svg_bytes(w).decode()
+    assert "#fe01" not in text and len(w.getViewBox().addedItems) == n_items  # markers gone
+    (clip,) = re.findall(r'<clipPath id="([^"]+)"><rect x="(\d+)" y="(\d+)" width="(\d+)" height="(\d+)"/>', text)
+    vb = w.getViewBox()
+    rect = w.mapFromScene(vb.sceneBoundingRect()).boundingRect()
+    assert tuple(int(v) for v in clip[1:]) == (rect.x(), rect.y(), rect.width(), rect.height())
+    start = text.index(f'<g clip-path="url(#{clip[0]})">')
+    depth, end = 0, None
+    for m in re.finditer(r"<g\b|</g>", text[start:]):
+        depth += 1 if m.group(0) != "</g>" else -1
+        if depth == 0:
+            end = start + m.end()
+            break
+    assert 'stroke="#c80000"' in text[start:end]  # the curve is inside the clipped group
+    assert 'version="1.1"' in text and 'baseProfile="tiny"' not in text
+    ET.fromstring(text.encode())  # still well-formed
+
+
 def test_pdf_and_csv(qtbot, tmp_path):
     from explorer import figures
 
