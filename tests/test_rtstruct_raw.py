@@ -160,3 +160,33 @@ def test_layouts_it_does_not_handle_fall_back(tmp_path):
     ss = read_rtstruct(tmp_path / "be.dcm")
     assert sum(len(r.contours) for r in ss.rois) == sum(len(r.contours) for r in read_rtstruct(src).rois)
     assert raw.read_roi_contours(str(tmp_path / "missing.dcm")) is None
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_corrupted_bytes_never_escape_as_anything_but_rtstruct_error(tmp_path, monkeypatch):
+    """Random bytes changed in a structure set (lengths, tags, VRs, numbers): the raw reader
+    answers a list or None, never raises; read_rtstruct gives a StructureSet or an
+    RTStructError naming the file, whichever reader ends up reading it."""
+    info = generate_cohort(tmp_path / "c", 1, slices=4, size=24, seed=2, fsync=False)[0]
+    sources = [next((info.folder / "RTSTRUCT").iterdir()),
+               _write(tmp_path / "imp.dcm", False, True), _write(tmp_path / "exp.dcm", True, False)]
+    rng = np.random.default_rng(3)
+    fast_used = 0
+    for k in range(60):
+        data = bytearray(sources[k % 3].read_bytes())
+        for pos in rng.integers(132, len(data), size=int(rng.integers(1, 8))):
+            data[pos] = int(rng.integers(0, 256))
+        path = tmp_path / f"bad{k:02d}.dcm"
+        path.write_bytes(bytes(data))
+        items = raw.read_roi_contours(str(path))
+        assert items is None or isinstance(items, list)
+        fast_used += items is not None
+        try:
+            ss = read_rtstruct(path)
+        except RTStructError as exc:
+            assert str(path) in str(exc)
+            continue
+        for r in ss.rois:
+            for c in r.contours:
+                assert c.points.ndim == 2 and c.points.shape[1] == 3
+    assert fast_used > 10  # most damage leaves the layout readable

@@ -189,7 +189,7 @@ def read_native_header(path: str) -> tuple[RawHeader, str, tuple[bool, int, int]
                 if not more:
                     return None
                 buf += more
-            except (_Odd, IndexError, ValueError, UnicodeDecodeError):
+            except (_Odd, IndexError, ValueError, UnicodeDecodeError, struct.error):
                 return None
     file_meta = {
         "TransferSyntaxUID": ts,

@@ -12,6 +12,7 @@ reads the file with pydicom as before.
 
 from __future__ import annotations
 
+import struct
 from types import SimpleNamespace
 
 from training.dicom_header import (
@@ -128,7 +129,8 @@ def read_roi_contours(path: str) -> list[RawItem] | None:
         with open(path, "rb") as fh:
             buf = fh.read()
         return _roi_contours(buf)
-    except (OSError, _Odd, _More, IndexError, ValueError, UnicodeDecodeError, RecursionError):
+    except (OSError, _Odd, _More, IndexError, ValueError, UnicodeDecodeError, RecursionError,
+            struct.error):
         return None
 
 
