@@ -267,9 +267,8 @@ def svg_parts(view: ViewLike, title: str = "") -> tuple[str, list[QtGui.QImage]]
     finally:
         for item, q in zip(items, originals):
             item.qimage = q
-        for m in markers:
-            if m.scene() is not None:
-                m.scene().removeItem(m)
+        for vb, m in markers:
+            vb.removeItem(m)
     text = _clip_between_markers(text, clips)
     # copies: pyqtgraph may reuse the buffers behind its pictures once the view updates
     return text, [q.copy() for q in originals]
@@ -297,7 +296,7 @@ def _add_clip_markers(v: QtWidgets.QGraphicsView) -> tuple[list, list[QtCore.QRe
             m.setPen(pen)
             m.setZValue(z)
             vb.addItem(m, ignoreBounds=True)
-            markers.append(m)
+            markers.append((vb, m))
         clips.append(rect)
     return markers, clips
 
