@@ -58,6 +58,9 @@ class CTImageView(pg.GraphicsLayoutWidget):
         self.plot.setMenuEnabled(False)
         self.plot.setLabel("bottom", "x (px, patient R → L)")
         self.plot.setLabel("left", "y (px, A → P)")
+        for side in ("bottom", "left"):  # pixel indices: never "(×0.001)"
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)  # until an image comes
         self.item = pg.ImageItem()
         self.plot.addItem(self.item)
         self.array: np.ndarray | None = None  # what is shown (grey float or RGB uint8)
