@@ -188,7 +188,19 @@ def wait_orphaned(timeout_ms: int = 30_000) -> bool:
 atexit.register(wait_orphaned)
 
 
-class Job(QObject):
+class _OwnsThread:
+    """wait / is_running for a worker object whose QThread is `self._thread`."""
+
+    _thread: QThread
+
+    def wait(self, ms: int = -1) -> bool:
+        return self._thread.wait(ms) if ms >= 0 else self._thread.wait()
+
+    def is_running(self) -> bool:
+        return self._thread.isRunning()
+
+
+class Job(_OwnsThread, QObject):
     """Runs `fn(ctx, *args, **kwargs)` on a QThread; its return value arrives in `done`.
 
     Signals (received on the GUI thread): progress(done, total, text),
@@ -226,12 +238,6 @@ class Job(QObject):
 
     def cancel(self) -> None:
         self.cancel_flag.set()
-
-    def wait(self, ms: int = -1) -> bool:
-        return self._thread.wait(ms) if ms >= 0 else self._thread.wait()
-
-    def is_running(self) -> bool:
-        return self._thread.isRunning()
 
     def _run(self) -> None:
         try:
@@ -506,7 +512,7 @@ class _TrainThread(QThread):
         self.w._run()
 
 
-class TrainingWorker(QObject):
+class TrainingWorker(_OwnsThread, QObject):
     """Runs training.trainer.Trainer on a QThread; checkpoints go to out_dir/last.pt.
 
     Signals (GUI thread): started_run(start_epoch, epochs), resumedHistory(list of
@@ -551,12 +557,6 @@ class TrainingWorker(QObject):
 
     def stop(self) -> None:
         self.control.stop()
-
-    def wait(self, ms: int = -1) -> bool:
-        return self._thread.wait(ms) if ms >= 0 else self._thread.wait()
-
-    def is_running(self) -> bool:
-        return self._thread.isRunning()
 
     def _run(self) -> None:
         try:
