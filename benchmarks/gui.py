@@ -2,10 +2,10 @@
 
     python benchmarks/gui.py [--patients 16] [--slices 24] [--size 64] [--epochs 3] [--rounds 3] [--threads 1]
 
-1. Ingest: a phantom cohort (training.phantom) is dropped on the main window (a real
+1. Ingest: a phantom cohort (training.dicom.phantom) is dropped on the main window (a real
    QDropEvent); a 10 ms QTimer on the GUI thread records how late each tick fires until
    the ingest ends. Target: p99 lateness < 50 ms, no stall > 200 ms.
-2. Training: the same settings are trained headless (training.trainer.Trainer.run on the
+2. Training: the same settings are trained headless (training.vae.trainer.Trainer.run on the
    main thread, no Qt event loop) and through the app (Train tab → TrainingWorker on a
    QThread, curves and reconstructions drawn live), each round also running the app
    once more with the timer probing its event loop (the probe wakes the GUI thread 100
@@ -109,7 +109,7 @@ def drop(widget, paths) -> None:
 
 
 def headless_train(workspace: Path, model_cfg, train_cfg, out_dir: Path) -> float:
-    from training.trainer import Trainer
+    from training.vae.trainer import Trainer
 
     summary = Trainer(workspace, model_cfg, train_cfg, out_dir=out_dir).run()
     if summary.status != "finished":
@@ -157,7 +157,7 @@ def main(argv=None) -> int:
     from explorer.settings import AppSettings
     from explorer.state import AppState
     from training.config import PreprocessConfig
-    from training.phantom import generate_cohort
+    from training.dicom.phantom import generate_cohort
 
     app = create_app()
     window = MainWindow(AppState(AppSettings()))

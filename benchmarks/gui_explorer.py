@@ -2,7 +2,7 @@
 
     python benchmarks/gui_explorer.py [--patients 500] [--size 128] [--steps 200] [--repeats 40]
 
-1. Sorting the KL table: a 500-patient matrix (training.similarity.kl_matrix of random
+1. Sorting the KL table: a 500-patient matrix (training.latent.similarity.kl_matrix of random
    posteriors, J = 12) in explorer.widgets.kl_table.KLTableView, shown at 1100×700;
    a header sort (`sortByColumn`, ascending and descending over different columns) plus
    a synchronous repaint of the viewport, so the new order is on screen. Reference: a
@@ -67,7 +67,7 @@ def fmt(s: dict) -> str:
 def bench_sort(app, n: int, repeats: int) -> dict:
     from explorer.qt import Qt
     from explorer.widgets.kl_table import KLTableView
-    from training.similarity import KL_DIRECTION, kl_matrix
+    from training.latent.similarity import KL_DIRECTION, kl_matrix
 
     rng = np.random.default_rng(0)
     mu = rng.normal(size=(n, 12))
@@ -107,7 +107,7 @@ def bench_sort(app, n: int, repeats: int) -> dict:
 def bench_slider(app, size: int, steps: int) -> dict:
     from explorer.qt import pg
     from explorer.widgets.slice_stack import SliceStackPair
-    from training.volume_views import SliceStack
+    from training.explore.volume import SliceStack
 
     rng = np.random.default_rng(1)
     zz, yy, xx = np.mgrid[:size, :size, :size].astype(np.float32) / size - 0.5

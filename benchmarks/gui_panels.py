@@ -40,10 +40,10 @@ def _p(a, q):
 def _setup(tmp: Path, size: int, rt: bool):
     import torch
 
-    from training.checkpoint import save_checkpoint
+    from training.vae.checkpoint import save_checkpoint
     from training.config import ModelConfig, TrainConfig
-    from training.model import VAE
-    from training.workspace import write_arrays_workspace
+    from training.vae.model import VAE
+    from training.store.workspace import write_arrays_workspace
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
@@ -53,7 +53,7 @@ def _setup(tmp: Path, size: int, rt: bool):
         images[f"PAT-{i:04d}"] = (disc[None] * 0.6 + 0.1 * rng.random((4, size, size))).astype(np.float32)
         labels[f"PAT-{i:04d}"] = np.repeat(disc[None], 4, 0).astype(np.uint8)
     ws = write_arrays_workspace(tmp / "ws.h5", images, labels if rt else None, roi_names=("GTV",) if rt else ())
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     with Workspace.open(ws) as w:
         pre, dh = w.preprocess, w.data_hash
@@ -74,7 +74,9 @@ def bench_latent(size: int = 128, n: int = 15, repeats: int = 60, rt: bool = Fal
     from explorer.qt import QtWidgets, pg
     from explorer.settings import ENV_DATA_DIR, AppSettings
     from explorer.state import AppState
-    from training import latent, latent_views, sampling
+    from training.latent import encode as latent
+    from training.explore import latent as latent_views
+    from training.latent import sampling
 
     app = pg.mkQApp()
     tmp = Path(tempfile.mkdtemp(prefix="bench-panels-"))

@@ -3,7 +3,7 @@
     python benchmarks/ingest.py [--patients 8] [--slices 64] [--size 256] [--workers 2]
                                 [--lung1 DIR] [--memory]
 
-Measures, on a synthetic phantom cohort (uncompressed CT, written by training.phantom):
+Measures, on a synthetic phantom cohort (uncompressed CT, written by training.dicom.phantom):
 1. bare reference: for each series, pydicom.dcmread + pixel_array of every file, sort by
    ImagePositionPatient along the slice normal, HU = pixel × slope + intercept (float32);
 2. `ingest` of the same CT files into a fresh workspace (hash, load, preprocess, HDF5,
@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.config import PreprocessConfig  # noqa: E402
-from training.ingest import ingest  # noqa: E402
-from training.phantom import generate_cohort  # noqa: E402
-from training.workspace import Workspace  # noqa: E402
+from training.store.ingest import ingest  # noqa: E402
+from training.dicom.phantom import generate_cohort  # noqa: E402
+from training.store.workspace import Workspace  # noqa: E402
 
 
 def bare_load(series_dirs: list[Path]) -> int:
@@ -73,7 +73,7 @@ def best_of(fn, repeat: int) -> float:
 MEM_CHILD = """
 import sys
 from training.config import PreprocessConfig
-from training.ingest import ingest
+from training.store.ingest import ingest
 ingest([sys.argv[1]], sys.argv[2], PreprocessConfig(crop=int(sys.argv[4])), workers=int(sys.argv[3]))
 """
 

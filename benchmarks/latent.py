@@ -21,9 +21,11 @@ import time
 import numpy as np
 import torch
 
-from training import latent, sampling, similarity
+from training.latent import encode as latent
+from training.latent import sampling
+from training.latent import similarity
 from training.config import ModelConfig
-from training.model import VAE
+from training.vae.model import VAE
 
 
 def bare_kl(mu, logvar):

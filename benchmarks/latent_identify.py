@@ -22,18 +22,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import save_checkpoint
+from training.vae.checkpoint import save_checkpoint
 from training.config import ModelConfig, PreprocessConfig, TrainConfig
-from training.losses import vae_loss
-from training.model import VAE, assemble_input
-from training.preprocess import center_crop, preprocess_volume
-from training.workspace import Workspace, write_arrays_workspace
+from training.vae.losses import vae_loss
+from training.vae.model import VAE, assemble_input
+from training.store.preprocess import center_crop, preprocess_volume
+from training.store.workspace import Workspace, write_arrays_workspace
 
 SIZE = 64
 
 
 def phantom_cohort(n: int, slices: int, cfg: PreprocessConfig) -> dict[str, np.ndarray]:
-    from training.phantom import phantom_patient
+    from training.dicom.phantom import phantom_patient
 
     out = {}
     for i in range(n):
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from training import similarity
+    from training.latent import similarity
     from training.commands.identify import run_identification
 
     cfg = PreprocessConfig(crop=None, size=SIZE)
@@ -153,7 +153,7 @@ def main() -> None:
             res = run_identification(model, ws, a, a + args.gap)
             res_s = run_identification(model, ws, a, a + args.gap, symmetric=True)
         else:  # per-patient middle slices: encode rows directly
-            from training import latent
+            from training.latent import encode as latent
 
             rows_b = rows_a + np.array([0, args.gap])
             ea = latent.encode_workspace(model, ws, rows=rows_a)

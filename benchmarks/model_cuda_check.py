@@ -17,8 +17,8 @@ import time
 import torch
 
 from training.config import ModelConfig, TrainConfig
-from training.losses import vae_loss
-from training.model import assemble_input, build_model, channels_last_format
+from training.vae.losses import vae_loss
+from training.vae.model import assemble_input, build_model, channels_last_format
 
 
 def batch(cfg: ModelConfig, b: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

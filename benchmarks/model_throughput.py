@@ -1,6 +1,6 @@
 """Training throughput of the thesis 2D VAE: images/s for forward + loss + backward.
 
-Runs training.model.VAE with training.losses.vae_loss, and a bare reference (the same
+Runs training.vae.model.VAE with training.vae.losses.vae_loss, and a bare reference (the same
 layers as a plain nn.Sequential with an inline loss, no project code), each in the default
 (NCHW) and channels_last memory formats, in one process, interleaved round by round so
 load from other users of the machine hits all variants alike. Prints images/s (median
@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from training.config import ModelConfig, TrainConfig
-from training.losses import vae_loss
-from training.model import build_model
+from training.vae.losses import vae_loss
+from training.vae.model import build_model
 
 
 def bare_reference(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:

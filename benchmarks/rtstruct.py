@@ -1,4 +1,4 @@
-"""Rasterise LUNG1-001's RTSTRUCT: training.rtstruct vs a bare skimage.draw.polygon loop.
+"""Rasterise LUNG1-001's RTSTRUCT: training.dicom.rtstruct vs a bare skimage.draw.polygon loop.
 
 Usage: python benchmarks/rtstruct.py ../shared/data
 """
@@ -8,7 +8,7 @@ import numpy as np
 from skimage.draw import polygon
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_rtstruct_data import folder_geometry, to_pixels
-from training.rtstruct import rasterise, read_rtstruct
+from training.dicom.rtstruct import rasterise, read_rtstruct
 
 root = Path(sys.argv[1]) / "dicom/lung1-001"
 geo = folder_geometry(root / "image")
@@ -28,7 +28,7 @@ def bare():
             m[k] ^= s
         out[roi.name] = m
     return out
-for name, fn in [("training.rtstruct.rasterise", ours), ("bare skimage.draw.polygon", bare)]:
+for name, fn in [("training.dicom.rtstruct.rasterise", ours), ("bare skimage.draw.polygon", bare)]:
     best = min((lambda: (lambda t0: (fn(), time.perf_counter() - t0)[1])(time.perf_counter()))() for _ in range(3))
     print(f"{name}: {best:.3f} s (best of 3)")
     if name.startswith("training"): t_ours = best

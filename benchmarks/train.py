@@ -4,7 +4,7 @@
     python benchmarks/train.py memory  [--budget-mib 64]
     python benchmarks/train.py layout3d [--size 32 --filters 8 --batch 4]
 
-speed: the same model and settings trained (a) by training.trainer.Trainer streaming
+speed: the same model and settings trained (a) by training.vae.trainer.Trainer streaming
 from an HDF5 workspace (prefetch thread, callbacks, loss bookkeeping, NaN guard) and
 (b) by a bare loop over in-memory tensors (forward, vae_loss, backward, Adam step), in
 alternating rounds; prints images/s of each and the ratio (first epoch of each round is
@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from training.config import ModelConfig, TrainConfig  # noqa: E402
-from training.losses import vae_loss  # noqa: E402
-from training.model import VAE, channels_last_format  # noqa: E402
-from training.trainer import Callback, Trainer  # noqa: E402
-from training.workspace import Workspace, write_arrays_workspace  # noqa: E402
+from training.vae.losses import vae_loss  # noqa: E402
+from training.vae.model import VAE, channels_last_format  # noqa: E402
+from training.vae.trainer import Callback, Trainer  # noqa: E402
+from training.store.workspace import Workspace, write_arrays_workspace  # noqa: E402
 
 
 def synthetic(n_patients: int, n_images: int, size: int, seed: int = 0, dims: int = 2):
@@ -194,7 +194,7 @@ def memory(args) -> None:
         # a workspace of many patients grows RSS by that much. Measure with a small cache.
         import functools
 
-        import training.workspace as wsmod
+        import training.store.workspace as wsmod
 
         wsmod.h5py.File = functools.partial(wsmod.h5py.File, rdcc_nbytes=args.chunk_cache_kib * 1024)
         print(f"h5py chunk cache per dataset: {args.chunk_cache_kib} KiB")
@@ -261,7 +261,7 @@ def layout3d(args) -> None:
 
 def devicecheck(args) -> None:
     """Train, stop, resume and reload on the GPU (the CUDA paths of the trainer)."""
-    from training.checkpoint import load_model
+    from training.vae.checkpoint import load_model
 
     images, labels = synthetic(4, 8, 32)
     tmp = Path(tempfile.mkdtemp())

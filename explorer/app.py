@@ -85,7 +85,7 @@ def _start_ingest_workers_server() -> None:
 
     def start():
         try:
-            from training.ingest import start_worker_server
+            from training.store.ingest import start_worker_server
 
             start_worker_server()
         except Exception:  # only a head start: the ingest starts the server itself

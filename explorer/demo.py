@@ -1,7 +1,7 @@
 """`ct-vae-explorer --demo`: a phantom cohort, its workspace and a small model, made once.
 
-Everything lives in user_data_dir()/demo/: dicom/ (training.phantom.generate_cohort),
-demo.h5 (training.ingest.ingest) and demo.runs/demo/last.pt (the trainer). A second
+Everything lives in user_data_dir()/demo/: dicom/ (training.dicom.phantom.generate_cohort),
+demo.h5 (training.store.ingest.ingest) and demo.runs/demo/last.pt (the trainer). A second
 --demo finds them: the cohort is not regenerated, the ingest finds nothing new, and a
 finished model is loaded instead of trained again (an unfinished one continues).
 """
@@ -44,7 +44,7 @@ def demo_preprocess():
 
 def prepare_demo(ctx) -> object:
     """Job function (explorer.workers.Job): make or reuse the cohort, ingest it."""
-    from training.phantom import generate_cohort
+    from training.dicom.phantom import generate_cohort
 
     dicom = demo_dir() / "dicom"
     marker = demo_dir() / "cohort.complete"  # outside dicom/: the ingest would list it as skipped

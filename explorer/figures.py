@@ -20,7 +20,7 @@ Every file is written atomically (temp file in the same folder, fsync, os.replac
 `ExportButton` is the widget a panel attaches: a tool button whose menu saves each
 format through a file dialog that remembers the last folder (AppSettings key
 "export/last_dir"), copies the image to the clipboard, and takes extra actions
-(e.g. "Save image as DICOM…" wired to training/export.py).
+(e.g. "Save image as DICOM…" wired to training/latent/export.py).
 """
 
 from __future__ import annotations

@@ -65,13 +65,13 @@ class AppState(QObject):
         return self.workspace_path is not None and self.workspace_path.exists()
 
     def open_workspace(self):
-        """training.workspace.Workspace opened for reading; use as `with state.open_workspace() as ws`.
+        """training.store.workspace.Workspace opened for reading; use as `with state.open_workspace() as ws`.
 
         Raises FileNotFoundError when the workspace is still empty (nothing ingested).
         """
         if not self.has_workspace_data():
             raise FileNotFoundError(f"no workspace data yet at {self.workspace_path}")
-        from training.workspace import Workspace
+        from training.store.workspace import Workspace
 
         return Workspace.open(self.workspace_path)
 
@@ -96,7 +96,7 @@ class AppState(QObject):
         if self.checkpoint_path is None:
             return None
         if self._model_cache is None or self._model_cache[0] != self.checkpoint_path:
-            from training.checkpoint import load_model
+            from training.vae.checkpoint import load_model
 
             self._model_cache = (self.checkpoint_path, load_model(self.checkpoint_path))
         return self._model_cache[1]

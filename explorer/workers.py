@@ -1,7 +1,7 @@
 """Thin adapters running the headless core in worker threads and speaking Qt signals.
 
-Nothing here computes: `run_ingest` calls training.ingest.ingest, `run_rederive` calls
-training.ingest.rederive, TrainingWorker drives training.trainer. Core callbacks run on
+Nothing here computes: `run_ingest` calls training.store.ingest.ingest, `run_rederive` calls
+training.store.ingest.rederive, TrainingWorker drives training.vae.trainer. Core callbacks run on
 the worker thread and only emit signals (queued to the GUI thread); widgets are never
 touched from a worker. Progress signals are throttled so a fast callback cannot flood
 the GUI's event loop.
@@ -53,7 +53,7 @@ def readable_error(exc: BaseException) -> str:
 
 
 def patient_row(info: Any, thumbnail: np.ndarray | None = None) -> PatientRow:
-    """PatientRow from a training.workspace.PatientInfo (or anything with its attributes)."""
+    """PatientRow from a training.store.workspace.PatientInfo (or anything with its attributes)."""
     if isinstance(info, PatientRow):
         return info
     get = (lambda k, d=None: info.get(k, d)) if isinstance(info, dict) else \
@@ -76,7 +76,7 @@ PHASES = {"discover": "Listing files", "scan": "Reading DICOM headers", "ingest"
 def _parse_progress(args: tuple, kwargs: dict) -> tuple[int, int, str]:
     """(done, total, text) from the core's progress(phase, done, total, message),
     progress(done, total[, text]) or progress(event)."""
-    if args and isinstance(args[0], str):  # training.ingest: (phase, done, total, message)
+    if args and isinstance(args[0], str):  # training.store.ingest: (phase, done, total, message)
         phase = PHASES.get(args[0], args[0].capitalize())
         done = int(args[1]) if len(args) > 1 else 0
         total = int(args[2]) if len(args) > 2 else 0
@@ -263,7 +263,7 @@ class Job(_OwnsThread, QObject):
 
 def committed_thumbnail(workspace: Path, pseudonym: str) -> np.ndarray | None:
     """Middle image of a just-committed entry (Workspace.open includes staged entries)."""
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     try:
         with Workspace.open(workspace) as ws:
@@ -284,7 +284,7 @@ def read_thumbnails(workspace: Path, pseudonyms: list[str]) -> tuple[Path, dict[
 
     Runs on a worker thread: a large workspace's thumbnails take 1 ms or more each
     (~25 ms for 30 patients of 24 slices, so seconds for a few thousand)."""
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     from explorer.widgets.image_grid import as_slice
 
@@ -302,8 +302,8 @@ def read_thumbnails(workspace: Path, pseudonyms: list[str]) -> tuple[Path, dict[
 
 
 def run_ingest(ctx: JobContext, paths: list[Path], workspace: Path, preprocess, workers: int = 2):
-    """training.ingest.ingest with its progress, patients and skipped files forwarded."""
-    from training.ingest import ingest
+    """training.store.ingest.ingest with its progress, patients and skipped files forwarded."""
+    from training.store.ingest import ingest
 
     def on_patient(info) -> None:
         ctx.patient(info, committed_thumbnail(Path(workspace), info.pseudonym))
@@ -315,8 +315,8 @@ def run_ingest(ctx: JobContext, paths: list[Path], workspace: Path, preprocess, 
 
 
 def run_rederive(ctx: JobContext, workspace: Path, cfg):
-    """training.ingest.rederive: recompute the workspace's arrays for new settings."""
-    from training.ingest import rederive
+    """training.store.ingest.rederive: recompute the workspace's arrays for new settings."""
+    from training.store.ingest import rederive
 
     return rederive(Path(workspace), cfg, progress=ctx.progress, cancel=ctx.cancel)
 
@@ -326,7 +326,7 @@ def run_rederive(ctx: JobContext, workspace: Path, cfg):
 
 def check_checkpoint(path: Path):
     """Read a checkpoint safely (weights_only) to validate it; returns the Checkpoint."""
-    from training.checkpoint import load_checkpoint
+    from training.vae.checkpoint import load_checkpoint
 
     return load_checkpoint(path)
 
@@ -335,7 +335,7 @@ def latest_checkpoint(workspace: Path) -> Path | None:
     """The newest last.pt in the workspace's runs folder whose data hash matches the
     workspace as it is now (a re-derive or new patients make older models stale)."""
     from explorer.settings import runs_dir
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     folder = runs_dir(workspace)
     if not Path(workspace).exists() or not folder.is_dir():
@@ -343,7 +343,7 @@ def latest_checkpoint(workspace: Path) -> Path | None:
     candidates = sorted(folder.glob("*/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     if not candidates:
         return None
-    from training.checkpoint import CheckpointError, load_checkpoint
+    from training.vae.checkpoint import CheckpointError, load_checkpoint
 
     try:
         with Workspace.open(workspace) as ws:
@@ -362,7 +362,7 @@ def latest_checkpoint(workspace: Path) -> Path | None:
 
 def copy_checkpoint(src: Path, dst: Path) -> Path:
     """Copy a checkpoint atomically (temp file in the target folder, fsync, os.replace)."""
-    from training.checkpoint import atomic_write
+    from training.vae.checkpoint import atomic_write
 
     def write(f):
         with open(src, "rb") as s:
@@ -381,7 +381,7 @@ def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
     Runs the ingest's derivation on the stored source (HU and ROI masks); entries without
     stored source data show their stored images instead.
     """
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
         index = ws.patient_index(pseudonym)
@@ -389,7 +389,7 @@ def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
         if info.has_source:
             # The ingest's own derivation (labels, then preprocess_volume), so the preview
             # is exactly what "Apply" would store.
-            from training.ingest import derive
+            from training.store.ingest import derive
 
             hu, masks, geometry = ws.read_source(index)
             positions = geometry if geometry is not None else np.arange(hu.shape[0], dtype=float)
@@ -429,9 +429,9 @@ def recon_rows(inputs: dict, recons: dict) -> list[tuple[str, np.ndarray]]:
 
 
 def load_recon_history(checkpoint: Path) -> tuple[Path, list[tuple[int, list[tuple[str, np.ndarray]]]]]:
-    """The reconstruction snapshots kept beside a checkpoint (training.recon_history), as
+    """The reconstruction snapshots kept beside a checkpoint (training.vae.recon_history), as
     (checkpoint, [(epoch, rows for ReconstructionHistory)]). Off the GUI thread."""
-    from training import recon_history
+    from training.vae import recon_history
 
     out = []
     for epoch, arrays in recon_history.load_snapshots(Path(checkpoint).parent):
@@ -446,7 +446,7 @@ def load_recon_history(checkpoint: Path) -> tuple[Path, list[tuple[int, list[tup
 
 
 class _TrainerCallback:
-    """training.trainer.Callback → TrainingWorker signals (runs on the training thread)."""
+    """training.vae.trainer.Callback → TrainingWorker signals (runs on the training thread)."""
 
     def __init__(self, worker: "TrainingWorker") -> None:
         self.w = worker
@@ -513,7 +513,7 @@ class _TrainThread(QThread):
 
 
 class TrainingWorker(_OwnsThread, QObject):
-    """Runs training.trainer.Trainer on a QThread; checkpoints go to out_dir/last.pt.
+    """Runs training.vae.trainer.Trainer on a QThread; checkpoints go to out_dir/last.pt.
 
     Signals (GUI thread): started_run(start_epoch, epochs), resumedHistory(list of
     history rows), epochEnded(dict: epoch, epochs, train, test, images_per_s, seconds),
@@ -534,7 +534,7 @@ class TrainingWorker(_OwnsThread, QObject):
     def __init__(self, workspace: Path, model_config, train_config, out_dir: Path, *,
                  resume: Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        from training.trainer import LAST, TrainingControl
+        from training.vae.trainer import LAST, TrainingControl
 
         self.workspace = Path(workspace)
         self.model_config, self.train_config = model_config, train_config
@@ -560,7 +560,7 @@ class TrainingWorker(_OwnsThread, QObject):
 
     def _run(self) -> None:
         try:
-            from training.trainer import Trainer
+            from training.vae.trainer import Trainer
 
             trainer = Trainer(self.workspace, self.model_config, self.train_config,
                               out_dir=self.out_dir, callbacks=[_TrainerCallback(self)],

@@ -103,7 +103,7 @@ def test_errors_read_as_one_line():
 
     from explorer.workers import _humanise_training_error, describe_result, readable_error
     from training.config import ConfigError
-    from training.ingest import IngestReport
+    from training.store.ingest import IngestReport
 
     full = OSError(errno.ENOSPC, "No space left on device", "/data/w.h5")
     assert readable_error(full).startswith("The disk is full") and "/data/w.h5" in readable_error(full)

@@ -44,12 +44,12 @@ def test_demo_builds_then_reuses(tiny_demo, data_dir, qtbot, monkeypatch):
     assert w.state.checkpoint_path == tiny_demo.demo_run_dir() / "last.pt"
     w.close()
 
-    import training.phantom
+    import training.dicom.phantom
 
     def no_regeneration(*a, **k):
         raise AssertionError("the second --demo regenerated the cohort")
 
-    monkeypatch.setattr(training.phantom, "generate_cohort", no_regeneration)
+    monkeypatch.setattr(training.dicom.phantom, "generate_cohort", no_regeneration)
     w2 = _run_demo(qtbot)
     wait_until(qtbot, lambda: w2.state.checkpoint_path is not None, 120, "the demo model to load")
     assert w2.panel("Train").worker is None, "a finished demo model was trained again"

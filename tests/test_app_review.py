@@ -117,10 +117,10 @@ def test_loading_a_checkpoint_of_another_workspace_or_garbage(make_window, tiny_
     # and every tab shows a message instead of raising in a slot
     import torch
 
-    from training.checkpoint import save_checkpoint
+    from training.vae.checkpoint import save_checkpoint
     from training.config import ModelConfig, TrainConfig
-    from training.model import VAE
-    from training.workspace import Workspace
+    from training.vae.model import VAE
+    from training.store.workspace import Workspace
 
     with Workspace.open(other) as ws:
         pre, dh = ws.preprocess, ws.data_hash
@@ -172,7 +172,7 @@ def test_opening_a_workspace_reads_thumbnails_off_the_gui_thread(make_window, ti
                                                                  monkeypatch):
     import threading
 
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     threads = []
     real = Workspace.read_images
@@ -332,7 +332,7 @@ def _write_run(workspace, name: str, data_hash: str, age_s: float = 0.0):
     import torch
 
     from explorer.settings import runs_dir
-    from training.checkpoint import save_checkpoint
+    from training.vae.checkpoint import save_checkpoint
     from training.config import ModelConfig, PreprocessConfig, TrainConfig
 
     path = runs_dir(workspace) / name / "last.pt"
@@ -351,7 +351,7 @@ def test_latest_checkpoint_skips_damaged_and_stale_runs(tiny_workspace, tmp_path
     run or one trained on other data does not stop the search (checkpoints are mapped,
     not read, for this look)."""
     from explorer import workers
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     with Workspace.open(tiny_workspace) as ws:
         data_hash = ws.data_hash
@@ -367,8 +367,8 @@ def test_train_tab_shows_the_reconstruction_history_of_an_opened_run(make_window
     brings back the history slider, not only the loss curves."""
     import numpy as np
 
-    from training import recon_history
-    from training.workspace import Workspace
+    from training.vae import recon_history
+    from training.store.workspace import Workspace
 
     with Workspace.open(tiny_workspace) as ws:
         data_hash = ws.data_hash

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from training.vae.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from training.config import ModelConfig, PreprocessConfig, TrainConfig
 
 torch.set_num_threads(1)
@@ -142,9 +142,9 @@ def test_settings_of_the_wrong_type_or_range_are_a_checkpoint_error(tmp_path, fi
     # a TypeError or ConfigError from deep inside the network's constructor.
     import json
 
-    from training.checkpoint import load_model
+    from training.vae.checkpoint import load_model
 
-    from training.model import VAE
+    from training.vae.model import VAE
 
     mc = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2)
     path = tmp_path / "edited.pt"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from training.data import BatchStream, EpochSampler, InMemoryItems, build_input, evenly_spaced
+from training.vae.data import BatchStream, EpochSampler, InMemoryItems, build_input, evenly_spaced
 
 torch.set_num_threads(1)
 
@@ -130,12 +130,12 @@ def test_input_on_device_matches_build_input():
     rng = np.random.default_rng(3)
     img = rng.random((3, 5, 6), dtype=np.float32)
     lab = rng.integers(0, 4, (3, 5, 6)).astype(np.uint8)
-    assert torch.equal(build_input(img, lab, 4), __import__("training.data", fromlist=["x"]).input_on_device(
+    assert torch.equal(build_input(img, lab, 4), __import__("training.vae.data", fromlist=["x"]).input_on_device(
         torch.from_numpy(img), torch.from_numpy(lab), 4))
 
 
 def test_worker_processes_read_the_same_batches_as_the_thread(tmp_path):
-    from training.workspace import Workspace, write_arrays_workspace
+    from training.store.workspace import Workspace, write_arrays_workspace
 
     rng = np.random.default_rng(4)
     images = {f"P{p}": rng.random((5, 8, 8), dtype=np.float32) for p in range(3)}
@@ -150,7 +150,7 @@ def test_worker_processes_read_the_same_batches_as_the_thread(tmp_path):
                                  assemble=assemble, sampler=EpochSampler(len(rows) + 2, seed=9))
             got = [(p.copy(), x.clone(), lab.clone()) for p, x, lab in stream.epoch(1)]
             if not assemble:
-                from training.data import input_on_device
+                from training.vae.data import input_on_device
 
                 got = [(p, input_on_device(x, lab, 2), lab) for p, x, lab in got]
             out.append(got)

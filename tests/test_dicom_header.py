@@ -1,4 +1,4 @@
-"""The fast header reader (training/dicom_header.py) against pydicom, file by file."""
+"""The fast header reader (training/dicom/header.py) against pydicom, file by file."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from tests.dicom_factory import ramp_volume, write_ct_series, write_ct_slice
-from training.dicom_header import KEYWORDS, read_native_header
-from training.dicom_scan import _pixel_location, _value
+from training.dicom.header import KEYWORDS, read_native_header
+from training.dicom.scan import _pixel_location, _value
 
 
 def _pydicom_view(path):

@@ -7,7 +7,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
 
-from training.dicom_write import (
+from training.dicom.write import (
     RESCALE_INTERCEPT,
     masks_to_contours,
     masks_to_rois,
@@ -15,7 +15,7 @@ from training.dicom_write import (
     write_ct_series,
     write_rtstruct,
 )
-from training.geometry import VolumeGeometry
+from training.dicom.geometry import VolumeGeometry
 
 
 def _oblique_geometry(shape=(4, 12, 10)):
@@ -188,7 +188,7 @@ def test_rtstruct_rejects_bad_slice(tmp_path):
 
 
 def test_contours_at_image_border_and_large_coordinates():
-    from training.dicom_write import _CONTOUR_DATA, _raw_ds_element
+    from training.dicom.write import _CONTOUR_DATA, _raw_ds_element
 
     full = np.ones((4, 5), bool)
     (c,) = masks_to_contours(full)

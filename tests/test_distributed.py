@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
-from training.distributed import DDPStrategy, SingleProcess, physical_cores, resolve_device, strategy_from_env
-from training.workspace import write_arrays_workspace
+from training.vae.checkpoint import load_checkpoint
+from training.vae.distributed import DDPStrategy, SingleProcess, physical_cores, resolve_device, strategy_from_env
+from training.store.workspace import write_arrays_workspace
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_global_batch(tmp_path
     # checkpoints and logs from rank 0 only: one set of files
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == [
         "best.pt", "history.json", "last.pt", "reconstructions"]  # rank 0 alone writes
-    from training import recon_history
+    from training.vae import recon_history
 
     assert recon_history.snapshot_epochs(tmp_path / "ddp") == recon_history.snapshot_epochs(tmp_path / "one") == [2]
 
@@ -76,8 +76,8 @@ _STOP_ONE_RANK = """
 import sys, torch
 torch.set_num_threads(1)
 from training.config import ModelConfig, TrainConfig
-from training.distributed import DDPStrategy
-from training.trainer import Trainer, TrainingControl
+from training.vae.distributed import DDPStrategy
+from training.vae.trainer import Trainer, TrainingControl
 st = DDPStrategy(timeout_s=20)
 control = TrainingControl()
 if st.rank == 1:
@@ -115,8 +115,8 @@ _FAIL_ONE_RANK = """
 import sys, torch
 torch.set_num_threads(1)
 from training.config import ModelConfig, TrainConfig
-from training.distributed import DDPStrategy
-from training.trainer import Trainer
+from training.vae.distributed import DDPStrategy
+from training.vae.trainer import Trainer
 st = DDPStrategy()  # the default 30-minute group timeout
 if st.rank == 1:
     def broken(self, epoch_index):

@@ -6,7 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from training import export, images
+from training import images
+from training.latent import export
 from training.config import PreprocessConfig
 
 
@@ -22,12 +23,12 @@ def test_output_spacing_from_preprocessing():
     p = PreprocessConfig(crop=None, size=32, mode="3d", slices="around", slice_count=10)
     sp = export.output_spacing(p, (3.0, 1.0, 1.0), source_shape=(40, 64, 128), image_shape=(32, 32, 32))
     # 10 slices, 3 mm apart, span 27 mm between the first and last centres; the cube's 32
-    # slices span the same 27 mm (training.preprocess.to_cube), so 31 gaps of 27/31 mm
+    # slices span the same 27 mm (training.store.preprocess.to_cube), so 31 gaps of 27/31 mm
     assert sp == pytest.approx((3.0 * 9 / 31, 2.0, 4.0))
 
 
 def test_output_spacing_of_3d_depth_matches_what_preprocessing_does():
-    from training.preprocess import preprocess_volume
+    from training.store.preprocess import preprocess_volume
 
     # HU = the slice position in mm: after preprocessing, neighbouring slices of the cube
     # differ by exactly their spacing in HU (linear interpolation keeps a linear ramp)
@@ -121,7 +122,7 @@ def test_display_helpers():
 
 def test_dicom_export_reads_back_through_the_project_loader(tmp_path):
     from training.dicom import load_ct_series, scan
-    from training.rtstruct import rasterise, read_rtstruct
+    from training.dicom.rtstruct import rasterise, read_rtstruct
 
     ct = np.random.default_rng(3).random((4, 20, 20)).astype(np.float32)
     lab = np.zeros(ct.shape, np.uint8)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from training.geometry import VolumeGeometry
+from training.dicom.geometry import VolumeGeometry
 
 
 def _oblique():

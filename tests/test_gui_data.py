@@ -16,7 +16,7 @@ pytestmark = pytest.mark.timeout(240)
 def ingested(phantom_cohort, data_dir):
     pytest.importorskip("training.dicom", reason="training/dicom.py has not landed yet")
     from training.config import PreprocessConfig
-    from training.ingest import ingest
+    from training.store.ingest import ingest
 
     ws = data_dir / "phantom.h5"
     cfg = PreprocessConfig.preset("thorax", crop=None, rois=("Lung-Left", "Heart"))

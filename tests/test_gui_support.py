@@ -37,7 +37,7 @@ def _one_torch_thread():
 
 def write_tiny_workspace(path: Path, n_patients: int = 3, n_slices: int = 8, size: int = 32) -> Path:
     """Arrays-only workspace: ellipses of varying size, (n_slices, size, size) per patient."""
-    from training.workspace import write_arrays_workspace
+    from training.store.workspace import write_arrays_workspace
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
@@ -61,7 +61,7 @@ def tiny_workspace(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def phantom_cohort(tmp_path_factory) -> Path:
     """3 phantom patients × 8 slices × 32 px (DICOM CT + RTSTRUCT), made once per session."""
-    from training.phantom import generate_cohort
+    from training.dicom.phantom import generate_cohort
 
     out = tmp_path_factory.mktemp("phantom")
     generate_cohort(out, 3, slices=8, size=32, seed=1, fsync=False)

@@ -53,7 +53,7 @@ def test_explorer_tabs_follow_each_checkpoint_while_training(make_window, tiny_w
 
 
 def test_pause_resume_stop(make_window, tiny_workspace, qtbot):
-    from training.checkpoint import load_checkpoint
+    from training.vae.checkpoint import load_checkpoint
 
     w = make_window(tiny_workspace)
     panel = _train_tab(w)
@@ -78,7 +78,7 @@ def test_pause_resume_stop(make_window, tiny_workspace, qtbot):
 
 
 def test_closing_mid_training_leaves_checkpoint_and_offers_to_continue(make_window, tiny_workspace, qtbot):
-    from training.checkpoint import load_checkpoint
+    from training.vae.checkpoint import load_checkpoint
 
     w = make_window(tiny_workspace)
     panel = _train_tab(w)

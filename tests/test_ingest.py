@@ -12,10 +12,10 @@ import pydicom
 import pytest
 
 from training.config import PreprocessConfig
-from training.ingest import ingest, rederive
-from training.phantom import generate_cohort
-from training.preprocess import preprocess_volume
-from training.workspace import Workspace, staging_dir
+from training.store.ingest import ingest, rederive
+from training.dicom.phantom import generate_cohort
+from training.store.preprocess import preprocess_volume
+from training.store.workspace import Workspace, staging_dir
 
 
 SLICES, SIZE = 6, 32
@@ -44,7 +44,7 @@ class DcmreadCounter:
         import pydicom.filereader
 
         import training.dicom as dicom_mod
-        import training.rtstruct as rt_mod
+        import training.dicom.rtstruct as rt_mod
 
         self.calls = 0
         orig = pydicom.dcmread
@@ -109,7 +109,7 @@ def test_reingest_unchanged_reads_no_dicom(cohort, tmp_path, monkeypatch):
     ingest([drop], ws_path, CFG, workers=1)
     before = ws_path.stat().st_mtime_ns
     counter = DcmreadCounter(monkeypatch)
-    monkeypatch.setattr("training.ingest.hash_file", lambda p: pytest.fail(f"{p} was read"))
+    monkeypatch.setattr("training.store.ingest.hash_file", lambda p: pytest.fail(f"{p} was read"))
     rep = ingest([drop], ws_path, CFG, workers=1)
     assert counter.calls == 0
     assert sorted(rep.unchanged) == ["PAT-0001", "PAT-0002", "PAT-0003"] and not rep.added
@@ -129,7 +129,7 @@ def test_reingest_unchanged_reads_no_dicom(cohort, tmp_path, monkeypatch):
 def test_content_hash_read_in_one_pass_equals_hashing_each_file(cohort, tmp_path):
     """New series are hashed from the bytes the loader reads (one read per file); the
     content hash must be the one hash_file gives, with the RTSTRUCT included."""
-    from training.ingest import combine_hashes, hash_file
+    from training.store.ingest import combine_hashes, hash_file
 
     drop, infos = cohort
     ws_path = tmp_path / "w.h5"
@@ -251,7 +251,7 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path, monkeypatc
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(bad / "wrong_for_rs.dcm")
     # an RTSTRUCT whose CT series is not dropped
-    from training.phantom import write_patient
+    from training.dicom.phantom import write_patient
 
     other = write_patient(tmp_path / "other", 3, 0, slices=SLICES, size=SIZE, fsync=False)
     orphan = tmp_path / "orphan"
@@ -271,7 +271,7 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path, monkeypatc
         assert len(ws.skipped) == len(rep.skipped)
         assert len(ws.patients) == 3
     # dropped again: the bad files are reported again without being read
-    import training.ingest as ingest_mod
+    import training.store.ingest as ingest_mod
 
     scanned = []
     real_scan = ingest_mod._scan
@@ -322,7 +322,7 @@ def test_worker_pool_gives_the_same_workspace(cohort, tmp_path):
     import time
     from multiprocessing import forkserver
 
-    from training.ingest import start_worker_server
+    from training.store.ingest import start_worker_server
 
     t0 = time.perf_counter()
     start_worker_server()
@@ -338,7 +338,7 @@ def test_worker_pool_gives_the_same_workspace(cohort, tmp_path):
 
 
 def test_refuses_foreign_files_and_arrays_only_rederive(cohort, tmp_path):
-    from training.workspace import WorkspaceError, write_arrays_workspace
+    from training.store.workspace import WorkspaceError, write_arrays_workspace
 
     drop, _ = cohort
     junk = tmp_path / "junk.h5"
@@ -393,7 +393,7 @@ def test_non_utf8_file_names_are_stored_printable(cohort, tmp_path):
 
 
 def test_rederive_settings_unfit_for_an_entry_name_it_and_change_nothing(cohort, tmp_path):
-    from training.workspace import WorkspaceError
+    from training.store.workspace import WorkspaceError
 
     drop, _ = cohort
     ws_path = tmp_path / "w.h5"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from training.cli import main
-from training.phantom import generate_cohort
-from training.workspace import Workspace
+from training.dicom.phantom import generate_cohort
+from training.store.workspace import Workspace
 
 
 

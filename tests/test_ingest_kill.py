@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.phantom import generate_cohort
-from training.workspace import Workspace, staging_dir
+from training.dicom.phantom import generate_cohort
+from training.store.workspace import Workspace, staging_dir
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ N, SLICES = 6, 6
 CHILD = """
 import sys
 from training.config import PreprocessConfig
-from training.ingest import ingest
+from training.store.ingest import ingest
 def progress(phase, done, total, msg):
     if phase == "discover" and done == 0:
         print("START", flush=True)

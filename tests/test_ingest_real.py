@@ -8,8 +8,8 @@ import pydicom
 import pytest
 
 from training.config import PreprocessConfig
-from training.ingest import ingest
-from training.workspace import Workspace
+from training.store.ingest import ingest
+from training.store.workspace import Workspace
 
 
 

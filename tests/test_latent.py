@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from training import latent, sampling
+from training.latent import encode as latent
+from training.latent import sampling
 from training.config import ModelConfig, PreprocessConfig
-from training.model import VAE
+from training.vae.model import VAE
 
 torch.set_num_threads(1)
 SIZE = 16
@@ -22,7 +23,7 @@ def tiny_model(n_classes=0, seed=0):
 
 @pytest.fixture
 def workspace(tmp_path):
-    from training.workspace import Workspace, write_arrays_workspace
+    from training.store.workspace import Workspace, write_arrays_workspace
 
     rng = np.random.default_rng(0)
     imgs = {f"PAT-{i:04d}": rng.random((3 + i, SIZE, SIZE)).astype(np.float32) for i in range(1, 4)}
@@ -122,7 +123,7 @@ def test_interpolation_and_generation():
 def test_volumes_3d_decode_and_export(tmp_path):
     import pydicom
 
-    from training import export
+    from training.latent import export
 
     torch.manual_seed(0)
     cfg = ModelConfig(spatial_dims=3, input_size=8, n_blocks=2, filters=2, fc_units=8, latent_dim=3, n_classes=2)

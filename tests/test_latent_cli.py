@@ -9,11 +9,11 @@ import pydicom
 import pytest
 import torch
 
-from training.checkpoint import save_checkpoint
+from training.vae.checkpoint import save_checkpoint
 from training.cli import main
 from training.config import ModelConfig, PreprocessConfig, TrainConfig
-from training.model import VAE
-from training.workspace import write_arrays_workspace
+from training.vae.model import VAE
+from training.store.workspace import write_arrays_workspace
 
 torch.set_num_threads(1)
 SIZE = 16
@@ -44,7 +44,7 @@ def test_encode_writes_csv_and_npz(files):
     lines = (tmp / "enc" / "encoded_images.csv").read_text().splitlines()
     assert lines[0].startswith("patient,image,split,mu_0") and len(lines) == 21
     assert "mixture" in (tmp / "enc" / "encoded_patients.csv").read_text().splitlines()[0]
-    from training.latent import load_encoded
+    from training.latent.encode import load_encoded
 
     enc, pp = load_encoded(tmp / "enc" / "encoded.npz")
     np.testing.assert_array_equal(enc.mu, z["mu"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal, norm
 
-from training import sampling
+from training.latent import sampling
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""The VAE loss (training/losses.py) against independent implementations."""
+"""The VAE loss (training/vae/losses.py) against independent implementations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Independent, Normal, kl_divergence as td_kl
 
 from training.config import ModelConfig, TrainConfig
-from training.losses import (
+from training.vae.losses import (
     LossTerms,
     class_counts,
     cross_entropy,
@@ -21,7 +21,7 @@ from training.losses import (
     loss_sums,
     vae_loss,
 )
-from training.model import VAEOutput, assemble_input, build_model
+from training.vae.model import VAEOutput, assemble_input, build_model
 
 torch.set_num_threads(1)
 D = torch.float64

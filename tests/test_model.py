@@ -1,4 +1,4 @@
-"""The VAE network (training/model.py): shapes, sampling, memory formats, determinism."""
+"""The VAE network (training/vae/model.py): shapes, sampling, memory formats, determinism."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.config import ConfigError, ModelConfig, PreprocessConfig
-from training.model import (
+from training.vae.model import (
     VAE,
     Decoded,
     VAEOutput,

@@ -1,4 +1,4 @@
-"""Similarity tab: the KL table equals training.similarity, sorts like numpy, symmetric
+"""Similarity tab: the KL table equals training.latent.similarity, sorts like numpy, symmetric
 toggle, nearest list, identification, checkpoint updates and exports (tiny, offscreen).
 
 Helpers here (tiny workspaces and checkpoints) are reused by tests/test_panel_volume.py.
@@ -58,7 +58,7 @@ def tiny_images(n_patients: int = 4, n_slices: int = 5, size: int = SIZE, depth:
 
 def write_workspace(path: Path, rt: bool = True, depth: int | None = None, n_patients: int = 4) -> Path:
     from training.config import PreprocessConfig
-    from training.workspace import write_arrays_workspace
+    from training.store.workspace import write_arrays_workspace
 
     imgs, labs = tiny_images(n_patients, depth=depth)
     pre = PreprocessConfig(crop=None, mode="3d" if depth else "2d", rois=("BODY", "GTV") if rt else (),
@@ -70,9 +70,9 @@ def write_workspace(path: Path, rt: bool = True, depth: int | None = None, n_pat
 def write_checkpoint(path: Path, n_classes: int = 3, spatial_dims: int = 2, seed: int = 0) -> Path:
     import torch
 
-    from training.checkpoint import save_checkpoint
+    from training.vae.checkpoint import save_checkpoint
     from training.config import ModelConfig, TrainConfig
-    from training.model import VAE
+    from training.vae.model import VAE
 
     torch.manual_seed(seed)
     cfg = ModelConfig(spatial_dims=spatial_dims, input_size=SIZE, n_blocks=2, filters=2, convs_per_block=1,
@@ -100,9 +100,10 @@ def settle(qtbot, panel) -> None:
 
 
 def headless_similarity(ckpt: Path, ws_path: Path, aggregate="mixture"):
-    from training import latent, similarity
-    from training.checkpoint import load_model
-    from training.workspace import Workspace
+    from training.latent import encode as latent
+    from training.latent import similarity
+    from training.vae.checkpoint import load_model
+    from training.store.workspace import Workspace
 
     model, _ = load_model(ckpt)
     with Workspace.open(ws_path) as ws:
@@ -173,7 +174,7 @@ def test_table_equals_headless_and_sorts_like_numpy(qtbot, panel_env):
     r = model.row_of(names[0])
     assert model.data(model.index(r, 3), VALUE_ROLE) == pytest.approx(directed[0, 3])
     # heat colours: the background is the headless colour of the value
-    from training.similarity_views import heat_rgb
+    from training.explore.similarity import heat_rgb
 
     bg = model.data(model.index(r, 3), Qt.ItemDataRole.BackgroundRole)
     assert (bg.red(), bg.green(), bg.blue()) == tuple(int(v) for v in heat_rgb(directed)[0, 3])
@@ -187,7 +188,7 @@ def test_table_equals_headless_and_sorts_like_numpy(qtbot, panel_env):
 
 
 def test_nearest_follows_selection(qtbot, panel_env):
-    from training import similarity
+    from training.latent import similarity
 
     settings, ws, ckpt = panel_env
     state = make_state(settings, ws, ckpt)
@@ -211,9 +212,10 @@ def test_nearest_follows_selection(qtbot, panel_env):
 
 
 def test_identification_equals_headless(qtbot, panel_env):
-    from training import latent, similarity
-    from training.checkpoint import load_model
-    from training.workspace import Workspace
+    from training.latent import encode as latent
+    from training.latent import similarity
+    from training.vae.checkpoint import load_model
+    from training.store.workspace import Workspace
 
     settings, ws, ckpt = panel_env
     panel = make_panel(qtbot, make_state(settings, ws, ckpt))
@@ -258,7 +260,7 @@ def test_new_checkpoint_recomputes_and_exports(qtbot, tmp_path, settings):
     _, d2, _ = headless_similarity(ck2, ws)
     np.testing.assert_allclose(panel.matrix(), d2, rtol=1e-6, atol=1e-9)
 
-    # CSV of the matrix through training.similarity.write_matrix_csv (direction stated)
+    # CSV of the matrix through training.latent.similarity.write_matrix_csv (direction stated)
     out = panel.export(tmp_path / "exports" / "kl.csv")
     lines = out.read_text().splitlines()
     assert lines[0].startswith("# KL(q_i || q_j)")

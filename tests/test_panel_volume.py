@@ -1,5 +1,5 @@
 """Volume tab: synchronised slider, overlays, window/level in HU, 2D and 3D workspaces,
-sources, checkpoint updates and exports (tiny, offscreen); training.volume_views."""
+sources, checkpoint updates and exports (tiny, offscreen); training.explore.volume."""
 
 from __future__ import annotations
 
@@ -27,9 +27,9 @@ def panel_env(request, tmp_path, settings):
 
 
 def headless_pair(ckpt, ws_path, patient=0):
-    from training import volume_views as vv
-    from training.checkpoint import load_model
-    from training.workspace import Workspace
+    from training.explore import volume as vv
+    from training.vae.checkpoint import load_model
+    from training.store.workspace import Workspace
 
     model, _ = load_model(ckpt)
     with Workspace.open(ws_path) as ws:
@@ -76,9 +76,9 @@ def test_slider_moves_both_sides_with_overlay_and_window(qtbot, panel_env):
 
 
 def test_sources_and_patient_selection(qtbot, tmp_path, settings):
-    from training import volume_views as vv
-    from training.checkpoint import load_model
-    from training.workspace import Workspace
+    from training.explore import volume as vv
+    from training.vae.checkpoint import load_model
+    from training.store.workspace import Workspace
 
     ws = write_workspace(tmp_path / "ws.h5", rt=True)
     ckpt = write_checkpoint(tmp_path / "m.pt")
@@ -134,7 +134,7 @@ def test_checkpoint_updates_input_only_and_exports(qtbot, tmp_path, settings):
 
 
 def test_volume_views_headless(tmp_path):
-    from training import volume_views as vv
+    from training.explore import volume as vv
 
     assert vv.window_level_range(40, 400) == (-160.0, 240.0)
     assert vv.level_width_of(-1350, 150) == (-600.0, 1500.0)

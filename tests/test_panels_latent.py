@@ -1,4 +1,4 @@
-"""Latent tabs (manifold, interpolation, samples, density) and training/latent_views.py.
+"""Latent tabs (manifold, interpolation, samples, density) and training/explore/latent.py.
 
 Tiny: 3 patients × 4 slices × 16 px, an untrained model (J = 4) saved as a checkpoint;
 one thread. The panels are shown on their own (not in the main window) with an AppState
@@ -22,7 +22,7 @@ SIZE = 16
 
 
 def _workspace(path, rt: bool):
-    from training.workspace import write_arrays_workspace
+    from training.store.workspace import write_arrays_workspace
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:SIZE, :SIZE]
@@ -40,10 +40,10 @@ def _workspace(path, rt: bool):
 def _checkpoint(path, workspace, seed: int = 0):
     import torch
 
-    from training.checkpoint import save_checkpoint
+    from training.vae.checkpoint import save_checkpoint
     from training.config import ModelConfig, TrainConfig
-    from training.model import VAE
-    from training.workspace import Workspace
+    from training.vae.model import VAE
+    from training.store.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
         pre, n_classes, dh = ws.preprocess, ws.preprocess.n_classes, ws.data_hash
@@ -61,7 +61,7 @@ def latent_env(request, data_dir, qtbot):
     """(AppState, workspace path, checkpoint path) for a CT-only or CT+RT tiny model."""
     from explorer.settings import AppSettings
     from explorer.state import AppState
-    from training import latent_views
+    from training.explore import latent as latent_views
 
     latent_views.clear_caches()
     ws = _workspace(data_dir / "ws.h5", rt=request.param == "ct+rt")
@@ -95,7 +95,7 @@ def _panel(qtbot, cls, state):
 
 
 def _headless(ck, ws):
-    from training import latent_views
+    from training.explore import latent as latent_views
 
     lm = latent_views.load_latent_model(ck)
     return lm, latent_views.encode_patients(lm, ws)
@@ -107,7 +107,7 @@ def _headless(ck, ws):
 def test_nearest_to_code_matches_scipy():
     from scipy.stats import multivariate_normal
 
-    from training.latent_views import nearest_to_code
+    from training.explore.latent import nearest_to_code
 
     rng = np.random.default_rng(3)
     mu, lv = rng.normal(size=(6, 3)), rng.normal(size=(6, 3)) * 0.5
@@ -120,7 +120,7 @@ def test_nearest_to_code_matches_scipy():
 
 def test_display_rgb_equals_overlay_labels():
     from training.images import overlay_labels, roi_colour_table
-    from training.latent_views import display_rgb
+    from training.explore.latent import display_rgb
 
     rng = np.random.default_rng(5)
     ct = rng.random((2, 3, 8, 8)) * 1.2 - 0.1
@@ -138,8 +138,8 @@ def test_display_rgb_equals_overlay_labels():
 
 
 def test_sigma_ellipse_and_tiles():
-    from training.latent_views import code_at, quantile_coord, quantile_to_z, sigma_ellipse, tile_side
-    from training.sampling import grid_positions, interpolate
+    from training.explore.latent import code_at, quantile_coord, quantile_to_z, sigma_ellipse, tile_side
+    from training.latent.sampling import grid_positions, interpolate
 
     pts = sigma_ellipse((1.0, -2.0), (0.5, 2.0))
     # every point satisfies ((x−µa)/σa)² + ((y−µb)/σb)² = 1
@@ -164,7 +164,7 @@ def test_sigma_ellipse_and_tiles():
 def test_manifold_click_shows_cell_code(qtbot, latent_env):
     from explorer.panels.manifold import ManifoldPanel
     from explorer.qt import Qt, QtCore
-    from training import latent
+    from training.latent import encode as latent
 
     state, ws, ck = latent_env
     p = _panel(qtbot, ManifoldPanel, state)
@@ -190,7 +190,7 @@ def test_manifold_click_shows_cell_code(qtbot, latent_env):
     else:
         assert shown.shape == (*exp.shape, 3)
     # nearest patients from the headless ranking
-    from training.latent_views import nearest_to_code
+    from training.explore.latent import nearest_to_code
 
     near = nearest_to_code(ref.codes[1, 3], wl.patients.mu, wl.patients.logvar, k=5)
     assert [n for n, _ in p.cell_neighbours] == [wl.patients.names[i] for i, _ in near]
@@ -216,7 +216,7 @@ def test_manifold_click_shows_cell_code(qtbot, latent_env):
     code = p.result["manifold"].codes[0, 0]
     np.testing.assert_allclose(code[2:], wl.patient_mu("PAT-0002")[2:], atol=1e-6)
     # tiled layout on the prior's quantile scale: same cells, patients mapped through n·Φ(z/σz)
-    from training.latent_views import quantile_coord
+    from training.explore.latent import quantile_coord
 
     p.layout_mode.setCurrentIndex(1)
     cx, cy = p.cell_centre(4, 0)
@@ -273,7 +273,7 @@ def test_interpolation_slider_reaches_reconstruction(qtbot, latent_env, monkeypa
     mid = p.current_image.copy()
     p.slider.setValue(SLIDER_STEPS)
     assert not np.allclose(p.current_image, mid)
-    from training.latent_views import display_rgb
+    from training.explore.latent import display_rgb
 
     expect = p.current_image if p.current_labels is None else display_rgb(p.current_image, p.current_labels, 1)
     np.testing.assert_array_equal(p.image.item.image, expect)  # what the screen shows
@@ -285,7 +285,7 @@ def test_interpolation_slider_reaches_reconstruction(qtbot, latent_env, monkeypa
     assert max(p.decode_ms) < 1000
     assert p.endpoints["decode_ms"] > 0  # timed off the GUI thread: picks sync/async from the first move
     # filmstrip = headless interpolation
-    from training import latent
+    from training.latent import encode as latent
 
     ref = latent.interpolation(lm.model, wl.patient_mu("PAT-0001"), wl.patient_mu("PAT-0003"), 8, "linear")
     np.testing.assert_allclose(p.endpoints["film"].images, ref.images, atol=1e-6)
@@ -295,7 +295,7 @@ def test_interpolation_slider_reaches_reconstruction(qtbot, latent_env, monkeypa
     assert p.wait_idle(60000)
     qtbot.waitUntil(lambda: p.endpoints["method"] == "spherical" and p.endpoints["src"] != "PAT-0001",
                     timeout=60000)
-    from training.sampling import sample_prior
+    from training.latent.sampling import sample_prior
 
     np.testing.assert_allclose(p.endpoints["z0"], sample_prior(2, 4, lm.prior_sigma2, 0)[0])
     p.shutdown()
@@ -306,7 +306,7 @@ def test_interpolation_slider_reaches_reconstruction(qtbot, latent_env, monkeypa
 
 def test_samples_reproducible_with_seed(qtbot, latent_env):
     from explorer.panels.samples import SamplesPanel
-    from training import latent
+    from training.latent import encode as latent
 
     state, ws, ck = latent_env
     p = _panel(qtbot, SamplesPanel, state)
@@ -341,7 +341,7 @@ def test_samples_reproducible_with_seed(qtbot, latent_env):
 
 def test_density_equals_headless(qtbot, latent_env):
     from explorer.panels.density import DensityPanel
-    from training.sampling import density_grid
+    from training.latent.sampling import density_grid
 
     state, ws, ck = latent_env
     p = _panel(qtbot, DensityPanel, state)
@@ -408,11 +408,11 @@ def test_3d_model_shows_middle_slices(qtbot, data_dir):
     from explorer.panels.manifold import ManifoldPanel
     from explorer.settings import AppSettings
     from explorer.state import AppState
-    from training import latent_views
-    from training.checkpoint import save_checkpoint
+    from training.explore import latent as latent_views
+    from training.vae.checkpoint import save_checkpoint
     from training.config import ModelConfig, TrainConfig
-    from training.model import VAE
-    from training.workspace import Workspace, write_arrays_workspace
+    from training.vae.model import VAE
+    from training.store.workspace import Workspace, write_arrays_workspace
 
     latent_views.clear_caches()
     rng = np.random.default_rng(0)

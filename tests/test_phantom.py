@@ -10,8 +10,8 @@ import pydicom
 import pytest
 
 from training.cli import main
-from training.dicom_write import masks_to_rois
-from training.phantom import ROI_NAMES, generate_cohort, patient_identity, phantom_patient
+from training.dicom.write import masks_to_rois
+from training.dicom.phantom import ROI_NAMES, generate_cohort, patient_identity, phantom_patient
 
 SMALL = dict(slices=8, size=48)
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import interpolate, ndimage
 
 from training.config import WINDOW_PRESETS, ConfigError, PreprocessConfig
-from training.preprocess import (
+from training.store.preprocess import (
     center_crop,
     preprocess_volume,
     resize_inplane,

@@ -14,8 +14,8 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage.measure import points_in_poly
 
-from training.geometry import VolumeGeometry
-from training.rtstruct import (
+from training.dicom.geometry import VolumeGeometry
+from training.dicom.rtstruct import (
     ROI,
     Contour,
     RTStructError,
@@ -417,11 +417,11 @@ def test_read_errors_name_the_file(tmp_path):
 
 
 def test_round_trip_through_the_phantom_writer(tmp_path):
-    # training.phantom writes masks as RTSTRUCT contours; reading them back must give the
+    # training.dicom.phantom writes masks as RTSTRUCT contours; reading them back must give the
     # masks it started from, voxel for voxel.
     from test_rtstruct_data import folder_geometry
 
-    from training import phantom
+    from training.dicom import phantom
 
     info = phantom.write_patient(tmp_path, 0, slices=6, size=48, fsync=False)
     ph = phantom.phantom_patient(0, slices=6, size=48)

@@ -16,8 +16,8 @@ import pytest
 from pydicom.data import get_testdata_file
 from skimage.measure import points_in_poly
 
-from training.geometry import VolumeGeometry
-from training.rtstruct import RTStructError, rasterise, read_rtstruct, roi_names
+from training.dicom.geometry import VolumeGeometry
+from training.dicom.rtstruct import RTStructError, rasterise, read_rtstruct, roi_names
 
 
 def ct_geometry(files) -> VolumeGeometry:
@@ -244,7 +244,7 @@ def test_edge_oblique_series_contour(test_data):
     assert abs(geo.normal[2]) < 0.95  # really oblique
     t = (np.arange(400) + 0.5) * 2 * np.pi / 400
     kij = np.stack([np.ones(400), 25 + 20 * np.sin(t), 50 + 20 * np.cos(t)], axis=1)
-    from training.rtstruct import ROI, Contour, StructureSet
+    from training.dicom.rtstruct import ROI, Contour, StructureSet
 
     ss = StructureSet("oblique.dcm", geo.frame_of_reference_uid,
                       (ROI(1, "disc", (Contour(geo.voxel_to_patient(kij), "CLOSED_PLANAR"),)),))
@@ -257,7 +257,7 @@ def test_edge_oblique_series_contour(test_data):
 def test_edge_one_slice_series(test_data):
     geo = folder_geometry(test_data(f"{EDGE}/one_slice_data"))
     assert geo.shape[0] == 1
-    from training.rtstruct import ROI, Contour, StructureSet
+    from training.dicom.rtstruct import ROI, Contour, StructureSet
 
     square = geo.voxel_to_patient(np.array([[0, 10.5, 20.5], [0, 10.5, 30.5], [0, 20.5, 30.5],
                                             [0, 20.5, 20.5]], dtype=float))

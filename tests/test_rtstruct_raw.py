@@ -15,9 +15,9 @@ import numpy as np
 import pydicom
 import pytest
 
-import training.rtstruct_raw as raw
-from training.phantom import generate_cohort
-from training.rtstruct import RTStructError, read_rtstruct
+import training.dicom.rtstruct_raw as raw
+from training.dicom.phantom import generate_cohort
+from training.dicom.rtstruct import RTStructError, read_rtstruct
 
 REAL = [
     "dicom/lung1-001/mask_rtstruct/1-1.dcm",

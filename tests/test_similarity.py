@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.distributions import Independent, Normal, kl_divergence
 
-from training import similarity as sim
+from training.latent import similarity as sim
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""training.similarity_views and training.volume_views without Qt: KL against
+"""training.explore.similarity and training.explore.volume without Qt: KL against
 torch.distributions, heat colours by hand, identification rows, 3D stacks."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from test_panel_similarity import _one_torch_thread, write_checkpoint, write_wor
 def test_patient_similarity_against_torch_distributions(tmp_path):
     from torch.distributions import Normal, kl_divergence
 
-    from training.checkpoint import load_model
-    from training.similarity_views import patient_similarity
-    from training.workspace import Workspace
+    from training.vae.checkpoint import load_model
+    from training.explore.similarity import patient_similarity
+    from training.store.workspace import Workspace
 
     ws = write_workspace(tmp_path / "ws.h5", rt=True)
     model, _ = load_model(write_checkpoint(tmp_path / "m.pt"))
@@ -34,10 +34,11 @@ def test_patient_similarity_against_torch_distributions(tmp_path):
 
 
 def test_identify_slices_rows_and_3d_refusal(tmp_path):
-    from training import latent, similarity
-    from training.checkpoint import load_model
-    from training.similarity_views import identify_slices, slice_rows
-    from training.workspace import Workspace
+    from training.latent import encode as latent
+    from training.latent import similarity
+    from training.vae.checkpoint import load_model
+    from training.explore.similarity import identify_slices, slice_rows
+    from training.store.workspace import Workspace
 
     ws = write_workspace(tmp_path / "ws.h5", rt=False)
     model, _ = load_model(write_checkpoint(tmp_path / "m.pt", n_classes=0))
@@ -60,7 +61,7 @@ def test_identify_slices_rows_and_3d_refusal(tmp_path):
 
 
 def test_heat_colours_by_hand():
-    from training.similarity_views import heat_rgb, heat_scale, is_dark
+    from training.explore.similarity import heat_rgb, heat_scale, is_dark
 
     m = np.array([[0.0, 1.0, 3.0], [7.0, 0.0, 1.0], [3.0, 1.0, 0.0]])
     t = heat_scale(m)  # off-diagonal 1 … 7: log1p(v − 1) / log1p(6)
@@ -74,10 +75,10 @@ def test_heat_colours_by_hand():
 
 
 def test_volume_views_3d_reconstruction_is_one_volume(tmp_path):
-    from training import latent
-    from training import volume_views as vv
-    from training.checkpoint import load_model
-    from training.workspace import Workspace
+    from training.latent import encode as latent
+    from training.explore import volume as vv
+    from training.vae.checkpoint import load_model
+    from training.store.workspace import Workspace
 
     ws = write_workspace(tmp_path / "ws3.h5", rt=True, depth=16)
     model, _ = load_model(write_checkpoint(tmp_path / "m3.pt", spatial_dims=3))

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint, load_model
+from training.vae.checkpoint import load_checkpoint, load_model
 from training.config import ConfigError, ModelConfig, TrainConfig
-from training.trainer import Callback, Trainer, TrainingControl
-from training.workspace import write_arrays_workspace
+from training.vae.trainer import Callback, Trainer, TrainingControl
+from training.store.workspace import write_arrays_workspace
 
 torch.set_num_threads(1)
 
@@ -293,7 +293,7 @@ def test_reconstruction_snapshots_kept_in_the_run_folder(workspace, tmp_path):
     """With an output folder each reconstruction goes to reconstructions/epoch_N.npz (what
     the callbacks saw, CT channel, float16); a fresh run there drops an earlier run's
     snapshots and a resumed one those after its checkpoint."""
-    from training import recon_history
+    from training.vae import recon_history
 
     rec = Recorder()
     Trainer(workspace, MC, tc(epochs=3, recon_every=1, checkpoint_every=2), out_dir=tmp_path,
@@ -318,7 +318,7 @@ def test_reconstruction_snapshots_kept_in_the_run_folder(workspace, tmp_path):
 
 
 def test_reconstruction_snapshots_of_3d_volumes_are_middle_slices(tmp_path):
-    from training import recon_history
+    from training.vae import recon_history
 
     vol = np.random.default_rng(0).random((2, 3, 5, 8, 8)).astype(np.float32)
     recon_history.save_snapshot(tmp_path, 4, {"train": vol}, {"train": vol[:, :, ::-1]})

@@ -7,11 +7,11 @@ import pytest
 import torch
 from scipy import stats
 
-import training.trainer as trainer_mod
+import training.vae.trainer as trainer_mod
 from training.config import ModelConfig, TrainConfig
-from training.model import VAE
-from training.trainer import Callback, Trainer, sample_aggregate_posterior
-from training.workspace import write_arrays_workspace
+from training.vae.model import VAE
+from training.vae.trainer import Callback, Trainer, sample_aggregate_posterior
+from training.store.workspace import write_arrays_workspace
 
 torch.set_num_threads(1)
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint
+from training.vae.checkpoint import load_checkpoint
 from training.cli import main
-from training.workspace import write_arrays_workspace
+from training.store.workspace import write_arrays_workspace
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from training.config import PreprocessConfig
-from training.workspace import (
+from training.store.workspace import (
     Workspace,
     WorkspaceError,
     assign_splits,
@@ -157,7 +157,7 @@ def test_write_is_atomic_no_temp_left(tmp_path):
 def test_damaged_staged_file_is_skipped_by_open_and_merge(tmp_path, damage):
     """Staged files are not fsynced (only the merged copy is): after a power cut one may be
     empty or cut short. Opening and merging leave it out; the merge records and removes it."""
-    from training.workspace import (
+    from training.store.workspace import (
         EntryData, create_empty, list_staged, merge, preprocess_hash, staging_dir, write_staged)
 
     cfg = PreprocessConfig(crop=8)
@@ -189,7 +189,7 @@ def test_damaged_staged_file_is_skipped_by_open_and_merge(tmp_path, damage):
 def test_staged_entries_are_read_and_merged(tmp_path):
     import shutil
 
-    from training.workspace import (
+    from training.store.workspace import (
         EntryData,
         create_empty,
         list_staged,

@@ -2,7 +2,7 @@
 
 The preview runs the core's preprocessing on the selected entry's stored source (HU and
 ROI masks) with the settings in the form, in a worker thread; "Apply" re-derives the
-whole workspace in the background (training.ingest.rederive). For a workspace with no
+whole workspace in the background (training.store.ingest.rederive). For a workspace with no
 data yet, the settings are the ones the first ingest uses.
 """
 

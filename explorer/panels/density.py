@@ -2,7 +2,7 @@
 
 Left: the 2-D marginal over two chosen latent dimensions of p̃(z) = (1/N) Σ_n q(z|x_n),
 the mixture of the posteriors of every encoded image of the workspace; right: the prior
-N(0, σz² I) on the same grid (training.sampling.density_grid; probability per unit area
+N(0, σz² I) on the same grid (training.latent.sampling.density_grid; probability per unit area
 of latent space). Both use the same colour scale, so they can be compared by eye; the
 encoded images' µ are drawn over both. Axes are z values, y increasing upward.
 """
@@ -81,7 +81,8 @@ class DensityPanel(LatentPanel):
 
     @staticmethod
     def compute(req: dict) -> dict:
-        from training import latent_views, sampling
+        from training.explore import latent as latent_views
+        from training.latent import sampling
 
         lm = latent_views.load_latent_model(req["checkpoint"])
         d0, d1 = latent_views.two_dims(lm.latent_dim, req["dims"], "the density view")

@@ -1,14 +1,14 @@
 """Interpolation tab (SPEC F19, thesis 4.5): decode the path between two codes live.
 
-Endpoints: a patient's µ (its aggregate posterior, training.latent_views.encode_patients,
-"mixture") or a random draw from the prior N(0, σz² I) (training.sampling.sample_prior
+Endpoints: a patient's µ (its aggregate posterior, training.explore.latent.encode_patients,
+"mixture") or a random draw from the prior N(0, σz² I) (training.latent.sampling.sample_prior
 with the seed field; the two ends use draws 0 and 1 of that seed). The path is linear or
-spherical (training.sampling.lerp/slerp via training.latent_views.code_at). The slider
+spherical (training.latent.sampling.lerp/slerp via training.explore.latent.code_at). The slider
 decodes on the GUI thread while one decode takes under SYNC_LIMIT_MS (a 128² 2-D decode
 takes a few ms), otherwise through the latest-wins worker; at either end of the slider
 the image is exactly the decode of that endpoint's µ (the patient's reconstruction from
 its mean code). The filmstrip shows `steps` evenly spaced codes
-(training.latent.interpolation).
+(training.latent.encode.interpolation).
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ class InterpolationPanel(LatentPanel):
 
     @staticmethod
     def compute(req: dict) -> dict:
-        from training import latent, latent_views, sampling
+        from training.latent import encode as latent
+        from training.explore import latent as latent_views
+        from training.latent import sampling
 
         lm = latent_views.load_latent_model(req["checkpoint"])
         wl = LatentPanel.encode_optional(lm, req["workspace"])
@@ -161,7 +163,7 @@ class InterpolationPanel(LatentPanel):
         r = self.endpoints
         if r is None:
             return
-        from training.latent_views import code_at
+        from training.explore.latent import code_at
 
         t = value / SLIDER_STEPS
         z = code_at(r["z0"], r["z1"], t, r["method"])
@@ -172,7 +174,7 @@ class InterpolationPanel(LatentPanel):
             self._show_decoded(*self._decode(r["lm"], z, t))
 
     def _decode(self, lm, z, t):
-        from training import latent_views
+        from training.explore import latent as latent_views
 
         t0 = time.perf_counter()
         out = lm.decoder.decode(z)

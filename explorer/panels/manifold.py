@@ -1,20 +1,20 @@
 """Manifold tab (SPEC F18, thesis 4.4): the n×n grid of decoded images over two latent
 dimensions, with the encoded patients drawn over it.
 
-The grid is training.latent.manifold: positions z_i = σz Φ⁻¹((i + ½)/n) along both chosen
+The grid is training.latent.encode.manifold: positions z_i = σz Φ⁻¹((i + ½)/n) along both chosen
 dimensions (dims[0] → x axis, dims[1] → y axis, increasing upward), the other dimensions
 held at 0 or at a chosen patient's µ. The plot's axes are z values: each decoded image
 is a square tile centred on its code (side = the smallest gap between positions,
-training.latent_views.tile_side, so tiles touch at the prior's centre and spread out in
+training.explore.latent.tile_side, so tiles touch at the prior's centre and spread out in
 its tails), drawn right way up (row 0, anterior, at the tile's top;
 the patient's left on the tile's right). Patients are their aggregate posteriors
-(training.latent_views.encode_patients, "mixture"): a point at µ and the 1σ ellipse of
+(training.explore.latent.encode_patients, "mixture"): a point at µ and the 1σ ellipse of
 the 2-D marginal. Clicking a tile opens it large beside the grid with its full code and
 the patients under whose posterior that code is most probable (−log q_i(z), nats;
-training.latent_views.nearest_to_code). The grid follows the current checkpoint.
+training.explore.latent.nearest_to_code). The grid follows the current checkpoint.
 
 Layout "tiled (prior quantiles)" shows the same grid as a seamless mosaic (thesis fig.
-4.x style): the axes are u = n·Φ(z/σz) (training.latent_views.quantile_coord), ticks
+4.x style): the axes are u = n·Φ(z/σz) (training.explore.latent.quantile_coord), ticks
 labelled with the z values of the grid positions, and patients and ellipses are mapped
 through the same monotone function, so they keep their place relative to the tiles.
 """
@@ -133,7 +133,8 @@ class ManifoldPanel(LatentPanel):
 
     @staticmethod
     def compute(req: dict) -> dict:
-        from training import latent, latent_views
+        from training.latent import encode as latent
+        from training.explore import latent as latent_views
 
         lm = latent_views.load_latent_model(req["checkpoint"])
         d0, d1 = latent_views.two_dims(lm.latent_dim, req["dims"], "the manifold")
@@ -193,14 +194,14 @@ class ManifoldPanel(LatentPanel):
         """Latent values → plot coordinates of the current layout."""
         if not self.quantile_layout():
             return np.asarray(z, np.float64)
-        from training.latent_views import quantile_coord
+        from training.explore.latent import quantile_coord
 
         return quantile_coord(z, len(self.result["manifold"].positions), self.result["lm"].prior_sigma2)
 
     def to_z(self, u) -> np.ndarray:
         if not self.quantile_layout():
             return np.asarray(u, np.float64)
-        from training.latent_views import quantile_to_z
+        from training.explore.latent import quantile_to_z
 
         return quantile_to_z(u, len(self.result["manifold"].positions), self.result["lm"].prior_sigma2)
 
@@ -250,7 +251,7 @@ class ManifoldPanel(LatentPanel):
             self._draw_selection()
 
     def _draw_patients(self) -> None:
-        from training.latent_views import sigma_ellipse
+        from training.explore.latent import sigma_ellipse
 
         for e in self.ellipses:
             self.plot.removeItem(e)
@@ -322,7 +323,7 @@ class ManifoldPanel(LatentPanel):
 
     def select_cell(self, row: int, col: int) -> np.ndarray:
         """Show tile (row, col) large with its code and nearest patients; returns its code."""
-        from training.latent_views import nearest_to_code
+        from training.explore.latent import nearest_to_code
 
         r = self.result
         m = r["manifold"]

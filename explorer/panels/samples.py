@@ -1,9 +1,9 @@
 """Samples tab (SPEC F20, thesis 4.5): a grid of images decoded from random codes.
 
-Codes come from the prior N(0, σz² I) (training.sampling.sample_prior) or from the
+Codes come from the prior N(0, σz² I) (training.latent.sampling.sample_prior) or from the
 aggregate posterior p̃(z) = (1/N) Σ_n q(z|x_n) over every encoded image of the workspace
-(training.sampling.sample_aggregate_posterior, thesis Algorithm 2), through
-training.latent.generate. The same seed gives the same images; "Draw again" moves to the
+(training.latent.sampling.sample_aggregate_posterior, thesis Algorithm 2), through
+training.latent.encode.generate. The same seed gives the same images; "Draw again" moves to the
 next seed (so every grid shown can be reproduced from the seed field).
 """
 
@@ -65,7 +65,8 @@ class SamplesPanel(LatentPanel):
 
     @staticmethod
     def compute(req: dict) -> dict:
-        from training import latent, latent_views
+        from training.latent import encode as latent
+        from training.explore import latent as latent_views
 
         lm = latent_views.load_latent_model(req["checkpoint"])
         post = None

@@ -1,8 +1,8 @@
 """Similarity tab (SPEC F23; thesis 4.6, 7.5): KL between patients, nearest patients and
 the identification experiment.
 
-Every number comes from training.similarity_views (encode the workspace, one posterior
-per patient by latent.aggregate_patients, KL(q_i ‖ q_j) by training.similarity); the
+Every number comes from training.explore.similarity (encode the workspace, one posterior
+per patient by latent.aggregate_patients, KL(q_i ‖ q_j) by training.latent.similarity); the
 work runs on background threads (explorer.widgets.latest_worker.LatestWorker: a new
 checkpoint or setting replaces a pending request, a superseded result is dropped).
 
@@ -24,9 +24,9 @@ from explorer.panels import Panel
 from explorer.qt import Qt, QtWidgets, Signal
 from explorer.widgets.kl_table import HeatMapView, KLTableView
 from explorer.widgets.latest_worker import LatestWorker
-from training import similarity
-from training.latent import AGGREGATES
-from training.latent_views import load_latent_model
+from training.latent import similarity
+from training.latent.encode import AGGREGATES
+from training.explore.latent import load_latent_model
 
 AGGREGATE_TEXT = {
     "mixture": "mixture (moment-matched)",
@@ -36,8 +36,8 @@ AGGREGATE_TEXT = {
 
 
 def _compute_matrix(ckpt: str, ws_path: str, aggregate: str, split, progress, cancel):
-    from training.similarity_views import patient_similarity
-    from training.workspace import Workspace
+    from training.explore.similarity import patient_similarity
+    from training.store.workspace import Workspace
 
     model = load_latent_model(ckpt).model  # cached while the file is unchanged
     with Workspace.open(ws_path) as ws:
@@ -46,8 +46,8 @@ def _compute_matrix(ckpt: str, ws_path: str, aggregate: str, split, progress, ca
 
 def _compute_identification(ckpt: str, ws_path: str, a: int, b: int, symmetric: bool,
                             split, progress, cancel):
-    from training.similarity_views import identify_slices
-    from training.workspace import Workspace
+    from training.explore.similarity import identify_slices
+    from training.store.workspace import Workspace
 
     model = load_latent_model(ckpt).model  # cached while the file is unchanged
     with Workspace.open(ws_path) as ws:
@@ -61,7 +61,7 @@ class SimilarityPanel(Panel):
 
     def __init__(self, state, parent=None) -> None:
         super().__init__(state, parent)
-        self.result = None  # training.similarity_views.PatientSimilarity
+        self.result = None  # training.explore.similarity.PatientSimilarity
         self.identification: similarity.Identification | None = None
         self.error = ""
         self.worker = LatestWorker(self, "similarity-matrix")
@@ -78,7 +78,7 @@ class SimilarityPanel(Panel):
         self.aggregate = QtWidgets.QComboBox()
         for key in AGGREGATES:
             self.aggregate.addItem(AGGREGATE_TEXT.get(key, key), key)
-        self.aggregate.setToolTip("How a patient's slices make one posterior (training/latent.py): the "
+        self.aggregate.setToolTip("How a patient's slices make one posterior (training/latent/encode.py): the "
                                   "moment-matched mixture of its slices' posteriors, their product, "
                                   "or the middle slice")
         self.split = QtWidgets.QComboBox()

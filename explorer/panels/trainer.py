@@ -2,7 +2,7 @@
 live loss curves (train solid, test dashed, optional log scale), and inputs over their
 reconstructions with a history slider (thesis fig. 7.2).
 
-Training runs in explorer.workers.TrainingWorker (a QThread driving training.trainer);
+Training runs in explorer.workers.TrainingWorker (a QThread driving training.vae.trainer);
 this panel only reacts to its signals. Closing the window stops at a checkpoint and the
 next start offers to continue from it.
 """

@@ -5,7 +5,7 @@ window/level control in HU.
 3D workspaces (preprocess mode "3d"): one volume per patient, encoded and decoded as a
 whole by the 3D model. 2D workspaces: the patient's stack of slices beside the per-slice
 reconstructions (each slice encoded and decoded on its own). The stacks come from
-training.volume_views; encoding and decoding run on a background thread
+training.explore.volume; encoding and decoding run on a background thread
 (explorer.widgets.latest_worker.LatestWorker: newest request wins).
 """
 
@@ -26,15 +26,15 @@ SOURCE_TEXT = {
 
 
 def _compute(ckpt: str | None, ws_path: str, patient: str, source: str, params: dict):
-    """A training.volume_views.VolumePair (or, without a model, (input stack, None))."""
-    from training import volume_views as vv
-    from training.workspace import Workspace
+    """A training.explore.volume.VolumePair (or, without a model, (input stack, None))."""
+    from training.explore import volume as vv
+    from training.store.workspace import Workspace
 
     with Workspace.open(ws_path) as ws:
         index = ws.patient_index(patient)
         if ckpt is None:
             return vv.patient_stack(ws, index), ws.preprocess.mode
-        from training.latent_views import load_latent_model
+        from training.explore.latent import load_latent_model
 
         lm = load_latent_model(ckpt)  # cached while the file is unchanged
         model, prior_sigma2 = lm.model, lm.prior_sigma2
@@ -53,7 +53,7 @@ class VolumePanel(Panel):
 
     def __init__(self, state, parent=None) -> None:
         super().__init__(state, parent)
-        self.pair = None  # the training.volume_views.VolumePair shown
+        self.pair = None  # the training.explore.volume.VolumePair shown
         self.mode = ""
         self.error = ""
         self.worker = LatestWorker(self, "volume")
@@ -279,7 +279,7 @@ class VolumePanel(Panel):
             self.state.show_message(f"Exported {path}")
 
     def export_volume(self, out_dir, formats=("png", "npy", "dicom")):
-        """Write the right side (training.volume_views.export_right) into `out_dir` now;
+        """Write the right side (training.explore.volume.export_right) into `out_dir` now;
         {format: [paths]}. GUI thread only (reads the widgets); the dialog's background
         job calls `_export_right` with the values taken here."""
         if self.pair is None:
@@ -319,9 +319,9 @@ class VolumePanel(Panel):
 
 
 def _export_right(pair, workspace, pseudonym: str, out_dir, formats):
-    """training.volume_views.export_right for the named patient; {format: [paths]}."""
-    from training.volume_views import export_right
-    from training.workspace import Workspace
+    """training.explore.volume.export_right for the named patient; {format: [paths]}."""
+    from training.explore.volume import export_right
+    from training.store.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
         return export_right(pair, ws, ws.patient_index(pseudonym), out_dir, formats)

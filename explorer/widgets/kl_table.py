@@ -3,7 +3,7 @@
 Cell (row r, column j) shows M[i, j] with i the patient of row r: the directed matrix
 M[i, j] = KL(q_i ‖ q_j) in nats (row i = the posterior the expectation is under, column j
 = the reference) or the symmetric ½ (KL(q_i ‖ q_j) + KL(q_j ‖ q_i)); the definition is
-stated in the header tooltips. Colours come from training.similarity_views.heat_rgb (log
+stated in the header tooltips. Colours come from training.explore.similarity.heat_rgb (log
 scale, dark = small divergence = similar).
 
 Sorting is the model's own: clicking a column header orders the rows by that column with
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from explorer.qt import QtCore, QtGui, QtWidgets, Qt, Signal, pg
-from training.similarity_views import heat_rgb, is_dark
+from training.explore.similarity import heat_rgb, is_dark
 
 VALUE_ROLE = int(Qt.ItemDataRole.UserRole.value) + 1  # the float behind a cell
 PATIENT_ROLE = int(Qt.ItemDataRole.UserRole.value) + 2  # the row's patient index (unsorted)

@@ -9,10 +9,10 @@
 - `LatentPanel`: base of the four tabs: a LatestWorker, refresh when shown and when the
   checkpoint or workspace changes (hidden tabs only mark themselves stale, so a
   running training is not slowed by tabs nobody looks at), a status line, export of
-  generated images (PNG, .npy, DICOM through training/export.py).
+  generated images (PNG, .npy, DICOM through training/latent/export.py).
 
-Nothing here computes what a script would want: numbers come from training/latent.py,
-training/latent_views.py, training/sampling.py.
+Nothing here computes what a script would want: numbers come from training/latent/encode.py,
+training/explore/latent.py, training/latent/sampling.py.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class LatentPanel(Panel):
         it cannot be encoded: views that draw patients over the latent space work without."""
         if not workspace:
             return None
-        from training import latent_views
+        from training.explore import latent as latent_views
 
         try:
             return latent_views.encode_patients(lm, workspace)
@@ -307,7 +307,7 @@ class LatentPanel(Panel):
     @staticmethod
     def legend(lm) -> str:
         """" (RT overlay: ■ name …)" in the ROI colours, rich text for the status line."""
-        from training.latent_views import roi_legend
+        from training.explore.latent import roi_legend
 
         items = [f'<span style="color: rgb{c}">■</span> {name}' for name, c in roi_legend(lm)]
         return f" (RT overlay: {', '.join(items)})" if items else ""
@@ -335,7 +335,7 @@ class LatentPanel(Panel):
 
     def add_generated_exports(self, button: figures.ExportButton,
                               get: Callable[[], tuple[np.ndarray, np.ndarray | None, str] | None]) -> None:
-        """Menu entries writing the generated images (N, *spatial) through training/export.py.
+        """Menu entries writing the generated images (N, *spatial) through training/latent/export.py.
 
         get() -> (images in [0, 1], labels or None, file prefix) or None when empty.
         """
@@ -345,8 +345,8 @@ class LatentPanel(Panel):
 
     def export_generated(self, fmt: str, out_dir, images, labels, prefix: str) -> dict:
         """Write generated images in one format (png, npy, dicom) to out_dir; the paths."""
-        from training import latent_views
-        from training.export import export_generated
+        from training.explore import latent as latent_views
+        from training.latent.export import export_generated
 
         lm = latent_views.load_latent_model(self.state.checkpoint_path)
         ws = self.state.workspace_path if self.state.has_workspace_data() else None

@@ -17,7 +17,7 @@ worker thread is queued):
 
     worker = LatestWorker(self)
     worker.resultReady.connect(self._show)
-    rid = worker.submit(training.latent.manifold, model, n=15, dims=(0, 1))
+    rid = worker.submit(training.latent.encode.manifold, model, n=15, dims=(0, 1))
 
 Work functions must not touch widgets; they run on the worker thread.
 """

@@ -1,6 +1,6 @@
 """Two slice stacks side by side with one slider, ROI overlays and a window/level control.
 
-Stacks are training.volume_views.SliceStack: images (n, H, W) in [0, 1] with the
+Stacks are training.explore.volume.SliceStack: images (n, H, W) in [0, 1] with the
 workspace's HU window, shown in HU (HU = hu_min + x·(hu_max − hu_min)), rows top→bottom
 (anterior at the top) and columns left→right (the patient's left on the image's right,
 so the image's left edge is marked R). The view's y axis is inverted so row 0 is at the
@@ -17,7 +17,7 @@ import numpy as np
 from explorer.qt import Qt, QtWidgets, Signal, pg
 from training.config import WINDOW_PRESETS
 from training.images import roi_colour_table
-from training.volume_views import SliceStack, level_width_of, window_level_range
+from training.explore.volume import SliceStack, level_width_of, window_level_range
 
 OVERLAY_ALPHA = 110  # of 255
 

@@ -37,7 +37,7 @@ def add_encode_args(p: argparse.ArgumentParser) -> None:
         choices=("mixture", "product", "middle"),
         default="mixture",
         help="per-patient posterior from its slices: moment-matched mixture (default), "
-        "product of experts, or the middle slice (see training/latent.py)",
+        "product of experts, or the middle slice (see training/latent/encode.py)",
     )
 
 
@@ -45,7 +45,7 @@ def load(args):
     """(model in eval mode, Checkpoint) from args.checkpoint, errors as CommandError."""
     import torch
 
-    from training.checkpoint import CheckpointError, load_model
+    from training.vae.checkpoint import CheckpointError, load_model
 
     if getattr(args, "threads", 0):
         torch.set_num_threads(args.threads)
@@ -58,7 +58,7 @@ def load(args):
 
 
 def open_workspace(path: Path):
-    from training.workspace import Workspace, WorkspaceError
+    from training.store.workspace import Workspace, WorkspaceError
 
     try:
         return Workspace.open(path)
@@ -74,7 +74,7 @@ def progress_printer(label: str):
 
 
 def encode(model, ws, args):
-    from training import latent
+    from training.latent import encode as latent
 
     split = None if getattr(args, "split", "all") == "all" else args.split
     enc = latent.encode_workspace(model, ws, split=split, batch_size=args.batch_size, progress=progress_printer("encoding"))
@@ -85,7 +85,7 @@ def encode(model, ws, args):
 
 def patient_code(enc, name: str) -> np.ndarray:
     """µ of a patient's aggregate posterior (mixture) by pseudonym."""
-    from training import latent
+    from training.latent import encode as latent
 
     pp = latent.aggregate_patients(enc, "mixture")
     if name not in pp.names:

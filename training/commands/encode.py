@@ -51,7 +51,7 @@ def write_outputs(out: Path, enc, pp) -> list[Path]:
         atomic_write_text(out / "encoded_images.csv", _csv(["patient", "image", "split"] + cols, img_rows)),
         atomic_write_text(
             out / "encoded_patients.csv",
-            f"# per-patient posterior: {pp.method} of the slice posteriors (training/latent.py)\n"
+            f"# per-patient posterior: {pp.method} of the slice posteriors (training/latent/encode.py)\n"
             + _csv(["patient", "n_images"] + cols, pat_rows),
         ),
         atomic_save_npz(
@@ -72,7 +72,7 @@ def write_outputs(out: Path, enc, pp) -> list[Path]:
 
 
 def main(args) -> int:
-    from training import latent
+    from training.latent import encode as latent
 
     model, _ = common.load(args)
     with common.open_workspace(args.workspace) as ws:

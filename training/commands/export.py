@@ -54,7 +54,7 @@ def export_patient(ws, index: int, out: Path, source: bool = False) -> list[Path
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.workspace import Workspace, WorkspaceError
+    from training.store.workspace import Workspace, WorkspaceError
 
     try:
         with Workspace.open(args.workspace) as ws:

@@ -30,7 +30,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from training import export, latent
+    from training.latent import export
+    from training.latent import encode as latent
 
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
     bad = set(formats) - {"png", "npy", "dicom"}

@@ -35,7 +35,7 @@ def register(sub) -> None:
 
 
 def run_identification(model, ws, slice_a: int, slice_b: int, split=None, symmetric=False, batch_size=64):
-    from training.similarity_views import identify_slices
+    from training.explore.similarity import identify_slices
 
     try:
         return identify_slices(model, ws, slice_a, slice_b, symmetric=symmetric, split=split, batch_size=batch_size)
@@ -45,7 +45,7 @@ def run_identification(model, ws, slice_a: int, slice_b: int, split=None, symmet
 
 def write_outputs(out: Path, res, slice_a: int, slice_b: int) -> list[Path]:
     from training.atomic import atomic_write_text
-    from training.similarity import write_matrix_csv
+    from training.latent.similarity import write_matrix_csv
 
     buf = io.StringIO()
     buf.write(f"# {res.direction}\n")

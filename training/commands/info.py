@@ -22,7 +22,7 @@ def register(sub) -> None:
 
 def describe(path: Path) -> dict:
     """The workspace summary as a plain dict (what `--json` prints)."""
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     with Workspace.open(path) as ws:
         return {
@@ -50,7 +50,7 @@ def describe(path: Path) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.workspace import WorkspaceError
+    from training.store.workspace import WorkspaceError
 
     try:
         d = describe(args.workspace)

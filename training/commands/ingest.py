@@ -78,7 +78,7 @@ def register(sub) -> None:
 def _current_cfg(path: Path) -> PreprocessConfig:
     if not path.exists():
         return PreprocessConfig()
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     with Workspace.open(path) as ws:
         return ws.preprocess
@@ -109,8 +109,8 @@ class ProgressBar:
 
 
 def main(args: argparse.Namespace) -> int:
-    from training.ingest import ingest
-    from training.workspace import WorkspaceError
+    from training.store.ingest import ingest
+    from training.store.workspace import WorkspaceError
 
     try:
         cfg = preprocess_from_args(args, _current_cfg(args.workspace))

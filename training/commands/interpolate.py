@@ -32,7 +32,9 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from training import export, latent, sampling
+    from training.latent import export
+    from training.latent import encode as latent
+    from training.latent import sampling
     from training.images import write_png
 
     model, ckpt = common.load(args)

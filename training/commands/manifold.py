@@ -29,7 +29,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from training import export, latent
+    from training.latent import export
+    from training.latent import encode as latent
 
     model, ckpt = common.load(args)
     base = None

@@ -46,7 +46,7 @@ def _check(args) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.phantom import generate_cohort
+    from training.dicom.phantom import generate_cohort
 
     problem = _check(args)
     if problem:

@@ -26,7 +26,8 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from training import latent, similarity
+    from training.latent import encode as latent
+    from training.latent import similarity
 
     model, _ = common.load(args)
     with common.open_workspace(args.workspace) as ws:

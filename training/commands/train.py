@@ -179,11 +179,11 @@ def _hms(seconds: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from training.checkpoint import CheckpointError, load_checkpoint
-    from training.distributed import strategy_from_env
-    from training.model import model_config_for
-    from training.trainer import LAST, Trainer, TrainingControl
-    from training.workspace import Workspace, WorkspaceError
+    from training.vae.checkpoint import CheckpointError, load_checkpoint
+    from training.vae.distributed import strategy_from_env
+    from training.vae.model import model_config_for
+    from training.vae.trainer import LAST, Trainer, TrainingControl
+    from training.store.workspace import Workspace, WorkspaceError
 
     try:
         settings = _settings_from(args)

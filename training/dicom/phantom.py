@@ -29,8 +29,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from training.dicom_write import default_geometry, masks_to_rois, write_ct_series, write_rtstruct
-from training.geometry import VolumeGeometry
+from training.dicom.write import default_geometry, masks_to_rois, write_ct_series, write_rtstruct
+from training.dicom.geometry import VolumeGeometry
 
 ROI_NAMES = ("Body", "Lung-Left", "Lung-Right", "Heart", "Spinal-Cord", "Spine")
 

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from training import sampling
+from training.latent import sampling
 
 AGGREGATES = ("mixture", "product", "middle")
 
@@ -117,7 +117,7 @@ def encode_arrays(model, images, labels=None, batch_size: int = 32) -> tuple[np.
 
     The model is put in eval mode; batches run under torch.inference_mode.
     """
-    from training.model import assemble_input
+    from training.vae.model import assemble_input
 
     model.eval()
     dev, fmt = _device_of(model), _memory_format(model)
@@ -265,7 +265,7 @@ class LatentDecoder:
     """
 
     def __init__(self, model, channels_last: bool = True, batch_size: int = 256, keep_probs: bool = False):
-        from training.model import channels_last_format
+        from training.vae.model import channels_last_format
 
         self.model = model.eval()
         self.device = _device_of(model)

@@ -58,8 +58,8 @@ import numpy as np
 from training import __version__
 from training.atomic import atomic_write_path
 from training.config import PreprocessConfig
-from training.geometry import VolumeGeometry
-from training.pseudonym import new_salt
+from training.dicom.geometry import VolumeGeometry
+from training.store.pseudonym import new_salt
 
 FORMAT = "ct-vae-workspace"
 SCHEMA_VERSION = 1
@@ -353,7 +353,7 @@ def create_empty(path: str | os.PathLike, cfg: PreprocessConfig | None = None, *
 def remove_stale_temps(path: str | os.PathLike) -> int:
     """Delete temporary files a killed writer left beside the workspace and in staging.
 
-    Call only while holding the writer lock (training.ingest.workspace_lock): then no
+    Call only while holding the writer lock (training.store.ingest.workspace_lock): then no
     temporary file can belong to a live writer.
     """
     path = Path(path)
@@ -585,7 +585,7 @@ def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
 
     new_cfg switches the current preprocessing (only for a workspace without entries:
     entries keep just their derived arrays for the new settings, so use
-    training.ingest.rederive otherwise). skipped: [relative path, reason] rows replacing
+    training.store.ingest.rederive otherwise). skipped: [relative path, reason] rows replacing
     those of the same path.
     """
     return Merger(path, new_cfg).finish(skipped, provenance)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.geometry import VolumeGeometry
+from training.dicom.geometry import VolumeGeometry
 
 
 class DicomError(Exception):
@@ -108,7 +108,7 @@ class SeriesRef:
 
 @dataclass(frozen=True)
 class StructRef:
-    """One RTSTRUCT file found by scan() (its contours are read by training.rtstruct)."""
+    """One RTSTRUCT file found by scan() (its contours are read by training.dicom.rtstruct)."""
 
     path: str
     size: int

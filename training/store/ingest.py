@@ -3,7 +3,7 @@
     ingest(paths, workspace_path, preprocess) -> IngestReport
     rederive(workspace_path, new_cfg) -> IngestReport
 
-What is stored, and why (see training/workspace.py for the file layout):
+What is stored, and why (see training/store/workspace.py for the file layout):
 - one entry per CT series (a patient's second series is "PAT-0001-2"); its source
   group keeps HU (int16, native grid), every ROI mask (packed bits) and the geometry,
   so changed preprocessing re-derives from the workspace without touching DICOM;
@@ -62,15 +62,15 @@ from blake3 import blake3
 
 from training import __version__
 from training.config import PreprocessConfig
-from training.pseudonym import (
+from training.store.pseudonym import (
     format_pseudonym,
     identifying_tokens,
     patient_digest,
     scrub,
     series_label,
 )
-from training import workspace as wsmod
-from training.workspace import EntryData, PatientInfo, Workspace, WorkspaceError
+from training.store import workspace as wsmod
+from training.store.workspace import EntryData, PatientInfo, Workspace, WorkspaceError
 
 Progress = Callable[[str, int, int, str], None]
 
@@ -253,8 +253,8 @@ def derive(hu: np.ndarray, masks: dict[str, np.ndarray], positions: Any,
     or a VolumeGeometry. Returns (images float32 [0, 1], labels uint8 or None, names of
     cfg.rois missing from `masks`).
     """
-    from training.preprocess import preprocess_volume
-    from training.rtstruct import exclusive_labels, match_roi_names
+    from training.store.preprocess import preprocess_volume
+    from training.dicom.rtstruct import exclusive_labels, match_roi_names
 
     labels = None
     missing: list[str] = []
@@ -285,7 +285,7 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     Returns only small metadata, so big arrays never travel between processes.
     """
     from training.dicom import load_ct_series
-    from training.rtstruct import read_rtstruct, rasterise
+    from training.dicom.rtstruct import read_rtstruct, rasterise
 
     files = [*_ref_paths(ref), *map(str, struct_paths)]
     hashes: dict[str, str] = {}
@@ -360,8 +360,8 @@ class _InlineExecutor:
         pass
 
 
-_WORKER_MODULES = ["training.ingest", "training.dicom", "training.rtstruct", "training.rtstruct_raw",
-                   "training.preprocess"]
+_WORKER_MODULES = ["training.store.ingest", "training.dicom", "training.dicom.rtstruct", "training.dicom.rtstruct_raw",
+                   "training.store.preprocess"]
 
 
 def start_worker_server() -> None:
@@ -385,8 +385,8 @@ def _executor(workers: int):
 
     # Load the heavy modules here once, so forked workers start warm.
     import training.dicom  # noqa: F401
-    import training.preprocess  # noqa: F401
-    import training.rtstruct  # noqa: F401
+    import training.store.preprocess  # noqa: F401
+    import training.dicom.rtstruct  # noqa: F401
 
     if threading.active_count() == 1:
         ctx = multiprocessing.get_context("fork")  # no threads to break: cheapest start

@@ -2,7 +2,7 @@
 
 Conventions: contour points are DICOM patient coordinates (LPS, mm); masks and label
 volumes have array axes (z, y, x) = (slice k, row i, column j) of a
-`training.geometry.VolumeGeometry`.
+`training.dicom.geometry.VolumeGeometry`.
 
 Rasterisation rule: a voxel belongs to a ROI when its centre lies inside the contour
 polygon of its slice (even–odd rule; a centre exactly on an edge may fall either way).
@@ -28,8 +28,8 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.errors import InvalidDicomError
 
-from training.dicom_header import quiet_pydicom_validation
-from training.geometry import VolumeGeometry
+from training.dicom.header import quiet_pydicom_validation
+from training.dicom.geometry import VolumeGeometry
 
 quiet_pydicom_validation()
 
@@ -195,7 +195,7 @@ def read_rtstruct(path: str | Path) -> StructureSet:
     Raises RTStructError(path, reason) when the file is not a readable RTSTRUCT. Damaged
     contours are skipped and reported in `StructureSet.warnings`.
     """
-    from training.rtstruct_raw import read_roi_contours
+    from training.dicom.rtstruct_raw import read_roi_contours
 
     # Contours straight from the bytes where the layout allows (most of the reading
     # time); the rest of the structure set (names, references) through pydicom.

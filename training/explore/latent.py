@@ -1,4 +1,4 @@
-"""What the explorer's latent panels need beyond training/latent.py (SPEC F18–F21).
+"""What the explorer's latent panels need beyond training/latent/encode.py (SPEC F18–F21).
 
 Headless (no Qt): the panels in explorer/panels/{manifold,interpolation,samples,density}.py
 call these functions and display the results; scripts can call them too.
@@ -6,12 +6,12 @@ call these functions and display the results; scripts can call them too.
 - `load_latent_model(path)`: model + decoder + the settings a view needs, cached per
   checkpoint file (path, size, mtime), thread-safe, so four panels share one model.
 - `encode_patients(lm, workspace)`: per-image posteriors and per-patient aggregates
-  (training.latent), cached per (checkpoint, workspace file) version.
+  (training.latent.encode), cached per (checkpoint, workspace file) version.
 - `nearest_to_code(z, mu, logvar)`: patients ranked by −log q_i(z) (module text below).
 - `sigma_ellipse`, `tile_side`, `code_at`, `display_slice`, `display_rgb`: geometry and
   display helpers.
 
-Conventions as in training/latent.py: codes (N, J) float32, posteriors diagonal
+Conventions as in training/latent/encode.py: codes (N, J) float32, posteriors diagonal
 Gaussians N(µ, diag σ²) given by µ and log σ² (natural log); images [0, 1] windowed CT,
 (y, x) rows anterior → posterior, columns patient right → left; 3-D images (z, y, x).
 """
@@ -27,7 +27,8 @@ from typing import Callable
 
 import numpy as np
 
-from training import latent, sampling
+from training.latent import encode as latent
+from training.latent import sampling
 
 
 def _file_key(path) -> tuple[str, int, int]:
@@ -86,7 +87,7 @@ def two_dims(latent_dim: int, dims: tuple[int, int], what: str) -> tuple[int, in
 
 def load_latent_model(path, device: str = "cpu") -> LatentModel:
     """The checkpoint at `path` as a LatentModel, cached while the file is unchanged."""
-    from training.checkpoint import load_model
+    from training.vae.checkpoint import load_model
 
     key = (*_file_key(path), str(device))
     with _lock:
@@ -136,7 +137,7 @@ def encode_patients(lm: LatentModel, workspace, aggregate: str = "mixture", batc
     new checkpoint or a changed workspace encodes again. A cancelled encoding is not
     cached.
     """
-    from training.workspace import Workspace
+    from training.store.workspace import Workspace
 
     key = (lm.key, _file_key(workspace), aggregate)
     with _lock:
@@ -172,7 +173,7 @@ def nearest_to_code(z, mu, logvar, k: int = 5) -> list[tuple[int, float]]:
     dimensions. This is the ranking of KL(N(z, ε² I) ‖ q_i) as ε → 0 (the KL of a point
     mass at z from q_i, up to the same constant for every i), so a manifold cell, which
     is a point in latent space, is compared with patients the way patients are compared
-    with each other (training/similarity.py), in the same direction.
+    with each other (training/latent/similarity.py), in the same direction.
     Returns [(i, −log q_i(z)), …].
     """
     z = np.asarray(z, np.float64).reshape(-1)
@@ -288,8 +289,8 @@ def roi_legend(lm: LatentModel) -> list[tuple[str, tuple[int, int, int]]]:
 def export_spacing(workspace) -> tuple[float, float, float]:
     """(dz, dy, dx) mm of the workspace's preprocessed images (median over patients),
     for DICOM exports of generated images; (1, 1, 1) when the file cannot be read."""
-    from training.export import workspace_spacing
-    from training.workspace import Workspace
+    from training.latent.export import workspace_spacing
+    from training.store.workspace import Workspace
 
     try:
         with Workspace.open(workspace) as ws:
@@ -301,7 +302,7 @@ def export_spacing(workspace) -> tuple[float, float, float]:
 def workspace_preprocess(lm: LatentModel, workspace=None):
     """The PreprocessConfig behind generated images: the workspace's, else the checkpoint's."""
     if workspace is not None and os.path.exists(workspace):
-        from training.workspace import Workspace
+        from training.store.workspace import Workspace
 
         try:
             with Workspace.open(workspace) as ws:

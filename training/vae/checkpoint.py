@@ -146,8 +146,8 @@ def load_model(path: os.PathLike | str, device: str | torch.device = "cpu"):
 
     device: "cpu", "cuda", "cuda:N" or "auto" (a GPU when there is one); a GPU asked for
     on a machine without one is a RuntimeError saying so."""
-    from training.distributed import resolve_device
-    from training.model import VAE  # imported here so checkpoints can be inspected without the model
+    from training.vae.distributed import resolve_device
+    from training.vae.model import VAE  # imported here so checkpoints can be inspected without the model
 
     device = resolve_device(str(device))  # RuntimeError naming the device when there is no GPU
     ckpt = load_checkpoint(path)

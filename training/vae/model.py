@@ -39,7 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .config import ConfigError, ModelConfig, PreprocessConfig
+from training.config import ConfigError, ModelConfig, PreprocessConfig
 
 __all__ = [
     "VAE",

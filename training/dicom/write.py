@@ -1,6 +1,6 @@
 """Write CT image series and RT Structure Sets as DICOM files (pydicom).
 
-Used by the synthetic cohort (training/phantom.py) and by the export of generated images.
+Used by the synthetic cohort (training/dicom/phantom.py) and by the export of generated images.
 
 Conventions:
 - arrays are (z, y, x) = (slice k, row i, column j), in Hounsfield units (HU);
@@ -43,7 +43,7 @@ from pydicom.tag import Tag
 from pydicom.valuerep import format_number_as_ds
 
 from training.atomic import atomic_write
-from training.geometry import VolumeGeometry
+from training.dicom.geometry import VolumeGeometry
 
 RESCALE_INTERCEPT = -1024.0
 RESCALE_SLOPE = 1.0

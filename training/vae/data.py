@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 
 class BatchSource(Protocol):
-    """What data.py needs from a workspace (training.workspace.Workspace provides it)."""
+    """What data.py needs from a workspace (training.store.workspace.Workspace provides it)."""
 
     def read_images(self, rows: np.ndarray) -> np.ndarray: ...
 
@@ -253,7 +253,7 @@ class _BatchReader(torch.utils.data.Dataset):
 
     def __getitems__(self, positions):
         if self._stream is None:  # first call in this worker process: open our own handle
-            from training.workspace import Workspace
+            from training.store.workspace import Workspace
 
             self._stream = BatchStream(Workspace.open(self.path), self.rows, n_classes=self.n_classes,
                                        batch_size=1, extra=self.extra, assemble=self.assemble)

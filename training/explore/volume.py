@@ -27,8 +27,9 @@ from typing import Callable
 
 import numpy as np
 
-from training import latent, sampling
-from training.export import window_to_hu
+from training.latent import encode as latent
+from training.latent import sampling
+from training.latent.export import window_to_hu
 
 SOURCES = ("reconstruction", "generated", "interpolated")
 
@@ -177,7 +178,7 @@ def interpolated_pair(model, ws, index: int, other: int, t: float = 0.5, method:
 
     3D: the two volumes' µ. 2D: slice k of `index` with the slice of `other` at the same
     relative position (`matched_slices`), one interpolated slice each. method: "linear"
-    or "spherical" (training.sampling.interpolate at the single point t).
+    or "spherical" (training.latent.sampling.interpolate at the single point t).
     """
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"t must be in [0, 1], got {t}")
@@ -197,7 +198,7 @@ def interpolated_pair(model, ws, index: int, other: int, t: float = 0.5, method:
 
 
 def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy", "dicom")) -> dict:
-    """Export the right side of `pair` (training.export.export_generated: PNG, .npy, DICOM
+    """Export the right side of `pair` (training.latent.export.export_generated: PNG, .npy, DICOM
     CT + RTSTRUCT with a new pseudonymous patient and new UIDs).
 
     A 3D volume, and a 2D patient's reconstructed or interpolated stack, go out as one
@@ -205,7 +206,7 @@ def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy
     2D generated slices (independent prior draws) as one image each. Returns
     {format: [paths]}.
     """
-    from training.export import export_generated, workspace_spacing
+    from training.latent.export import export_generated, workspace_spacing
 
     volume = pair.mode == "3d" or pair.source != "generated"
     images = pair.right.images[None] if volume else pair.right.images

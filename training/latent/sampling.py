@@ -143,13 +143,13 @@ def sample_aggregate_posterior(mu, logvar, n: int, generator=None):
     """n exact draws from p̃(z) = (1/K) Σ_k N(µ_k, diag σ_k²) (thesis Algorithm 2).
 
     A component k is picked uniformly for each draw, then z = µ_k + σ_k ⊙ ε, ε ~ N(0, I).
-    The draw itself is the trainer's `training.trainer.sample_aggregate_posterior` (one
+    The draw itself is the trainer's `training.vae.trainer.sample_aggregate_posterior` (one
     implementation for augmentation and analysis); this wrapper adds array and seed input.
     mu, logvar: (K, J) torch tensors (result: a tensor on their device, their dtype) or
     array-likes (result: float32 numpy). generator: torch.Generator, int seed, numpy
     Generator or None.
     """
-    from training.trainer import sample_aggregate_posterior as draw
+    from training.vae.trainer import sample_aggregate_posterior as draw
 
     as_numpy = not isinstance(mu, torch.Tensor)
     mu_t = torch.as_tensor(np.asarray(mu, dtype=np.float64)) if as_numpy else mu

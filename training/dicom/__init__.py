@@ -1,4 +1,7 @@
-"""DICOM discovery and CT series loading (public entry; SPEC F1, F2).
+"""Layer 1, DICOM: discovery, headers, CT series, RTSTRUCT, geometry, writers, phantom.
+
+This module is the public entry (SPEC F1, F2); its siblings are `scan`, `header`, `load`,
+`types`, `write`, `rtstruct`, `rtstruct_raw`, `geometry`, `phantom`.
 
     result = scan(["/drop/folder"], progress=None, cancel=None)
     for ref in result.series:            # CT image series (SeriesRef)
@@ -12,9 +15,9 @@ in repr) for the pseudonym and must never be written. SeriesRef and CTVolume pic
 load_ct_series runs in worker processes.
 """
 
-from training.dicom_load import load_ct_series, plugin_hint
-from training.dicom_scan import scan
-from training.dicom_types import (
+from training.dicom.load import load_ct_series, plugin_hint
+from training.dicom.scan import scan
+from training.dicom.types import (
     Cancelled,
     CTVolume,
     DicomError,

@@ -28,8 +28,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
-from .model import VAEOutput
+from training.config import TrainConfig
+from training.vae.model import VAEOutput
 
 __all__ = [
     "LossTerms",
@@ -138,7 +138,7 @@ def loss_per_image(
 
     x_ct: (B, 1, *spatial) CT target in [0, 1] (a (B, *spatial) tensor is accepted);
     labels: (B, *spatial) class indices or None for CT-only; ``out`` may hold U > 1 draws
-    per image (sample-major, see :class:`~training.model.VAEOutput`).
+    per image (sample-major, see :class:`~training.vae.model.VAEOutput`).
     """
     u = out.mc_samples
     if x_ct.dim() == out.ct.dim() - 1:

@@ -11,7 +11,7 @@ Conventions:
 - Epoch numbers given to callbacks and stored in the history count completed epochs
   (1 = the first epoch has finished); `Checkpoint.epoch` is the same count.
 - Loss terms are dicts {"total", "recon", "kl", "ce"} in nats per image (sums over the
-  pixels and latent dimensions of one image, averaged over images; see training.losses).
+  pixels and latent dimensions of one image, averaged over images; see training.vae.losses).
   KL is KL(q(z|x) ‖ N(0, σz² I)).
 - `TrainConfig.batch_size` is the global batch (split over processes under torchrun).
 
@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import recon_history
-from training.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
+from training.vae import recon_history
+from training.vae.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from training.config import ConfigError, ModelConfig, TrainConfig
-from training.data import BatchStream, EpochSampler, InMemoryItems, evenly_spaced, input_on_device
-from training.distributed import SingleProcess, physical_cores
-from training.losses import class_counts, inverse_frequency_weights, loss_per_image
-from training.model import VAE, VAEOutput, build_model, channels_last_format, model_config_for
+from training.vae.data import BatchStream, EpochSampler, InMemoryItems, evenly_spaced, input_on_device
+from training.vae.distributed import SingleProcess, physical_cores
+from training.vae.losses import class_counts, inverse_frequency_weights, loss_per_image
+from training.vae.model import VAE, VAEOutput, build_model, channels_last_format, model_config_for
 
 log = logging.getLogger(__name__)
 
@@ -232,13 +232,13 @@ class Trainer:
     """Train a VAE on a workspace.
 
     workspace: a path to the HDF5 workspace, or an open workspace object.
-    model_config: None derives it from the workspace (training.model.model_config_for);
+    model_config: None derives it from the workspace (training.vae.model.model_config_for);
     given, its spatial_dims / input_size / n_classes must fit the workspace.
     resume: a checkpoint path or Checkpoint to continue from (its ModelConfig is used;
     train_config, when given, may change e.g. epochs; the data hash must match).
     out_dir: where last.pt, best.pt, history.json and the reconstruction snapshots
-    (reconstructions/epoch_NNNNN.npz, training.recon_history) go (None: nothing is written).
-    strategy: training.distributed.SingleProcess (default) or DDPStrategy.
+    (reconstructions/epoch_NNNNN.npz, training.vae.recon_history) go (None: nothing is written).
+    strategy: training.vae.distributed.SingleProcess (default) or DDPStrategy.
     data_workers: processes reading training batches (None: up to 4 on a GPU, 0 on the
     CPU, where one background thread keeps up and adds no process start-up per epoch).
     """
@@ -251,7 +251,7 @@ class Trainer:
                  data_workers: int | None = None):
         self._owns_workspace = isinstance(workspace, (str, os.PathLike))
         if self._owns_workspace:
-            from training.workspace import Workspace
+            from training.store.workspace import Workspace
 
             workspace = Workspace.open(workspace)
         self.workspace = workspace
@@ -672,7 +672,7 @@ class Trainer:
     @torch.no_grad()
     def _reconstructions(self, number: int) -> None:
         """Reconstruct the fixed examples: to the callbacks, and into the run folder
-        (training.recon_history) when there is one."""
+        (training.vae.recon_history) when there is one."""
         if not (self._is_main and (self.callbacks or self.out_dir is not None) and self._examples):
             return
         self.model.eval()

@@ -3,9 +3,9 @@
 - `patient_similarity`: encode a workspace, one posterior per patient
   (latent.aggregate_patients), and the directed matrix D[i, j] = KL(q_i ‖ q_j) in nats
   (row i = the posterior the expectation is under, column j = the reference;
-  training.similarity). `PatientSimilarity.matrix(symmetric=True)` is ½ (D + Dᵀ).
+  training.latent.similarity). `PatientSimilarity.matrix(symmetric=True)` is ½ (D + Dᵀ).
 - `identify_slices`: the identification experiment of thesis 7.5 on slice indices a and
-  b (training.similarity.identify; query i = patient i's slice b, reference j = patient
+  b (training.latent.similarity.identify; query i = patient i's slice b, reference j = patient
   j's slice a, KL(q_b,i ‖ q_a,j)).
 - `heat_rgb`: the table's heat-map colours (low divergence = dark), on a log scale.
 """
@@ -17,7 +17,8 @@ from typing import Callable
 
 import numpy as np
 
-from training import latent, similarity
+from training.latent import encode as latent
+from training.latent import similarity
 
 
 @dataclass
@@ -89,7 +90,7 @@ def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int],
 def identify_slices(model, ws, a: int, b: int, symmetric: bool = False, split: str | None = None,
                     batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
                     cancel: Callable[[], bool] | None = None) -> similarity.Identification:
-    """Thesis 7.5 on slices a and b of every patient (see training.similarity.identify).
+    """Thesis 7.5 on slices a and b of every patient (see training.latent.similarity.identify).
 
     progress(done, total) counts encoded images (2 per patient). Needs a 2D workspace
     and at least 2 patients having both slices (ValueError otherwise).

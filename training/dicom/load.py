@@ -15,9 +15,9 @@ import numpy as np
 import pydicom
 from pydicom.uid import UID
 
-from training.dicom_scan import NATIVE_LE, majority_filter
-from training.dicom_types import Cancelled, CTVolume, DicomError, SeriesRef, SliceHeader
-from training.geometry import VolumeGeometry
+from training.dicom.scan import NATIVE_LE, majority_filter
+from training.dicom.types import Cancelled, CTVolume, DicomError, SeriesRef, SliceHeader
+from training.dicom.geometry import VolumeGeometry
 
 # Slices closer than this along the normal (mm) share a position.
 DUPLICATE_TOLERANCE_MM = 0.01

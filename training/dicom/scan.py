@@ -22,8 +22,8 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
-from training.dicom_header import read_native_header
-from training.dicom_types import (
+from training.dicom.header import read_native_header
+from training.dicom.types import (
     Cancelled,
     ScanResult,
     SeriesRef,

@@ -49,7 +49,7 @@ def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Se
     pixels, so spacing × extent / size. Depth (3D): the chosen slices (slice_count for
     "around", the range length for "range", all source slices for "all") interpolated to
     the volume's depth D from the first chosen slice's centre to the last's
-    (`training.preprocess.to_cube`), so dz × (n_chosen − 1) / (D − 1). 2D slices keep the
+    (`training.store.preprocess.to_cube`), so dz × (n_chosen − 1) / (D − 1). 2D slices keep the
     source dz.
     """
     dz, dy, dx = (float(v) for v in source_spacing)
@@ -154,7 +154,7 @@ def export_dicom(
     voxel are left out) and always as labels.npy beside it. Files go to out_dir:
     CT_0001.dcm …, RS.dcm, labels.npy.
     """
-    from training.dicom_write import masks_to_rois, write_ct_series, write_rtstruct
+    from training.dicom.write import masks_to_rois, write_ct_series, write_rtstruct
 
     ct = np.asarray(ct)
     if ct.ndim == 2:

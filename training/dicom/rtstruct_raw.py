@@ -4,7 +4,7 @@ pydicom builds a Dataset for every contour item (and for the image reference ins
 which is most of the time spent reading a structure set of a few hundred contours. This
 walker parses only the three nested sequences that hold contours (ROIContourSequence →
 ContourSequence → ContourImageSequence) into `RawItem`s that answer `get(keyword)` and
-`get_item(tag)` like the pydicom items `training.rtstruct` reads, so one parser serves
+`get_item(tag)` like the pydicom items `training.dicom.rtstruct` reads, so one parser serves
 both. Anything it does not handle (no preamble, a big-endian or deflated transfer
 syntax, a malformed length, nesting deeper than DICOM needs) returns None and the caller
 reads the file with pydicom as before.
@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from types import SimpleNamespace
 
-from training.dicom_header import (
+from training.dicom.header import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     _element,
@@ -26,7 +26,7 @@ from training.dicom_header import (
 
 ROI_CONTOUR_SEQUENCE = 0x30060039
 _SEQUENCES = {0x30060039, 0x30060040, 0x30060016}  # ROIContour, Contour, ContourImage
-# the elements of those items that training.rtstruct reads, by keyword
+# the elements of those items that training.dicom.rtstruct reads, by keyword
 _KEYWORDS = {
     "ReferencedROINumber": 0x30060084,
     "ROIDisplayColor": 0x3006002A,
