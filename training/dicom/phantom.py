@@ -331,3 +331,56 @@ def generate_cohort(
             progress(i + 1, n_patients, info)
     return infos
 
+
+
+def write_rescan(
+    out_dir: str | Path,
+    i: int,
+    seed: int = 0,
+    *,
+    slices: int = 24,
+    size: int = 128,
+    pixel_spacing: float = 1.5,
+    slice_thickness: float = 3.0,
+    shift_px: tuple[int, int] = (2, -1),
+    noise_hu: float = 25.0,
+    rescan_seed: int = 1,
+    fsync: bool = True,
+) -> PatientInfo:
+    """A second CT series (and RTSTRUCT) of phantom patient i: the same anatomy and
+    identity, shifted by `shift_px` (rows, columns; anatomy and structures alike) with
+    extra Gaussian noise of `noise_hu` HU, in new study/series/frame-of-reference UIDs.
+    Written to out_dir/patient_iii_rescan/{CT, RTSTRUCT} (a "new patient" query whose
+    own earlier series is known)."""
+    ph = phantom_patient(i, seed, slices=slices, size=size, pixel_spacing=pixel_spacing,
+                         slice_thickness=slice_thickness)
+    dy, dx = (int(v) for v in shift_px)
+    hu = np.roll(ph.hu, (dy, dx), axis=(1, 2))
+    hu = hu + np.random.default_rng([int(seed), int(i), int(rescan_seed)]).normal(
+        0.0, float(noise_hu), hu.shape).astype(np.float32)
+    masks = {k: np.roll(m, (dy, dx), axis=(1, 2)) for k, m in ph.masks.items()}
+    name, pid, birth = patient_identity(i, seed)
+    folder = Path(out_dir) / (folder_name(i) + "_rescan")
+    ct_dir = folder / "CT"
+    _clear_old_series(ct_dir)
+    written = write_ct_series(
+        hu, ph.geometry, ct_dir,
+        patient_name=name, patient_id=pid, patient_birth_date=birth,
+        patient_sex="MF"[(i + seed) % 2], series_number=2,
+        series_description="Phantom thorax CT (rescan)",
+        study_description="ct-vae synthetic phantom, second study",
+        slice_thickness=slice_thickness, image_type=("DERIVED", "SECONDARY", "AXIAL"),
+        fsync=fsync,
+    )
+    rs = write_rtstruct(
+        folder / "RTSTRUCT" / "rs.dcm", written, masks_to_rois(masks),
+        label="PHANTOM", series_description="Phantom structures (rescan)", fsync=fsync,
+    )
+    return PatientInfo(
+        index=i, folder=folder, ct_dir=ct_dir, rtstruct=rs, ct_files=tuple(written.paths),
+        n_slices=slices, shape=tuple(hu.shape),
+        spacing=(float(slice_thickness), float(pixel_spacing), float(pixel_spacing)),
+        patient_name=name, patient_id=pid, patient_birth_date=birth,
+        study_uid=written.study_uid, series_uid=written.series_uid,
+        frame_of_reference_uid=written.frame_of_reference_uid,
+    )

@@ -330,7 +330,8 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         label=stage["label"], patient=stage["patient"], content_hash=content, images=images,
         labels=labels, spacing=spacing, rois=tuple(sorted(masks)), warnings=tuple(warnings),
         series_uid=stage["series_uid"], frame_of_reference_uid=geometry.frame_of_reference_uid,
-        n_source_files=len(hashes), hu=hu16, masks=masks, geometry=geometry)
+        n_source_files=len(hashes), hu=hu16, masks=masks, geometry=geometry,
+        role=stage.get("role", ""))
     tmp = wsmod.write_staged_tmp(Path(stage["final"]), entry, stage["phash"], stage["salt"], rows,
                                  {stage["digest"]: stage["number"]})
     out.update(status="loaded", tmp=str(tmp), n_images=int(images.shape[0]),
@@ -437,6 +438,7 @@ class _State:
     entries: dict[str, dict]  # label → {content_hash, series_uid, patient}
     image_shape: tuple[int, ...]
     fresh: dict[str, list] = field(default_factory=dict)  # rows learnt outside staged entries
+    role: str = ""  # role of series new to the workspace (ingest's `role`)
     seen_paths: set[str] = field(default_factory=set)  # scrubbed relative paths of this drop
 
     def remember(self, rows: dict[str, list]) -> None:
@@ -452,7 +454,8 @@ class _State:
                 a = f["entries"][k].attrs
                 entries[k] = {"content_hash": str(a.get("content_hash", "")),
                               "series_uid": str(a.get("series_uid", "")),
-                              "patient": str(a.get("patient", k))}
+                              "patient": str(a.get("patient", k)),
+                              "role": str(a.get("role", ""))}
             return cls(path=path, cfg=PreprocessConfig.from_json(f.attrs["preprocess"]),
                        salt=str(f.attrs["salt"]), identity=wsmod._read_meta(f, "identity", {}),
                        pseudonyms=wsmod._read_meta(f, "pseudonyms", {}), entries=entries,
@@ -598,7 +601,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
            on_patient: Callable[[PatientInfo], None] | None = None,
            on_skipped: Callable[[str, str], None] | None = None,
            cancel: Callable[[], bool] | None = None, workers: int = 2,
-           test_fraction: float = 0.25, seed: int = 0) -> IngestReport:
+           test_fraction: float = 0.25, seed: int = 0, role: str = "") -> IngestReport:
     """Add every CT series (with its RTSTRUCTs) found below `paths` to the workspace.
 
     preprocess: settings for the derived arrays (None: the workspace's own, or the
@@ -609,9 +612,14 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
     on_skipped(relative path, reason) as each unusable file is found.
     cancel() → True stops after the series in flight; what was committed stays.
     test_fraction, seed: the split, used only when the workspace is created.
+    role: of the series new to the workspace ("" cohort, "query": never trained on, see
+    workspace.ROLE_QUERY); a series already stored keeps its role (training.store.roles
+    moves an entry between query and cohort).
     """
     from training import dicom
 
+    if role not in wsmod.ROLES:
+        raise ValueError(f"role must be one of {wsmod.ROLES}, got {role!r}")
     path = Path(workspace_path)
     cfg = preprocess
     if cfg is None:  # keep the workspace's settings; defaults for a new workspace
@@ -640,6 +648,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
             st = _State.read(path)
         merger = wsmod.Merger(path)  # the next workspace copy, filled as series commit
         try:
+            st.role = role
             _ingest_locked(paths, st, cfg, dicom, report, progress, on_patient, cancel, workers,
                            merger)
         except BaseException:
@@ -837,6 +846,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
                 "quick": {f: quick_of[f] for f in [*_ref_paths(ref), *map(str, structs)]
                           if f in quick_of},
                 "roots": roots_sorted, "replacements": replacements,
+                "role": st.entries[label].get("role", "") if label in st.entries else st.role,
             }
             yield (item, stage["final"], seq0 + k), _load_job, (ref, structs, cfg_json, known, stage)
 
@@ -870,15 +880,17 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
         merger.add_staged(seq, Path(final))
         st.identity.update(res["identity"])  # carried by the staged entry itself
-        st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo}
+        role = st.entries.get(label, {}).get("role", st.role)
+        st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo,
+                             "role": role}
         report.added.append(label)
         for r in res["missing"]:
             report.rois_missing.setdefault(r, []).append(label)
         if on_patient is not None:
             on_patient(PatientInfo(pseudonym=label, n_images=res["n_images"], spacing=res["spacing"],
-                                   rois=res["rois"], split="", patient=pseudo,
+                                   rois=res["rois"], split=role and wsmod.ROLE_QUERY, patient=pseudo,
                                    content_hash=res["content_hash"], source_shape=res["source_shape"],
-                                   warnings=res["warnings"], has_source=True))
+                                   warnings=res["warnings"], has_source=True, role=role))
         _call(progress, "ingest", done, total, label)
     if cancel and cancel():
         report.cancelled = True

@@ -11,7 +11,8 @@ Layout of ``W.h5`` (schema version 1)::
                so opening reads one dataset instead of every group)
     /entries/<label>/           one per CT series; <label> = "PAT-0001" or "PAT-0001-2"
         attrs  pseudonym, patient, split, content_hash, series_uid, frame_of_reference_uid,
-               spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files
+               spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files,
+               role ("" = cohort; "query" = a query patient: see ROLE_QUERY)
         source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice,
                       uncompressed (lzf ran slower than reading the DICOM)
         source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x
@@ -62,6 +63,12 @@ from training.dicom.geometry import VolumeGeometry
 from training.store.pseudonym import new_salt
 
 FORMAT = "ct-vae-workspace"
+# Entry roles (attribute "role"; absent or "" = cohort). A query entry was added to be
+# compared with the cohort ("Find similar patients"): it is never trained on, takes no part
+# in the train/test split or the data hash (adding one does not make a model stale), and
+# `Workspace.index()` leaves it out unless asked for split="query". Its split reads "query".
+ROLE_QUERY = "query"
+ROLES = ("", ROLE_QUERY)
 SCHEMA_VERSION = 1
 _STAGED_RE = re.compile(r"^(\d{8})-(.+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
@@ -108,6 +115,11 @@ class PatientInfo:
     source_shape: tuple[int, ...] | None = None
     warnings: tuple[str, ...] = ()
     has_source: bool = False
+    role: str = ""  # "" = cohort, ROLE_QUERY = query (never trained on)
+
+    @property
+    def is_query(self) -> bool:
+        return self.role == ROLE_QUERY
 
 
 # ----------------------------------------------------------------------------- entries
@@ -131,6 +143,7 @@ class EntryData:
     hu: np.ndarray | None = None  # int16 (z, y, x)
     masks: dict[str, np.ndarray] | None = None  # bool (z, y, x) per ROI
     geometry: VolumeGeometry | None = None
+    role: str = ""  # see ROLE_QUERY
 
 
 def _json_attr(obj: Any) -> str:
@@ -190,6 +203,8 @@ def write_entry(entries: h5py.Group, e: EntryData, phash: str) -> h5py.Group:
     g.attrs["rois"] = _json_attr(list(e.rois))
     g.attrs["warnings"] = _json_attr(list(e.warnings))
     g.attrs["n_source_files"] = int(e.n_source_files)
+    if e.role:
+        g.attrs["role"] = str(e.role)
     if e.hu is not None:
         write_source(g.create_group("source"), e.hu, e.masks, e.geometry)
     write_derived(g.create_group("derived").create_group(phash), e.images, e.labels)
@@ -296,11 +311,14 @@ def _check_format(f: h5py.File | dict, path: Path) -> None:
 
 def _record_splits(f: h5py.File) -> None:
     ents = f["entries"]
-    patients = {k: ents[k].attrs.get("patient", k) for k in ents}
+    queries = {k for k in ents if str(ents[k].attrs.get("role", "")) == ROLE_QUERY}
+    patients = {k: ents[k].attrs.get("patient", k) for k in ents if k not in queries}
     splits = assign_splits(list(patients.values()), float(f.attrs["test_fraction"]),
                            int(f.attrs["split_seed"]))
     for k, p in patients.items():
         ents[k].attrs["split"] = splits[p]
+    for k in queries:
+        ents[k].attrs["split"] = ROLE_QUERY
 
 
 def _entry_row(g: h5py.Group, phash: str) -> dict:
@@ -320,6 +338,7 @@ def _entry_row(g: h5py.Group, phash: str) -> dict:
         "n_images": int(img.shape[0]) if img is not None else 0,
         "image_shape": list(img.shape[1:]) if img is not None else None,
         "has_labels": bool(d is not None and "labels" in d),
+        "role": str(g.attrs.get("role", "")),
     }
 
 
@@ -463,6 +482,7 @@ class Merger:
             self.abort()
             raise
         self.max_seq = self.merged_through
+        self.roles: dict[str, str] = {}  # label → new role, applied by finish (set_roles)
         self.consumed: list[Path] = []
         self.damaged: list[str] = []  # staged files that could not be read (left out)
 
@@ -538,6 +558,9 @@ class Merger:
                 if self.damaged:
                     record["damaged_staged_files"] = list(self.damaged)
                 self.provenance.append(record)
+            for k, role in self.roles.items():
+                if k in ents:
+                    ents[k].attrs["role"] = str(role)
             d = self.dst
             d.attrs["image_shape"] = np.asarray(self.shape, dtype=np.int64)
             d.attrs["merged_through"] = int(self.max_seq)
@@ -672,28 +695,33 @@ class Workspace:
         if not shape:
             shape = next((tuple(r["image_shape"]) for _, _, r in entries if r["image_shape"]), ())
         self.image_shape: tuple[int, ...] = tuple(int(v) for v in shape)
-        splits = assign_splits([r["patient"] for _, _, r in entries], float(a["test_fraction"]),
-                               int(a["split_seed"]))
+        splits = assign_splits([r["patient"] for _, _, r in entries
+                                if r.get("role", "") != ROLE_QUERY],
+                               float(a["test_fraction"]), int(a["split_seed"]))
         infos = []
         for _, _, r in entries:
             ok = r["image_shape"] is not None and tuple(r["image_shape"]) == self.image_shape
+            role = str(r.get("role", ""))
             infos.append(PatientInfo(
                 pseudonym=r["pseudonym"],
                 # an entry that cannot be batched with the others is listed with 0 images
                 n_images=r["n_images"] if ok else 0,
                 spacing=tuple(r["spacing"]),
                 rois=tuple(r["rois"]),
-                split=splits[r["patient"]],
+                split=ROLE_QUERY if role == ROLE_QUERY else splits[r["patient"]],
                 patient=r["patient"],
                 content_hash=r["content_hash"],
                 source_shape=tuple(r["source_shape"]) if r["source_shape"] else None,
                 warnings=tuple(r["warnings"]),
                 has_source=bool(r["has_source"]),
+                role=role,
             ))
         self.patients: list[PatientInfo] = infos
         self.roi_names: tuple[str, ...] = tuple(self.preprocess.rois)
+        # queries are left out: adding one does not change the data a model was trained on
         self.data_hash: str = _data_hash(
-            self.preprocess_hash, ((p.pseudonym, p.content_hash, p.split) for p in infos))
+            self.preprocess_hash,
+            ((p.pseudonym, p.content_hash, p.split) for p in infos if not p.is_query))
 
     # -- opening
     @classmethod
@@ -799,13 +827,17 @@ class Workspace:
 
     # -- index and reads
     def index(self, split: str | None = None) -> np.ndarray:
-        """int64 (N, 2) rows (patient index, image index), patient-major order."""
-        if split not in (None, "train", "test"):
-            raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+        """int64 (N, 2) rows (patient index, image index), patient-major order.
+
+        split None: the cohort (train and test); query entries (ROLE_QUERY) are never in
+        it, nor in "train" or "test": only split="query" lists their rows.
+        """
+        if split not in (None, "train", "test", ROLE_QUERY):
+            raise ValueError(f"split must be None, 'train', 'test' or 'query', got {split!r}")
         parts = [
             np.stack([np.full(p.n_images, i), np.arange(p.n_images)], axis=1)
             for i, p in enumerate(self.patients)
-            if p.n_images and (split is None or p.split == split)
+            if p.n_images and (p.split == split if split is not None else not p.is_query)
         ]
         if not parts:
             return np.zeros((0, 2), dtype=np.int64)
