@@ -471,7 +471,8 @@ class _TrainerCallback:
         self.w.epochEnded.emit({
             "epoch": int(epoch), "epochs": int(self.trainer.train_config.epochs) if self.trainer else int(epoch),
             "train": dict(train_terms or {}), "test": dict(test_terms) if test_terms else None,
-            "images_per_s": row.get("train_images_per_s"), "seconds": row.get("seconds")})
+            "images_per_s": row.get("train_images_per_s"), "seconds": row.get("seconds"),
+            "metrics": row.get("metrics")})
 
     def on_reconstructions(self, epoch, inputs, recons) -> None:
         self.w.reconstructions.emit(int(epoch), recon_rows(inputs, recons))

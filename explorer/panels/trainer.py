@@ -19,6 +19,7 @@ from explorer.settings import runs_dir
 from explorer.widgets.image_grid import ReconstructionHistory
 from explorer.widgets.latest_worker import LatestWorker
 from explorer.widgets.loss_plot import LossPlot
+from explorer.widgets.metrics_plot import MetricsPlot
 
 # Small, fast defaults: a newcomer sees curves move within a minute on 2 CPU cores.
 # threads=1: on the 2-core development machine one torch thread trained 3× faster than
@@ -173,7 +174,12 @@ class TrainerPanel(Panel):
         pl = QtWidgets.QVBoxLayout(plot_box)
         pl.setContentsMargins(0, 0, 0, 0)
         pl.setSpacing(2)
-        pl.addWidget(self.plot, 1)
+        self.metrics_plot = MetricsPlot()  # reconstruction metrics beside the losses (issue 15)
+        beside = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
+        beside.addWidget(self.plot)
+        beside.addWidget(self.metrics_plot)
+        beside.setSizes([560, 300])
+        pl.addWidget(beside, 1)
         pl.addWidget(self.legend)
         plots = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(plot_box)
@@ -303,8 +309,10 @@ class TrainerPanel(Panel):
         except Exception:
             return
         self.plot.clear_curves()
+        self.metrics_plot.clear_curves()
         for row in ckpt.history:
             self.plot.add_epoch(int(row.get("epoch", 0)), workers.losses_of(row))
+            self.metrics_plot.add_epoch(int(row.get("epoch", 0)), row.get("metrics"))
         self.history.clear()  # the run's own snapshots come from its folder, off the GUI thread
         self._history_for = Path(path)
         self.history_loader.submit(workers.load_recon_history, Path(path))
@@ -371,6 +379,7 @@ class TrainerPanel(Panel):
         elif out_dir is None:
             out_dir = runs_dir(self.state.workspace_path) / time.strftime("run-%Y%m%d-%H%M%S")
         self.plot.clear_curves()
+        self.metrics_plot.clear_curves()
         self.history.clear()
         self.banner.hide()
         self.state.settings.set_interrupted_run(None, None)
@@ -423,6 +432,7 @@ class TrainerPanel(Panel):
     # -- worker signals
     def _on_started(self, start_epoch: int, epochs: int) -> None:
         self.plot.set_epoch_range(epochs)
+        self.metrics_plot.set_epoch_range(epochs)
         self.progress.setRange(0, epochs)
         self.progress.setValue(start_epoch)
         self._start_time = time.monotonic()
@@ -431,10 +441,12 @@ class TrainerPanel(Panel):
     def _on_resumed_history(self, history: list) -> None:
         for row in history:
             self.plot.add_epoch(int(row.get("epoch", 0)), workers.losses_of(row))
+            self.metrics_plot.add_epoch(int(row.get("epoch", 0)), row.get("metrics"))
 
     def _on_epoch(self, ev: dict) -> None:
         epoch, epochs = ev["epoch"], ev["epochs"]
         self.plot.add_epoch(epoch, {k: ev[k] for k in ("train", "test") if ev.get(k)})
+        self.metrics_plot.add_epoch(epoch, ev.get("metrics"))
         self.progress.setRange(0, epochs)
         self.progress.setValue(epoch)
         elapsed = time.monotonic() - getattr(self, "_start_time", time.monotonic())

@@ -121,6 +121,7 @@ class TerminalProgress:
 
     # Callback protocol (duck-typed so this module stays independent of the trainer's import)
     def on_train_start(self, trainer) -> None:
+        self._trainer = trainer
         mc, tc = trainer.model_config, trainer.train_config
         n_params = sum(p.numel() for p in trainer.model.parameters())
         self._print(f"training {mc.spatial_dims}D VAE ({n_params:,} parameters, latent {mc.latent_dim}) "
@@ -148,8 +149,24 @@ class TerminalProgress:
         test = f" test {test_terms['total']:.5g}" if test_terms else ""
         self._print(f"epoch {epoch}: train {train_terms['total']:.5g} (recon {train_terms['recon']:.4g}, "
                     f"kl {train_terms['kl']:.4g}, ce {train_terms['ce']:.4g}){test}")
+        metrics = self._epoch_metrics(epoch)
+        if metrics:
+            from training.vae.metrics import format_metrics
+
+            for split in ("test", "train"):
+                if split in metrics:
+                    m = metrics[split]
+                    self._print(f"  {split} ({m['n_images']} images): {format_metrics(m)}")
         if self.log_json:
-            print(json.dumps({"epoch": epoch, "train": train_terms, "test": test_terms}), flush=True)
+            doc = {"epoch": epoch, "train": train_terms, "test": test_terms}
+            if metrics:
+                doc["metrics"] = metrics
+            print(json.dumps(doc), flush=True)
+
+    def _epoch_metrics(self, epoch):
+        history = getattr(getattr(self, "_trainer", None), "history", None) or []
+        entry = history[-1] if history else {}
+        return entry.get("metrics") if entry.get("epoch") == epoch else None
 
     def on_reconstructions(self, epoch, inputs, recons) -> None:
         pass

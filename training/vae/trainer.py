@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.vae import metrics as recon_metrics
 from training.vae import recon_history
 from training.vae.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
 from training.config import ConfigError, ModelConfig, TrainConfig
@@ -395,6 +396,13 @@ class Trainer:
                 src = BatchStream(ws, rows, n_classes=n_cls, batch_size=max(1, len(pos)))
                 self._examples[split] = src.read(pos)[0]
 
+        # fixed subsets for the per-epoch reconstruction metrics (training.vae.metrics)
+        self._metric_rows = {}
+        if tc.metrics_images and self._is_main:
+            for split, rows in (("test", self._test_rows), ("train", self._train_rows)):
+                if len(rows):
+                    self._metric_rows[split] = rows[evenly_spaced(len(rows), tc.metrics_images)]
+
         self._start_epoch = 0
         self._best_test = math.inf
         self._best_epoch: int | None = None
@@ -493,6 +501,8 @@ class Trainer:
                 "images": n_images,
                 "augmented": len(self._train.extra) if self._train.extra is not None else 0,
             }
+            if self._metric_rows:
+                entry["metrics"] = self._metrics()
             self.history.append(entry)
             improved = self._track_best(number, test_terms)
             self._good = self._snapshot()
@@ -668,6 +678,17 @@ class Trainer:
         sums = st.all_reduce_sum(sums) if st.world_size > 1 else sums
         totals = sums.tolist()
         return {k: totals[i] / totals[4] for i, k in enumerate(TERMS)}
+
+    @torch.no_grad()
+    def _metrics(self) -> dict[str, dict[str, Any]]:
+        """Reconstruction metrics of the fixed test and train subsets (main process only)."""
+        pre = self.preprocess
+        return {split: recon_metrics.evaluate_rows(
+                    self.model, self.workspace, rows, hu_min=pre.hu_min, hu_max=pre.hu_max,
+                    roi_names=pre.rois, n_classes=self.model_config.n_classes,
+                    batch_size=self._local_batch, device=self.device,
+                    memory_format=self._memory_format())
+                for split, rows in self._metric_rows.items()}
 
     @torch.no_grad()
     def _reconstructions(self, number: int) -> None:
