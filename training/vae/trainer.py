@@ -25,6 +25,7 @@ loss curve.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -220,6 +221,15 @@ class _ElboStep(nn.Module):
         z = m + torch.exp(0.5 * lv) * eps
         ct, rt = self.vae.decode(z)
         return VAEOutput(ct, rt, mu, logvar, z, u)
+
+
+def autocast_context(device: torch.device, mode: str, allow_cpu: bool = False):
+    """The forward pass's autocast: bfloat16 for mode "bf16" on a CUDA device (TrainConfig.
+    autocast); a no-op otherwise. On the CPU bf16 autocast is slower than float32, so the
+    trainer never uses it there (allow_cpu exists for tests of the code path)."""
+    if mode == "bf16" and (device.type == "cuda" or allow_cpu):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _seed_for(seed: int, epoch: int, stream: int) -> int:
@@ -572,7 +582,8 @@ class Trainer:
                 # ε for the whole global batch; this process takes its stripe r, r+W, ...
                 eps = torch.randn((u, n * w, latent), generator=gen, device=self.device)
                 eps = eps[:, st.rank::w].reshape(u * n, latent)
-                out = self._ddp_step(x, eps)
+                with autocast_context(self.device, tc.autocast):
+                    out = self._ddp_step(x, eps)
                 t = loss_per_image(out, x[:, :1], labels, tc, self._class_weights)
                 flag = 1.0 if self.control.stop_requested else 0.0
                 stats = torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum(), t.ce.sum(),
@@ -671,7 +682,8 @@ class Trainer:
             x, labels = self._to_device(self._test, x, labels, fmt)
             idx = torch.as_tensor(self._test_local[positions], device=self.device)
             eps = eps_all[:, idx].reshape(-1, latent)
-            out = self._step_module(x, eps)
+            with autocast_context(self.device, tc.autocast):
+                out = self._step_module(x, eps)
             t = loss_per_image(out, x[:, :1], labels, tc, self._class_weights)
             sums += torch.stack([t.total.sum(), t.recon.sum(), t.kl.sum(), t.ce.sum(),
                                  t.total.new_full((), float(x.shape[0]))]).double()
