@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import fcntl
 import hashlib
 import multiprocessing
 import os
@@ -70,6 +69,7 @@ from training.store.pseudonym import (
     series_label,
 )
 from training.store import workspace as wsmod
+from training.store.lock import die_with_parent, workspace_lock  # noqa: F401 - re-exported
 from training.store.workspace import EntryData, PatientInfo, Workspace, WorkspaceError
 
 Progress = Callable[[str, int, int, str], None]
@@ -226,22 +226,6 @@ def discover(paths: Iterable[str | os.PathLike], exclude: Callable[[str], bool] 
     return out
 
 
-@contextlib.contextmanager
-def workspace_lock(path: Path):
-    """One writer per workspace (an advisory lock on W.h5.lock beside it)."""
-    lock = path.with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise WorkspaceError(f"{path}: another process is writing this workspace") from None
-        yield
-    finally:
-        os.close(fd)
-
-
 # ----------------------------------------------------------------------------- workers
 
 
@@ -396,7 +380,10 @@ def _executor(workers: int):
         # the modules once in the server and fork from there.
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(_WORKER_MODULES)
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    # Workers end with this process (SIGKILL, timeout, a closed terminal): they hold no
+    # lock (training/store/lock.py) and must not keep running orphaned either.
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                                  initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def _bounded_map(executor, jobs: Iterable[tuple[Any, Callable, tuple]], limit: int,

@@ -104,6 +104,12 @@ class DDPStrategy(SingleProcess):
         self._timeout = timedelta(seconds=timeout_s)
         self._device: torch.device | None = None
         self._owns_group = False
+        if "TORCHELASTIC_RUN_ID" in os.environ or "TORCHELASTIC_RESTART_COUNT" in os.environ:
+            # A rank ends with its torchrun launcher (SIGKILL of torchrun, a closed
+            # terminal): never left training, or waiting on a dead rendezvous, orphaned.
+            from training.store.lock import die_with_parent
+
+            die_with_parent()
 
     def device(self, requested: str) -> torch.device:
         if requested == "auto":
