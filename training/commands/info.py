@@ -50,21 +50,22 @@ def describe(path: Path) -> dict:
 
 
 def main(args: argparse.Namespace) -> int:
+    from training.commands._printable import printable as pr
     from training.store.workspace import WorkspaceError
 
     try:
         d = describe(args.workspace)
     except WorkspaceError as exc:
-        print(f"ct-vae info: {exc}", file=sys.stderr)
+        print(f"ct-vae info: {pr(exc)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(d, indent=1))
         return 0
     pp = d["preprocess"]
-    print(f"workspace {d['workspace']} (schema {d['schema_version']}, data hash {d['data_hash']})")
+    print(f"workspace {pr(d['workspace'])} (schema {d['schema_version']}, data hash {d['data_hash']})")
     print(f"preprocessing: window {pp['window_name']} [{pp['hu_min']:g}, {pp['hu_max']:g}] HU, "
           f"crop {pp['crop']}, size {pp['size']}, slices {pp['slices']}, mode {pp['mode']}, "
-          f"ROIs {', '.join(pp['rois']) or '(CT only)'}; image shape {tuple(d['image_shape'])}")
+          f"ROIs {pr(', '.join(pp['rois'])) or '(CT only)'}; image shape {tuple(d['image_shape'])}")
     print(f"{len(d['patients'])} series, {d['n_images']} images; split seed {d['split_seed']}, "
           f"test fraction {d['test_fraction']:g}")
     print(f"{'series':<12} {'patient':<10} {'split':<5} {'images':>6} {'slices':>6}  "
@@ -73,11 +74,11 @@ def main(args: argparse.Namespace) -> int:
         sp = ",".join(f"{v:.3g}" for v in p["spacing_mm"])
         print(f"{p['pseudonym']:<12} {p['patient']:<10} {p['split']:<5} {p['n_images']:>6} "
               f"{p['source_slices'] if p['source_slices'] is not None else '-':>6}  {sp:<22} "
-              f"{', '.join(p['rois']) or '-'}")
+              f"{pr(', '.join(p['rois'])) or '-'}")
         for w in p["warnings"]:
-            print(f"{'':<12} warning: {w}")
+            print(f"{'':<12} warning: {pr(w)}")
     if d["skipped"]:
         print(f"skipped files ({len(d['skipped'])}):")
         for s in d["skipped"]:
-            print(f"  {s['path']}: {s['reason']}")
+            print(f"  {pr(s['path'])}: {pr(s['reason'])}")
     return 0

@@ -109,17 +109,18 @@ class ProgressBar:
 
 
 def main(args: argparse.Namespace) -> int:
+    from training.commands._printable import printable as pr
     from training.store.ingest import ingest
     from training.store.workspace import WorkspaceError
 
     try:
         cfg = preprocess_from_args(args, _current_cfg(args.workspace))
     except (ConfigError, WorkspaceError) as exc:
-        print(f"ct-vae ingest: {exc}", file=sys.stderr)
+        print(f"ct-vae ingest: {pr(exc)}", file=sys.stderr)
         return 2
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
-        print(f"ct-vae ingest: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        print(f"ct-vae ingest: no such file or folder: {pr(', '.join(missing))}", file=sys.stderr)
         return 2
 
     def emit(obj):
@@ -139,20 +140,20 @@ def main(args: argparse.Namespace) -> int:
         report = ingest(args.paths, args.workspace, cfg, progress=progress, on_patient=on_patient,
                         workers=args.workers, test_fraction=args.test_fraction, seed=args.seed)
     except WorkspaceError as exc:
-        print(f"ct-vae ingest: {exc}", file=sys.stderr)
+        print(f"ct-vae ingest: {pr(exc)}", file=sys.stderr)
         return 1
     if args.json:
         emit({"event": "report", **report.to_dict()})
         return 0
-    print(f"{args.workspace}: {len(report.added)} added, {len(report.unchanged)} unchanged, "
+    print(f"{pr(args.workspace)}: {len(report.added)} added, {len(report.unchanged)} unchanged, "
           f"{len(report.rederived)} re-derived, {len(report.skipped)} file(s) skipped "
           f"({report.n_files} files, {report.seconds:.1f} s)")
     for roi, labels in sorted(report.rois_missing.items()):
-        print(f"ROI {roi!r} missing in {len(labels)} series: {', '.join(labels)}")
+        print(f"ROI {pr(repr(roi))} missing in {len(labels)} series: {', '.join(labels)}")
     if report.skipped:
         print("skipped:")
         for path, reason in report.skipped:
-            print(f"  {path}: {reason}")
+            print(f"  {pr(path)}: {pr(reason)}")
     if report.cancelled:
         print("cancelled: what was committed is kept")
         return 130
