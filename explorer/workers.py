@@ -325,10 +325,13 @@ def run_rederive(ctx: JobContext, workspace: Path, cfg):
 
 
 def check_checkpoint(path: Path):
-    """Read a checkpoint safely (weights_only) to validate it; returns the Checkpoint."""
-    from training.vae.checkpoint import load_checkpoint
+    """Read a checkpoint safely (weights_only) and check that its weights build its
+    network; returns the Checkpoint (CheckpointError, one line, otherwise)."""
+    from training.vae.checkpoint import build_checked_model, load_checkpoint
 
-    return load_checkpoint(path)
+    ck = load_checkpoint(path)
+    build_checked_model(ck)
+    return ck
 
 
 def latest_checkpoint(workspace: Path) -> Path | None:

@@ -234,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
         trainer = Trainer(ws, model_cfg, train_cfg, out_dir=args.out, callbacks=callbacks,
                           control=control, strategy=strategy, resume=resume)
     except (ConfigError, CheckpointError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        from training.commands._printable import printable
+
+        print(f"error: {printable(exc)}", file=sys.stderr)
         ws.close()
         strategy.close()
         return 2

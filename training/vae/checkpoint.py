@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pickle import UnpicklingError  # what weights_only=True raises; nothing is unpickled here
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,12 +112,14 @@ def load_checkpoint(path: os.PathLike | str, *, mmap: bool = False) -> Checkpoin
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except UnpicklingError as exc:
+        what = _refused_global(str(exc))
         raise CheckpointError(
             path, "refused: the file holds Python objects other than tensors and plain values "
-            f"(only weights are loaded, never code): {str(exc).splitlines()[0]}"
-        ) from exc
+            f"(only weights are loaded, never code){': ' + what if what else ''}"
+        ) from None
     except Exception as exc:  # truncated, not a torch file, ...
-        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(path, f"not a readable checkpoint ({type(exc).__name__}: "
+                                    f"{one_line(str(exc))})") from None
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise CheckpointError(path, "not a ct-vae checkpoint (format marker missing)")
     if raw.get("version", 0) > VERSION:
@@ -137,8 +140,9 @@ def load_checkpoint(path: os.PathLike | str, *, mmap: bool = False) -> Checkpoin
             trainer_state=raw.get("trainer_state") or {},
             path=path,
         )
-    except (KeyError, ValueError, TypeError) as exc:
-        raise CheckpointError(path, f"checkpoint content is incomplete or invalid ({exc})") from exc
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointError(path, "checkpoint content is incomplete or invalid "
+                                    f"({one_line(str(exc))})") from None
 
 
 def load_model(path: os.PathLike | str, device: str | torch.device = "cpu"):
@@ -151,16 +155,61 @@ def load_model(path: os.PathLike | str, device: str | torch.device = "cpu"):
 
     device = resolve_device(str(device))  # RuntimeError naming the device when there is no GPU
     ckpt = load_checkpoint(path)
+    model = build_checked_model(ckpt)
+    model.to(device).eval()
+    return model, ckpt
+
+
+def build_checked_model(ckpt: Checkpoint, *, optimizer: bool = False):
+    """The checkpoint's VAE with its weights loaded; CheckpointError (one line) when the
+    stored ModelConfig describes no network or the weights (or, with optimizer=True, the
+    Adam state) do not fit it. What "Load model" and `train --resume` check first."""
+    from training.vae.model import VAE  # imported here so checkpoints can be inspected without the model
+
+    path = ckpt.path or Path("checkpoint")
     try:
         model = VAE(ckpt.model_config)
     except (ValueError, TypeError) as exc:  # ConfigError is a ValueError
-        raise CheckpointError(path, f"its ModelConfig does not describe a network ({exc})") from exc
+        raise CheckpointError(path, f"its ModelConfig does not describe a network ({one_line(str(exc))})") from None
+    state = ckpt.model_state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(path, "its model weights are not a table of tensors")
     try:
-        model.load_state_dict(ckpt.model_state)
-    except RuntimeError as exc:
-        raise CheckpointError(path, f"weights do not fit the stored ModelConfig ({exc})") from exc
-    model.to(device).eval()
-    return model, ckpt
+        model.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise CheckpointError(path, f"weights do not fit the stored ModelConfig ({one_line(str(exc))})") from None
+    if optimizer and ckpt.optimizer_state:
+        try:
+            torch.optim.Adam(model.parameters()).load_state_dict(ckpt.optimizer_state)
+        except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+            raise CheckpointError(path, f"its optimizer state does not fit the model ({one_line(str(exc))})") from None
+    return model
+
+
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]?")
+# torch's advice for files it refuses ("Re-running torch.load with weights_only=False will
+# likely succeed", "you can still load this ..."): never repeated to the user.
+_HINTS = re.compile(r"weights_only|can still|still load|trusted source|trust the source|"
+                    r"Re-running|documentation|add_safe_globals|safe_globals|option", re.IGNORECASE)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """A library's message as one printable line: terminal escapes and control characters
+    out, torch's "you can still load this" hints out, whitespace collapsed, shortened."""
+    text = _ANSI.sub("", text)
+    text = "".join(c if c.isprintable() else " " for c in text)
+    sentences = [x for x in re.split(r"(?<=[.:])\s+(?=[A-Z(])|\s{2,}", text) if x.strip()]
+    kept = [x.strip() for x in sentences if not _HINTS.search(x)] or ([sentences[0].strip()] if sentences else [])
+    out = re.sub(r"\s+", " ", " ".join(kept)).strip()
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _refused_global(message: str) -> str:
+    """What a weights-only load refused ("posix.system"), from torch's message."""
+    m = re.search(r"(?:unsupported GLOBAL|Unsupported global:\s*GLOBAL)\s+([\w.]+)", _ANSI.sub("", message))
+    if m:
+        return f"it names {m.group(1)}"
+    return ""
 
 
 def _to_cpu(obj: Any) -> Any:

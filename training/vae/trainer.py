@@ -43,7 +43,8 @@ from torch import nn
 
 from training.vae import metrics as recon_metrics
 from training.vae import recon_history
-from training.vae.checkpoint import Checkpoint, atomic_write_text, load_checkpoint, save_checkpoint
+from training.vae.checkpoint import (Checkpoint, atomic_write_text, build_checked_model, load_checkpoint,
+                                     save_checkpoint)
 from training.config import ConfigError, ModelConfig, TrainConfig
 from training.vae.data import BatchStream, EpochSampler, InMemoryItems, evenly_spaced, input_on_device
 from training.vae.distributed import SingleProcess, physical_cores
@@ -275,6 +276,7 @@ class Trainer:
         if resume is not None:
             self.resume_from = resume if isinstance(resume, Checkpoint) else load_checkpoint(resume)
             ck = self.resume_from
+            build_checked_model(ck, optimizer=True)  # CheckpointError (one line) before anything runs
             if ck.data_hash and ck.data_hash != workspace.data_hash:
                 raise ConfigError(
                     f"{ck.path}: the checkpoint was trained on other data "
