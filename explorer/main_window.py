@@ -414,7 +414,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def load_model(self, path: Path) -> bool:
         try:
-            ck = workers.check_checkpoint(path)
+            ck = workers.check_model(path)
         except Exception as exc:
             msg = workers.readable_error(exc)
             self.state.show_message(msg, 0)

@@ -325,11 +325,18 @@ def run_rederive(ctx: JobContext, workspace: Path, cfg):
 
 
 def check_checkpoint(path: Path):
-    """Read a checkpoint safely (weights_only) and check that its weights build its
-    network; returns the Checkpoint (CheckpointError, one line, otherwise)."""
-    from training.vae.checkpoint import build_checked_model, load_checkpoint
+    """Read a checkpoint safely (weights_only) to validate it; returns the Checkpoint."""
+    from training.vae.checkpoint import load_checkpoint
 
-    ck = load_checkpoint(path)
+    return load_checkpoint(path)
+
+
+def check_model(path: Path):
+    """check_checkpoint, and its weights must build its network (what "Load model" needs
+    before it says the model is loaded); CheckpointError in one line otherwise."""
+    from training.vae.checkpoint import build_checked_model
+
+    ck = check_checkpoint(path)
     build_checked_model(ck)
     return ck
 
