@@ -236,3 +236,26 @@ def test_staged_entries_are_read_and_merged(tmp_path):
     with h5py.File(p, "r") as f:
         assert f.attrs["merged_through"] == 2
         assert f.attrs["schema_version"] == 1 and f.attrs["format"] == "ct-vae-workspace"
+
+
+def test_fidelity_report_round_trip_and_old_entries_say_not_recorded(tmp_path):
+    from training.store.workspace import (
+        EntryData, create_empty, merge, preprocess_hash, write_staged)
+
+    cfg = PreprocessConfig(crop=8)
+    p = create_empty(tmp_path / "w.h5", cfg)
+    with h5py.File(p, "r") as f:
+        salt = f.attrs["salt"]
+    report = {"rois": {"Lung": {"contours_read": 3, "duplicates_collapsed": 1}}}
+    for seq, (label, fid) in enumerate([("PAT-0001", report), ("PAT-0002", None)], start=1):
+        write_staged(p, seq, EntryData(label=label, patient=label, content_hash=f"h{seq}",
+                                       images=np.zeros((2, 8, 8), np.float32), fidelity=fid),
+                     preprocess_hash(cfg), salt, {}, {})
+    for _ in range(2):  # staged, then merged
+        with Workspace.open(p) as ws:
+            assert ws.fidelity(0) == report
+            assert ws.fidelity(1) is None  # written without one: "not recorded"
+        merge(p)
+    old = write_arrays_workspace(tmp_path / "old.h5", {"PAT-0001": np.zeros((1, 4, 4), np.float32)})
+    with Workspace.open(old) as ws:
+        assert ws.fidelity(0) is None

@@ -13,6 +13,7 @@ Layout of ``W.h5`` (schema version 1)::
         attrs  pseudonym, patient, split, content_hash, series_uid, frame_of_reference_uid,
                spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files,
                role ("" = cohort; "query" = a query patient: see ROLE_QUERY)
+               fidelity (JSON per-ROI rasterisation report; absent in older workspaces)
         source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice,
                       uncompressed (lzf ran slower than reading the DICOM)
         source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x
@@ -144,6 +145,8 @@ class EntryData:
     masks: dict[str, np.ndarray] | None = None  # bool (z, y, x) per ROI
     geometry: VolumeGeometry | None = None
     role: str = ""  # see ROLE_QUERY
+    # per-ROI rasterisation fidelity report (training.dicom.fidelity); None: not recorded
+    fidelity: dict | None = None
 
 
 def _json_attr(obj: Any) -> str:
@@ -205,6 +208,8 @@ def write_entry(entries: h5py.Group, e: EntryData, phash: str) -> h5py.Group:
     g.attrs["n_source_files"] = int(e.n_source_files)
     if e.role:
         g.attrs["role"] = str(e.role)
+    if e.fidelity is not None:
+        g.attrs["fidelity"] = _json_attr(e.fidelity)
     if e.hu is not None:
         write_source(g.create_group("source"), e.hu, e.masks, e.geometry)
     write_derived(g.create_group("derived").create_group(phash), e.images, e.labels)
@@ -920,6 +925,17 @@ class Workspace:
         if "source" not in g:
             raise WorkspaceError(f"{self.patients[index].pseudonym}: no source data stored")
         return read_source(g["source"])
+
+    def fidelity(self, index: int) -> dict | None:
+        """The entry's per-ROI rasterisation fidelity report (see training.dicom.fidelity),
+        or None where it was not recorded (entries written before it existed)."""
+        raw = self._group(index).attrs.get("fidelity")
+        if raw is None:
+            return None
+        try:
+            return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        except ValueError:
+            return None
 
     def images_dataset(self, index: int) -> h5py.Dataset | None:
         """The h5py dataset behind an entry's images (chunk layout checks, streaming)."""
