@@ -12,7 +12,7 @@ Layout of ``W.h5`` (schema version 1)::
     /entries/<label>/           one per CT series; <label> = "PAT-0001" or "PAT-0001-2"
         attrs  pseudonym, patient, split, content_hash, series_uid, frame_of_reference_uid,
                spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files,
-               role ("" = cohort; "query" = a query patient: see ROLE_QUERY)
+               role ("" = cohort; "query" = a query patient: see ROLE_QUERY),
                fidelity (JSON per-ROI rasterisation report; absent in older workspaces)
         source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice,
                       uncompressed (lzf ran slower than reading the DICOM)
