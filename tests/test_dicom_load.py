@@ -125,12 +125,17 @@ def test_duplicate_positions(tmp_path):
     assert vol.hu.shape[0] == 3
     (w,) = [w for w in vol.warnings if "duplicate" in w]
     assert Path(w.split(":")[0]).name in {spec.paths[1].name, spec.paths[2].name}
-    # different pixels at one position: an error naming both files
-    write_ct_series(tmp_path / "diff", stored, positions=[0, 2.5, 2.5, 5.0])
-    with pytest.raises(DicomError) as err:
-        _load(tmp_path / "diff")
-    assert "different pixel data" in err.value.reason
-    assert str(err.value).startswith(err.value.path + ": ")
+    assert [Path(k.path).name for k in vol.skipped] == [Path(w.split(":")[0]).name]
+    assert "same pixels" in vol.skipped[0].reason
+    # different pixels, same quality: the first path is kept, the other listed (issue 11)
+    spec = write_ct_series(tmp_path / "diff", stored, positions=[0, 2.5, 2.5, 5.0])
+    vol = _load(tmp_path / "diff")
+    assert vol.hu.shape[0] == 3
+    np.testing.assert_array_equal(vol.hu[1], stored[1] - 1024.0)  # slice_001 < slice_002
+    (k,) = vol.skipped
+    assert k.path == str(spec.paths[2]) and str(spec.paths[1]) in k.reason
+    diff = np.abs(stored[2].astype(int) - stored[1]).max()
+    assert f"different pixels, up to {diff} HU apart" in k.reason and "same quality" in k.reason
 
 
 def test_gantry_tilt_corrected_onto_orthogonal_grid(tmp_path):
@@ -267,7 +272,7 @@ def _int16_reference(hu32: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(hu32.astype(np.float64)), -32768, 32767).astype(np.int16)
 
 
-@pytest.mark.parametrize("case", ["uint_intercept", "int16_signed", "fractional_slope", "overflow",
+@pytest.mark.parametrize("case", ["uint_intercept", "int16_signed", "fractional_slope",
                                   "negative_overflow"])
 def test_int16_loading_equals_rounded_float(tmp_path, case):
     """load_ct_series(dtype=int16) takes integer shortcuts; each must equal the float
@@ -279,10 +284,9 @@ def test_int16_loading_equals_rounded_float(tmp_path, case):
         stored, slope, intercept = rng.integers(-2000, 3000, (3, 6, 8)).astype(np.int16), 1.0, 0.0
     elif case == "fractional_slope":
         stored, slope, intercept = rng.integers(0, 4096, (3, 6, 8)).astype(np.uint16), 0.37, -1000.5
-    elif case == "overflow":  # uint16 above the int16 range: clipped, not wrapped
-        stored, slope, intercept = rng.integers(30000, 65535, (3, 6, 8)).astype(np.uint16), 1.0, 100.0
-    else:  # signed stored values pushed below −32768 by the intercept
-        stored, slope, intercept = rng.integers(-32768, -32000, (3, 6, 8)).astype(np.int16), 1.0, -1024.0
+    else:  # padding stored as −32768 pushed below the int16 range by the intercept: clipped
+        stored, slope, intercept = rng.integers(0, 3000, (3, 6, 8)).astype(np.int16), 1.0, -1024.0
+        stored[:, :2, :] = -32768
     write_ct_series(tmp_path, stored, slope=slope, intercept=intercept)
     ref = scan(tmp_path).series[0]
     as_float = load_ct_series(ref)

@@ -44,7 +44,7 @@ KEYWORDS = (
     "FrameOfReferenceUID", "PatientID", "SeriesNumber", "InstanceNumber", "ImageType",
     "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns",
     "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel", "RescaleSlope",
-    "RescaleIntercept", "SliceThickness", "NumberOfFrames",
+    "RescaleIntercept", "SliceThickness", "NumberOfFrames", "HighBit", "LossyImageCompression",
 )
 _WANTED = {tag_for_keyword(k) for k in KEYWORDS}
 

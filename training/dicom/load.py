@@ -15,8 +15,14 @@ import numpy as np
 import pydicom
 from pydicom.uid import UID
 
-from training.dicom.scan import NATIVE_LE, majority_filter
-from training.dicom.types import Cancelled, CTVolume, DicomError, SeriesRef, SliceHeader
+from training.dicom.scan import (
+    NATIVE_LE,
+    check_pixel_length,
+    check_rescale,
+    copy_key,
+    majority_filter,
+)
+from training.dicom.types import Cancelled, CTVolume, DicomError, SeriesRef, SliceHeader, Skipped
 from training.dicom.geometry import VolumeGeometry
 
 # Slices closer than this along the normal (mm) share a position.
@@ -26,6 +32,14 @@ DUPLICATE_TOLERANCE_MM = 0.01
 GAP_FACTOR = 1.5
 # In-plane drift of slice origins (pixels) below which the stack counts as orthogonal.
 TILT_TOLERANCE_PX = 0.01
+# HU a CT can hold. Above HU_MAX: nothing a CT reconstructs (the extended CT scale ends at
+# 30710 HU). Below HU_FLOOR: less than any stored int16 value with the usual intercept
+# (−32768 − 1024). Padding outside the field of view is often −2000 or −3024 HU and
+# covers at most ~22 % of a slice (the corners outside the reconstruction circle), so a
+# slice of which more than half lies below HU_PADDING is not a CT image as described.
+HU_MAX = 31000.0
+HU_FLOOR = -34000.0
+HU_PADDING = -2000.0
 
 _PLUGINS = {
     # transfer syntax UID -> what to install
@@ -33,8 +47,8 @@ _PLUGINS = {
     "1.2.840.10008.1.2.4.51": "pip install pylibjpeg pylibjpeg-libjpeg (or python-gdcm)",
     "1.2.840.10008.1.2.4.57": "pip install pylibjpeg pylibjpeg-libjpeg",
     "1.2.840.10008.1.2.4.70": "pip install pylibjpeg pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.80": "pip install pylibjpeg pylibjpeg-libjpeg",
-    "1.2.840.10008.1.2.4.81": "pip install pylibjpeg pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.80": "pip install pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",
+    "1.2.840.10008.1.2.4.81": "pip install pyjpegls (or pylibjpeg pylibjpeg-libjpeg)",
     "1.2.840.10008.1.2.4.90": "pip install pylibjpeg pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.4.91": "pip install pylibjpeg pylibjpeg-openjpeg",
     "1.2.840.10008.1.2.4.92": "pip install pylibjpeg pylibjpeg-openjpeg",
@@ -68,15 +82,28 @@ class _SliceProblem(Exception):
     """One slice unusable; the series goes on without it."""
 
 
-def _check_decoder(path: str, ts: str) -> None:
+def _gdcm_available() -> bool:
+    try:
+        import gdcm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _check_decoder(path: str, ts: str) -> bool:
+    """True when pydicom decodes ts, False when only GDCM does (called directly: pydicom
+    has no decoder for the retired JPEG processes 6/8 and 10/12); DicomError naming the
+    package to install when neither can."""
     uid = UID(ts)
     if not uid.is_encapsulated:
-        return
+        return True
     from pydicom.pixels import get_decoder
 
     try:
         decoder = get_decoder(uid)
     except NotImplementedError:
+        if _gdcm_available():
+            return False
         raise DicomError(
             path, f"pydicom has no decoder for {_ts_label(ts)}; {plugin_hint(ts)}"
         ) from None
@@ -86,6 +113,54 @@ def _check_decoder(path: str, ts: str) -> None:
             f"compressed pixel data ({_ts_label(ts)}) but no decoder plugin is installed: "
             f"{plugin_hint(ts)}",
         )
+    return True
+
+
+_GDCM_TYPES = {"UINT8": np.uint8, "INT8": np.int8, "UINT16": np.uint16, "INT16": np.int16,
+               "UINT32": np.uint32, "INT32": np.int32}
+
+
+def _gdcm_decode(path: str) -> np.ndarray:
+    """Stored values of a single-frame greyscale image decoded by GDCM itself."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(path)
+    if not reader.Read():
+        raise _SliceProblem("GDCM cannot read the file")
+    image = reader.GetImage()
+    kind = image.GetPixelFormat().GetScalarTypeAsString()
+    if kind not in _GDCM_TYPES or image.GetPixelFormat().GetSamplesPerPixel() != 1:
+        raise _SliceProblem(f"GDCM decodes it to {kind} × {image.GetPixelFormat().GetSamplesPerPixel()}, "
+                            "not greyscale integers")
+    cols, rows = image.GetDimension(0), image.GetDimension(1)
+    data = image.GetBuffer().encode("utf-8", "surrogateescape")
+    dtype = np.dtype(_GDCM_TYPES[kind])
+    if len(data) != rows * cols * dtype.itemsize:
+        raise _SliceProblem(f"GDCM decoded {len(data)} bytes for {rows}×{cols} pixels")
+    return np.frombuffer(data, dtype).reshape(rows, cols)
+
+
+def _check_hu(stored: np.ndarray, s: SliceHeader) -> None:
+    """_SliceProblem when stored × slope + intercept lies far outside what a CT holds (a
+    header whose rescale or pixel description does not fit its pixels); see HU_MAX."""
+    lo, hi = float(stored.min()), float(stored.max())
+    hu_lo, hu_hi = lo * s.slope + s.intercept, hi * s.slope + s.intercept
+    if hu_hi > HU_MAX or hu_lo < HU_FLOOR:
+        raise _SliceProblem(
+            f"HU {hu_lo:.0f} to {hu_hi:.0f} after rescale (stored {lo:.0f} to {hi:.0f} × "
+            f"RescaleSlope {s.slope:g} + RescaleIntercept {s.intercept:g}) lie outside what a CT "
+            f"can hold ({HU_FLOOR:.0f} to {HU_MAX:.0f} HU); the header does not describe these pixels"
+        )
+    if hu_lo < HU_PADDING:
+        below = int(np.count_nonzero(stored < (HU_PADDING - s.intercept) / s.slope))
+        if below * 2 > stored.size:
+            raise _SliceProblem(
+                f"{100 * below / stored.size:.0f} % of the pixels are below {HU_PADDING:.0f} HU after "
+                f"rescale (RescaleSlope {s.slope:g}, RescaleIntercept {s.intercept:g}); air is "
+                "−1000 HU and padding covers at most a quarter of a slice: the header does not "
+                "describe these pixels"
+            )
 
 
 def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
@@ -147,14 +222,17 @@ def _read_fast(s: SliceHeader, out: np.ndarray, on_file=None) -> bool:
             buf = fp.read(nbytes)
     if len(buf) < nbytes:
         raise _SliceProblem(f"truncated: pixel data holds {len(buf)} of {nbytes} bytes")
-    _rescale_into(np.frombuffer(buf, dtype).reshape(s.rows, s.columns), s, out)
+    stored = np.frombuffer(buf, dtype).reshape(s.rows, s.columns)
+    _check_hu(stored, s)
+    _rescale_into(stored, s, out)
     if on_file is not None:
         on_file(s.path, data)
     return True
 
 
 def _read_decoded(s: SliceHeader, out: np.ndarray) -> None:
-    """Read through pydicom (compressed, big endian, deflated, or a changed file)."""
+    """Read through pydicom (compressed, big endian, deflated, or a changed file), or GDCM
+    where pydicom has no decoder for the transfer syntax."""
     _check_decoder(s.path, s.transfer_syntax)
     try:
         ds = pydicom.dcmread(s.path)
@@ -163,20 +241,32 @@ def _read_decoded(s: SliceHeader, out: np.ndarray) -> None:
     if "PixelData" not in ds:
         raise _SliceProblem("no pixel data")
     ts = str(ds.file_meta.get("TransferSyntaxUID", s.transfer_syntax)) if hasattr(ds, "file_meta") else s.transfer_syntax
-    _check_decoder(s.path, ts)
+    by_pydicom = _check_decoder(s.path, ts)
     ipp = ds.get("ImagePositionPatient")
     if ipp is not None and not np.allclose([float(v) for v in ipp], s.ipp, atol=1e-4):
         raise DicomError(s.path, "changed since the folder was scanned (different position); scan again")
+    if not UID(ts).is_encapsulated:
+        try:
+            check_pixel_length(len(ds.PixelData), s.rows, s.columns, s.samples_per_pixel, s.bits_allocated)
+        except ValueError as exc:
+            raise _SliceProblem(str(exc)) from None
     try:
-        stored = ds.pixel_array
+        stored = ds.pixel_array if by_pydicom else _gdcm_decode(s.path)
+    except _SliceProblem:
+        raise
     except Exception as exc:
         raise _SliceProblem(f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None
     if stored.shape != (s.rows, s.columns):
         raise _SliceProblem(f"pixel array shape {stored.shape} is not {s.rows}×{s.columns}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    try:
+        slope = float(ds.get("RescaleSlope", 1.0) if ds.get("RescaleSlope", None) not in (None, "") else 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        check_rescale(slope, intercept)
+    except (TypeError, ValueError) as exc:
+        raise _SliceProblem(str(exc)) from None
     if (slope, intercept) != (s.slope, s.intercept):
         s = SliceHeader(**{**s.__dict__, "slope": slope, "intercept": intercept})
+    _check_hu(stored, s)
     _rescale_into(stored, s, out)
 
 
@@ -208,8 +298,10 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
     if not ref.slices:
         raise DicomError(name, "series has no CT slices")
     warnings: list[str] = []
+    skipped: list[Skipped] = []
     slices, dropped = majority_filter(list(ref.slices))
-    warnings.extend(f"{d.path}: {d.reason}; left out" for d in dropped)
+    for d in dropped:
+        skipped.append(Skipped(d.path, f"{d.reason}; left out"))
 
     first = slices[0]
     row_dir = _unit(first.iop[:3])
@@ -218,38 +310,53 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
     normal = _unit(np.cross(row_dir, col_dir))
     positions = np.array([np.asarray(s.ipp) @ normal for s in slices])
     order = np.argsort(positions, kind="stable")
-    slices = [slices[i] for i in order]
+    groups = _position_groups([slices[i] for i in order], positions[order])
 
     ny, nx = first.rows, first.columns
-    hu = np.empty((len(slices), ny, nx), dtype=np.dtype(dtype))
+    hu = np.empty((len(groups), ny, nx), dtype=np.dtype(dtype))
     good: list[SliceHeader] = []
-    problems: list[str] = []
-    for s in slices:
+    lost: list[tuple[float, SliceHeader, str]] = []  # unreadable, no copy at its position
+    for pos, group in groups:
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"loading {name} cancelled")
         target = hu[len(good)]
-        try:
-            if not _read_fast(s, target, on_file):
-                _read_decoded(s, target)
-        except _SliceProblem as exc:
-            problems.append(f"{s.path}: {exc}")
+        kept, failed = None, []
+        for s in group:
+            try:
+                problem = _read_one(s, target, on_file)
+            except DicomError as exc:  # a missing decoder: fatal unless a copy decodes
+                if len(group) == 1:
+                    raise
+                problem = exc.reason
+            if problem is None:
+                kept = s
+                break
+            failed.append((s, problem))
+        if kept is None:
+            lost.extend((pos, s, problem) for s, problem in failed)
             continue
-        except OSError as exc:
-            problems.append(f"{s.path}: cannot read file ({exc.strerror or exc})")
-            continue
-        except (DicomError, Cancelled):
-            raise
-        except Exception as exc:  # damaged data must not stop the series
-            problems.append(f"{s.path}: unreadable pixel data ({type(exc).__name__}: {exc})")
-            continue
-        good.append(s)
+        good.append(kept)
+        for s, problem in failed:
+            skipped.append(Skipped(s.path, f"{problem}; the copy at the same position ({_fmt(pos)} mm "
+                                           f"along the normal), {kept.path}, is used instead"))
+        for s in group[group.index(kept) + 1:]:
+            skipped.append(Skipped(s.path, _copy_reason(s, kept, pos, target)))
     if not good:
-        raise DicomError(slices[0].path, "no slice of the series could be read; " + "; ".join(problems[:3]))
-    warnings.extend(f"{p}; slice left out" for p in problems)
-    if len(good) < len(slices):
+        raise DicomError(slices[0].path, "no slice of the series could be read; "
+                         + "; ".join(f"{s.path}: {p}" for _, s, p in lost[:3]))
+    kept_pos = np.array([np.asarray(s.ipp) @ normal for s in good])
+    for pos, s, problem in lost:
+        below, above = kept_pos[kept_pos < pos], kept_pos[kept_pos > pos]
+        if len(below) and len(above):
+            what = (f"the series is stored without it, with a gap between its slices at "
+                    f"{_fmt(below.max())} and {_fmt(above.min())} mm along the normal")
+        else:
+            what = f"the series is stored without it, {len(good)} slices, one fewer at its {'end' if len(below) else 'start'}"
+        skipped.append(Skipped(s.path, f"{problem}; slice left out: {what}"))
+    warnings.extend(f"{k.path}: {k.reason}" for k in skipped)
+    if len(good) < len(hu):
         hu = hu[: len(good)].copy()
 
-    good, hu = _drop_duplicates(good, hu, normal, warnings)
     ipp = np.array([s.ipp for s in good], dtype=np.float64)
     dy, dx = first.pixel_spacing
     ipp, hu = _correct_tilt(ipp, hu, row_dir, col_dir, normal, (dy, dx), warnings)
@@ -264,32 +371,62 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
         frame_of_reference_uid=ref.frame_of_reference_uid,
         sop_uids=tuple(s.sop_instance_uid for s in good),
     )
-    return CTVolume(hu=hu, geometry=geometry, warnings=warnings)
+    return CTVolume(hu=hu, geometry=geometry, warnings=warnings, skipped=skipped)
 
 
-def _drop_duplicates(slices, hu, normal, warnings):
-    pos = np.array([np.asarray(s.ipp) @ normal for s in slices])
-    keep = [0]
-    for k in range(1, len(slices)):
-        kept = keep[-1]
-        if abs(pos[k] - pos[kept]) > DUPLICATE_TOLERANCE_MM:
-            keep.append(k)
-            continue
-        a, b = slices[kept], slices[k]
-        if np.array_equal(hu[kept], hu[k]):
-            warnings.append(
-                f"{b.path}: same position ({_fmt(pos[k])} mm along the normal) and pixels as "
-                f"{a.path}; duplicate left out"
-            )
-            continue
-        raise DicomError(
-            b.path,
-            f"same position ({_fmt(pos[k])} mm along the normal) as {a.path} but different "
-            "pixel data (two acquisitions mixed in one series?)",
-        )
-    if len(keep) == len(slices):
-        return slices, hu
-    return [slices[k] for k in keep], hu[keep]
+def _read_one(s: SliceHeader, target: np.ndarray, on_file=None) -> str | None:
+    """Read slice s into target: None when done, else why it cannot be used (DicomError
+    and Cancelled propagate: they concern the whole series)."""
+    try:
+        if not _read_fast(s, target, on_file):
+            _read_decoded(s, target)
+    except _SliceProblem as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read file ({exc.strerror or exc})"
+    except (DicomError, Cancelled):
+        raise
+    except Exception as exc:  # damaged data must not stop the series
+        return f"unreadable pixel data ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _position_groups(slices: list[SliceHeader], pos: np.ndarray) -> list[tuple[float, list[SliceHeader]]]:
+    """Slices (sorted along the normal) grouped by position (within DUPLICATE_TOLERANCE_MM
+    of the group's first); each group's files in the order they are tried (copy_key: the
+    lossless copy first, then by path)."""
+    groups: list[tuple[float, list[SliceHeader]]] = []
+    for p, s in zip(pos, slices):
+        if groups and abs(p - groups[-1][0]) <= DUPLICATE_TOLERANCE_MM:
+            groups[-1][1].append(s)
+        else:
+            groups.append((float(p), [s]))
+    for _, g in groups:
+        if len(g) > 1:
+            g.sort(key=copy_key)
+    return groups
+
+
+def _copy_reason(s: SliceHeader, kept: SliceHeader, pos: float, kept_hu: np.ndarray) -> str:
+    """Why s, another file at the position of kept, is left out (its pixels compared)."""
+    if s.lossy and not kept.lossy:
+        rule = "this file is lossy compressed, that one lossless"
+    else:  # copies sort lossless first (copy_key), so kept is of the same quality
+        rule = "copies of the same quality: the first path is kept"
+    other = np.empty_like(kept_hu)
+    try:
+        problem = _read_one(s, other)
+    except DicomError as exc:
+        problem = exc.reason
+    if problem is not None:
+        pixels = f"it cannot be read either ({problem})"
+    elif np.array_equal(other, kept_hu):
+        pixels = "same pixels"
+    else:
+        diff = float(np.max(np.abs(other.astype(np.float64) - kept_hu)))
+        pixels = f"different pixels, up to {diff:g} HU apart"
+    return (f"duplicate slice: same position ({_fmt(pos)} mm along the normal) as {kept.path}, "
+            f"which is kept ({rule}); {pixels}; duplicate left out")
 
 
 def _correct_tilt(ipp, hu, row_dir, col_dir, normal, spacing, warnings):

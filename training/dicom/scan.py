@@ -47,7 +47,18 @@ _PIXEL_TAG_LE = b"\xe0\x7f\x10\x00"
 
 
 MAX_EDGE = 8192  # pixels per slice edge; clinical CT is 512 or 1024
-_US_KEYWORDS = {"Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel"}
+_US_KEYWORDS = {"Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation", "SamplesPerPixel",
+                "HighBit"}
+# Transfer syntaxes whose pixel data may have lost information (JPEG baseline/extended and
+# their retired siblings, JPEG-LS near-lossless, JPEG 2000 and HTJ2K that allow lossy).
+LOSSY_TS = {
+    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.52",
+    "1.2.840.10008.1.2.4.53", "1.2.840.10008.1.2.4.54", "1.2.840.10008.1.2.4.55",
+    "1.2.840.10008.1.2.4.56", "1.2.840.10008.1.2.4.58", "1.2.840.10008.1.2.4.59",
+    "1.2.840.10008.1.2.4.60", "1.2.840.10008.1.2.4.61", "1.2.840.10008.1.2.4.62",
+    "1.2.840.10008.1.2.4.63", "1.2.840.10008.1.2.4.64", "1.2.840.10008.1.2.4.81",
+    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203",
+}
 _TAGS: dict[str, int] = {}
 
 
@@ -139,6 +150,18 @@ def _float_or(ds, keyword: str, default: float | None) -> float | None:
         return float(value) if value is not None else default
     except ValueError:
         return default
+
+
+def _number_or(ds, keyword: str, default: float) -> float:
+    """A numeric element's value, default when absent or empty; ValueError naming it when
+    present but not a number (guessing 1 for a damaged RescaleSlope would store wrong HU)."""
+    value = _value(ds, keyword)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{keyword} is not a number ({_shown_number(value)})") from None
 
 
 def _floats(ds, keyword: str, n: int) -> tuple[float, ...]:
@@ -292,18 +315,20 @@ def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
         raise ValueError("Rows, Columns or BitsAllocated missing")
     if rows > MAX_EDGE or cols > MAX_EDGE:  # a damaged header must not make a worker allocate gigabytes
         raise ValueError(f"{rows}×{cols} pixels is larger than any CT slice (at most {MAX_EDGE}² accepted)")
-    slope = _float_or(ds, "RescaleSlope", 1.0) or 1.0
-    intercept = _float_or(ds, "RescaleIntercept", 0.0) or 0.0
-    for keyword, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
-        if not np.isfinite(v):  # NaN HU would become arbitrary int16 values in the workspace
-            raise ValueError(f"{keyword} is {v}, not a finite number")
+    stored_bits, high_bit = _int_or_none(ds, "BitsStored"), _int_or_none(ds, "HighBit")
+    representation = _int_or_none(ds, "PixelRepresentation") or 0
+    check_pixel_format(bits, stored_bits, high_bit, representation)
+    slope = _number_or(ds, "RescaleSlope", 1.0)
+    intercept = _number_or(ds, "RescaleIntercept", 0.0)
+    check_rescale(slope, intercept)
     if offset >= 0:
-        expected = rows * cols * (bits // 8)
+        expected = rows * cols * samples * (bits // 8)
         available = size - offset
         if min(length, available) < expected:
             raise ValueError(
                 f"truncated: pixel data holds {min(length, available)} of {expected} bytes"
             )
+        check_pixel_length(length, rows, cols, samples, bits)
     thickness = _float_or(ds, "SliceThickness", None)
     return SliceHeader(
         path=path,
@@ -321,12 +346,53 @@ def _ct_slice(path: str, st, ds, ts: str, pixel, size: int) -> SliceHeader:
         slice_thickness=thickness,
         transfer_syntax=ts,
         bits_allocated=bits,
-        bits_stored=_int_or_none(ds, "BitsStored") or bits,
-        pixel_representation=_int_or_none(ds, "PixelRepresentation") or 0,
+        bits_stored=stored_bits or bits,
+        pixel_representation=representation,
         samples_per_pixel=samples,
         pixel_value_offset=offset,
         pixel_length=length,
+        lossy=_text(ds, "LossyImageCompression") == "01" or ts in LOSSY_TS,
     )
+
+
+def check_pixel_format(bits: int, stored: int | None, high: int | None, representation: int) -> None:
+    """ValueError unless BitsAllocated/BitsStored/HighBit/PixelRepresentation describe
+    integer pixels this reader stores faithfully (CT Image module: HighBit = BitsStored − 1)."""
+    if bits not in (8, 16, 32):
+        raise ValueError(f"BitsAllocated {bits} is not 8, 16 or 32 (packed or damaged header?)")
+    if stored is not None and not 1 <= stored <= bits:
+        raise ValueError(f"BitsStored {stored} does not fit in BitsAllocated {bits}")
+    if high is not None and high != (stored or bits) - 1:
+        raise ValueError(
+            f"HighBit {high} with BitsStored {stored or bits}: the CT Image module requires "
+            f"HighBit = BitsStored − 1 = {(stored or bits) - 1}; the pixel values cannot be "
+            "read reliably"
+        )
+    if representation not in (0, 1):
+        raise ValueError(f"PixelRepresentation {representation} is neither 0 (unsigned) nor 1 (signed)")
+
+
+def check_rescale(slope: float | None, intercept: float) -> None:
+    """ValueError unless HU = stored × slope + intercept is usable: a slope of 0 would make
+    every pixel the intercept, a negative one inverts the image (no CT writes either)."""
+    for keyword, v in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if v is None or not np.isfinite(v):  # NaN HU would become arbitrary int16 values
+            raise ValueError(f"{keyword} is {v}, not a finite number")
+    if slope <= 0:
+        raise ValueError(f"RescaleSlope is {slope:g}; HU = stored × slope + intercept needs a positive slope")
+
+
+def check_pixel_length(length: int, rows: int, cols: int, samples: int, bits: int) -> None:
+    """ValueError when native pixel data holds more bytes than the header's image size
+    (a header that describes another image: its pixels would be stored as garbage). One
+    padding byte to an even length is allowed."""
+    expected = rows * cols * samples * (bits // 8)
+    if length > expected + (expected % 2):
+        raise ValueError(
+            f"header and pixel data disagree: Rows × Columns × SamplesPerPixel × BitsAllocated = "
+            f"{rows}×{cols}×{samples}×{bits} bits = {expected} bytes, but the pixel data holds "
+            f"{length} bytes"
+        )
 
 
 def _struct_ref(path: str, st, ds) -> StructRef:
@@ -434,16 +500,7 @@ def scan(
             progress(done, total)
 
     for key, slices in by_series.items():
-        seen: dict[str, str] = {}
-        unique = []
-        for s in slices:
-            if s.sop_instance_uid and s.sop_instance_uid in seen:
-                result.skipped.append(
-                    Skipped(s.path, f"same SOPInstanceUID as {seen[s.sop_instance_uid]} (a copy)")
-                )
-                continue
-            seen[s.sop_instance_uid] = s.path
-            unique.append(s)
+        unique = _unique_instances(slices, result.skipped)
         kept, dropped = majority_filter(unique)
         result.skipped.extend(dropped)
         info = series_info[key]
@@ -451,6 +508,32 @@ def scan(
     result.series.sort(key=lambda r: (r.patient_id, r.study_uid, r.series_number or 0, r.series_uid))
     result.structs.sort(key=lambda r: (r.patient_id, r.study_uid, r.path))
     return result
+
+
+def copy_key(s: SliceHeader) -> tuple:
+    """Which of two copies of one slice is kept: the lossless one, then the first path
+    (deterministic whatever the order the files were found in)."""
+    return (s.lossy, s.path)
+
+
+def _unique_instances(slices: list[SliceHeader], skipped: list[Skipped]) -> list[SliceHeader]:
+    """One slice per SOPInstanceUID (copies of an instance: the lossless one, see copy_key);
+    the others are listed in skipped, naming the copy kept."""
+    best: dict[str, SliceHeader] = {}
+    for s in slices:
+        if s.sop_instance_uid:
+            b = best.get(s.sop_instance_uid)
+            if b is None or copy_key(s) < copy_key(b):
+                best[s.sop_instance_uid] = s
+    unique = []
+    for s in slices:
+        kept = best.get(s.sop_instance_uid)
+        if kept is None or kept is s:
+            unique.append(s)
+            continue
+        why = " (lossy compressed; the lossless copy is kept)" if s.lossy and not kept.lossy else ""
+        skipped.append(Skipped(s.path, f"same SOPInstanceUID as {kept.path}, which is kept (a copy){why}"))
+    return unique
 
 
 def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:

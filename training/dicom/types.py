@@ -77,6 +77,7 @@ class SliceHeader:
     samples_per_pixel: int
     pixel_value_offset: int = -1
     pixel_length: int = -1
+    lossy: bool = False  # LossyImageCompression "01" or a lossy transfer syntax
 
 
 @dataclass(frozen=True)
@@ -139,3 +140,6 @@ class CTVolume:
     hu: np.ndarray
     geometry: VolumeGeometry
     warnings: list[str] = field(default_factory=list)
+    # files of the series left out of hu, each with the reason and what it means for the
+    # series (the ingest lists them with the drop's unusable files)
+    skipped: list[Skipped] = field(default_factory=list)
