@@ -78,7 +78,8 @@ def test_no_pixel_data_is_skipped(tmp_path):
     write_ct_slice(tmp_path / "ct" / "empty.dcm", np.zeros((8, 10)), ipp=(-10, -20, 99.0),
                    pixel_spacing=(0.8, 0.6), series_uid=spec.series_uid, with_pixels=False)
     result = scan(tmp_path)
-    assert _reasons(result) == {"empty.dcm": "no pixel data"}
+    assert _reasons(result) == {
+        "empty.dcm": "no pixel data; left out of its CT series, which goes on with its other 4 file(s)"}
     assert len(result.series[0]) == 4
 
 

@@ -492,12 +492,14 @@ def scan(
     # (e.g. SimpleITK) give every slice of a series its own StudyInstanceUID.
     by_series: dict[tuple[str, str], list[SliceHeader]] = defaultdict(list)
     series_info: dict[tuple[str, str], dict] = {}
+    bad_slices: dict[tuple[str, str], list[int]] = defaultdict(list)  # → indices in skipped
     for done, path in enumerate(files, 1):
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"scan cancelled after {done - 1} of {total} files")
-        _scan_one(path, result, by_series, series_info)
+        _scan_one(path, result, by_series, series_info, bad_slices)
         if progress is not None:
             progress(done, total)
+    _say_series_consequence(result, by_series, bad_slices)
 
     for key, slices in by_series.items():
         unique = _unique_instances(slices, result.skipped)
@@ -536,14 +538,25 @@ def _unique_instances(slices: list[SliceHeader], skipped: list[Skipped]) -> list
     return unique
 
 
-def _scan_one(path: str, result: ScanResult, by_series, series_info) -> None:
+def _say_series_consequence(result: ScanResult, by_series, bad_slices) -> None:
+    """Each unusable slice of a CT series says what it means for its series."""
+    for key, indices in bad_slices.items():
+        n = len(by_series.get(key, ()))
+        what = (f"left out of its CT series, which goes on with its other {n} file(s)" if n else
+                "its CT series has no other usable file here, so it is not stored")
+        for i in indices:
+            sk = result.skipped[i]
+            result.skipped[i] = Skipped(sk.path, f"{sk.reason}; {what}")
+
+
+def _scan_one(path: str, result: ScanResult, by_series, series_info, bad_slices=None) -> None:
     try:
-        _classify(path, result, by_series, series_info)
+        _classify(path, result, by_series, series_info, bad_slices)
     except Exception as exc:  # a damaged file must never stop the scan
         result.skipped.append(Skipped(path, f"unreadable DICOM data ({type(exc).__name__}: {exc})"))
 
 
-def _classify(path: str, result: ScanResult, by_series, series_info) -> None:
+def _classify(path: str, result: ScanResult, by_series, series_info, bad_slices=None) -> None:
     try:
         st = os.stat(path)
         ds, ts, pixel, size = _read_header(path)
@@ -582,7 +595,12 @@ def _classify(path: str, result: ScanResult, by_series, series_info) -> None:
         if not series:
             raise ValueError("no SeriesInstanceUID")
         for_uid = _uid(ds, "FrameOfReferenceUID")
-        header = _ct_slice(path, st, ds, ts, pixel, size)
+        try:
+            header = _ct_slice(path, st, ds, ts, pixel, size)
+        except ValueError:
+            if bad_slices is not None:  # a slice of a known series: say what it costs it
+                bad_slices[(_text(ds, "PatientID"), series)].append(len(result.skipped))
+            raise
     except ValueError as exc:
         reason = str(exc)
         if not pixel[0] and "pixel data" not in reason and modality in ("", "CT"):
