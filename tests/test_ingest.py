@@ -369,9 +369,11 @@ def test_failed_series_in_the_dropped_folder_itself_stores_no_path_above_it(coho
     monkeypatch.setattr(training.dicom, "load_ct_series", boom)
     ws_path = tmp_path / "w.h5"
     rep = ingest([ct], ws_path, CFG, workers=1)
-    assert not rep.added and len(rep.skipped) == 1
-    where, why = rep.skipped[0]
-    assert where == "." and "MemoryError" in why
+    # every file of the series is listed (issue 11), none with a path above the drop
+    assert not rep.added and len(rep.skipped) == len(list(ct.iterdir()))
+    for where, why in rep.skipped:
+        assert "/" not in where and where.endswith(".dcm") and "MemoryError" in why
+        assert "Secret_Surname" not in where + why
     assert b"Secret_Surname" not in ws_path.read_bytes()
 
 

@@ -174,56 +174,7 @@ def quick_identity(path: Path, st: os.stat_result) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def discover(paths: Iterable[str | os.PathLike], exclude: Callable[[str], bool] | None = None
-             ) -> list[tuple[Path, str, os.stat_result]]:
-    """Every regular file below the dropped paths: (path, path relative to its drop, stat).
-
-    Folders are walked in name order with os.scandir (one stat per file); symbolic links
-    to files are followed, links to folders are not, and a file reached twice (a link, or
-    overlapping drops) is listed once. exclude(real path) → True leaves a file out.
-    """
-    out = []
-    seen: set[str] = set()
-
-    def add(p: Path, rel: str, st: os.stat_result, key: str) -> None:
-        if key not in seen and not (exclude and exclude(key)):
-            seen.add(key)
-            out.append((p, rel, st))
-
-    for root in paths:
-        root = Path(root)
-        if root.is_file():
-            with contextlib.suppress(OSError):
-                add(root, root.name, root.stat(), os.path.realpath(root))
-            continue
-        if not root.is_dir():
-            continue
-        stack = [(str(root), "")]
-        while stack:
-            folder, prefix = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError:
-                continue
-            real_folder = os.path.realpath(folder)
-            subdirs = []
-            for e in entries:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        subdirs.append(e)
-                        continue
-                    if not e.is_file():  # follows a link; sockets, fifos, dangling links out
-                        continue
-                    link = e.is_symlink()
-                    st = e.stat()
-                except OSError:
-                    continue
-                key = os.path.realpath(e.path) if link else os.path.join(real_folder, e.name)
-                add(Path(e.path), prefix + e.name, st, key)
-            # depth first in name order, like os.walk with sorted names
-            stack.extend((e.path, prefix + e.name + os.sep) for e in reversed(subdirs))
-    return out
+from training.store.discover import discover  # noqa: E402  (every file of a drop, or why not)
 
 
 # ----------------------------------------------------------------------------- workers
@@ -288,7 +239,13 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
                 hashes[p] = hash_file(p)
         content = combine_hashes(hashes.values())
     rows = _identity_rows(hashes, stage)
-    out: dict[str, Any] = {"content_hash": content, "identity": rows}
+    left_out = [(sk.path, sk.reason) for sk in vol.skipped]
+    for p, why in left_out:  # listed again with the drop that brings them unchanged
+        q = stage["quick"].get(p)
+        if q in rows:
+            rows[q] = [rows[q][0], "", clean_text(why, stage["roots"], stage["replacements"]),
+                       clean_text(p, stage["roots"], stage["replacements"])]
+    out: dict[str, Any] = {"content_hash": content, "identity": rows, "left_out": left_out}
     cfg = PreprocessConfig.from_json(cfg_json)
     geometry = vol.geometry
     warnings = list(vol.warnings)
@@ -314,8 +271,8 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         label=stage["label"], patient=stage["patient"], content_hash=content, images=images,
         labels=labels, spacing=spacing, rois=tuple(sorted(masks)), warnings=tuple(warnings),
         series_uid=stage["series_uid"], frame_of_reference_uid=geometry.frame_of_reference_uid,
-        n_source_files=len(hashes), hu=hu16, masks=masks, geometry=geometry,
-        role=stage.get("role", ""))
+        n_source_files=len(hashes) - len(left_out) - len(struct_skipped), hu=hu16, masks=masks,
+        geometry=geometry, role=stage.get("role", ""))
     tmp = wsmod.write_staged_tmp(Path(stage["final"]), entry, stage["phash"], stage["salt"], rows,
                                  {stage["digest"]: stage["number"]})
     out.update(status="loaded", tmp=str(tmp), n_images=int(images.shape[0]),
@@ -677,7 +634,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     phash = wsmod.preprocess_hash(cfg)
     _call(progress, "discover", 0, 0, "listing files")
     ws_real = os.path.realpath(st.path)
-    files = discover(paths, exclude=lambda real: _is_own_file(real, ws_real))
+    found_skipped: list[tuple[str, str, str]] = []  # links, FIFOs, unreadable folders...
+    files = discover(paths, exclude=lambda real: _is_own_file(real, ws_real), skipped=found_skipped)
     report.n_files = len(files)
     rel_of: dict[str, str] = {}
     quick_of: dict[str, str] = {}
@@ -729,7 +687,9 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         if label:
             report.unchanged.append(label)
     if scan is None:
-        return
+        if not found_skipped:
+            return
+        scan = dicom.ScanResult()  # nothing new to read, but entries to list
 
     # Identifying tokens of this drop → pseudonyms (for scrubbing stored paths).
     # Drop order (first file of each series as discovered) fixes the pseudonym numbering.
@@ -771,12 +731,14 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         return clean(key)
 
     st.seen_paths = {rel(p) for p, _, _ in files}
-    if scan.skipped or scan.structs:
+    if scan.skipped or scan.structs or found_skipped:
         # Patients of this drop whose files were all known were not read; their names
         # may still be folder names above a newly unusable file. One header each.
         for s in sorted(known_series):
             _learn_identifiers(known_by_series[s][:1], st, replacements)
 
+    for _, r, why in found_skipped:  # not regular files: nothing to remember them by
+        report.skip((clean(r), clean(why)))
     for s in scan.skipped:
         sp = str(_attr(s, "path", default=""))
         reason = str(_attr(s, "reason", default="unusable"))
@@ -845,8 +807,12 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         except Exception as exc:
             files = _ref_files(ref)
             where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
-            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
-            report.skip((where, clean(str(reason))))
+            reason = clean(str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
+            named = str(getattr(exc, "path", None) or "")
+            if named in rel_of:  # the file the reason is about, then the others of its series
+                report.skip((where, reason))
+                reason = f"{where}: {reason}"
+            _skip_series_files(report, [*files, *map(Path, structs)], reason, rel)
             _call(progress, "ingest", done, total, f"skipped {label}")
             continue
         if res["status"] == "unchanged":
@@ -859,10 +825,12 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         shape = res["shape"]
         if st.image_shape and shape != st.image_shape:
             Path(res["tmp"]).unlink(missing_ok=True)
-            report.skip((rel(_ref_files(ref)[0].parent), (
+            _skip_series_files(report, [*_ref_files(ref), *map(Path, structs)], (
                 f"preprocessed image shape {shape} differs from the workspace's "
-                f"{st.image_shape}; set a crop or size")))
+                f"{st.image_shape}; set a crop or size"), rel)
             continue
+        for sp, why in res.get("left_out", ()):  # files of the series the loader left out
+            report.skip((rel(sp), clean(str(why))))
         st.image_shape = st.image_shape or shape
         wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
         merger.add_staged(seq, Path(final))
@@ -881,6 +849,17 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         _call(progress, "ingest", done, total, label)
     if cancel and cancel():
         report.cancelled = True
+
+
+def _skip_series_files(report: IngestReport, files: list[Path], reason: str, rel) -> None:
+    """A series that could not be stored: each of its files (and RTSTRUCTs) not listed yet
+    is listed with the reason, so every file of the drop is accounted for."""
+    listed = {r for r, _ in report.skipped}
+    for f in files:
+        r = rel(f)
+        if r not in listed:
+            listed.add(r)
+            report.skip((r, f"its CT series could not be stored: {reason}"))
 
 
 def _is_own_file(real: str, ws_real: str) -> bool:
