@@ -41,7 +41,7 @@ class AppState(QObject):
         from training.config import PreprocessConfig
 
         # The Data tab's settings: used for ingests into a workspace that has none yet.
-        self.preprocess: PreprocessConfig = PreprocessConfig()
+        self.preprocess: PreprocessConfig = PreprocessConfig.new_workspace()
         self._model_cache: tuple[Path, Any] | None = None
 
     # -- workspace -----------------------------------------------------------------------

@@ -117,6 +117,34 @@ class PreprocessConfig(_Config):
     mode: str = "2d"
     depth: int | None = None
     rois: tuple[str, ...] = ()
+    spacing: float | None = None
+    fov: float | None = None
+    z_spacing: float | None = None
+
+    @classmethod
+    def new_workspace(cls, **kw: Any) -> "PreprocessConfig":
+        """The settings of a NEW workspace (README "Physical scale"): 1.0 mm pixels and a
+        128 mm field of view, so a cohort of mixed pixel spacings shares one physical scale
+        (the thesis' central 128 px of 0.98 mm pixels was 125 mm). Existing workspaces keep
+        what they store; the dataclass defaults stay pixel-based so old JSON means what it
+        meant."""
+        base: dict[str, Any] = {"spacing": 1.0, "fov": 128.0, "crop": None}
+        base.update(kw)
+        return cls(**base)
+
+    def to_dict(self) -> dict[str, Any]:
+        # Settings in mm are left out while unset, so a pixel-based config serialises (and
+        # hashes: workspace.preprocess_hash) exactly as it did before they existed.
+        d = super().to_dict()
+        for name in ("spacing", "fov", "z_spacing"):
+            if d.get(name) is None:
+                d.pop(name, None)
+        return d
+
+    @property
+    def physical(self) -> bool:
+        """Whether any setting is in mm (spacing, fov, z_spacing)."""
+        return self.spacing is not None or self.fov is not None or self.z_spacing is not None
 
     @classmethod
     def preset(cls, name: str, **kw: Any) -> "PreprocessConfig":
@@ -140,6 +168,19 @@ class PreprocessConfig(_Config):
             raise ConfigError(f"mode must be '2d' or '3d', got {self.mode!r}")
         if len(set(self.rois)) != len(self.rois):
             raise ConfigError("rois contains a name twice")
+        self._validate_scale()
+
+    def _validate_scale(self) -> None:
+        import math
+
+        for name in ("spacing", "fov", "z_spacing"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be a positive number of mm or None, got {v!r}")
+        if self.fov is not None and self.crop is not None:
+            raise ConfigError("set crop (pixels) or fov (mm), not both")
+        if self.fov is not None and self.spacing is not None and round(self.fov / self.spacing) < 4:
+            raise ConfigError(f"fov {self.fov:g} mm at {self.spacing:g} mm pixels is under 4 pixels")
 
     @property
     def n_classes(self) -> int:

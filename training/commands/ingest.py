@@ -77,7 +77,7 @@ def register(sub) -> None:
 
 def _current_cfg(path: Path) -> PreprocessConfig:
     if not path.exists():
-        return PreprocessConfig()
+        return PreprocessConfig.new_workspace()
     from training.store.workspace import Workspace
 
     with Workspace.open(path) as ws:

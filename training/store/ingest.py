@@ -264,7 +264,7 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
             masks[name] = m if name not in masks else (masks[name] | m)
     hu16 = vol.hu  # int16 HU, rounded and clipped by the loader
     del vol
-    images, labels, missing = derive(hu16, masks, geometry.positions, cfg)
+    images, labels, missing = derive(hu16, masks, geometry, cfg)  # positions + pixel spacing
     warnings = [clean_text(w, stage["roots"], stage["replacements"]) for w in warnings]
     spacing = tuple(float(v) for v in geometry.spacing)
     entry = EntryData(
@@ -475,7 +475,7 @@ def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | Non
                     for label in labels:
                         g = src["entries"][label]
                         hu, masks, geo = wsmod.read_source(g["source"])
-                        pos = geo.positions if geo is not None else np.arange(hu.shape[0], dtype=float)
+                        pos = geo if geo is not None else np.arange(hu.shape[0], dtype=float)
                         yield label, _rederive_job, (hu, masks, pos, cfg_json)
 
                 ex = _executor(workers)
@@ -567,7 +567,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
     path = Path(workspace_path)
     cfg = preprocess
     if cfg is None:  # keep the workspace's settings; defaults for a new workspace
-        cfg = PreprocessConfig()
+        cfg = PreprocessConfig.new_workspace()
         if path.exists():
             with Workspace.open(path) as ws:
                 cfg = ws.preprocess

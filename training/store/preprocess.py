@@ -7,7 +7,9 @@ nearest neighbour, so no new classes appear.
 
 The chain, as `preprocess_volume` runs it: select_slices → center_crop → resize_inplane
 → (3D) to_cube → window. Interpolation happens on HU, windowing last, so clipping is
-applied to physically interpolated values.
+applied to physically interpolated values. A config with settings in mm (spacing, fov,
+z_spacing) takes `preprocess_physical` instead: the grid of training/store/scale.py,
+resampled by training/store/resample.py (labels there by area fraction, not nearest).
 """
 
 from __future__ import annotations
@@ -152,16 +154,23 @@ def output_depth(cfg: PreprocessConfig, h: int) -> int:
 
 
 def preprocess_volume(hu: np.ndarray, labels: np.ndarray | None, positions: np.ndarray,
-                      cfg: PreprocessConfig) -> tuple[np.ndarray, np.ndarray | None]:
+                      cfg: PreprocessConfig, pixel_spacing: tuple[float, float] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
     """Source HU (z, y, x) + exclusive labels → training arrays.
 
-    positions: slice positions in mm (VolumeGeometry.positions) or a VolumeGeometry.
+    positions: slice positions in mm (VolumeGeometry.positions) or a VolumeGeometry
+    (which also gives the pixel spacing). pixel_spacing (dy, dx) mm: needed when cfg has
+    settings in mm (spacing, fov; see preprocess_physical).
     Returns float32 images in [0, 1] and uint8 labels (or None):
     2D: (n_selected, H, W); 3D: (1, D, H, W).
     """
     if hasattr(positions, "positions"):
+        if pixel_spacing is None:
+            pixel_spacing = tuple(positions.pixel_spacing)
         positions = positions.positions
     positions = np.asarray(positions, dtype=np.float64)
+    if cfg.physical:
+        return preprocess_physical(hu, labels, positions, cfg, pixel_spacing)
     idx = select_slices(positions, cfg)
     # select_slices gives a run of consecutive slices: a view, copied once below
     sel = slice(int(idx[0]), int(idx[-1]) + 1) if np.all(np.diff(idx) == 1) else idx
@@ -184,3 +193,79 @@ def preprocess_volume(hu: np.ndarray, labels: np.ndarray | None, positions: np.n
         if np.may_share_memory(lab, labels):
             lab = lab.copy()
     return window(vol, cfg.hu_min, cfg.hu_max, in_place=True), lab
+
+
+def preprocess_physical(hu: np.ndarray, labels: np.ndarray | None, positions: np.ndarray,
+                        cfg: PreprocessConfig, pixel_spacing: tuple[float, float] | None
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+    """preprocess_volume for a config in mm (training/store/scale.py says which grid):
+
+    z (z_spacing set): slices selected on a uniform z grid, resampled from the real slice
+    positions; else select_slices on the acquired slices (and to_cube in 3D, as before).
+    In-plane (spacing or fov set): one resampling onto the output grid (it crops and pads
+    too; outside the slice is air); else centre crop. Then `size`, window.
+    """
+    from training.store import resample as rs
+    from training.store import scale
+
+    hu = np.asarray(hu)
+    nz, h, w = hu.shape
+    grid = None
+    if cfg.spacing is not None or cfg.fov is not None:
+        if pixel_spacing is None:
+            raise ValueError("the pixel spacing is unknown, so a spacing or field of view in mm "
+                             "cannot be applied")
+        grid = scale.inplane_grid(cfg, pixel_spacing, (h, w))
+    weights: dict[int, rs.AxisWeights] = {}
+    if grid is not None:
+        (ys, yo), (xs, xo) = scale.inplane_positions(grid, pixel_spacing, (h, w))
+        weights[1] = rs.axis_weights(ys, yo, grid.spacing[0])
+        weights[2] = rs.axis_weights(xs, xo, grid.spacing[1])
+    cube_positions = None
+    if cfg.z_spacing is not None:
+        if nz > 1 and np.any(np.diff(positions) <= 0):
+            raise ValueError("slice positions must be strictly ascending to resample along z")
+        g = scale.z_grid(positions, cfg.z_spacing)
+        idx = select_slices(g, cfg)
+        zout = g[idx]
+        if cfg.mode == "3d":
+            edge = grid.shape[1] if grid is not None else (cfg.crop or w)
+            d = output_depth(cfg, int(edge))
+            centre = (zout[0] + zout[-1]) / 2
+            zout = centre + (np.arange(d) - (d - 1) / 2) * cfg.z_spacing
+        weights[0] = rs.axis_weights(positions, zout, cfg.z_spacing)
+        # only the source slices the z weights touch are read
+        used = np.unique(weights[0].index[weights[0].weight != 0])
+        if len(used) == 0:
+            used = np.array([0])
+        lo, hi = int(used[0]), int(used[-1]) + 1
+        zw = weights[0]
+        weights[0] = rs.AxisWeights(np.clip(zw.index - lo, 0, hi - lo - 1), zw.weight, zw.fill_weight)
+        vol, lab = hu[lo:hi], (None if labels is None else np.asarray(labels, np.uint8)[lo:hi])
+    else:
+        idx = select_slices(positions, cfg)
+        sel = slice(int(idx[0]), int(idx[-1]) + 1)
+        vol, lab = hu[sel], (None if labels is None else np.asarray(labels, np.uint8)[sel])
+        cube_positions = positions[idx]
+    if grid is None and cfg.crop:
+        vol = center_crop(vol, cfg.crop, AIR_HU)
+        lab = None if lab is None else center_crop(lab, cfg.crop, 0)
+    out = rs.resample(vol, weights, fill=AIR_HU) if weights else vol.astype(np.float32)
+    if np.may_share_memory(out, hu):
+        out = out.copy()  # windowed in place below
+    if lab is not None:
+        lab = rs.resample_labels(lab, weights) if weights else np.array(lab, dtype=np.uint8)
+    if cfg.size and out.shape[-2:] != (cfg.size, cfg.size):
+        out = resize_inplane(out, cfg.size, order=1)
+        lab = None if lab is None else resize_inplane(lab, cfg.size, order=0)
+    if cfg.mode == "3d":
+        if cube_positions is not None:  # no z_spacing: the cube spans the selected slices
+            d = output_depth(cfg, out.shape[-1])
+            out = to_cube(out, cube_positions, d, order=1)
+            lab = None if lab is None else to_cube(lab, cube_positions, d, order=0)
+        out = out[None]
+        lab = None if lab is None else lab[None]
+    if lab is not None:
+        lab = np.ascontiguousarray(lab)
+    out = np.ascontiguousarray(out, dtype=np.float32)
+    return window(out, cfg.hu_min, cfg.hu_max, in_place=True), lab
