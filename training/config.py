@@ -139,6 +139,9 @@ class PreprocessConfig(_Config):
         for name in ("spacing", "fov", "z_spacing"):
             if d.get(name) is None:
                 d.pop(name, None)
+        for name in ("hu_min", "hu_max", "slice_center", "spacing", "fov", "z_spacing"):
+            if isinstance(d.get(name), int):  # -1000 and -1000.0 are one setting (one hash)
+                d[name] = float(d[name])
         return d
 
     @property

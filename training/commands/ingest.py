@@ -15,6 +15,10 @@ def _int_or_none(text: str) -> int | None:
     return None if text.lower() in ("none", "off", "0") else int(text)
 
 
+def _mm_or_none(text: str) -> float | None:
+    return None if text.lower() in ("none", "off", "0") else float(text)
+
+
 def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing (unset options keep the workspace's current value)",
                              argument_default=argparse.SUPPRESS)
@@ -32,6 +36,12 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slice-stop", type=_int_or_none, metavar="I", help="'range': stop index (exclusive)")
     g.add_argument("--mode", choices=("2d", "3d"), help="2D slices or 3D volumes (cube)")
     g.add_argument("--depth", type=_int_or_none, metavar="N", help="3D: cube depth (default: size or crop)")
+    g.add_argument("--spacing", type=_mm_or_none, metavar="MM|none",
+                   help="resample in-plane to MM × MM pixels before cropping (none: keep each series' pixels)")
+    g.add_argument("--fov", type=_mm_or_none, metavar="MM|none",
+                   help="field of view: centred MM × MM square (replaces --crop)")
+    g.add_argument("--z-spacing", type=_mm_or_none, metavar="MM|none",
+                   help="resample along z onto a uniform MM grid from the real slice positions")
     g.add_argument("--rois", metavar="NAMES", help='comma-separated ROI names in priority order, e.g. "Lung-Left,Lung-Right"; "" for CT only')
 
 
@@ -50,6 +60,14 @@ def preprocess_from_args(args: argparse.Namespace, base: PreprocessConfig) -> Pr
                  "slice_stop", "mode", "depth"):
         if name in given:
             changes[name] = given[name]
+    for name in ("spacing", "fov", "z_spacing"):
+        if name in given:
+            changes[name] = given[name]
+    # crop (pixels) and fov (mm) are one setting in two units: the one given replaces the other
+    if changes.get("crop") is not None and "fov" not in given:
+        changes["fov"] = None
+    if changes.get("fov") is not None and "crop" not in given:
+        changes["crop"] = None
     if "rois" in given:
         changes["rois"] = tuple(r.strip() for r in args.rois.split(",") if r.strip())
     return base.replace(**changes)

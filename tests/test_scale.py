@@ -1,0 +1,253 @@
+"""Physical scale: resampling in mm (in-plane and z), field of view in mm, the default of a
+new workspace, and the warning for mixed spacings — against scipy and hand-built DICOM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tests.dicom_factory import write_ct_series
+from training.config import ConfigError, PreprocessConfig
+from training.store import resample as rs
+from training.store import scale
+from training.store.ingest import derive, ingest
+from training.store.preprocess import preprocess_volume
+from training.store.workspace import Workspace, preprocess_hash
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_pixel_config_json_and_hash_unchanged_and_mm_round_trips():
+    old = PreprocessConfig(crop=64, size=32)
+    d = json.loads(old.to_json())
+    assert not {"spacing", "fov", "z_spacing"} & set(d)  # serialises exactly as before
+    assert PreprocessConfig.from_json(old.to_json()) == old
+    # a workspace written before the mm settings existed: its JSON still loads, same hash
+    legacy = ('{"crop": 128, "depth": null, "hu_max": 700.0, "hu_min": -800.0, "mode": "2d", '
+              '"rois": [], "size": null, "slice_center": null, "slice_count": 10, "slice_start": 0, '
+              '"slice_stop": null, "slices": "all", "window_name": "thorax"}')
+    cfg = PreprocessConfig.from_json(legacy)
+    assert cfg.spacing is None and cfg.fov is None and cfg.z_spacing is None and cfg.crop == 128
+    assert not cfg.physical and cfg.to_json() == legacy
+    assert preprocess_hash(cfg) == preprocess_hash(PreprocessConfig.from_json(legacy))
+    mm = PreprocessConfig(crop=None, spacing=0.8, fov=200.0, z_spacing=2.5, mode="3d")
+    assert PreprocessConfig.from_json(mm.to_json()) == mm and mm.physical
+
+
+def test_new_workspace_default_and_validation():
+    new = PreprocessConfig.new_workspace()
+    assert (new.spacing, new.fov, new.crop, new.z_spacing) == (1.0, 128.0, None, None)
+    assert PreprocessConfig().spacing is None  # the dataclass default keeps old meaning
+    with pytest.raises(ConfigError, match="crop .* or fov"):
+        PreprocessConfig(crop=64).replace(fov=64.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ConfigError, match="spacing"):
+            PreprocessConfig().replace(spacing=bad)
+    with pytest.raises(ConfigError, match="under 4 pixels"):
+        PreprocessConfig.from_dict({"crop": None, "spacing": 2.0, "fov": 6.0})
+    # an int window limit is the same setting as its float (same JSON, same hash)
+    assert PreprocessConfig(hu_min=-1000).to_json() == PreprocessConfig(hu_min=-1000.0).to_json()
+    with pytest.raises(ConfigError):
+        PreprocessConfig.from_dict({"spacing": "1mm"})
+
+
+# ----------------------------------------------------------------------------- 1D weights
+
+
+def test_upsampling_is_linear_interpolation_like_scipy():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(3, 11, 9)).astype(np.float32)
+    src_y, src_x = np.arange(11) * 1.2, np.arange(9) * 0.9
+    out_y, out_x = np.linspace(-0.5, 12.4, 31), np.linspace(0.1, 7.0, 17)
+    wy, wx = rs.axis_weights(src_y, out_y, 0.43), rs.axis_weights(src_x, out_x, 0.43)
+    got = rs.resample(v, {1: wy, 2: wx}, fill=0.0)
+    # independent: map_coordinates at fractional indices, edge values held within the
+    # edge pixel (mode="nearest")
+    yy, xx = np.meshgrid(out_y / 1.2, out_x / 0.9, indexing="ij")
+    ref = np.stack([ndimage.map_coordinates(s, [yy, xx], order=1, mode="nearest") for s in v])
+    np.testing.assert_allclose(got, ref, atol=2e-6)
+
+
+def test_outside_the_slice_is_fill():
+    v = np.zeros((1, 4, 4), np.float32)
+    src = np.arange(4) * 1.0
+    out = np.array([-3.0, -0.5, 0.0, 3.0, 3.5, 5.0])  # cells end at -0.5 and 3.5
+    w = rs.axis_weights(src, out, 1.0)
+    got = rs.resample(v, {2: w}, fill=-1000.0)[0, 0]
+    np.testing.assert_allclose(got, [-1000, 0, 0, 0, 0, -1000])
+
+
+def test_downsampling_is_the_area_mean():
+    rng = np.random.default_rng(2)
+    v = rng.normal(size=(2, 12, 18)).astype(np.float32)
+    ds = 0.5
+    grid = scale.InplaneGrid((1.0, 1.0), (6, 9))  # 0.5 mm → 1 mm: exactly 2 × 2 blocks
+    (ys, yo), (xs, xo) = scale.inplane_positions(grid, (ds, ds), v.shape[1:])
+    got = rs.resample(v, {1: rs.axis_weights(ys, yo, 1.0), 2: rs.axis_weights(xs, xo, 1.0)})
+    ref = v.reshape(2, 6, 2, 9, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    # a non-integer factor: the overlap weights equal the area of each source pixel inside
+    # the output pixel, computed here by supersampling each source pixel 20×
+    src = np.arange(10) * 0.4
+    out = 1.8 + (np.arange(4) - 1.5) * 1.0
+    w = rs.axis_weights(src, out, 1.0)
+    fine = np.repeat(np.arange(10), 20)  # source index of each 0.02 mm sub-sample
+    fine_pos = (np.arange(200) + 0.5) * 0.02 - 0.2
+    for o in range(4):
+        inside = np.abs(fine_pos - out[o]) < 0.5
+        area = np.bincount(fine[inside], minlength=10) * 0.02
+        dense = np.zeros(10)
+        np.add.at(dense, w.index[o], w.weight[o])
+        np.testing.assert_allclose(dense, area, atol=1e-6)
+
+
+def test_labels_by_area_fraction_ties_to_the_roi():
+    # one ROI pixel in a 2 × 2 block: 25 % → complement; two: 50 % → ROI; priority on ties
+    lab = np.zeros((1, 2, 8), np.uint8)
+    lab[0, 0, 0] = 1
+    lab[0, :, 2] = 1
+    lab[0, :, 4] = 2
+    lab[0, :, 5] = 1
+    lab[0, 0, 6:8] = 2
+    lab[0, 1, 6] = 1
+    grid = scale.InplaneGrid((1.0, 1.0), (1, 4))
+    (ys, yo), (xs, xo) = scale.inplane_positions(grid, (0.5, 0.5), (2, 8))
+    got = rs.resample_labels(lab, {1: rs.axis_weights(ys, yo, 1.0), 2: rs.axis_weights(xs, xo, 1.0)})
+    assert got.tolist() == [[[0, 1, 1, 2]]]
+
+
+def test_labels_against_thresholded_map_coordinates():
+    yy, xx = np.mgrid[:40, :40]
+    lab = ((yy - 19.3) ** 2 + (xx - 21.1) ** 2 < 11.5 ** 2).astype(np.uint8)[None]
+    out = np.linspace(0, 39, 97)  # upsampling 1 mm → 0.4 mm
+    w = rs.axis_weights(np.arange(40.0), out, 0.4)
+    got = rs.resample_labels(lab, {1: w, 2: w})[0]
+    oy, ox = np.meshgrid(out, out, indexing="ij")
+    ref = ndimage.map_coordinates(lab[0].astype(float), [oy, ox], order=1, mode="nearest") >= 0.5 - 1e-6
+    np.testing.assert_array_equal(got.astype(bool), ref)
+
+
+# ----------------------------------------------------------------------------- DICOM
+
+
+def _disc_series(folder, ds: float, radius: float, fov: float = 100.0, nz: int = 3):
+    n = int(round(fov / ds))
+    c = (np.arange(n) - (n - 1) / 2) * ds
+    inside = c[:, None] ** 2 + c[None, :] ** 2 <= radius ** 2
+    stored = np.where(inside, 1024, 24).astype(np.int16)  # 0 HU disc, −1000 HU outside
+    origin = (-(n - 1) / 2 * ds, -(n - 1) / 2 * ds, 0.0)
+    return write_ct_series(folder, np.repeat(stored[None], nz, 0), origin=origin,
+                           pixel_spacing=(ds, ds), slice_spacing=2.0,
+                           patient_id=f"P{ds}", series_uid=None)
+
+
+def _axial_geometry(nz: int, n: int, ds: float):
+    from training.dicom.geometry import VolumeGeometry
+
+    ipp = np.array([[0.0, 0.0, 3.0 * k] for k in range(nz)])
+    return VolumeGeometry(ipp=ipp, row_dir=np.array([1.0, 0, 0]), col_dir=np.array([0, 1.0, 0]),
+                          pixel_spacing=(ds, ds), shape=(nz, n, n))
+
+
+def _diameters(row: np.ndarray) -> int:
+    return int((row >= 0.25).sum())  # window [-1000, 1000]: 0.25 is −500 HU, half-way
+
+
+def test_same_disc_at_0p5_and_1mm_gives_the_same_diameter_after_resampling(tmp_path):
+    r = 15.0
+    _disc_series(tmp_path / "fine", 0.5, r)
+    _disc_series(tmp_path / "coarse", 1.0, r)
+    cfg = PreprocessConfig(crop=None, spacing=1.0, fov=64.0, window_name="custom", hu_min=-1000, hu_max=1000)
+    ws = tmp_path / "w.h5"
+    rep = ingest([tmp_path / "fine", tmp_path / "coarse"], ws, cfg, workers=1)
+    assert len(rep.added) == 2, rep.skipped
+    with Workspace.open(ws) as w:
+        assert w.image_shape == (64, 64)
+        diam, areas = [], []
+        for i, p in enumerate(w.patients):
+            img = w.read_patient(i)[0][1]
+            diam.append((_diameters(img[31]), _diameters(img[:, 31]), p.spacing[1]))
+            areas.append(float((img >= 0.25).sum()))
+    assert {d[2] for d in diam} == {0.5, 1.0}
+    # 2r = 30 mm at 1 mm pixels: 30 pixels across both axes for both patients
+    assert all(d[0] == d[1] == 30 for d in diam), diam
+    assert all(abs(a - np.pi * r * r) < 0.03 * np.pi * r * r for a in areas), areas
+    # without resampling (pixels) the same disc spans 60 and 30 pixels
+    pix = PreprocessConfig(crop=64, window_name="custom", hu_min=-1000, hu_max=1000)
+    rep = ingest([tmp_path / "fine", tmp_path / "coarse"], ws, pix, workers=1)
+    with Workspace.open(ws) as w:
+        got = sorted(_diameters(w.read_patient(i)[0][1][31]) for i in range(2))
+        assert got == [30, 60]
+        warn = scale.scale_warnings(w.preprocess, w.patients)
+        assert warn and "mixes pixel spacings (0.5–1 mm)" in warn[0]
+
+
+def test_disc_masks_resample_consistently():
+    # the same disc as masks on 0.5 mm and 1 mm grids → equal masks at 1 mm (area rule)
+    out = []
+    for ds in (0.5, 1.0):
+        n = int(round(80 / ds))
+        c = (np.arange(n) - (n - 1) / 2) * ds
+        disc = c[:, None] ** 2 + c[None, :] ** 2 <= 12.0 ** 2
+        hu = np.where(disc, 40, -1000).astype(np.int16)[None].repeat(2, 0)
+        masks = {"GTV": disc[None].repeat(2, 0)}
+        cfg = PreprocessConfig(crop=None, spacing=1.0, fov=48.0, rois=("GTV",))
+        geo = _axial_geometry(2, n, ds)
+        images, labels, missing = derive(hu, masks, geo, cfg)  # the ingest's own derivation
+        assert not missing and images.shape == labels.shape == (2, 48, 48)
+        out.append(labels[0])
+    assert out[0].shape == (48, 48)
+    assert abs(int(out[0].sum()) - np.pi * 144) < 0.05 * np.pi * 144
+    assert np.sum(out[0] != out[1]) <= 0.02 * out[0].sum()  # edge pixels at most
+
+
+def test_uneven_slice_gaps_resampled_to_uniform_z_from_real_positions(tmp_path):
+    # HU = 10 × z (mm) on each slice: linear interpolation along z is exact, so every
+    # output slice must read 10 × its position on the uniform grid
+    pos = np.array([0.0, 1.0, 2.0, 5.0, 12.0, 13.0, 20.0])
+    stored = (np.round(10 * pos) + 1024).astype(np.int16)[:, None, None] * np.ones((1, 8, 8), np.int16)
+    write_ct_series(tmp_path / "s", stored, origin=(0.0, 0.0, 0.0), positions=list(pos),
+                    pixel_spacing=(1.0, 1.0), slice_spacing=None)
+    cfg = PreprocessConfig(crop=None, z_spacing=1.0, window_name="custom", hu_min=-100.0, hu_max=300.0)
+    ws = tmp_path / "w.h5"
+    rep = ingest([tmp_path / "s"], ws, cfg, workers=1)
+    assert rep.added, rep.skipped
+    with Workspace.open(ws) as w:
+        img = w.read_patient(0)[0]
+        warnings = " ".join(w.patients[0].warnings)
+    assert img.shape[0] == 21  # 0 … 20 mm at 1 mm
+    hu = img[:, 4, 4] * 400 - 100
+    np.testing.assert_allclose(hu, 10 * np.arange(21.0), atol=0.05)
+    assert "uneven slice spacing" in warnings  # and the series' own spacing is not one dz
+    # 3D: a 16 × 1 mm block centred on the series (10 mm): z from 2.5 to 17.5 mm
+    cfg3 = cfg.replace(mode="3d", crop=None, size=None, depth=16)
+    img3, _ = preprocess_volume(stored.astype(np.float32) - 1024, None, pos, cfg3, (1.0, 1.0))
+    assert img3.shape == (1, 16, 8, 8)
+    np.testing.assert_allclose(img3[0, :, 3, 3] * 400 - 100, 10 * (10 + np.arange(16) - 7.5), atol=0.05)
+
+
+def test_z_labels_follow_a_slab_at_its_real_position():
+    pos = np.array([0.0, 2.0, 3.0, 9.0, 10.0, 11.0, 18.0])
+    lab = np.zeros((7, 4, 4), np.uint8)
+    lab[3:6] = 1  # ROI on the slices at 9, 10, 11 mm
+    hu = np.zeros((7, 4, 4), np.int16)
+    cfg = PreprocessConfig(crop=None, z_spacing=1.0, rois=("A",))
+    _, got = preprocess_volume(hu, lab, pos, cfg, (1.0, 1.0))
+    z = scale.z_grid(pos, 1.0)
+    inside = np.interp(z, pos, lab[:, 0, 0].astype(float)) >= 0.5
+    np.testing.assert_array_equal(got[:, 0, 0].astype(bool), inside)
+    assert z[got[:, 0, 0] == 1].min() == 6.0 and z[got[:, 0, 0] == 1].max() == 14.0
+
+
+def test_fov_with_size_and_output_spacing_summary():
+    cfg = PreprocessConfig(crop=None, fov=250.0, size=125)
+    g = scale.inplane_grid(cfg, (0.7, 0.7), (512, 512))
+    assert g.spacing == (2.0, 2.0) and g.shape == (125, 125)
+    s = scale.output_spacing(cfg, (3.0, 0.7, 0.7), (100, 512, 512))
+    assert s["pixels"] == (125, 125) and s["fov_mm"] == (250.0, 250.0)
+    pix = scale.output_spacing(PreprocessConfig(crop=128), (3.0, 0.977, 0.977), (100, 512, 512))
+    assert pix["fov_mm"] == pytest.approx((125.056, 125.056))
+    assert scale.source_fov((3.0, 0.977, 0.977), (100, 512, 512)) == pytest.approx((500.224, 500.224))
