@@ -251,3 +251,113 @@ def test_fov_with_size_and_output_spacing_summary():
     pix = scale.output_spacing(PreprocessConfig(crop=128), (3.0, 0.977, 0.977), (100, 512, 512))
     assert pix["fov_mm"] == pytest.approx((125.056, 125.056))
     assert scale.source_fov((3.0, 0.977, 0.977), (100, 512, 512)) == pytest.approx((500.224, 500.224))
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def test_cli_ingest_options_and_info_fov_and_warning(tmp_path, capsys):
+    from training.cli import main
+
+    _disc_series(tmp_path / "d" / "fine", 0.5, 10.0, fov=60.0)
+    _disc_series(tmp_path / "d" / "coarse", 1.0, 10.0, fov=60.0)
+    ws = tmp_path / "w.h5"
+    # pixels: mixed spacings without resampling → info warns and shows FOV in mm
+    assert main(["ingest", str(tmp_path / "d"), "-w", str(ws), "--crop", "32", "--spacing", "none",
+                 "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(ws)]) == 0
+    out = capsys.readouterr().out
+    assert "FOV mm" in out and "60×60" in out  # both series cover 60 mm
+    assert "16×16" in out and "32×32" in out  # a 32 px crop: 16 mm of one, 32 mm of the other
+    assert "warning: the workspace mixes pixel spacings (0.5–1 mm)" in out
+    # mm: --spacing/--fov replace the crop; the warning goes
+    assert main(["ingest", str(tmp_path / "d"), "-w", str(ws), "--spacing", "1", "--fov", "40",
+                 "--z-spacing", "1", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(ws), "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    pp = d["preprocess"]
+    assert (pp["spacing"], pp["fov"], pp["z_spacing"], pp["crop"]) == (1.0, 40.0, 1.0, None)
+    assert d["image_shape"] == [40, 40] and d["scale"]["warnings"] == []
+    assert [r["image_fov_mm"] for r in d["scale"]["series"]] == [[40.0, 40.0]] * 2
+    assert sorted(r["fov_mm"][0] for r in d["scale"]["series"]) == [60.0, 60.0]
+    assert all(p["n_images"] == 5 for p in d["patients"])  # 0…4 mm at 1 mm (slices 2 mm apart)
+    # a new workspace without options gets the physicist's default: 1 mm, 128 mm
+    ws2 = tmp_path / "w2.h5"
+    assert main(["ingest", str(tmp_path / "d"), "-w", str(ws2), "--workers", "1"]) == 0
+    with Workspace.open(ws2) as w:
+        assert w.preprocess == PreprocessConfig.new_workspace() and w.image_shape == (128, 128)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_real_mixed_spacings_and_uneven_slices_resampled(test_data, tmp_path):
+    """LUNG1-001 (0.977 mm pixels, 3 mm slices) and the GE head CT (0.488 mm pixels,
+    uneven 1.08–7.0 mm slices): one physical scale, z from the real positions."""
+    lung = test_data("dicom/lung1-001")
+    head = test_data("dicom/head-ct-gantry-tilt")
+    cfg = PreprocessConfig.new_workspace(z_spacing=2.0, fov=200.0, rois=("Lung-Left",))
+    ws = tmp_path / "w.h5"
+    rep = ingest([lung, head], ws, cfg, workers=1)
+    assert len(rep.added) == 2, rep.skipped
+    with Workspace.open(ws) as w:
+        assert w.image_shape == (200, 200)
+        summary = scale.scale_summary(w.preprocess, w.patients)
+        assert summary["warnings"] == []
+        assert [r["image_pixel_mm"] for r in summary["series"]] == [[1.0, 1.0]] * 2
+        for i, p in enumerate(w.patients):
+            hu, masks, geo = w.read_source(i)
+            grid = scale.z_grid(geo.positions, 2.0)
+            assert p.n_images == len(grid)  # every 2 mm of the series, uneven or not
+            images, labels = w.read_patient(i)
+            # the middle output slice against an independent resampling of the source:
+            # linear along z at its position, then the area mean of 1 mm in-plane cells
+            k = len(grid) // 2
+            pos = geo.positions
+            j = np.searchsorted(pos, grid[k]) - 1
+            t = (grid[k] - pos[j]) / (pos[j + 1] - pos[j])
+            sl = (1 - t) * hu[j].astype(np.float64) + t * hu[j + 1]
+            g = scale.inplane_grid(w.preprocess, geo.pixel_spacing, sl.shape)
+            (ys, yo), (xs, xo) = scale.inplane_positions(g, geo.pixel_spacing, sl.shape)
+            ref = _area_resample(sl, ys, yo, xs, xo, -1000.0)
+            ref = np.clip((ref + 800) / 1500, 0, 1)
+            np.testing.assert_allclose(images[k], ref, atol=2e-3)
+            if "Lung-Left" in p.rois:
+                # the source voxels whose centres lie inside the output block (200 mm
+                # square, the z grid's extent): the lung reaches past the field of view
+                iny = (ys >= yo[0] - 0.5) & (ys <= yo[-1] + 0.5)
+                inx = (xs >= xo[0] - 0.5) & (xs <= xo[-1] + 0.5)
+                inz = (pos >= grid[0] - 1.0) & (pos <= grid[-1] + 1.0)
+                lm = masks["Lung-Left"][inz][:, iny][:, :, inx]
+                vol_src = lm.sum() * geo.pixel_spacing[0] * geo.pixel_spacing[1] * 3.0
+                vol_out = (labels == 1).sum() * 1.0 * 1.0 * 2.0
+                assert abs(vol_out - vol_src) < 0.02 * vol_src  # the lung keeps its volume
+
+
+def _area_resample(sl, ys, yo, xs, xo, fill):
+    """Independent in-plane resampling. Output pixels no larger than a source pixel:
+    bilinear by map_coordinates; larger: per axis a dense matrix of the share of each
+    output cell falling in each source pixel, measured by 2000 sub-samples per cell, then
+    out = Wy · slice · Wxᵀ with the uncovered share filled."""
+    dy, dx = ys[1] - ys[0], xs[1] - xs[0]
+    sy, sx = yo[1] - yo[0], xo[1] - xo[0]
+    if sy <= dy and sx <= dx:
+        yy, xx = np.meshgrid(yo / dy, xo / dx, indexing="ij")
+        inside = (yy >= -0.5) & (yy <= len(ys) - 0.5) & (xx >= -0.5) & (xx <= len(xs) - 0.5)
+        v = ndimage.map_coordinates(sl, [yy, xx], order=1, mode="nearest")
+        return np.where(inside, v, fill)
+
+    def shares(src_n, d, out, s, f=2000):
+        w = np.zeros((len(out), src_n))
+        offs = (np.arange(f) + 0.5) / f * s - s / 2
+        for o, c in enumerate(out):
+            idx = np.floor((c + offs) / d + 0.5).astype(int)
+            ok = (idx >= 0) & (idx < src_n)
+            np.add.at(w[o], idx[ok], 1.0 / f)
+        return w
+
+    wy, wx = shares(len(ys), dy, yo, sy), shares(len(xs), dx, xo, sx)
+    inside = wy.sum(1)[:, None] * wx.sum(1)[None, :]
+    return wy @ sl @ wx.T + fill * (1 - inside)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from explorer import workers
 from explorer.panels import Panel
 from explorer.qt import Qt, QTimer, QtWidgets
+from explorer.widgets.scale_controls import ScaleControls, ScaleSummary
 from explorer.widgets.slice_preview import SlicePreview
 
 CUSTOM = "custom"
@@ -53,6 +54,9 @@ class DataPanel(Panel):
         self.mode2d.setToolTip("Train on slices")
         self.mode3d.setToolTip("Train on volumes interpolated along depth to a cube")
         self.depth = self._spin(0, 512, "Cube edge in 3D (0: the in-plane size)", "auto")
+        self.scale = ScaleControls(self)  # spacing, fov, z spacing in mm
+        self.scale_summary = ScaleSummary()
+        self._scale_patients: list = []
         self.rois = QtWidgets.QListWidget()
         self.rois.setToolTip("ROIs to use, in priority order (drag to reorder; where ROIs overlap the upper wins)")
         self.rois.setDragDropMode(QtWidgets.QAbstractItemView.DragDropMode.InternalMove)
@@ -70,6 +74,9 @@ class DataPanel(Panel):
         form.addRow("HU max", self.hu_max)
         form.addRow("Crop (px)", self.crop)
         form.addRow("Resize (px)", self.size)
+        form.addRow("Pixel spacing", self.scale.spacing)
+        form.addRow("Field of view", self.scale.fov)
+        form.addRow("z spacing", self.scale.z_spacing)
         form.addRow("Slices", self.slices)
         form.addRow("Count", self.slice_count)
         form.addRow("Centre (mm)", centre)
@@ -99,11 +106,13 @@ class DataPanel(Panel):
         box_lay = QtWidgets.QVBoxLayout(box)
         box_lay.addLayout(form)
         box_lay.addWidget(self.error)
+        box_lay.addWidget(self.scale_summary.warning)  # mixed spacings: seen without scrolling
         box_lay.addLayout(buttons)
         left = QtWidgets.QWidget()
         left_lay = QtWidgets.QVBoxLayout(left)
         left_lay.addWidget(box)
         left_lay.addWidget(self.summary)
+        left_lay.addWidget(self.scale_summary)
         left_lay.addStretch(1)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(left)
@@ -137,6 +146,7 @@ class DataPanel(Panel):
         for w in (self.center_auto, self.mode2d):
             w.toggled.connect(self._changed)
         self.rois.itemChanged.connect(self._changed)
+        self.scale.changed.connect(self._changed)
         self.rois.model().rowsMoved.connect(self._changed)
         self.apply.clicked.connect(self._apply)
         self.revert.clicked.connect(self.load_config_from_workspace)
@@ -179,6 +189,7 @@ class DataPanel(Panel):
             self.slice_stop.setValue(cfg.slice_stop or 0)
             (self.mode3d if cfg.mode == "3d" else self.mode2d).setChecked(True)
             self.depth.setValue(cfg.depth or 0)
+            self.scale.set_config(cfg)
             self.rois.clear()
             names = list(cfg.rois) + [r for r in available_rois if r not in cfg.rois]
             for name in names:
@@ -204,7 +215,14 @@ class DataPanel(Panel):
             slice_start=self.slice_start.value(), slice_stop=self.slice_stop.value() or None,
             mode="3d" if self.mode3d.isChecked() else "2d", depth=self.depth.value() or None,
             rois=rois,
-        ).replace()  # replace() validates
+        ).replace(**self._scale_values())  # replace() validates
+
+    def _scale_values(self) -> dict:
+        """The mm settings; a field of view replaces the crop (one setting in two units)."""
+        v = self.scale.values()
+        if v["fov"] is not None:
+            v["crop"] = None
+        return v
 
     def _preset_changed(self, name: str) -> None:
         if self._loading or name not in self._presets:
@@ -234,6 +252,7 @@ class DataPanel(Panel):
         self.slice_start.setEnabled(mode == "range")
         self.slice_stop.setEnabled(mode == "range")
         self.depth.setEnabled(self.mode3d.isChecked())
+        self.crop.setEnabled(self.scale.values()["fov"] is None)
 
     def _changed(self, *_) -> None:
         if self._loading:
@@ -247,6 +266,7 @@ class DataPanel(Panel):
             return
         self.error.setText("")
         self.state.preprocess = cfg
+        self.scale_summary.update_summary(cfg, self._scale_patients)
         current = self._workspace_cfg
         self.apply.setEnabled(self.state.has_workspace_data() and current is not None
                               and cfg != current and not self.state.busy)
@@ -262,6 +282,7 @@ class DataPanel(Panel):
 
     def load_config_from_workspace(self) -> None:
         self._workspace_cfg = None
+        self._scale_patients = []
         available = ()
         cfg = self.state.preprocess
         if self.state.has_workspace_data():
@@ -270,6 +291,7 @@ class DataPanel(Panel):
                     cfg = ws.preprocess
                     available = ws.available_rois
                     self._workspace_cfg = cfg
+                    self._scale_patients = list(ws.patients)
                     n_img = ws.n_images
                     shape = " × ".join(map(str, ws.image_shape)) or "–"
                     self.summary.setText(

@@ -44,6 +44,7 @@ def describe(path: Path) -> dict:
                  "spacing_mm": list(p.spacing), "rois": list(p.rois), "warnings": list(p.warnings)}
                 for p in ws.patients
             ],
+            "scale": _scale(ws),
             "skipped": [{"path": s[0], "reason": s[1]} for s in ws.skipped],
             "provenance": ws.provenance,
         }
@@ -77,8 +78,36 @@ def main(args: argparse.Namespace) -> int:
               f"{pr(', '.join(p['rois'])) or '-'}")
         for w in p["warnings"]:
             print(f"{'':<12} warning: {pr(w)}")
+    _print_scale(d)
     if d["skipped"]:
         print(f"skipped files ({len(d['skipped'])}):")
         for s in d["skipped"]:
             print(f"  {pr(s['path'])}: {pr(s['reason'])}")
     return 0
+
+
+def _scale(ws) -> dict:
+    """Physical scale: each series' pixels and field of view in mm, the training images'
+    under the workspace's settings, and a warning for mixed spacings (training/store/scale.py)."""
+    from training.store import scale
+
+    out = scale.scale_summary(ws.preprocess, ws.patients)
+    out["settings"] = scale.describe_settings(ws.preprocess)
+    return out
+
+
+def _print_scale(d: dict) -> None:
+    sc = d.get("scale")
+    if not sc:
+        return
+
+    def pair(v, fmt="{:.3g}"):
+        return "-" if not v else "×".join(fmt.format(x) for x in v)
+
+    print(f"physical scale: {sc['settings']}")
+    print(f"{'series':<12} {'pixel mm':<12} {'FOV mm':<14} {'image pixel mm':<15} {'image FOV mm':<14}")
+    for r in sc["series"]:
+        print(f"{r['series']:<12} {pair(r['pixel_mm']):<12} {pair(r['fov_mm'], '{:.0f}'):<14} "
+              f"{pair(r['image_pixel_mm']):<15} {pair(r['image_fov_mm'], '{:.0f}'):<14}")
+    for w in sc["warnings"]:
+        print(f"warning: {w}")

@@ -150,3 +150,47 @@ def scale_warnings(cfg: PreprocessConfig, patients: Sequence) -> list[str]:
             out.append(f"3D cubes stretch each series along z by a different factor (voxels "
                        f"{_span(zs)} tall); set a z spacing (mm) for one physical scale.")
     return out
+
+
+def scale_summary(cfg: PreprocessConfig, patients: Sequence) -> dict:
+    """Per series: its own pixel spacing and field of view, and the training images'
+    pixel spacing and field of view under `cfg` (mm); plus scale_warnings. Plain data for
+    `ct-vae info` (--json) and the Data tab."""
+    rows = []
+    for p in patients:
+        sp = tuple(float(v) for v in p.spacing)
+        shape = tuple(p.source_shape) if p.source_shape else None
+        out = output_spacing(cfg, sp, shape)
+        src = source_fov(sp, shape)
+        rows.append({
+            "series": p.pseudonym,
+            "pixel_mm": [sp[1], sp[2]],
+            "slice_mm": sp[0],
+            "fov_mm": list(src) if src else None,
+            "image_pixel_mm": [round(v, 4) for v in out["pixel_mm"]],
+            "image_fov_mm": [round(v, 2) for v in out["fov_mm"]] if shape or cfg.fov else None,
+            "image_z_mm": None if out["z_mm"] is None else round(out["z_mm"], 4),
+        })
+    return {"series": rows, "warnings": scale_warnings(cfg, patients)}
+
+
+def describe_settings(cfg: PreprocessConfig) -> str:
+    """The in-plane and z settings in words, e.g. "1 mm pixels, 128 mm field of view"."""
+    parts = []
+    if cfg.spacing is not None:
+        parts.append(f"{cfg.spacing:g} mm pixels")
+    elif cfg.fov is not None and cfg.size:
+        parts.append(f"{cfg.fov / cfg.size:.3g} mm pixels")
+    else:
+        parts.append("each series' own pixels")
+    if cfg.fov is not None:
+        parts.append(f"{cfg.fov:g} mm field of view")
+    elif cfg.crop:
+        parts.append(f"{cfg.crop} px crop")
+    else:
+        parts.append("whole slice")
+    if cfg.size:
+        parts.append(f"resized to {cfg.size} px")
+    if cfg.z_spacing is not None:
+        parts.append(f"z resampled to {cfg.z_spacing:g} mm")
+    return ", ".join(parts)
