@@ -361,3 +361,38 @@ def _area_resample(sl, ys, yo, xs, xo, fill):
     wy, wx = shares(len(ys), dy, yo, sy), shares(len(xs), dx, xo, sx)
     inside = wy.sum(1)[:, None] * wx.sum(1)[None, :]
     return wy @ sl @ wx.T + fill * (1 - inside)
+
+
+# ----------------------------------------------------------------------------- cousins
+
+
+def test_non_square_pixels_become_square():
+    # 0.5 mm rows × 1.0 mm columns (a rare but legal PixelSpacing): the disc stays round
+    dy, dx = 0.5, 1.0
+    ny, nx = 160, 80
+    y = (np.arange(ny) - (ny - 1) / 2) * dy
+    x = (np.arange(nx) - (nx - 1) / 2) * dx
+    disc = (y[:, None] ** 2 + x[None, :] ** 2 <= 15.0 ** 2)
+    hu = np.where(disc, 0, -1000).astype(np.int16)[None]
+    cfg = PreprocessConfig(crop=None, spacing=1.0, fov=60.0, rois=("D",), window_name="custom",
+                           hu_min=-1000.0, hu_max=1000.0)
+    img, lab = preprocess_volume(hu, disc[None].astype(np.uint8), np.array([0.0]), cfg, (dy, dx))
+    assert img.shape == lab.shape == (1, 60, 60)
+    assert _diameters(img[0, 29]) == _diameters(img[0, :, 29]) == 30
+    assert lab[0, 29].sum() == lab[0, :, 29].sum() == 30
+
+
+def test_one_slice_series_with_z_spacing_and_3d_labels():
+    hu = np.zeros((1, 8, 8), np.int16)
+    lab = np.ones((1, 8, 8), np.uint8)
+    img, got = preprocess_volume(hu, lab, np.array([5.0]), PreprocessConfig(crop=None, z_spacing=2.0,
+                                 rois=("A",)), (1.0, 1.0))
+    assert img.shape == got.shape == (1, 8, 8) and got.all()
+    # 3D: 8 samples 2 mm apart around the one slice; only the sample on it (cell ±1 mm) is ROI
+    cfg3 = PreprocessConfig(crop=None, z_spacing=2.0, mode="3d", depth=8, rois=("A",))
+    img3, lab3 = preprocess_volume(hu, lab, np.array([5.0]), cfg3, (1.0, 1.0))
+    assert img3.shape == lab3.shape == (1, 8, 8, 8)
+    z = 5.0 + (np.arange(8) - 3.5) * 2.0  # 2, 4, 6, ...: 4 and 6 lie 1 mm from the slice
+    inside = np.abs(z - 5.0) <= 1.0
+    assert lab3[0, :, 0, 0].tolist() == inside.astype(int).tolist()
+    np.testing.assert_allclose(img3[0, ~inside, 0, 0], 0.0)  # outside the series: air
