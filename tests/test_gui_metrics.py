@@ -45,3 +45,25 @@ def test_dice_entries_appear_per_roi(qtbot):
     assert mp.values("test", "dice:Cord") == ([], [])  # undefined Dice is not drawn as 0
     mp.clear_curves()
     assert mp.choice.findData("dice:Heart") < 0
+
+
+def test_thesis_preset_fills_the_form(make_window, tiny_workspace, qtbot):
+    from training.config import PRESETS
+
+    w = make_window(tiny_workspace)
+    panel = w.panel("Train")
+    assert panel.preset.currentText() == "custom"
+    i = panel.preset.findData("thesis")
+    assert panel.preset.itemText(i) == "Thesis 7.1.1"
+    panel.preset.setCurrentIndex(i)
+    panel.preset.activated.emit(i)
+    p = PRESETS["thesis"]
+    for key, value in {**p["model"], **p["train"]}.items():
+        if key != "input_size":
+            assert panel._value(key) == pytest.approx(value), key
+    assert panel._value("dropout") == pytest.approx(0.3)  # TensorFlow keep 0.7 → drop 0.3
+    assert panel.preset.currentText() == "Thesis 7.1.1"
+    assert "keep probability" in panel.preset.toolTip()
+    panel.fields["filters"].setValue(8)  # any change: no longer the preset
+    assert panel.preset.currentText() == "custom"
+    assert "128" in panel.preset.note((32, 32)) or panel.preset.currentData() is None

@@ -173,3 +173,27 @@ def test_evaluate_command_prints_model_and_baseline(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert set(doc["test"]) == {"model", "baseline"} and "train" not in doc
     assert doc["test"]["baseline"]["n_images"] == doc["test"]["model"]["n_images"] > 0
+
+
+def test_train_preset_thesis(tmp_path, capsys):
+    from tests.test_trainer import toy_arrays
+    from training.cli import main
+    from training.store.workspace import write_arrays_workspace
+    from training.vae.checkpoint import load_checkpoint
+
+    images, labels = toy_arrays(n_patients=3, n_images=2)
+    ws = write_arrays_workspace(tmp_path / "toy.h5", images, labels, roi_names=("A", "B"), test_fraction=0.34)
+    assert main(["train", "--workspace", str(ws), "--out", str(tmp_path / "r0"), "--preset", "thesis",
+                 "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "input size 128 (preset thesis)" in err and "(16, 16)" in err
+    assert main(["train", "--workspace", str(ws), "--out", str(tmp_path / "r1"), "--preset", "thesis",
+                 "--input-size", "16", "--n-blocks", "2", "--epochs", "1", "--no-progress",
+                 "--threads", "1", "--metrics-images", "2"]) == 0
+    ck = load_checkpoint(tmp_path / "r1" / "last.pt")
+    mc, tc = ck.model_config, ck.train_config
+    assert (mc.filters, mc.latent_dim, mc.dropout, mc.fc_units, mc.convs_per_block) == (24, 12, 0.3, 256, 2)
+    assert (mc.n_blocks, mc.input_size) == (2, 16)  # flags override the preset
+    assert (tc.prior_sigma2, tc.lr, tc.batch_size) == (1.0, 1e-3, 32)
+    err = capsys.readouterr().err
+    assert "test (" in err and "SSIM" in err  # the epoch's metrics are printed

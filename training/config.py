@@ -290,3 +290,41 @@ class TrainConfig(_Config):
             raise ConfigError("recon_sigma2 and prior_sigma2 must be > 0")
         if self.ce_weighting not in ("none", "inverse_frequency"):
             raise ConfigError("ce_weighting must be 'none' or 'inverse_frequency'")
+
+
+# -- model presets (issue 15) ----------------------------------------------------------------
+# Each preset: {"model": ModelConfig fields, "train": TrainConfig fields, "sources": where each
+# value comes from}. "thesis" is the 2D CT network of thesis 7.1.1 (its figures 7.1-7.4).
+# The thesis ran TensorFlow 1.5, whose dropout argument is the *keep* probability: its
+# "dropout probability of p = 0.7" keeps 70 % of the units, i.e. a drop rate of 1 − 0.7 = 0.3
+# in PyTorch's convention (ModelConfig.dropout). Values the thesis does not state are the
+# project's defaults and say so.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "thesis": {
+        "model": {"input_size": 128, "filters": 24, "convs_per_block": 2, "n_blocks": 4,
+                  "latent_dim": 12, "fc_units": 256, "dropout": 0.3},
+        "train": {"prior_sigma2": 1.0, "recon_sigma2": 0.01, "lr": 1e-3, "batch_size": 32},
+        "sources": {
+            "input_size": "7.1.1: the central (128, 128) pixels of each slice",
+            "filters": "7.1.1: 24 filters in each convolutional layer",
+            "latent_dim": "7.1.1: z ∈ R^12",
+            "dropout": "7.1.1: 'dropout probability p = 0.7' is TensorFlow's keep probability; drop rate 1 − 0.7 = 0.3",
+            "n_blocks": "6.1, fig. 6.1: blocks repeat until the size is small enough for the FC layer (its example ends at 8×8); 128 → 8 takes 4",
+            "convs_per_block": "6.1: 'convolves the input N times' (N not stated; project default 2)",
+            "fc_units": "6.1: one FC layer before µ and σ (width not stated; project default 256)",
+            "prior_sigma2": "7.3: prior p(z) = N(0, I), σz² = 1",
+            "recon_sigma2": "4.3, 6.2: fixed-variance Gaussian likelihood (σ² not stated; project default 0.01)",
+            "lr": "6.3: Adam (rate not stated; TensorFlow's AdamOptimizer default 0.001)",
+            "batch_size": "not stated; project default 32",
+        },
+    },
+}
+PRESET_TITLES = {"thesis": "Thesis 7.1.1"}
+
+
+def preset_settings(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ModelConfig fields, TrainConfig fields) of a preset; ConfigError for an unknown name."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    p = PRESETS[name]
+    return dict(p["model"]), dict(p["train"])

@@ -20,6 +20,7 @@ from explorer.widgets.image_grid import ReconstructionHistory
 from explorer.widgets.latest_worker import LatestWorker
 from explorer.widgets.loss_plot import LossPlot
 from explorer.widgets.metrics_plot import MetricsPlot
+from explorer.widgets.preset_picker import PresetPicker
 
 # Small, fast defaults: a newcomer sees curves move within a minute on 2 CPU cores.
 # threads=1: on the 2-core development machine one torch thread trained 3× faster than
@@ -70,6 +71,10 @@ class TrainerPanel(Panel):
         self._int(mf, "convs_per_block", "Convs per block N", 1, 6, "3×3 convolutions in each block")
         self._int(mf, "fc_units", "Dense units", 4, 4096, "Units of the fully connected layer")
         self._float(mf, "dropout", "Dropout", 0.0, 0.95, 2, 0.05, "Dropout probability after each block")
+        self.preset = PresetPicker()  # "Thesis 7.1.1" fills the form (training.config.PRESETS)
+        self.preset.chosen.connect(self.set_values)
+        self.preset.chosen.connect(lambda _: self.state.show_message(self.preset.note(self._image_shape)))
+        mf.insertRow(0, "Preset", self.preset)
         train_box = QtWidgets.QGroupBox("Training")
         tf = QtWidgets.QFormLayout(train_box)
         self._int(tf, "epochs", "Epochs", 1, 100000, "Passes over the training patients")
@@ -206,6 +211,7 @@ class TrainerPanel(Panel):
         for w in self.fields.values():
             sig = getattr(w, "valueChanged", None) or w.currentTextChanged
             sig.connect(self.validate)
+            sig.connect(lambda *_: self.preset.sync(self._value))
         state.busyChanged.connect(lambda _: self._update_buttons())
         self._update_buttons()
 

@@ -56,6 +56,11 @@ def register(subparsers) -> None:
     p.add_argument("--workspace", required=True, type=Path, help="the HDF5 workspace (W.h5)")
     p.add_argument("--out", required=True, type=Path, help="run folder for checkpoints and history")
     p.add_argument("--config", type=Path, help="TOML settings file (flags override it)")
+    p.add_argument("--preset", choices=sorted(_presets()), default=None,
+                   help="start from a named model preset; 'thesis' = the 2D network of thesis 7.1.1 "
+                        "(128×128, 24 filters, 4 blocks, J = 12, dropout 0.3 = TensorFlow keep 0.7, "
+                        "σz² = 1, Adam 1e-3, batch 32; README lists the sources). The TOML file and "
+                        "flags override it")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--log-json", action="store_true", help="print one JSON line per epoch on stdout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -76,9 +81,20 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _presets():
+    from training.config import PRESETS
+
+    return PRESETS
+
+
 def _settings_from(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """{"train": {...}, "model": {...}}: TOML file values overridden by flags."""
+    """{"train": {...}, "model": {...}}: the preset's values, overridden by the TOML file,
+    overridden by flags."""
     out: dict[str, dict[str, Any]] = {"train": {}, "model": {}}
+    if getattr(args, "preset", None):
+        from training.config import preset_settings
+
+        out["model"], out["train"] = preset_settings(args.preset)
     if args.config is not None:
         try:
             doc = tomllib.loads(args.config.read_text(encoding="utf-8"))
@@ -226,6 +242,12 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError(f"{args.out} already holds {LAST}; pass --resume to continue it "
                                   "or choose another --out")
             train_cfg = TrainConfig().replace(**settings["train"])
+            size = settings["model"].get("input_size")
+            if size is not None and any(s != size for s in ws.image_shape):
+                raise ConfigError(
+                    f"input size {size} ({'preset ' + args.preset if args.preset else 'settings'}) but "
+                    f"{args.workspace} holds {tuple(ws.image_shape)} images; re-derive the workspace "
+                    f"(e.g. ct-vae ingest ... --crop {size}) or pass --input-size")
             model_cfg = model_config_for(ws.preprocess, **{"input_size": ws.image_shape[-1],
                                                            **settings["model"]})
         control = TrainingControl()
