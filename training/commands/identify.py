@@ -30,15 +30,29 @@ def register(sub) -> None:
     p.add_argument("--slice-b", type=int, default=2)
     p.add_argument("--split", choices=("train", "test", "all"), default="all")
     p.add_argument("--symmetric", action="store_true", help="rank by 0.5*(KL(b||a) + KL(a||b))")
+    p.add_argument("--level", choices=("patient", "series"), default="patient",
+                   help="patient: a match to another CT series of the same patient is not a confusion; "
+                        "series: only the query's own series counts")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: print only)")
     p.set_defaults(func=lambda a: common.run(main, a))
 
 
-def run_identification(model, ws, slice_a: int, slice_b: int, split=None, symmetric=False, batch_size=64):
+def run_identification(model, ws, slice_a: int, slice_b: int, split=None, symmetric=False, batch_size=64,
+                       level="series"):
     from training.explore.similarity import identify_slices
 
     try:
-        return identify_slices(model, ws, slice_a, slice_b, symmetric=symmetric, split=split, batch_size=batch_size)
+        return identify_slices(model, ws, slice_a, slice_b, symmetric=symmetric, split=split,
+                               batch_size=batch_size, level=level)
+    except ValueError as exc:
+        raise common.CommandError(f"{ws.path}: {exc}") from exc
+
+
+def run_comparison(model, ws, slice_a: int, slice_b: int, split=None, batch_size=64, level="patient"):
+    from training.explore.similarity import compare_slices
+
+    try:
+        return compare_slices(model, ws, slice_a, slice_b, split=split, level=level, batch_size=batch_size)
     except ValueError as exc:
         raise common.CommandError(f"{ws.path}: {exc}") from exc
 
@@ -81,10 +95,19 @@ def main(args) -> int:
     model, _ = common.load(args)
     split = None if args.split == "all" else args.split
     with common.open_workspace(args.workspace) as ws:
-        res = run_identification(model, ws, args.slice_a, args.slice_b, split, args.symmetric, args.batch_size)
-    print(f"slice a = {args.slice_a}, slice b = {args.slice_b}")
+        res = run_identification(model, ws, args.slice_a, args.slice_b, split, args.symmetric, args.batch_size,
+                                 args.level)
+        comp = run_comparison(model, ws, args.slice_a, args.slice_b, split, args.batch_size, args.level)
+    print(f"slice a = {args.slice_a}, slice b = {args.slice_b}; level: {args.level}")
     print(res.summary())
+    print()
+    print("the same queries by every method (baselines beside the KL):")
+    print(comp.table())
     if args.out is not None:
         for p in write_outputs(args.out, res, args.slice_a, args.slice_b):
             print(f"wrote {p}")
+        from training.atomic import atomic_write_text
+
+        doc = {"slice_a": args.slice_a, "slice_b": args.slice_b, **comp.to_dict()}
+        print(f"wrote {atomic_write_text(args.out / 'identify_methods.json', json.dumps(doc, indent=2) + chr(10))}")
     return 0

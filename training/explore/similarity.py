@@ -89,8 +89,10 @@ def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int],
 
 def identify_slices(model, ws, a: int, b: int, symmetric: bool = False, split: str | None = None,
                     batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
-                    cancel: Callable[[], bool] | None = None) -> similarity.Identification:
+                    cancel: Callable[[], bool] | None = None, level: str = "series") -> similarity.Identification:
     """Thesis 7.5 on slices a and b of every patient (see training.latent.similarity.identify).
+
+    level "patient": a match to another series (entry) of the same patient is not a confusion.
 
     progress(done, total) counts encoded images (2 per patient). Needs a 2D workspace
     and at least 2 patients having both slices (ValueError otherwise).
@@ -109,7 +111,55 @@ def identify_slices(model, ws, a: int, b: int, symmetric: bool = False, split: s
     if len(ea.mu) < len(pats) or len(eb.mu) < len(pats):
         raise InterruptedError("cancelled")
     names = [ws.patients[i].pseudonym for i in pats]
-    return similarity.identify(ea.mu, ea.logvar, eb.mu, eb.logvar, names=names, symmetric=symmetric)
+    groups = [ws.patients[i].patient or ws.patients[i].pseudonym for i in pats] if level == "patient" else None
+    return similarity.identify(ea.mu, ea.logvar, eb.mu, eb.logvar, names=names, symmetric=symmetric,
+                               groups=groups)
+
+
+def compare_rows(model, ws, ra: np.ndarray, rb: np.ndarray, names: list[str], patients: list[str],
+                 level: str = "patient", batch_size: int = 64,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None) -> similarity.Comparison:
+    """Identification of query rows `rb` against reference rows `ra` (row i of each is the
+    same entry) by every method of training.latent.similarity.METHODS: KL directed and
+    symmetric, Euclidean between posterior means, pixel L2 between the preprocessed CT
+    images and between their reconstructions decode(µ)."""
+    n = len(ra)
+    total = 2 * n
+    ea = latent.encode_workspace(model, ws, rows=ra, batch_size=batch_size, cancel=cancel,
+                                 progress=None if progress is None else (lambda d, t: progress(d, total)))
+    eb = latent.encode_workspace(model, ws, rows=rb, batch_size=batch_size, cancel=cancel,
+                                 progress=None if progress is None else (lambda d, t: progress(n + d, total)))
+    if len(ea.mu) < n or len(eb.mu) < n:
+        raise InterruptedError("cancelled")
+    images_a, images_b = ws.read_images(ra), ws.read_images(rb)
+    dec = latent.decode(model, np.concatenate([ea.mu, eb.mu]), batch_size=batch_size)
+    return similarity.compare(ea.mu, ea.logvar, eb.mu, eb.logvar, images_a, images_b,
+                              dec.ct[:n], dec.ct[n:], names=names, patients=patients, level=level)
+
+
+def compare_slices(model, ws, a: int, b: int, split: str | None = None, level: str = "patient",
+                   batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
+                   cancel: Callable[[], bool] | None = None) -> similarity.Comparison:
+    """Thesis 7.5 on slices a and b with every method side by side (compare_rows)."""
+    _check(model, ws)
+    if ws.preprocess.mode == "3d":
+        raise ValueError("identification compares two slices of each patient: it needs a 2D workspace")
+    pats, ra, rb = slice_rows(ws, a, b, split)
+    if len(pats) < 2:
+        raise ValueError(f"fewer than 2 patients have both slice {a} and slice {b}")
+    names = [ws.patients[i].pseudonym for i in pats]
+    patients = [ws.patients[i].patient or ws.patients[i].pseudonym for i in pats]
+    return compare_rows(model, ws, ra, rb, names, patients, level, batch_size, progress, cancel)
+
+
+def patient_groups(ws, names: list[str]) -> dict[str, list[str]]:
+    """{patient: [entry labels]} for the patients with more than one entry among `names`."""
+    of = {p.pseudonym: (p.patient or p.pseudonym) for p in ws.patients}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        groups.setdefault(of.get(name, name), []).append(name)
+    return {k: v for k, v in groups.items() if len(v) > 1}
 
 
 # Sequential colours from dark (small divergence: similar) to light (large): the
@@ -157,6 +207,7 @@ def is_dark(rgb: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "PatientSimilarity", "patient_similarity", "slice_rows", "identify_slices", "heat_scale",
+    "PatientSimilarity", "patient_similarity", "slice_rows", "identify_slices", "compare_rows",
+    "compare_slices", "patient_groups", "heat_scale",
     "heat_rgb", "is_dark",
 ]

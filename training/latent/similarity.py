@@ -150,10 +150,15 @@ class Identification:
         return "\n".join(lines)
 
 
-def identify(mu_a, logvar_a, mu_b, logvar_b, names=None, symmetric: bool = False) -> Identification:
+def identify(mu_a, logvar_a, mu_b, logvar_b, names=None, symmetric: bool = False,
+             groups=None) -> Identification:
     """Identification (thesis 7.5): is each patient's slice b nearest its own slice a?
 
-    Row i of each array belongs to patient i in both sets (shape (N, J)).
+    Row i of each array belongs to patient i in both sets (shape (N, J)). groups: None
+    (series level: only row i's own reference counts) or one patient key per row
+    (patient level: any reference of the same patient counts as found, so a match to
+    another series of the same patient is not a confusion; rank_of_self is then the
+    position of the first reference of the own patient).
     """
     mu_a, lv_a, mu_b, lv_b = (_as2d(v, n) for v, n in ((mu_a, "mu_a"), (logvar_a, "logvar_a"), (mu_b, "mu_b"), (logvar_b, "logvar_b")))
     n = len(mu_a)
@@ -164,12 +169,13 @@ def identify(mu_a, logvar_a, mu_b, logvar_b, names=None, symmetric: bool = False
     if symmetric:
         d = 0.5 * (d + kl_matrix(mu_a, lv_a, mu_b, lv_b).T)
     order = np.argsort(d, axis=1, kind="stable")
-    rank = np.argmax(order == np.arange(n)[:, None], axis=1)
+    own = _own_mask(n, groups)
+    rank = np.argmax(np.take_along_axis(own, order, 1), axis=1)
     nearest_j = order[:, 0]
     off = ~np.eye(n, dtype=bool)
     confusions = []
     for i in np.flatnonzero(rank != 0):
-        j = int(nearest_j[i]) if nearest_j[i] != i else int(order[i, 1])
+        j = int(order[i, np.flatnonzero(~own[i, order[i]])[0]])
         confusions.append((int(i), j, float(d[i, j]), float(d[i, i])))
     return Identification(
         kl=d,
@@ -181,6 +187,134 @@ def identify(mu_a, logvar_a, mu_b, logvar_b, names=None, symmetric: bool = False
         mean_different=float(d[off].mean()) if n > 1 else float("nan"),
         confusions=confusions,
     )
+
+
+def _own_mask(n: int, groups=None) -> np.ndarray:
+    """own[i, j]: reference j counts as patient i's own (the diagonal, or the same group)."""
+    if groups is None:
+        return np.eye(n, dtype=bool)
+    g = np.asarray([str(v) for v in groups])
+    if len(g) != n:
+        raise ValueError(f"groups has {len(g)} entries for {n} rows")
+    return g[:, None] == g[None, :]
+
+
+# -- baselines beside the KL identification (issue 15) ------------------------------------------
+
+METHODS = {
+    "kl_directed": "KL(q_b,i ‖ q_a,j), directed",
+    "kl_symmetric": "½(KL(q_b,i ‖ q_a,j) + KL(q_a,j ‖ q_b,i))",
+    "euclidean_mu": "Euclidean ‖µ_b,i − µ_a,j‖ between posterior means",
+    "pixel_l2": "pixel L2 ‖x_b,i − x_a,j‖ between preprocessed images (windowed CT)",
+    "recon_l2": "pixel L2 between reconstructions decode(µ) (CT channel)",
+}
+
+
+def pairwise_l2(query, reference) -> np.ndarray:
+    """d[i, j] = ‖query_i − reference_j‖₂ over all trailing axes, float64 (N, M)."""
+    q = np.asarray(query, np.float64).reshape(len(query), -1)
+    r = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    d2 = (q * q).sum(1)[:, None] + (r * r).sum(1)[None, :] - 2.0 * (q @ r.T)
+    return np.sqrt(np.maximum(d2, 0.0))
+
+
+@dataclass
+class MethodScore:
+    """One method's identification: distance[i, j] between query i (slice b) and reference
+    j (slice a); rank_of_self[i] = 0 when a reference of i's own (series or patient) is the
+    nearest. Ties count against identification: rank = number of other references with a
+    distance ≤ the nearest own reference's."""
+
+    method: str
+    distance: np.ndarray
+    rank_of_self: np.ndarray
+
+    @property
+    def title(self) -> str:
+        return METHODS.get(self.method, self.method)
+
+    @property
+    def n(self) -> int:
+        return len(self.rank_of_self)
+
+    @property
+    def n_identified(self) -> int:
+        return int((self.rank_of_self == 0).sum())
+
+    @property
+    def n_top3(self) -> int:
+        return int((self.rank_of_self < 3).sum())
+
+    @property
+    def mean_rank(self) -> float:
+        """Mean rank of the own reference, 1 = nearest."""
+        return float(np.mean(self.rank_of_self + 1)) if self.n else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "definition": self.title, "n": self.n,
+                "n_identified": self.n_identified, "n_top3": self.n_top3, "mean_rank": self.mean_rank}
+
+
+def score(method: str, distance, groups=None) -> MethodScore:
+    """Ranks of the own reference in each row of a query × reference distance matrix."""
+    d = np.asarray(distance, np.float64)
+    n = len(d)
+    own = _own_mask(n, groups)
+    best_own = np.where(own, d, np.inf).min(1)
+    rank = (np.where(own, np.inf, d) <= best_own[:, None]).sum(1)
+    return MethodScore(method, d, rank.astype(np.int64))
+
+
+@dataclass
+class Comparison:
+    """Identification by every method of METHODS on the same queries and references.
+
+    names: entry labels (rows); patients: the patient of each row; level: "patient" or
+    "series" (see identify's groups)."""
+
+    names: list[str]
+    patients: list[str]
+    level: str
+    scores: dict[str, MethodScore]
+
+    def table(self) -> str:
+        n = len(self.names)
+        unit = "patients" if self.level == "patient" else "series"
+        lines = [f"{'method':<14} {'nearest to self':>16} {'top-3':>9} {'mean rank':>10}   definition",]
+        for m, sc in self.scores.items():
+            lines.append(f"{m:<14} {f'{sc.n_identified} of {n}':>16} {f'{sc.n_top3} of {n}':>9} "
+                         f"{sc.mean_rank:>10.2f}   {sc.title}")
+        lines.append(f"(counted per query {unit[:-1] if unit.endswith('s') else unit}; level: {self.level} — "
+                     + ("a match to another series of the same patient counts as found)" if self.level == "patient"
+                        else "only the query's own series counts)"))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"level": self.level, "n": len(self.names),
+                "methods": {m: sc.to_dict() for m, sc in self.scores.items()}}
+
+
+def compare(mu_a, logvar_a, mu_b, logvar_b, images_a=None, images_b=None, recon_a=None, recon_b=None,
+            names=None, patients=None, level: str = "patient") -> Comparison:
+    """Identification by KL (directed, symmetric), Euclidean between means and, where the
+    arrays are given, pixel L2 between images and between reconstructions. Row i of every
+    array belongs to the same entry."""
+    if level not in ("patient", "series"):
+        raise ValueError(f"level must be 'patient' or 'series', got {level!r}")
+    mu_a, lv_a, mu_b, lv_b = (_as2d(v, k) for v, k in ((mu_a, "mu_a"), (logvar_a, "logvar_a"),
+                                                        (mu_b, "mu_b"), (logvar_b, "logvar_b")))
+    n = len(mu_a)
+    names = [str(v) for v in (names if names is not None else range(n))]
+    patients = [str(v) for v in (patients if patients is not None else names)]
+    groups = patients if level == "patient" else None
+    d = kl_matrix(mu_b, lv_b, mu_a, lv_a)
+    dists = {"kl_directed": d, "kl_symmetric": 0.5 * (d + kl_matrix(mu_a, lv_a, mu_b, lv_b).T),
+             "euclidean_mu": pairwise_l2(mu_b, mu_a)}
+    if images_a is not None and images_b is not None:
+        dists["pixel_l2"] = pairwise_l2(images_b, images_a)
+    if recon_a is not None and recon_b is not None:
+        dists["recon_l2"] = pairwise_l2(recon_b, recon_a)
+    return Comparison(names, patients, level, {m: score(m, v, groups) for m, v in dists.items()})
 
 
 def write_matrix_csv(path, matrix: np.ndarray, names: list[str], symmetric: bool) -> None:
