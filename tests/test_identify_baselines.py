@@ -109,3 +109,49 @@ def test_identify_command_prints_every_method(files, capsys):
     for m in similarity.METHODS:
         r = doc["methods"][m]
         assert 0 <= r["n_identified"] <= r["n_top3"] <= 5 and 1 <= r["mean_rank"] <= 5
+
+
+def test_two_series_of_one_patient_patient_vs_series_level(tmp_path):
+    from training.config import ModelConfig, PreprocessConfig
+    from training.explore.similarity import compare_slices, patient_groups, patient_similarity
+    from training.store.workspace import Workspace, write_arrays_workspace
+    from training.vae.model import VAE
+
+    rng = np.random.default_rng(1)
+    imgs = {}
+    for k in range(1, 5):
+        base = rng.random((16, 16)).astype(np.float32)
+        imgs[f"PAT-{k:04d}"] = np.stack([base, base, np.clip(base + 0.01 * rng.random((16, 16)), 0, 1)]).astype(np.float32)
+    imgs["PAT-0001-2"] = imgs["PAT-0001"].copy()  # a second, identical CT series of patient 1
+    pre = PreprocessConfig(crop=16, hu_min=-1000.0, hu_max=1000.0, window_name="custom")
+    path = write_arrays_workspace(tmp_path / "ws.h5", imgs, None, preprocess=pre, test_fraction=0.0,
+                                  patients={"PAT-0001-2": "PAT-0001"})
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_size=16, n_blocks=2, filters=4, fc_units=16, latent_dim=3)).eval()
+    with Workspace.open(path) as ws:
+        by_patient = compare_slices(model, ws, 0, 2, level="patient")
+        by_series = compare_slices(model, ws, 0, 2, level="series")
+        assert patient_groups(ws, by_patient.names) == {"PAT-0001": ["PAT-0001", "PAT-0001-2"]}
+        sim = patient_similarity(model, ws)
+    assert sim.patients[sim.names.index("PAT-0001-2")] == "PAT-0001"
+    assert by_patient.scores["pixel_l2"].n_identified == 5
+    # series level: the identical twin series ties with the own one, and a tie counts against
+    assert by_series.scores["pixel_l2"].n_identified == 3
+    assert by_series.scores["kl_directed"].n_identified <= 3
+    assert "level: patient" in by_patient.table()
+
+
+def test_similarity_table_marks_rows_of_one_patient(qtbot):
+    from explorer.widgets.kl_table import KLTableView
+
+    view = KLTableView()
+    qtbot.addWidget(view)
+    view.set_matrix(np.ones((3, 3)) - np.eye(3), ["PAT-0001", "PAT-0001-2", "PAT-0002"], "def")
+    m = view.kl_model
+    view.kl_model.set_patients(["PAT-0001", "PAT-0001", "PAT-0002"])
+    from explorer.qt import Qt
+
+    heads = [m.headerData(i, Qt.Orientation.Vertical) for i in range(3)]
+    assert heads == ["PAT-0001 ⟨PAT-0001⟩", "PAT-0001-2 ⟨PAT-0001⟩", "PAT-0002"]
+    tip = m.headerData(1, Qt.Orientation.Horizontal, int(Qt.ItemDataRole.ToolTipRole.value))
+    assert "one of 2 CT series of patient PAT-0001" in tip

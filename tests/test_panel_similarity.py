@@ -322,3 +322,21 @@ def test_hidden_tab_computes_when_shown(qtbot, tmp_path, settings):
     panel.show()
     settle(qtbot, panel)
     assert panel.worker.latest_id == 1 and panel.result is not None
+
+
+def test_identification_shows_every_method(qtbot, panel_env):
+    from training.latent import similarity
+
+    settings, ws, ckpt = panel_env
+    panel = make_panel(qtbot, make_state(settings, ws, ckpt))
+    settle(qtbot, panel)
+    panel.slice_a.setValue(0)
+    panel.slice_b.setValue(3)
+    assert panel.id_level.currentText() == "patient"
+    panel.run_identification()
+    settle(qtbot, panel)
+    rows = panel.id_methods.rows()
+    assert [r[0] for r in rows] == list(similarity.METHODS)
+    res, comp = panel.identification, panel.comparison
+    assert rows[0][1] == f"{comp.scores['kl_directed'].n_identified} of {res.n_patients}"
+    assert comp.scores["kl_directed"].n_identified == res.n_identified  # one KL, two views

@@ -24,6 +24,7 @@ from explorer.panels import Panel
 from explorer.qt import Qt, QtWidgets, Signal
 from explorer.widgets.kl_table import HeatMapView, KLTableView
 from explorer.widgets.latest_worker import LatestWorker
+from explorer.widgets.method_table import MethodTable
 from training.latent import similarity
 from training.latent.encode import AGGREGATES
 from training.explore.latent import load_latent_model
@@ -45,13 +46,16 @@ def _compute_matrix(ckpt: str, ws_path: str, aggregate: str, split, progress, ca
 
 
 def _compute_identification(ckpt: str, ws_path: str, a: int, b: int, symmetric: bool,
-                            split, progress, cancel):
-    from training.explore.similarity import identify_slices
+                            split, level, progress, cancel):
+    """(KL Identification, every method's Comparison) of the same queries."""
+    from training.explore.similarity import compare_slices, identify_slices
     from training.store.workspace import Workspace
 
     model = load_latent_model(ckpt).model  # cached while the file is unchanged
     with Workspace.open(ws_path) as ws:
-        return identify_slices(model, ws, a, b, symmetric, split, progress=progress, cancel=cancel)
+        res = identify_slices(model, ws, a, b, symmetric, split, progress=progress, cancel=cancel, level=level)
+        comp = compare_slices(model, ws, a, b, split, level=level, cancel=cancel)
+        return res, comp
 
 
 class SimilarityPanel(Panel):
@@ -63,6 +67,7 @@ class SimilarityPanel(Panel):
         super().__init__(state, parent)
         self.result = None  # training.explore.similarity.PatientSimilarity
         self.identification: similarity.Identification | None = None
+        self.comparison: similarity.Comparison | None = None
         self.error = ""
         self.worker = LatestWorker(self, "similarity-matrix")
         self.id_worker = LatestWorker(self, "similarity-identify")
@@ -144,6 +149,10 @@ class SimilarityPanel(Panel):
             box.setRange(-999, 999)
             box.setToolTip(tip)
         self.slice_b.setValue(2)
+        self.id_level = QtWidgets.QComboBox()
+        self.id_level.addItems(["patient", "series"])
+        self.id_level.setToolTip("patient: a match to another CT series of the same patient is not a "
+                                 "confusion; series: only the query's own series counts")
         self.run_id_btn = QtWidgets.QPushButton("Run")
         self.run_id_btn.setToolTip("Encode slices a and b of every patient and rank by KL(q_b,i ‖ q_a,j)")
         self.run_id_btn.clicked.connect(self.run_identification)
@@ -162,10 +171,13 @@ class SimilarityPanel(Panel):
         ir.addWidget(self.slice_a)
         ir.addWidget(QtWidgets.QLabel("slice b"))
         ir.addWidget(self.slice_b)
+        ir.addWidget(self.id_level)
         ir.addWidget(self.run_id_btn)
         il.addLayout(ir)
         il.addWidget(self.id_score)
         il.addWidget(self.id_detail)
+        self.id_methods = MethodTable()  # baselines beside the KL (issue 15)
+        il.addWidget(self.id_methods)
         il.addWidget(QtWidgets.QLabel("Confused patients"))
         il.addWidget(self.id_confused, 1)
 
@@ -274,7 +286,7 @@ class SimilarityPanel(Panel):
         box: list[int] = []
         return self._submit(self.id_worker, box, _compute_identification, ckpt, ws,
                             self.slice_a.value(), self.slice_b.value(), self.symmetric.isChecked(),
-                            self._split_value(), "identification")
+                            self._split_value(), self.id_level.currentText(), "identification")
 
     def _submit(self, worker: LatestWorker, box: list, fn, *args) -> int:
         *head, what = args
@@ -305,7 +317,9 @@ class SimilarityPanel(Panel):
         self._show_matrix()
         self._set_message(f"Could not compute the divergences: {message}", error=True)
 
-    def _identification_ready(self, _rid: int, res: similarity.Identification) -> None:
+    def _identification_ready(self, _rid: int, result) -> None:
+        res, self.comparison = result
+        self.id_methods.set_comparison(self.comparison)
         self.identification = res
         self.id_score.setText(f"{res.n_identified} of {res.n_patients} identified")
         self.id_detail.setText(
@@ -321,6 +335,8 @@ class SimilarityPanel(Panel):
         if message.endswith("cancelled"):
             return
         self.identification = None
+        self.comparison = None
+        self.id_methods.set_comparison(None)
         self.id_score.setText("—")
         self.id_detail.setText(f"<span style='color:#b00020'>{message}</span>")
         self.id_confused.clear()
@@ -348,6 +364,7 @@ class SimilarityPanel(Panel):
         else:
             names = self.result.names
             self.table.set_matrix(m, names, definition)
+            self.table.kl_model.set_patients(getattr(self.result, "patients", None))
             off = m[~np.eye(len(m), dtype=bool)] if len(m) > 1 else m.ravel()
             note = (f"dark blue = smallest, pale yellow = largest (log scale); off-diagonal "
                     f"{off.min():.3g} … {off.max():.3g} nats" if off.size else "")

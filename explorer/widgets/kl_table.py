@@ -47,6 +47,8 @@ class KLTableModel(QtCore.QAbstractTableModel):
         self._colours: dict[int, QtGui.QColor] = {}
         self._white, self._black = QtGui.QColor("white"), QtGui.QColor("black")
         self.highlight = -1  # patient index whose row and column are drawn in bold
+        self.patients: list[str] = []  # patient of each row (rows are CT series); see set_patients
+        self._series_of: dict[str, int] = {}
         self._bold = QtGui.QFont()
         self._bold.setBold(True)
 
@@ -68,6 +70,22 @@ class KLTableModel(QtCore.QAbstractTableModel):
 
     def clear(self) -> None:
         self.set_matrix(np.zeros((0, 0)), [], "")
+
+    def set_patients(self, patients: list[str] | None) -> None:
+        """The patient of each row: rows of a patient with several CT series show it
+        (issue 11: the table says which rows belong to one patient)."""
+        self.patients = [str(p) for p in patients] if patients else []
+        self._series_of = {}
+        for p in self.patients:
+            self._series_of[p] = self._series_of.get(p, 0) + 1
+        self.headerDataChanged.emit(Qt.Orientation.Vertical, 0, max(len(self.names) - 1, 0))
+        self.headerDataChanged.emit(Qt.Orientation.Horizontal, 0, max(len(self.names) - 1, 0))
+
+    def patient_of(self, index: int) -> tuple[str, int] | None:
+        """(patient, number of its series) of row/column `index` when it has several."""
+        if index < len(self.patients) and self._series_of.get(self.patients[index], 1) > 1:
+            return self.patients[index], self._series_of[self.patients[index]]
+        return None
 
     def _sorted_order(self, column: int, order) -> np.ndarray:
         n = len(self.names)
@@ -160,13 +178,16 @@ class KLTableModel(QtCore.QAbstractTableModel):
         if (role != _DISPLAY and role != _TOOLTIP) or section < 0 or section >= len(self.names):
             return None
         horizontal = orientation == Qt.Orientation.Horizontal
-        name = self.names[section] if horizontal else self.names[int(self.order[section])]
+        index = section if horizontal else int(self.order[section])
+        name = self.names[index]
+        group = self.patient_of(index)
         if role == _DISPLAY:
-            return name
+            return f"{name} ⟨{group[0]}⟩" if group else name
         if role == _TOOLTIP:
             what = ("column j = the reference q_j" if horizontal else
                     "row i = the posterior q_i the expectation is under")
-            return f"{name}: {what}\n{self.definition}\nClick a column header to sort the rows by it"
+            of = f"\none of {group[1]} CT series of patient {group[0]} (marked ⟨{group[0]}⟩)" if group else ""
+            return f"{name}: {what}{of}\n{self.definition}\nClick a column header to sort the rows by it"
         return None
 
 

@@ -35,6 +35,7 @@ class PatientSimilarity:
     kl: np.ndarray
     aggregate: str
     n_images: np.ndarray
+    patients: list[str] | None = None  # the patient of each row (rows are CT series, entries)
 
     def matrix(self, symmetric: bool = False) -> np.ndarray:
         return similarity.symmetrise(self.kl) if symmetric else self.kl
@@ -67,8 +68,9 @@ def patient_similarity(model, ws, aggregate: str = "mixture", split: str | None 
     if len(enc.mu) < len(rows):
         raise InterruptedError("cancelled")
     pp = latent.aggregate_patients(enc, aggregate)
+    of = {p.pseudonym: (p.patient or p.pseudonym) for p in ws.patients}
     return PatientSimilarity(pp.names, pp.mu, pp.logvar, similarity.kl_matrix(pp.mu, pp.logvar),
-                             aggregate, pp.n_images)
+                             aggregate, pp.n_images, [of.get(n, n) for n in pp.names])
 
 
 def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:

@@ -622,9 +622,12 @@ def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
 def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray],
                            labels: dict[str, np.ndarray] | None = None,
                            preprocess: PreprocessConfig | None = None, roi_names: Sequence[str] = (),
-                           test_fraction: float = 0.25, seed: int = 0) -> Path:
+                           test_fraction: float = 0.25, seed: int = 0,
+                           patients: dict[str, str] | None = None) -> Path:
     """Write a workspace straight from preprocessed arrays (tests, benchmarks, demos).
 
+    patients: entry label → patient pseudonym, for patients with several series (default:
+    each entry is its own patient).
     images: label → float32 (n, H, W) for 2D or (n, D, H, W) for 3D, in [0, 1].
     labels: label → uint8 of the same shape (0 = complement, k = roi_names[k-1]).
     Entries have no source group, so they cannot be re-derived. Atomic.
@@ -653,7 +656,7 @@ def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray
                 h = hashlib.sha256(arr.tobytes())
                 if lab is not None:
                     h.update(lab.tobytes())
-                write_entry(f["entries"], EntryData(label=label, patient=label,
+                write_entry(f["entries"], EntryData(label=label, patient=(patients or {}).get(label, label),
                                                     content_hash=h.hexdigest()[:32],
                                                     images=arr, labels=lab,
                                                     rois=tuple(cfg.rois)), phash)
