@@ -340,3 +340,32 @@ def test_identification_shows_every_method(qtbot, panel_env):
     res, comp = panel.identification, panel.comparison
     assert rows[0][1] == f"{comp.scores['kl_directed'].n_identified} of {res.n_patients}"
     assert comp.scores["kl_directed"].n_identified == res.n_identified  # one KL, two views
+
+
+def test_distance_experiment_dialog_runs_off_the_gui_thread(qtbot, tmp_path, settings):
+    ws = write_workspace(tmp_path / "ws.h5", rt=False, n_patients=3)
+    ckpt = write_checkpoint(tmp_path / "model.pt", n_classes=0)
+    panel = make_panel(qtbot, make_state(settings, ws, ckpt))
+    settle(qtbot, panel)
+    d = panel.open_experiment()
+    qtbot.addWidget(d)
+    d.extra_model = {"filters": 2, "n_blocks": 2, "fc_units": 8, "latent_dim": 2, "convs_per_block": 1}
+    d.extra_train = {"batch_size": 4, "threads": 1}
+    d.epochs.setValue(2)
+    d.distances.setText("1, 2")
+    d.distances.setText("bogus")
+    assert not d.start() and "distances" in d.status.text()
+    d.distances.setText("1, 2")
+    assert d.start()
+    assert d.is_running() and not d.run_btn.isEnabled()  # returned at once: the work is on a thread
+    qtbot.waitUntil(lambda: not d.is_running(), timeout=60000)
+    assert d.report is not None, d.error
+    assert d.table.rowCount() == 5 and d.table.columnCount() == 2
+    assert (d.out_dir / "identify.svg").exists() and "report.json" in d.status.text()
+    # cancel: a long run stops with "Cancelled" and leaves the dialog usable
+    d.epochs.setValue(5000)
+    assert d.start()
+    qtbot.wait(200)
+    d.cancel()
+    qtbot.waitUntil(lambda: not d.is_running(), timeout=60000)
+    assert "Cancelled" in d.status.text() and d.run_btn.isEnabled()

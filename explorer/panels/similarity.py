@@ -178,6 +178,12 @@ class SimilarityPanel(Panel):
         il.addWidget(self.id_detail)
         self.id_methods = MethodTable()  # baselines beside the KL (issue 15)
         il.addWidget(self.id_methods)
+        self.experiment_btn = QtWidgets.QPushButton("Distance experiment…")
+        self.experiment_btn.setToolTip("Thesis 7.5 protocol: train a fresh model on slice a of every patient, "
+                                       "identify each from slices at several distances (mm), every method")
+        self.experiment_btn.clicked.connect(self.open_experiment)
+        self.experiment_dialog = None
+        il.addWidget(self.experiment_btn, 0, Qt.AlignmentFlag.AlignLeft)
         il.addWidget(QtWidgets.QLabel("Confused patients"))
         il.addWidget(self.id_confused, 1)
 
@@ -242,6 +248,8 @@ class SimilarityPanel(Panel):
     def shutdown(self) -> None:
         self.worker.shutdown()
         self.id_worker.shutdown()
+        if self.experiment_dialog is not None:
+            self.experiment_dialog.cancel()
 
     # -- requests
     def _split_value(self):
@@ -287,6 +295,23 @@ class SimilarityPanel(Panel):
         return self._submit(self.id_worker, box, _compute_identification, ckpt, ws,
                             self.slice_a.value(), self.slice_b.value(), self.symmetric.isChecked(),
                             self._split_value(), self.id_level.currentText(), "identification")
+
+    def open_experiment(self):
+        """The identification-vs-distance dialog (explorer.widgets.identify_experiment)."""
+        from explorer.widgets.identify_experiment import IdentifyExperimentDialog
+
+        if not self.state.has_workspace_data():
+            self._set_message("Open a workspace with patients first.")
+            return None
+        d = self.experiment_dialog
+        if d is None or d.workspace_path != self.state.workspace_path:
+            if d is not None and d.is_running():
+                d.show()
+                return d
+            d = self.experiment_dialog = IdentifyExperimentDialog(self.state.workspace_path, self)
+        d.show()
+        d.raise_()
+        return d
 
     def _submit(self, worker: LatestWorker, box: list, fn, *args) -> int:
         *head, what = args

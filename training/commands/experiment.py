@@ -79,12 +79,16 @@ def _split_overrides(pairs):
 
 
 def _progress(phase: str, done: int, total: int) -> None:
-    print(f"\r{phase}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    if sys.stderr.isatty():
+        print(f"\r{phase}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr, flush=True)
+    elif done == total or (total >= 10 and done % max(1, total // 10) == 0):
+        print(f"{phase}: {done}/{total}", file=sys.stderr, flush=True)
 
 
 def main(args) -> int:
     from training.config import ConfigError
     from training.explore import experiments as ex
+    from training.store.workspace import WorkspaceError
 
     if args.list or not args.name:
         for name, text in ex.EXPERIMENTS.items():
@@ -109,7 +113,7 @@ def main(args) -> int:
                                    progress=_progress, n=args.n)
             for f in report["files"]:
                 print(f"wrote {f}")
-    except (ValueError, ConfigError, RuntimeError) as exc:
+    except (ValueError, ConfigError, RuntimeError, WorkspaceError, OSError) as exc:
         raise common.CommandError(str(exc)) from exc
     print(f"report: {args.out / 'report.json'}")
     return 0
