@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from training.config import ModelConfig, TrainConfig  # noqa: E402
 from training.vae.losses import vae_loss  # noqa: E402
 from training.vae.model import VAE, channels_last_format  # noqa: E402
-from training.vae.trainer import Callback, Trainer  # noqa: E402
+from training.vae.trainer import Callback, Trainer, autocast_context  # noqa: E402
 from training.store.workspace import Workspace, write_arrays_workspace  # noqa: E402
 
 
@@ -103,7 +103,8 @@ def bare_loop(x: torch.Tensor, labels: torch.Tensor | None, mc: ModelConfig, tc:
             if fmt is not None:
                 xb = xb.contiguous(memory_format=fmt)
             lb = labels[idx] if labels is not None else None
-            out = model(xb)
+            with autocast_context(device, tc.autocast):
+                out = model(xb)
             loss = vae_loss(out, xb[:, :1], lb, tc)
             opt.zero_grad(set_to_none=True)
             loss.total.backward()
@@ -131,7 +132,8 @@ def speed(args) -> None:
     mc = ModelConfig(input_size=args.size, n_classes=3, filters=args.filters, latent_dim=12,
                      n_blocks=4, fc_units=256, dropout=0.1)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch, threads=args.threads, recon_every=1000,
-                     checkpoint_every=1000, device=args.device, channels_last=not args.nchw)
+                     checkpoint_every=1000, device=args.device, channels_last=not args.nchw,
+                     autocast=args.autocast, metrics_images=args.metrics_images)
     x = torch.cat([torch.from_numpy(x_img)[:, None],
                    torch.nn.functional.one_hot(torch.from_numpy(x_lab).long(), 3).movedim(-1, 1).float()], 1)
     lab = torch.from_numpy(x_lab).long()
@@ -140,6 +142,7 @@ def speed(args) -> None:
                           ("cpu" if args.device == "auto" else args.device))
     print(f"speed on {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}: 2D {args.size}², {args.filters} filters, batch {args.batch}, {len(rows)} train "
           f"+ {n_test} test images, {args.threads} threads, {'NCHW' if args.nchw else 'channels_last'}, "
+          f"autocast {args.autocast}, "
           f"{args.epochs} epochs per round (first is warm-up)", flush=True)
     ours, bare, wall = [], [], []
     for r in range(args.rounds):
@@ -297,6 +300,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--nchw", action="store_true")
+    ap.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                    help="bf16 autocast on CUDA (both loops; ignored on the CPU)")
+    ap.add_argument("--metrics-images", type=int, default=0,
+                    help="per-epoch reconstruction metrics of the trainer (0 = off, as the bare loop)")
     ap.add_argument("--budget-mib", type=int, default=64)
     ap.add_argument("--chunk-cache-kib", type=int, default=None)
     args = ap.parse_args()

@@ -38,7 +38,6 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 BODY_THRESHOLD_HU = -500.0
@@ -75,23 +74,40 @@ def psnr(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(1.0 / mse)
 
 
-def ssim(target: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
-    """SSIM per image of (B, H, W) or (B, D, H, W) tensors in [0, 1], as skimage's
-    structural_similarity with its defaults and data_range=1 (see the module docstring)."""
-    x = target.double().unsqueeze(1)
-    y = recon.double().unsqueeze(1)
-    dims = x.dim() - 2
-    if min(x.shape[2:]) < SSIM_WIN:
-        raise ValueError(f"SSIM needs images of at least {SSIM_WIN} pixels per side, got {tuple(x.shape[2:])}")
-    pool = F.avg_pool2d if dims == 2 else F.avg_pool3d
-    n = SSIM_WIN ** dims
+def _box_valid(a: np.ndarray, w: int, axes) -> np.ndarray:
+    """Mean over a w-wide window along each axis in `axes`, positions fully inside only
+    (scipy's uniform filter, then the border where the window sticks out is cut off, as
+    skimage does)."""
+    size = [1] * a.ndim
+    for ax in axes:
+        size[ax] = w
+    out = ndimage.uniform_filter(a, size=size, mode="reflect")
+    pad = (w - 1) // 2
+    cut = tuple(slice(pad, a.shape[ax] - pad) if ax in axes else slice(None) for ax in range(a.ndim))
+    return out[cut]
+
+
+def ssim(target, recon) -> torch.Tensor:
+    """SSIM per image of (B, H, W) or (B, D, H, W) images in [0, 1] (tensors or arrays), as
+    skimage's structural_similarity with its defaults and data_range=1 (module docstring)."""
+    x = (target.double().cpu().numpy() if torch.is_tensor(target) else np.asarray(target, np.float64))
+    y = (recon.double().cpu().numpy() if torch.is_tensor(recon) else np.asarray(recon, np.float64))
+    axes = tuple(range(1, x.ndim))
+    if min(x.shape[1:]) < SSIM_WIN:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WIN} pixels per side, got {x.shape[1:]}")
+    n = SSIM_WIN ** len(axes)
     cov = n / (n - 1.0)  # sample covariance, as skimage's use_sample_covariance=True
-    ux, uy = pool(x, SSIM_WIN, 1), pool(y, SSIM_WIN, 1)
-    uxx, uyy, uxy = pool(x * x, SSIM_WIN, 1), pool(y * y, SSIM_WIN, 1), pool(x * y, SSIM_WIN, 1)
-    vx, vy, vxy = cov * (uxx - ux * ux), cov * (uyy - uy * uy), cov * (uxy - ux * uy)
+
+    def box(v):
+        return _box_valid(v, SSIM_WIN, axes)
+
+    ux, uy = box(x), box(y)
+    vx = cov * (box(x * x) - ux * ux)
+    vy = cov * (box(y * y) - uy * uy)
+    vxy = cov * (box(x * y) - ux * uy)
     c1, c2 = SSIM_K1 ** 2, SSIM_K2 ** 2
     s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
-    return s.flatten(1).mean(1)
+    return torch.from_numpy(s.reshape(len(s), -1).mean(1))
 
 
 def mae_hu(target: np.ndarray, recon: np.ndarray, masks: np.ndarray, hu_min: float, hu_max: float) -> np.ndarray:
