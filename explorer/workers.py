@@ -101,7 +101,8 @@ def describe_result(result: Any) -> str:
     if isinstance(result, str):
         return result
     parts = []
-    for key, word in (("added", "added"), ("unchanged", "unchanged"), ("rederived", "re-derived")):
+    # entries are CT series (a patient may have several): the count says so
+    for key, word in (("added", "series added"), ("unchanged", "unchanged"), ("rederived", "re-derived")):
         v = getattr(result, key, None)
         if v is not None:
             n = len(v) if hasattr(v, "__len__") else int(v)
@@ -112,7 +113,7 @@ def describe_result(result: Any) -> str:
     missing = getattr(result, "rois_missing", None)
     if missing:
         if isinstance(missing, dict):
-            miss = ", ".join(f"{k} in {len(v)}" for k, v in missing.items())
+            miss = ", ".join(f"{k} in {len(v)} series" for k, v in missing.items())
         else:
             miss = ", ".join(map(str, missing))
         parts.append(f"ROIs missing: {miss}")

@@ -115,5 +115,5 @@ def test_errors_read_as_one_line():
     report = IngestReport(added=["PAT-0001"], unchanged=["PAT-0002"], skipped=[("a.txt", "not DICOM")],
                           rois_missing={"Heart": ["PAT-0001"]})
     text = describe_result(report)
-    assert "1 added" in text and "1 unchanged" in text and "1 file(s) skipped" in text
-    assert "Heart in 1" in text and "\n" not in text
+    assert "1 series added" in text and "1 unchanged" in text and "1 file(s) skipped" in text
+    assert "Heart in 1 series" in text and "\n" not in text

@@ -52,7 +52,7 @@ def test_folder_drop_lists_patients_and_skipped_files(make_window, cohort_with_b
     # the same folder again: nothing new, nothing re-read
     drop_paths(w.patient_list.viewport(), [cohort_with_bad_file])
     wait_until(qtbot, lambda: w.job is None, timeout_s=120, what="the second ingest")
-    assert "0 added" in w.statusBar().currentMessage()
+    assert "0 series added" in w.statusBar().currentMessage()
     assert "3 unchanged" in w.statusBar().currentMessage()
     assert len(w.patient_list.pseudonyms()) == 3
 

@@ -35,15 +35,17 @@ def test_ingest_info_export(drop, tmp_path, capsys):
     # unset options keep the workspace's settings; a second run changes nothing
     assert main(["ingest", str(drop), "-w", str(ws), "--workers", "1"]) == 0
     out = capsys.readouterr()
-    assert "0 added, 2 unchanged, 0 re-derived" in out.out and "junk.txt" in out.out
+    assert "0 series added, 2 unchanged, 0 re-derived" in out.out and "junk.txt" in out.out
     with Workspace.open(ws) as w:
         assert w.preprocess.window_name == "lung" and w.preprocess.crop == 16
         assert w.roi_names == ("Lung-Left", "Lung-Right")
 
     assert main(["info", str(ws), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert [p["pseudonym"] for p in info["patients"]] == ["PAT-0001", "PAT-0002"]
-    assert info["patients"][0]["source_slices"] == 4 and info["image_shape"] == [16, 16]
+    assert [p["pseudonym"] for p in info["series"]] == ["PAT-0001", "PAT-0002"]
+    assert [p["patient"] for p in info["patients"]] == ["PAT-0001", "PAT-0002"]
+    assert info["n_series"] == info["n_patients"] == 2
+    assert info["series"][0]["source_slices"] == 4 and info["image_shape"] == [16, 16]
     assert info["skipped"] == [{"path": "junk.txt", "reason": info["skipped"][0]["reason"]}]
     assert main(["info", str(ws)]) == 0
     text = capsys.readouterr().out

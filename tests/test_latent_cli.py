@@ -42,7 +42,7 @@ def test_encode_writes_csv_and_npz(files):
     z = np.load(tmp / "enc" / "encoded.npz")
     assert z["mu"].shape == (20, 3) and z["patient_mu"].shape == (5, 3) and str(z["aggregate"]) == "mixture"
     lines = (tmp / "enc" / "encoded_images.csv").read_text().splitlines()
-    assert lines[0].startswith("patient,image,split,mu_0") and len(lines) == 21
+    assert lines[0].startswith("series,patient,image,split,mu_0") and len(lines) == 21
     assert "mixture" in (tmp / "enc" / "encoded_patients.csv").read_text().splitlines()[0]
     from training.latent.encode import load_encoded
 

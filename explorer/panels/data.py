@@ -294,10 +294,12 @@ class DataPanel(Panel):
                     self._scale_patients = list(ws.patients)
                     n_img = ws.n_images
                     shape = " × ".join(map(str, ws.image_shape)) or "–"
+                    from training.store.units import split_summary
+
+                    counts = split_summary(ws.patients).split("; ", 1)  # series and patients
                     self.summary.setText(
-                        f"<b>Workspace</b>: {len(ws.patients)} entries, {n_img} images of {shape}<br>"
-                        f"train {sum(p.split == 'train' for p in ws.patients)}, "
-                        f"test {sum(p.split == 'test' for p in ws.patients)} patients<br>"
+                        f"<b>Workspace</b>: {counts[0]}, {n_img} images of {shape}<br>"
+                        f"{counts[1] if len(counts) > 1 else ''}<br>"
                         f"ROIs found: {', '.join(available) or 'none'}")
             except Exception as exc:
                 self.summary.setText(f"Cannot read the workspace: {workers.readable_error(exc)}")

@@ -9,7 +9,7 @@ import numpy as np
 from explorer.qt import Qt, QtGui, QtWidgets, Signal
 
 THUMB = 48
-COLUMNS = ["Patient", "Split", "Images", "Spacing (mm)", "ROIs"]
+COLUMNS = ["Series", "Split", "Images", "Spacing (mm)", "ROIs"]  # a row per CT series
 
 
 @dataclass
@@ -62,7 +62,8 @@ class PatientList(QtWidgets.QTableWidget):
         header = self.horizontalHeader()
         header.setSectionResizeMode(QtWidgets.QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
-        self.setToolTip("Patients in the workspace (pseudonyms only). Drop DICOM folders to add more.")
+        self.setToolTip("CT series in the workspace, one row each, named by the patient's pseudonym "
+                        "(PAT-0001-2 is a second series of PAT-0001). Drop DICOM folders to add more.")
         self._rows: dict[str, int] = {}
         self.itemSelectionChanged.connect(self._selection_changed)
 

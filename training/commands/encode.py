@@ -17,8 +17,10 @@ def register(sub) -> None:
         "encode",
         help="encode a workspace with a trained model: µ and σ per image and per patient",
         description="Encode every image of a workspace (eval mode: deterministic). Writes "
-        "OUT/encoded_images.csv (one row per image), OUT/encoded_patients.csv (one row per "
-        "patient, aggregated from its slices by --aggregate) and OUT/encoded.npz (all arrays).",
+        "OUT/encoded_images.csv (one row per image), OUT/encoded_series.csv (one row per CT "
+        "series, aggregated from its slices by --aggregate), OUT/encoded_patients.csv (one row "
+        "per patient, aggregated from the slices of all its series) and OUT/encoded.npz (all "
+        "arrays; its patient_* arrays are per series).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     common.add_model_args(p)
@@ -35,24 +37,63 @@ def _csv(header: list[str], rows) -> str:
     return buf.getvalue()
 
 
-def write_outputs(out: Path, enc, pp) -> list[Path]:
-    from training.atomic import atomic_save_npz, atomic_write_text
+def by_patient(enc, patient_of: dict[str, str]):
+    """enc with its rows regrouped from series to patients (a patient's series one after
+    the other, slices in order within each), for a per-patient aggregate."""
+    from training.latent.encode import Encoded
 
+    pats = list(dict.fromkeys(patient_of.get(n, n) for n in enc.names))
+    index = {p: k for k, p in enumerate(pats)}
+    of_series = np.array([index[patient_of.get(n, n)] for n in enc.names], dtype=np.int64)
+    rows = enc.rows.copy()
+    offset = np.zeros(len(enc.names), dtype=np.int64)  # series after series within a patient
+    end: dict[int, int] = {}
+    for s in range(len(enc.names)):
+        sel = enc.rows[:, 0] == s
+        offset[s] = end.get(int(of_series[s]), 0)
+        end[int(of_series[s])] = offset[s] + (int(enc.rows[sel, 1].max()) + 1 if sel.any() else 0)
+    rows[:, 1] = enc.rows[:, 1] + offset[enc.rows[:, 0]]
+    rows[:, 0] = of_series[enc.rows[:, 0]]
+    splits = {int(of_series[s]): enc.splits[s] for s in range(len(enc.names))} if enc.splits else {}
+    return Encoded(enc.mu, enc.logvar, rows, pats, [splits.get(k, "") for k in range(len(pats))] if splits else [])
+
+
+def write_outputs(out: Path, enc, pp, patient_of: dict[str, str] | None = None) -> list[Path]:
+    """patient_of: series label → patient pseudonym (a patient may have several series);
+    without it each series counts as its own patient."""
+    from training.atomic import atomic_save_npz, atomic_write_text
+    from training.latent.encode import aggregate_patients
+
+    patient_of = patient_of or {}
     j = enc.mu.shape[1]
     cols = [f"mu_{d}" for d in range(j)] + [f"sigma_{d}" for d in range(j)]
     img_rows = [
-        [enc.names[p], int(i), enc.splits[p] if enc.splits else ""] + [repr(float(v)) for v in np.r_[m, s]]
+        [enc.names[p], patient_of.get(enc.names[p], enc.names[p]), int(i), enc.splits[p] if enc.splits else ""]
+        + [repr(float(v)) for v in np.r_[m, s]]
         for (p, i), m, s in zip(enc.rows, enc.mu, enc.sigma)
     ]
+    series_rows = [
+        [name, patient_of.get(name, name), int(n)] + [repr(float(v)) for v in np.r_[m, s]]
+        for name, n, m, s in zip(pp.names, pp.n_images, pp.mu, pp.sigma)
+    ]
+    per_patient = aggregate_patients(by_patient(enc, patient_of), pp.method)
     pat_rows = [
-        [name, int(n)] + [repr(float(v)) for v in np.r_[m, s]] for name, n, m, s in zip(pp.names, pp.n_images, pp.mu, pp.sigma)
+        [name, sum(patient_of.get(s, s) == name for s in pp.names), int(n)] + [repr(float(v)) for v in np.r_[m, s]]
+        for name, n, m, s in zip(per_patient.names, per_patient.n_images, per_patient.mu, per_patient.sigma)
     ]
     paths = [
-        atomic_write_text(out / "encoded_images.csv", _csv(["patient", "image", "split"] + cols, img_rows)),
+        atomic_write_text(out / "encoded_images.csv", _csv(["series", "patient", "image", "split"] + cols, img_rows)),
+        atomic_write_text(
+            out / "encoded_series.csv",
+            f"# per-series posterior: {pp.method} of the slice posteriors of one CT series; a patient "
+            "may have several series (column patient) (training/latent/encode.py)\n"
+            + _csv(["series", "patient", "n_images"] + cols, series_rows),
+        ),
         atomic_write_text(
             out / "encoded_patients.csv",
-            f"# per-patient posterior: {pp.method} of the slice posteriors (training/latent/encode.py)\n"
-            + _csv(["patient", "n_images"] + cols, pat_rows),
+            f"# per-patient posterior: {pp.method} of the slice posteriors of all the patient's series "
+            "(training/latent/encode.py)\n"
+            + _csv(["patient", "n_series", "n_images"] + cols, pat_rows),
         ),
         atomic_save_npz(
             out / "encoded.npz",
@@ -75,10 +116,15 @@ def main(args) -> int:
     from training.latent import encode as latent
 
     model, _ = common.load(args)
+    from training.store.units import series_of_patients
+
     with common.open_workspace(args.workspace) as ws:
         enc = common.encode(model, ws, args)
+        patient_of = {p.pseudonym: p.patient or p.pseudonym for p in ws.patients}
     pp = latent.aggregate_patients(enc, args.aggregate)
-    for p in write_outputs(args.out, enc, pp):
+    for p in write_outputs(args.out, enc, pp, patient_of):
         print(f"wrote {p}")
-    print(f"{len(enc.mu)} images of {len(pp.names)} patients, latent dimension {enc.mu.shape[1]}")
+    n_patients = len({patient_of.get(n, n) for n in pp.names})
+    print(f"{len(enc.mu)} images of {series_of_patients(len(pp.names), n_patients)}, "
+          f"latent dimension {enc.mu.shape[1]}")
     return 0

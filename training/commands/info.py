@@ -12,7 +12,7 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser(
         "info",
-        help="list a workspace's patients, ROIs, split and skipped files",
+        help="list a workspace's CT series and patients, ROIs, split and skipped files",
         description="Print the contents of a workspace. Patients appear only by pseudonym.",
     )
     p.add_argument("workspace", type=Path, help="workspace file (.h5)")
@@ -22,6 +22,7 @@ def register(sub) -> None:
 
 def describe(path: Path) -> dict:
     """The workspace summary as a plain dict (what `--json` prints)."""
+    from training.store.units import unit_counts
     from training.store.workspace import Workspace
 
     with Workspace.open(path) as ws:
@@ -36,7 +37,10 @@ def describe(path: Path) -> dict:
             "split_seed": ws.split_seed,
             "test_fraction": ws.test_fraction,
             "n_images": ws.n_images,
-            "patients": [
+            # one row per CT series (a patient may have several: "patient" groups them);
+            # the counts say which unit they count
+            **unit_counts(ws.patients),
+            "series": [
                 {"pseudonym": p.pseudonym, "patient": p.patient, "split": p.split,
                  "n_images": p.n_images,
                  "source_slices": p.source_shape[0] if p.source_shape else None,
@@ -45,9 +49,21 @@ def describe(path: Path) -> dict:
                 for p in ws.patients
             ],
             "scale": _scale(ws),
+            "patients": _patients(ws.patients),
             "skipped": [{"path": s[0], "reason": s[1]} for s in ws.skipped],
             "provenance": ws.provenance,
         }
+
+
+def _patients(infos) -> list[dict]:
+    """One row per patient: its pseudonym, split, series labels and images."""
+    out: dict[str, dict] = {}
+    for p in infos:
+        row = out.setdefault(p.patient or p.pseudonym, {"patient": p.patient or p.pseudonym,
+                                                        "split": p.split, "series": [], "n_images": 0})
+        row["series"].append(p.pseudonym)
+        row["n_images"] += int(p.n_images)
+    return list(out.values())
 
 
 def main(args: argparse.Namespace) -> int:
@@ -67,11 +83,16 @@ def main(args: argparse.Namespace) -> int:
     print(f"preprocessing: window {pp['window_name']} [{pp['hu_min']:g}, {pp['hu_max']:g}] HU, "
           f"crop {pp['crop']}, size {pp['size']}, slices {pp['slices']}, mode {pp['mode']}, "
           f"ROIs {pr(', '.join(pp['rois'])) or '(CT only)'}; image shape {tuple(d['image_shape'])}")
-    print(f"{len(d['patients'])} series, {d['n_images']} images; split seed {d['split_seed']}, "
-          f"test fraction {d['test_fraction']:g}")
+    from training.store.units import series_of_patients
+
+    splits = ", ".join(f"{k} {series_of_patients(v['n_series'], v['n_patients'])}"
+                       for k, v in d["by_split"].items())
+    print(f"{series_of_patients(d['n_series'], d['n_patients'])}, {d['n_images']} images"
+          f"{' (' + splits + ')' if splits else ''}; split seed {d['split_seed']}, "
+          f"test fraction {d['test_fraction']:g} of the patients")
     print(f"{'series':<12} {'patient':<10} {'split':<5} {'images':>6} {'slices':>6}  "
           f"{'spacing dz,dy,dx mm':<22} ROIs")
-    for p in d["patients"]:
+    for p in d["series"]:
         sp = ",".join(f"{v:.3g}" for v in p["spacing_mm"])
         print(f"{p['pseudonym']:<12} {p['patient']:<10} {p['split']:<5} {p['n_images']:>6} "
               f"{p['source_slices'] if p['source_slices'] is not None else '-':>6}  {sp:<22} "

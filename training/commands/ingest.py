@@ -163,7 +163,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         emit({"event": "report", **report.to_dict()})
         return 0
-    print(f"{pr(args.workspace)}: {len(report.added)} added, {len(report.unchanged)} unchanged, "
+    print(f"{pr(args.workspace)}: {len(report.added)} series added, {len(report.unchanged)} unchanged, "
           f"{len(report.rederived)} re-derived, {len(report.skipped)} file(s) skipped "
           f"({report.n_files} files, {report.seconds:.1f} s)")
     for roi, labels in sorted(report.rois_missing.items()):
