@@ -188,6 +188,14 @@ def test_every_file_is_in_the_workspace_or_listed_with_a_reason(messy_drop, tmp_
     (deep,) = [r for r in rows if r.endswith("deep.dcm")]
     assert "path too long" in rows[deep]
     assert "junk/link_to_c0.dcm" not in rows
+    # the same drop again (now readable throughout): the files left out are listed again
+    again = ingest([drop], ws, CFG, workers=1)
+    assert len(again.unchanged) == 2  # B and the phantom; C gains the now readable copy
+    assert "Permission denied" not in str(again.skipped)  # unreadable is not remembered
+    rows2 = dict(again.skipped)
+    for rel in ("B/a_lossy.dcm", "B/z_copy.dcm", "C/c2_rle.dcm", "C/huge_hu.dcm", "C/slope0.dcm",
+                "junk/a_fifo", "junk/notes.txt", deep):
+        assert rows2[rel.replace("/", os.sep)] == rows[rel.replace("/", os.sep)]
     entries.append(os.sep.join(["n" * 99] * DEEP + ["deep.dcm"]))  # os.walk cannot go there
 
 

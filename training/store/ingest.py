@@ -744,7 +744,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         reason = str(_attr(s, "reason", default="unusable"))
         report.skip((rel(sp), clean(reason)))
         q = quick_of.get(sp)
-        if q:
+        if q and not reason.startswith("cannot read file"):  # permissions change, mtimes do not
             st.remember({q: ["", "", clean(reason), rel(sp)]})
 
     # RTSTRUCT → CT series: by referenced series UID, else by Frame of Reference UID.
