@@ -31,6 +31,11 @@ def test_preview_follows_the_window_and_apply_rederives(make_window, ingested, q
     first = w.patient_list.pseudonyms()[0]
     w.patient_list.select(first)
     wait_until(qtbot, lambda: panel.preview_count >= 1, what="a first preview")
+    # counts name their unit: entries are CT series, a patient may have several (issue 11)
+    n_series = len(w.patient_list.pseudonyms())
+    assert f"{n_series} series of {n_series} patients" in panel.summary.text()
+    assert "train " in panel.summary.text() and "test " in panel.summary.text()
+    assert w.patient_list.horizontalHeaderItem(0).text() == "Series"
     before = panel.preview.current_image().copy()
     assert panel.preview.labels is not None and panel.preview.labels.max() >= 1  # ROI overlay
     n = panel.preview_count
