@@ -288,11 +288,14 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
     (the ingest hashes files as they are read instead of reading them twice).
 
     Slices are sorted by position along the normal; slices of a minority orientation,
-    size or spacing, unreadable slices and exact duplicates are left out with a warning.
+    size or spacing, unreadable slices (a lying header among them, see _check_hu) and
+    copies at one position are left out, each in .skipped with the reason and what it
+    means for the series (and as a warning). Of copies at one position the lossless one
+    is read (scan.copy_key: lossless first, then path), another copy where it cannot be.
     A gantry tilt (slices stacked off the normal) is corrected by shifting each slice
     in-plane (linear interpolation) onto an orthogonal grid. Raises DicomError for an
-    unusable series (no readable slice, a missing decoder, duplicate positions with
-    different pixels) and Cancelled when cancel.is_set().
+    unusable series (no readable slice, a missing decoder) and Cancelled when
+    cancel.is_set().
     """
     name = ref.series_uid or "series"
     if not ref.slices:
