@@ -9,6 +9,7 @@ size and mtime are unchanged; anything else goes through pydicom's decoders.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -141,10 +142,11 @@ def _gdcm_decode(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype).reshape(rows, cols)
 
 
-def _check_hu(stored: np.ndarray, s: SliceHeader) -> None:
+def _check_hu(stored: np.ndarray, s: SliceHeader) -> tuple:
     """_SliceProblem when stored × slope + intercept lies far outside what a CT holds (a
-    header whose rescale or pixel description does not fit its pixels); see HU_MAX."""
-    lo, hi = float(stored.min()), float(stored.max())
+    header whose rescale or pixel description does not fit its pixels); see HU_MAX.
+    Returns the stored (min, max), which _rescale_into needs too."""
+    lo, hi = stored.min().item(), stored.max().item()
     hu_lo, hu_hi = lo * s.slope + s.intercept, hi * s.slope + s.intercept
     if hu_hi > HU_MAX or hu_lo < HU_FLOOR:
         raise _SliceProblem(
@@ -153,7 +155,12 @@ def _check_hu(stored: np.ndarray, s: SliceHeader) -> None:
             f"can hold ({HU_FLOOR:.0f} to {HU_MAX:.0f} HU); the header does not describe these pixels"
         )
     if hu_lo < HU_PADDING:
-        below = int(np.count_nonzero(stored < (HU_PADDING - s.intercept) / s.slope))
+        t = (HU_PADDING - s.intercept) / s.slope  # stored values below t are below HU_PADDING
+        if stored.dtype.kind in "iu":  # compare in the stored type (no float copy)
+            t = math.ceil(t)
+            below = stored.size if t > hi else int(np.count_nonzero(stored < stored.dtype.type(t)))
+        else:
+            below = int(np.count_nonzero(stored < t))
         if below * 2 > stored.size:
             raise _SliceProblem(
                 f"{100 * below / stored.size:.0f} % of the pixels are below {HU_PADDING:.0f} HU after "
@@ -161,9 +168,10 @@ def _check_hu(stored: np.ndarray, s: SliceHeader) -> None:
                 "−1000 HU and padding covers at most a quarter of a slice: the header does not "
                 "describe these pixels"
             )
+    return lo, hi
 
 
-def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
+def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray, bounds=None) -> None:
     """out = stored × slope + intercept: float32 (one pass when the slope is 1), or int16
     HU rounded to the nearest integer and clipped to the int16 range (integer arithmetic
     when the slope is 1 and the intercept whole, which is every CT seen so far)."""
@@ -171,7 +179,7 @@ def _rescale_into(stored: np.ndarray, s: SliceHeader, out: np.ndarray) -> None:
         if s.slope == 1.0 and float(s.intercept).is_integer():
             b = int(s.intercept)
             if stored.dtype.kind in "iu" and stored.dtype.itemsize <= 2:
-                lo, hi = int(stored.min()), int(stored.max())
+                lo, hi = bounds if bounds is not None else (int(stored.min()), int(stored.max()))
                 if hi <= 32767 and -32768 <= lo + b and hi + b <= 32767:  # no clipping needed
                     np.copyto(out, stored, casting="unsafe")
                     if b:
@@ -223,8 +231,7 @@ def _read_fast(s: SliceHeader, out: np.ndarray, on_file=None) -> bool:
     if len(buf) < nbytes:
         raise _SliceProblem(f"truncated: pixel data holds {len(buf)} of {nbytes} bytes")
     stored = np.frombuffer(buf, dtype).reshape(s.rows, s.columns)
-    _check_hu(stored, s)
-    _rescale_into(stored, s, out)
+    _rescale_into(stored, s, out, _check_hu(stored, s))
     if on_file is not None:
         on_file(s.path, data)
     return True
@@ -266,8 +273,7 @@ def _read_decoded(s: SliceHeader, out: np.ndarray) -> None:
         raise _SliceProblem(str(exc)) from None
     if (slope, intercept) != (s.slope, s.intercept):
         s = SliceHeader(**{**s.__dict__, "slope": slope, "intercept": intercept})
-    _check_hu(stored, s)
-    _rescale_into(stored, s, out)
+    _rescale_into(stored, s, out, _check_hu(stored, s))
 
 
 def _unit(v) -> np.ndarray:
