@@ -282,7 +282,7 @@ def test_cli_ingest_options_and_info_fov_and_warning(tmp_path, capsys):
     assert d["image_shape"] == [40, 40] and d["scale"]["warnings"] == []
     assert [r["image_fov_mm"] for r in d["scale"]["series"]] == [[40.0, 40.0]] * 2
     assert sorted(r["fov_mm"][0] for r in d["scale"]["series"]) == [60.0, 60.0]
-    assert all(p["n_images"] == 5 for p in d["patients"])  # 0…4 mm at 1 mm (slices 2 mm apart)
+    assert all(p["n_images"] == 5 for p in d["series"])  # 0…4 mm at 1 mm (slices 2 mm apart)
     # a new workspace without options gets the physicist's default: 1 mm, 128 mm
     ws2 = tmp_path / "w2.h5"
     assert main(["ingest", str(tmp_path / "d"), "-w", str(ws2), "--workers", "1"]) == 0
