@@ -166,6 +166,11 @@ class MainWindow(QtWidgets.QMainWindow):
             m.addAction(a)
         m.addMenu(self.recent_menu)
         m.addAction(self.act_add)
+        self.act_find_similar = self._action(
+            "&Find similar patients…", self.find_similar_patients, "Ctrl+F",
+            "Add a new patient's DICOM folder as a query (never trained on) and rank the earlier patients",
+            sp.SP_FileDialogContentsView)
+        m.addAction(self.act_find_similar)
         m.addSeparator()
         m.addAction(self.act_save_model)
         m.addAction(self.act_load_model)
@@ -308,8 +313,20 @@ class MainWindow(QtWidgets.QMainWindow):
             self.drop_overlay.show_for(len(paths))
         elif t == QtCore.QEvent.Type.Drop:
             self.drop_overlay.hide()
-            self.ingest_paths(paths)
+            # a tab may take drops itself (the Query tab: a dropped patient becomes a query)
+            handler = getattr(self.tabs.currentWidget(), "handle_drop", None)
+            if handler is None or not handler(paths):
+                self.ingest_paths(paths)
         return True
+
+    def find_similar_patients(self) -> None:
+        """File ▸ Find similar patients…: show the Query tab and ask for the folder."""
+        from explorer.panels.query import QueryPanel
+
+        panel = self.panel(QueryPanel)
+        if panel is not None:
+            self.tabs.setCurrentWidget(panel)
+            panel.find_dialog()
 
     def add_folder_dialog(self) -> None:
         folder = QtWidgets.QFileDialog.getExistingDirectory(self, "Add a DICOM folder")

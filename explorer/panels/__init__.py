@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PANEL_MODULES: list[str] = [
     "data", "trainer", "manifold", "interpolation", "samples", "density", "volume", "similarity",
+    "query",
 ]
 _EXTRA: list[type] = []
 

@@ -342,8 +342,8 @@ def write_rescan(
     size: int = 128,
     pixel_spacing: float = 1.5,
     slice_thickness: float = 3.0,
-    shift_px: tuple[int, int] = (2, -1),
-    noise_hu: float = 25.0,
+    shift_px: tuple[int, int] = (1, 0),
+    noise_hu: float = 15.0,
     rescan_seed: int = 1,
     fsync: bool = True,
 ) -> PatientInfo:

@@ -1,0 +1,414 @@
+"""The answer to "which earlier patients are most like this new one?" (issue 16; thesis
+4.6, 7.5), computed headless: the Query tab (explorer/panels/query.py) and
+`ct-vae query` show what `answer_query` returns.
+
+Steps: the cohort (every workspace entry that is not a query, train and test alike) is
+encoded with the model, one posterior per patient (training.latent.encode.aggregate_patients,
+"mixture" by default, as the Similarity tab); the query entry is encoded the same way; every
+cohort patient is ranked by the divergence of training.latent.query (KL(q_query ‖ q_j) by
+default; the module says why; "reverse" and "symmetric" on request).
+
+What each match shows:
+- rank among all cohort patients, the divergence in both directions and the symmetric mean;
+- baselines: Euclidean distance between posterior means (ignores σ) and pixel L2, the
+  root-mean-square difference between the two patients' MEAN preprocessed images (windowed
+  CT in [0, 1], averaged over the patient's slices (2D) or depth (3D) and block-averaged to
+  at most BASELINE_SIDE pixels a side): a position-free check that needs no model; each
+  with its own rank among all;
+- images side by side at matching anatomical positions. 2D: the query's slices at
+  POSITIONS of its stack, and for each the match's slice whose posterior is closest,
+  argmin_t KL(q_query,s ‖ q_match,t) over the match's slices (the model's own notion of
+  "same place", which needs no landmark and works across different scan ranges); the
+  slice KL is shown. 3D: each patient is one preprocessed cube, so the same depth index
+  (the cubes span each series' own slice range);
+- ROI overlays (the workspace's chosen ROIs, preprocessed labels) and, for every ROI of
+  either patient, its volume in cm³ from the stored native-resolution mask: voxels whose
+  centre lies inside the contours × dz·dy·dx / 1000 (the source spacing in mm); the
+  difference is match − query.
+
+Only pseudonyms (entry labels) appear anywhere in the answer.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from training.latent import encode as latent
+from training.latent import query as lq
+
+POSITIONS = (0.25, 0.5, 0.75)  # fractions of the query's stack shown
+BASELINE_SIDE = 64
+POSITION_METHOD_2D = ("2D: for each shown query slice s, the match's slice t with the closest posterior, "
+                      "argmin_t KL(q_query,s || q_match,t)")
+POSITION_METHOD_3D = "3D: the same depth index of both preprocessed cubes (each spans its own series' slice range)"
+PIXEL_L2_TEXT = (f"pixel L2: RMS difference of the patients' mean preprocessed images ([0, 1] windowed CT, "
+                 f"block-averaged to <= {BASELINE_SIDE} px a side); position-free, no model")
+EUCLID_TEXT = "Euclidean: ||mu_query - mu_j||_2 between posterior means (ignores sigma)"
+VOLUME_TEXT = ("ROI volume: voxels of the stored native-resolution mask (centre inside the contours) "
+               "x dz*dy*dx / 1000, cm^3; difference = match - query")
+
+
+# ----------------------------------------------------------------------------- cohort
+
+
+def _block_mean(img: np.ndarray, side: int = BASELINE_SIDE) -> np.ndarray:
+    """Average (H, W) down by an integer factor so both sides are ≤ `side`."""
+    h, w = img.shape
+    f = max(1, -(-max(h, w) // side))
+    if f == 1:
+        return img.astype(np.float32)
+    h2, w2 = h // f * f, w // f * f
+    return img[:h2, :w2].reshape(h2 // f, f, w2 // f, f).mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+
+
+def mean_image(images: np.ndarray) -> np.ndarray:
+    """A patient's mean image for the pixel baseline: (n, H, W) or (n, D, H, W) → (h, w)."""
+    a = np.asarray(images, dtype=np.float32)
+    while a.ndim > 2:
+        a = a.mean(axis=0, dtype=np.float64).astype(np.float32)
+    return _block_mean(a)
+
+
+@dataclass
+class CohortLatents:
+    """The encoded cohort: per-image posteriors (`encoded`, rows = workspace rows),
+    per-patient posteriors (`posteriors`, one row per cohort entry with images) and the
+    pixel baseline's mean images (P, h, w)."""
+
+    encoded: latent.Encoded
+    posteriors: latent.PatientPosteriors
+    mean_images: np.ndarray
+    seconds: float = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.posteriors.names)
+
+
+_lock = threading.RLock()
+_cohorts: dict[tuple, CohortLatents] = {}
+_CACHE = 2
+
+
+def _model_key(model) -> tuple:
+    key = getattr(model, "_query_cache_key", None)
+    return key if key is not None else ("id", id(model))
+
+
+def encode_cohort(model, ws, aggregate: str = "mixture", batch_size: int = 32,
+                  progress: Callable[[int, int], None] | None = None,
+                  cancel: Callable[[], bool] | None = None, model_key: tuple | None = None) -> CohortLatents:
+    """Encode every cohort entry (not the queries) of an open workspace.
+
+    Cached per (model_key, workspace path, data hash, preprocessing, aggregate): the data
+    hash leaves queries out, so adding a query does not encode the cohort again.
+    Raises InterruptedError when cancel() stopped it, ValueError when the model does not
+    fit the workspace or the cohort has no images.
+    """
+    latent.check_model_fits(model, ws)
+    key = None
+    if model_key is not None:
+        key = (model_key, str(Path(ws.path).resolve()), ws.data_hash, ws.preprocess_hash, aggregate)
+        with _lock:
+            hit = _cohorts.get(key)
+            if hit is not None:
+                return hit
+    t0 = time.perf_counter()
+    pats = [i for i, p in enumerate(ws.patients) if p.n_images and not p.is_query]
+    if not pats:
+        raise ValueError(f"{ws.path}: the workspace has no cohort images to compare a query with")
+    mus, lvs, rows, means = [], [], [], []
+    total = sum(ws.patients[i].n_images for i in pats)
+    done = 0
+    for i in pats:
+        if cancel is not None and cancel():
+            raise InterruptedError("cancelled")
+        images, labels = ws.read_patient(i)
+        mu, lv = latent.encode_arrays(model, images, labels, batch_size)
+        mus.append(mu)
+        lvs.append(lv)
+        rows.append(np.stack([np.full(len(images), i), np.arange(len(images))], 1))
+        means.append(mean_image(images))
+        done += len(images)
+        if progress is not None:
+            progress(done, total)
+    enc = latent.Encoded(mu=np.concatenate(mus), logvar=np.concatenate(lvs),
+                         rows=np.concatenate(rows).astype(np.int64),
+                         names=[p.pseudonym for p in ws.patients], splits=[p.split for p in ws.patients])
+    out = CohortLatents(enc, latent.aggregate_patients(enc, aggregate), np.stack(means),
+                        time.perf_counter() - t0)
+    if key is not None:
+        with _lock:
+            _cohorts[key] = out
+            while len(_cohorts) > _CACHE:
+                _cohorts.pop(next(iter(_cohorts)))
+    return out
+
+
+def clear_cache() -> None:
+    with _lock:
+        _cohorts.clear()
+
+
+# ----------------------------------------------------------------------------- answer
+
+
+@dataclass
+class RoiVolume:
+    name: str
+    query_cm3: float | None
+    match_cm3: float | None
+
+    @property
+    def difference_cm3(self) -> float | None:
+        if self.query_cm3 is None or self.match_cm3 is None:
+            return None
+        return self.match_cm3 - self.query_cm3
+
+
+@dataclass
+class Match:
+    """One ranked earlier patient (see the module docstring for every number)."""
+
+    name: str  # entry label, e.g. "PAT-0003" or "PAT-0003-2"
+    patient: str  # patient pseudonym (several entries may share one)
+    rank: int
+    divergence: float
+    kl_query: float
+    kl_reverse: float
+    euclid: float
+    euclid_rank: int
+    pixel_l2: float
+    pixel_rank: int
+    split: str
+    same_patient: bool  # the query's own patient (another series of it)
+    match_images: list[int] = field(default_factory=list)  # image index paired with each shown query image
+    slice_kl: list[float] = field(default_factory=list)  # KL of each pair (2D), nan in 3D
+    images: np.ndarray | None = None  # (P, H, W) [0, 1] at the paired positions
+    labels: np.ndarray | None = None  # (P, H, W) uint8 or None
+    volumes: list[RoiVolume] = field(default_factory=list)
+
+    @property
+    def symmetric(self) -> float:
+        return 0.5 * (self.kl_query + self.kl_reverse)
+
+
+@dataclass
+class QueryAnswer:
+    query: str
+    query_patient: str
+    n_query_images: int
+    direction: str
+    aggregate: str
+    spatial_dims: int
+    ranking: lq.Ranking  # every cohort patient
+    pixel_l2: np.ndarray  # (N,) in ranking order of names
+    pixel_rank: np.ndarray
+    splits: list[str]
+    patients: list[str]
+    query_images_shown: list[int]  # image indices (2D) or depth indices (3D)
+    query_images: np.ndarray  # (P, H, W)
+    query_labels: np.ndarray | None
+    roi_names: tuple[str, ...]
+    n_classes: int
+    matches: list[Match]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def definition(self) -> str:
+        return lq.DIRECTION_TEXT[self.direction]
+
+    @property
+    def position_method(self) -> str:
+        return POSITION_METHOD_3D if self.spatial_dims == 3 else POSITION_METHOD_2D
+
+    @property
+    def n_cohort(self) -> int:
+        return len(self.ranking.names)
+
+    def rows(self) -> list[dict]:
+        """Every cohort patient, best first (the CSV and the tab's table)."""
+        r = self.ranking
+        out = []
+        for j in r.order:
+            out.append({
+                "rank": int(r.rank[j]), "entry": r.names[j], "patient": self.patients[j],
+                "split": self.splits[j], "same_patient": self.patients[j] == self.query_patient,
+                "divergence": float(r.divergence[j]), "kl_query_to_j": float(r.kl_query[j]),
+                "kl_j_to_query": float(r.kl_reverse[j]),
+                "kl_symmetric": float(0.5 * (r.kl_query[j] + r.kl_reverse[j])),
+                "euclidean_mu": float(r.euclid[j]), "euclidean_rank": int(r.euclid_rank[j]),
+                "pixel_l2": float(self.pixel_l2[j]), "pixel_rank": int(self.pixel_rank[j]),
+            })
+        return out
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        for line in (f"query: {self.query} ({self.n_query_images} images); cohort: {self.n_cohort} patients; "
+                     f"patient posterior: {self.aggregate}",
+                     f"divergence: {self.definition}", EUCLID_TEXT, PIXEL_L2_TEXT):
+            buf.write(f"# {line}\n")
+        rows = self.rows()
+        w = csv.writer(buf, lineterminator="\n")
+        keys = list(rows[0]) if rows else []
+        w.writerow(keys)
+        for row in rows:
+            w.writerow([repr(v) if isinstance(v, float) else v for v in row.values()])
+        return buf.getvalue()
+
+    def volumes_csv_text(self) -> str:
+        buf = io.StringIO()
+        buf.write(f"# {VOLUME_TEXT}\n")
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["rank", "match", "roi", "query_cm3", "match_cm3", "difference_cm3"])
+        fmt = lambda v: "" if v is None else repr(float(v))  # noqa: E731
+        for m in self.matches:
+            for v in m.volumes:
+                w.writerow([m.rank, m.name, v.name, fmt(v.query_cm3), fmt(v.match_cm3), fmt(v.difference_cm3)])
+        return buf.getvalue()
+
+
+def _positions(n: int, fractions=POSITIONS) -> list[int]:
+    out: list[int] = []
+    for f in fractions:
+        k = int(round(f * (n - 1)))
+        if k not in out:
+            out.append(k)
+    return out
+
+
+def roi_volumes_cm3(ws, index: int) -> dict[str, float]:
+    """{ROI: volume in cm³} of an entry from its stored native-resolution masks ({} when
+    the entry stores no source)."""
+    p = ws.patients[index]
+    if not p.has_source:
+        return {}
+    _, masks, geo = ws.read_source(index)
+    spacing = tuple(geo.spacing) if geo is not None else tuple(p.spacing)
+    voxel_mm3 = float(np.prod(np.asarray(spacing, dtype=np.float64)))
+    return {name: float(np.count_nonzero(m)) * voxel_mm3 / 1000.0 for name, m in masks.items()}
+
+
+def _volumes(q: dict[str, float], m: dict[str, float]) -> list[RoiVolume]:
+    return [RoiVolume(k, q.get(k), m.get(k)) for k in sorted(set(q) | set(m))]
+
+
+def encode_query(model, ws, index: int, aggregate: str = "mixture", batch_size: int = 32):
+    """(images, labels, per-image µ, log σ², patient µ, log σ²) of one entry."""
+    images, labels = ws.read_patient(index)
+    if not len(images):
+        raise ValueError(f"{ws.patients[index].pseudonym}: no images for the current preprocessing")
+    mu, lv = latent.encode_arrays(model, images, labels, batch_size)
+    enc = latent.Encoded(mu, lv, np.stack([np.zeros(len(mu), int), np.arange(len(mu))], 1).astype(np.int64),
+                         [ws.patients[index].pseudonym])
+    pp = latent.aggregate_patients(enc, aggregate)
+    return images, labels, mu, lv, pp.mu[0], pp.logvar[0]
+
+
+def answer_query(model, ws, query: str, *, top: int = 5, direction: str = "query",
+                 aggregate: str = "mixture", batch_size: int = 32,
+                 progress: Callable[[int, int], None] | None = None,
+                 cancel: Callable[[], bool] | None = None, model_key: tuple | None = None,
+                 volumes: bool = True, query_ws=None, query_name: str | None = None) -> QueryAnswer:
+    """Rank the cohort of the open workspace `ws` for its entry `query` (a label).
+
+    The query entry is usually a query (ROLE_QUERY); a cohort entry may be asked too, and
+    is then left out of its own ranking. query_ws: another open workspace holding the query
+    (`ct-vae query --no-store` ingests into a temporary one with the same preprocessing);
+    query_name then replaces its label in the answer (its pseudonym there means nothing
+    here). model_key: caches the cohort's encoding (see encode_cohort); the explorer
+    passes the checkpoint file's identity.
+    """
+    if direction not in lq.DIRECTIONS:
+        raise ValueError(f"direction must be one of {lq.DIRECTIONS}, got {direction!r}")
+    t0 = time.perf_counter()
+    qws = ws if query_ws is None else query_ws
+    qi = qws.patient_index(query)
+    if qws is not ws:
+        latent.check_model_fits(model, qws)
+        if qws.preprocess_hash != ws.preprocess_hash:
+            raise ValueError(f"{query}: preprocessed with other settings than {ws.path}")
+    cohort = encode_cohort(model, ws, aggregate, batch_size, progress, cancel, model_key)
+    t1 = time.perf_counter()
+    q_images, q_labels, q_mu, q_lv, pq_mu, pq_lv = encode_query(model, qws, qi, aggregate, batch_size)
+    t2 = time.perf_counter()
+    pp = cohort.posteriors
+    own = qi if qws is ws else -1
+    keep = np.flatnonzero(pp.patient_index != own)  # a cohort entry asked as query: not itself
+    names = [pp.names[k] for k in keep]
+    ranking = lq.rank_patients(pq_mu, pq_lv, pp.mu[keep], pp.logvar[keep], names, direction)
+    q_mean = mean_image(q_images)
+    diff = cohort.mean_images[keep] - q_mean
+    pix = np.sqrt(np.square(diff, dtype=np.float64).reshape(len(keep), -1).mean(1))
+    pix_rank = lq.ranks(pix)
+    t3 = time.perf_counter()
+
+    spatial = len(ws.image_shape)
+    if spatial == 3:  # one cube per patient: show depth positions
+        depth = q_images.shape[1]
+        shown = _positions(depth)
+        q_show = q_images[0, shown]
+        q_lab_show = None if q_labels is None else q_labels[0, shown]
+    else:
+        shown = _positions(len(q_images))
+        q_show = q_images[shown]
+        q_lab_show = None if q_labels is None else q_labels[shown]
+    q_vol = roi_volumes_cm3(qws, qi) if volumes else {}
+    qinfo = qws.patients[qi]
+    q_label = query_name or qinfo.pseudonym
+    q_patient = (qinfo.patient or qinfo.pseudonym) if qws is ws else q_label
+    matches = []
+    for j in ranking.order[:max(0, int(top))]:
+        k = int(keep[j])
+        wi = int(pp.patient_index[k])
+        info = ws.patients[wi]
+        if spatial == 3:
+            imgs, labs = ws.read_patient(wi)
+            pair = list(shown)
+            m_img = imgs[0, pair]
+            m_lab = None if labs is None else labs[0, pair]
+            skl = [float("nan")] * len(pair)
+        else:
+            sel = np.flatnonzero(cohort.encoded.rows[:, 0] == wi)
+            img_idx = cohort.encoded.rows[sel, 1]
+            d = np.stack([lq.kl_query_to_many(q_mu[s], q_lv[s], cohort.encoded.mu[sel], cohort.encoded.logvar[sel])
+                          for s in shown])  # (P, n_match_slices)
+            best = d.argmin(1)
+            pair = [int(img_idx[b]) for b in best]
+            skl = [float(d[r, b]) for r, b in enumerate(best)]
+            rows = np.stack([np.full(len(pair), wi), np.asarray(pair)], 1)
+            m_img = ws.read_images(rows)
+            m_lab = ws.read_labels(rows)
+        matches.append(Match(
+            name=info.pseudonym, patient=info.patient or info.pseudonym, rank=int(ranking.rank[j]),
+            divergence=float(ranking.divergence[j]), kl_query=float(ranking.kl_query[j]),
+            kl_reverse=float(ranking.kl_reverse[j]), euclid=float(ranking.euclid[j]),
+            euclid_rank=int(ranking.euclid_rank[j]), pixel_l2=float(pix[j]), pixel_rank=int(pix_rank[j]),
+            split=info.split, same_patient=(info.patient or info.pseudonym) == q_patient,
+            match_images=pair, slice_kl=skl, images=m_img, labels=m_lab,
+            volumes=_volumes(q_vol, roi_volumes_cm3(ws, wi)) if volumes else []))
+    t4 = time.perf_counter()
+    return QueryAnswer(
+        query=q_label, query_patient=q_patient, n_query_images=len(q_images),
+        direction=direction, aggregate=aggregate, spatial_dims=spatial, ranking=ranking,
+        pixel_l2=pix, pixel_rank=pix_rank,
+        splits=[ws.patients[int(pp.patient_index[k])].split for k in keep],
+        patients=[ws.patients[int(pp.patient_index[k])].patient or names[n] for n, k in enumerate(keep)],
+        query_images_shown=list(shown), query_images=q_show, query_labels=q_lab_show,
+        roi_names=tuple(ws.roi_names), n_classes=int(ws.preprocess.n_classes), matches=matches,
+        seconds={"cohort": t1 - t0, "query_encode": t2 - t1, "rank": t3 - t2, "matches": t4 - t3,
+                 "total": t4 - t0},
+    )
+
+
+def query_labels(ws) -> list[str]:
+    """Labels of the workspace's query entries, in workspace order."""
+    return [p.pseudonym for p in ws.patients if p.is_query]
