@@ -87,6 +87,14 @@ class CohortLatents:
     posteriors: latent.PatientPosteriors
     mean_images: np.ndarray
     seconds: float = 0.0
+    _index: lq.PosteriorIndex | None = None
+
+    @property
+    def index(self) -> lq.PosteriorIndex:
+        """The patient posteriors prepared for ranking (built once, then reused)."""
+        if self._index is None:
+            self._index = lq.PosteriorIndex(self.posteriors.mu, self.posteriors.logvar)
+        return self._index
 
     @property
     def names(self) -> list[str]:
@@ -344,7 +352,8 @@ def answer_query(model, ws, query: str, *, top: int = 5, direction: str = "query
     own = qi if qws is ws else -1
     keep = np.flatnonzero(pp.patient_index != own)  # a cohort entry asked as query: not itself
     names = [pp.names[k] for k in keep]
-    ranking = lq.rank_patients(pq_mu, pq_lv, pp.mu[keep], pp.logvar[keep], names, direction)
+    kq, kr, eu = cohort.index.divergences(pq_mu, pq_lv)
+    ranking = lq.make_ranking(names, direction, kq[keep], kr[keep], eu[keep])
     q_mean = mean_image(q_images)
     diff = cohort.mean_images[keep] - q_mean
     pix = np.sqrt(np.square(diff, dtype=np.float64).reshape(len(keep), -1).mean(1))

@@ -84,7 +84,7 @@ def kl_many_to_query(mu, logvar, mu_q, logvar_q) -> np.ndarray:
     d = mu - mu_q  # float64 (mu_q is)
     np.square(d, out=d)
     d += np.exp(lv.astype(np.float64))
-    out = d @ prec_q
+    out = np.einsum("ij,j->i", d, prec_q)
     out -= lv.sum(1, dtype=np.float64)
     out += lv_q.sum() - mu_q.size
     out *= 0.5
@@ -158,14 +158,67 @@ class Ranking:
         return DIRECTION_TEXT[self.direction]
 
 
-def rank_patients(mu_q, logvar_q, mu, logvar, names, direction: str = "query") -> Ranking:
-    """Rank the stored posteriors (mu, logvar: (N, J)) for the query's (J,) posterior."""
+class PosteriorIndex:
+    """Stored posteriors prepared once for many queries: µ (float64), σ² = e^{log σ²},
+    1/σ² and Σ_d log σ² per patient, so a query costs one (N, J) difference and a few
+    matrix-vector products (no exponentials over N·J)."""
+
+    def __init__(self, mu, logvar):
+        mu, lv = _mat(mu, "mu"), _mat(logvar, "logvar")
+        if mu.shape != lv.shape:
+            raise ValueError(f"shapes disagree: mu {mu.shape}, logvar {lv.shape}")
+        self.mu = np.ascontiguousarray(mu, dtype=np.float64)
+        lv = np.asarray(lv, dtype=np.float64)
+        self.var = np.exp(lv)
+        self.prec = np.exp(-lv)
+        self.lv_sum = lv.sum(1)
+
+    def __len__(self) -> int:
+        return len(self.mu)
+
+    def divergences(self, mu_q, logvar_q) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(KL(q ‖ q_j), KL(q_j ‖ q), ‖µ_q − µ_j‖₂), each float64 (N,)."""
+        mu_q, lv_q = _vec(mu_q, "mu_q"), _vec(logvar_q, "logvar_q")
+        if mu_q.shape != self.mu.shape[1:] or lv_q.shape != mu_q.shape:
+            raise ValueError(f"query posterior {mu_q.shape}/{lv_q.shape} does not fit stored J = {self.mu.shape[1]}")
+        # einsum, not `@`: a matrix-vector product this small gains nothing from BLAS
+        # threads, and on a loaded machine waking them cost 20-30 ms in one measurement
+        j = mu_q.size
+        var_q, prec_q = np.exp(lv_q), np.exp(-lv_q)
+        d2 = self.mu - mu_q
+        d2 *= d2
+        # KL(q‖q_j) = ½ [Σ σ_q²/σ_j² + Σ (µ_q−µ_j)²/σ_j² + Σ log σ_j² − Σ log σ_q² − J]
+        kq = np.einsum("ij,j->i", self.prec, var_q)
+        kq += np.einsum("ij,ij->i", d2, self.prec)
+        kq += self.lv_sum - (lv_q.sum() + j)
+        kq *= 0.5
+        # KL(q_j‖q) = ½ [Σ σ_j²/σ_q² + Σ (µ_q−µ_j)²/σ_q² + Σ log σ_q² − Σ log σ_j² − J]
+        kr = np.einsum("ij,j->i", self.var, prec_q)
+        kr += np.einsum("ij,j->i", d2, prec_q)
+        kr += (lv_q.sum() - j) - self.lv_sum
+        kr *= 0.5
+        eu = np.sqrt(d2.sum(1))
+        return np.maximum(kq, 0.0, out=kq), np.maximum(kr, 0.0, out=kr), eu
+
+
+def make_ranking(names, direction: str, kl_q, kl_r, euclid) -> Ranking:
+    """A Ranking from both directed KLs and the Euclidean baseline (arrays (N,))."""
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    kq = kl_query_to_many(mu_q, logvar_q, mu, logvar)
-    kr = kl_many_to_query(mu, logvar, mu_q, logvar_q)
+    kq, kr, eu = (np.asarray(v, dtype=np.float64) for v in (kl_q, kl_r, euclid))
     div = kq if direction == "query" else kr if direction == "reverse" else 0.5 * (kq + kr)
-    eu = euclidean_to_many(mu_q, mu)
-    return Ranking(names=[str(n) for n in names], direction=direction, divergence=div, rank=ranks(div),
-                   kl_query=kq, kl_reverse=kr, euclid=eu, euclid_rank=ranks(eu),
-                   order=np.argsort(div, kind="stable"))
+    order = np.argsort(div, kind="stable")
+    rank = np.empty(len(div), dtype=np.int64)
+    rank[order] = np.arange(1, len(div) + 1)
+    return Ranking(names=[str(n) for n in names], direction=direction, divergence=div, rank=rank,
+                   kl_query=kq, kl_reverse=kr, euclid=eu, euclid_rank=ranks(eu), order=order)
+
+
+def rank_patients(mu_q, logvar_q, mu, logvar, names, direction: str = "query",
+                  index: PosteriorIndex | None = None) -> Ranking:
+    """Rank the stored posteriors (mu, logvar: (N, J); or a prepared `index`) for the
+    query's (J,) posterior."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    index = index if index is not None else PosteriorIndex(mu, logvar)
+    return make_ranking(names, direction, *index.divergences(mu_q, logvar_q))

@@ -1,0 +1,175 @@
+"""Find similar patients (issue 16): ranking speed and drop-to-answer time.
+
+    python benchmarks/query.py [--n 10000] [--dims 12 64 128] [--repeats 30] [--threads 2]
+                               [--cohort 8] [--slices 100] [--query-size 512] [--skip-drop]
+
+A. Ranking: one query posterior against N stored patients' posteriors (synthetic, float64
+   as training.latent.encode.PatientPosteriors holds them), J latent dimensions.
+   project: training.latent.query.rank_patients on a PosteriorIndex (σ², 1/σ² and Σ log σ²
+   of the stored posteriors prepared once per cohort, as answer_query caches it; its build
+   time is printed too): both KL directions, the Euclidean baseline, ranks and order; and
+   kl_query_to_many + argsort (no index); bare: one numpy expression of KL(q ‖ q_j) +
+   argsort. Median ms over --repeats; target ≤ 50 ms at N = 10,000.
+
+B. Drop to answer: a phantom cohort (--cohort patients × --slices slices, 256² px, CT +
+   RTSTRUCT) ingested with preprocessing resampled to 128² (3 ROIs), the thesis 2D net
+   (ModelConfig defaults, untrained: speed does not depend on the weights), and a query =
+   a rescan of one patient (--slices slices of --query-size² px). project: ingest(role=
+   "query") + answer_query(top 5, images, ROI volumes) with the cohort's encoding cached
+   (warm: a window that has answered a query before, or the CLI's second query) and not
+   (cold: includes encoding the whole cohort). bare: pydicom reads of the query's CT files,
+   window, 4×4 block mean to 128², the model's encoder on the 100 slices, numpy KL
+   against the cached cohort posteriors and argsort (no RTSTRUCT, no workspace write, no
+   images or volumes). Target ≤ 5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _median_ms(fn, repeats: int) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return 1000 * float(np.median(ts))
+
+
+def bench_ranking(n: int, dims, repeats: int) -> None:
+    from training.latent import query as lq
+
+    print(f"A. ranking one query against N = {n} posteriors (median of {repeats}, ms)")
+    print("| J | rank_patients (project: both KLs, Euclidean, ranks) | kl_query_to_many + argsort (project) "
+          "| bare numpy KL + argsort | ratio full/bare | index build (once) |")
+    print("|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    names = [f"PAT-{i:05d}" for i in range(n)]
+    for j in dims:
+        mu = rng.normal(size=(n, j))
+        lv = rng.normal(scale=0.5, size=(n, j)) - 1.0
+        mq, lq_ = rng.normal(size=j), rng.normal(scale=0.5, size=j) - 1.0
+
+        def bare():
+            d = 0.5 * np.sum(lv - lq_ + (np.exp(lq_) + (mq - mu) ** 2) / np.exp(lv) - 1.0, axis=1)
+            return np.argsort(d)
+
+        ref = 0.5 * np.sum(lv - lq_ + (np.exp(lq_) + (mq - mu) ** 2) / np.exp(lv) - 1.0, axis=1)
+        assert np.allclose(lq.kl_query_to_many(mq, lq_, mu, lv), ref, rtol=1e-10, atol=1e-9)
+        t = time.perf_counter()
+        index = lq.PosteriorIndex(mu, lv)  # once per cohort (cached with its encoding)
+        build = 1000 * (time.perf_counter() - t)
+        full = _median_ms(lambda: lq.rank_patients(mq, lq_, None, None, names, index=index), repeats)
+        kl = _median_ms(lambda: np.argsort(lq.kl_query_to_many(mq, lq_, mu, lv)), repeats)
+        b = _median_ms(bare, repeats)
+        print(f"| {j} | {full:.1f} | {kl:.1f} | {b:.1f} | {full / b:.2f} | {build:.1f} |")
+
+
+def bench_drop(n_cohort: int, slices: int, query_size: int) -> None:
+    import pydicom
+    import torch
+
+    from training.config import ModelConfig, PreprocessConfig
+    from training.dicom.phantom import generate_cohort, write_rescan
+    from training.explore.query import answer_query, clear_cache
+    from training.latent.encode import encode_arrays
+    from training.store.ingest import ingest
+    from training.store.workspace import Workspace
+    from training.vae.model import VAE
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
+    try:
+        t = time.perf_counter()
+        generate_cohort(tmp / "cohort", n_cohort, slices=slices, size=256, fsync=False)
+        qinfo = write_rescan(tmp / "query", 2, slices=slices, size=query_size, fsync=False)
+        cfg = PreprocessConfig(crop=None, size=128, rois=("Lung-Left", "Lung-Right", "Heart"))
+        ingest([tmp / "cohort"], tmp / "w.h5", cfg, workers=2)
+        print(f"\nB. drop to answer: cohort {n_cohort} × {slices} slices (256² → 128²), query {slices} × "
+              f"{query_size}² (setup {time.perf_counter() - t:.0f} s)")
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(input_size=128, n_classes=cfg.n_classes)).eval()
+        key = ("bench", id(model))
+
+        def project(cold: bool) -> tuple[float, dict]:
+            shutil.copy(tmp / "w.h5", tmp / "wq.h5")
+            if cold:
+                clear_cache()
+            t0 = time.perf_counter()
+            rep = ingest([tmp / "query"], tmp / "wq.h5", role="query", workers=2)
+            t1 = time.perf_counter()
+            with Workspace.open(tmp / "wq.h5") as ws:
+                a = answer_query(model, ws, rep.added[0], top=5, model_key=key)
+            t2 = time.perf_counter()
+            assert a.n_query_images == slices
+            return t2 - t0, {"ingest": t1 - t0, **a.seconds}
+
+        with Workspace.open(tmp / "w.h5") as ws:
+            from training.explore.query import encode_cohort
+
+            cohort = encode_cohort(model, ws, model_key=key)
+
+        def bare() -> float:
+            t0 = time.perf_counter()
+            dss = [pydicom.dcmread(p) for p in qinfo.ct_files]
+            dss.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+            hu = np.stack([np.frombuffer(d.PixelData, np.int16).reshape(d.Rows, d.Columns) * float(d.RescaleSlope)
+                           + float(d.RescaleIntercept) for d in dss]).astype(np.float32)
+            x = np.clip((hu - cfg.hu_min) / (cfg.hu_max - cfg.hu_min), 0, 1)
+            f = query_size // 128
+            x = x.reshape(len(x), 128, f, 128, f).mean(axis=(2, 4)).astype(np.float32)
+            mu, lv = encode_arrays(model, x, np.zeros(x.shape, np.uint8))
+            m, v = mu.astype(np.float64).mean(0), np.exp(lv.astype(np.float64)).mean(0) + mu.var(0)
+            pmu, plv = cohort.posteriors.mu, cohort.posteriors.logvar
+            d = 0.5 * np.sum(plv - np.log(v) + (v + (m - pmu) ** 2) / np.exp(plv) - 1.0, axis=1)
+            np.argsort(d)
+            return time.perf_counter() - t0
+
+        rows = []
+        for rnd in range(2):
+            b = bare()
+            w, wp = project(cold=False)
+            c, cp = project(cold=True)
+            rows.append((b, w, c))
+            print(f"  round {rnd + 1}: bare {b:.2f} s | project warm {w:.2f} s "
+                  f"({', '.join(f'{k} {v:.2f}' for k, v in wp.items())}) | project cold {c:.2f} s "
+                  f"(cohort encode {cp['cohort']:.2f})")
+        b, w, c = np.median(np.asarray(rows), axis=0)
+        print(f"| bare | project, cohort encoding cached | project, cohort encoded too | warm/bare |")
+        print(f"|---|---|---|---|")
+        print(f"| {b:.2f} s | {w:.2f} s | {c:.2f} s | {w / b:.2f} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--dims", type=int, nargs="+", default=[12, 64, 128])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--cohort", type=int, default=8)
+    ap.add_argument("--slices", type=int, default=100)
+    ap.add_argument("--query-size", type=int, default=512)
+    ap.add_argument("--skip-drop", action="store_true")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    bench_ranking(args.n, args.dims, args.repeats)
+    if not args.skip_drop:
+        bench_drop(args.cohort, args.slices, args.query_size)
+
+
+if __name__ == "__main__":
+    main()
