@@ -311,6 +311,10 @@ class MainWindow(QtWidgets.QMainWindow):
         event.accept()
         if t == QtCore.QEvent.Type.DragEnter:
             self.drop_overlay.show_for(len(paths))
+            drop_text = getattr(self.tabs.currentWidget(), "drop_text", None)  # the Query tab's words
+            if drop_text is not None:
+                self.drop_overlay.text = drop_text(len(paths))
+                self.drop_overlay.update()
         elif t == QtCore.QEvent.Type.Drop:
             self.drop_overlay.hide()
             # a tab may take drops itself (the Query tab: a dropped patient becomes a query)

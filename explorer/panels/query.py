@@ -239,6 +239,9 @@ class QueryPanel(Panel):
         self.move_btn.setEnabled(self.current is not None and not self.state.busy)
         self.save_btn.setEnabled(self.answer is not None)
 
+    def drop_text(self, n_paths: int) -> str:
+        return "Drop to find the earlier patients most similar to this one (added as a query, not training data)"
+
     def handle_drop(self, paths) -> bool:
         """The window hands drops made while this tab is shown here: they become queries."""
         self.start_query([Path(p) for p in paths])
