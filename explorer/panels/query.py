@@ -99,6 +99,7 @@ class QueryPanel(Panel):
                                  "on) and compared with every earlier patient")
         self.find_btn.clicked.connect(self.find_dialog)
         self.queries = QtWidgets.QListWidget()
+        self.queries.setMaximumWidth(220)
         self.queries.setToolTip("Query patients of this workspace: never trained on, not in the split")
         self.queries.currentTextChanged.connect(self._query_chosen)
         self.move_btn = QtWidgets.QPushButton("Move into cohort")
@@ -162,6 +163,13 @@ class QueryPanel(Panel):
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.grid_host)
         self.images_scroll = scroll
+        self.legend = QtWidgets.QLabel()
+        self.legend.setToolTip("ROI overlay colours (the workspace's chosen ROIs, preprocessed labels)")
+        images_box = QtWidgets.QWidget()
+        ib = QtWidgets.QVBoxLayout(images_box)
+        ib.setContentsMargins(0, 0, 0, 0)
+        ib.addWidget(self.legend)
+        ib.addWidget(scroll, 1)
         self.volumes = QtWidgets.QTableWidget(0, 5)
         self.volumes.setHorizontalHeaderLabels(["match", "ROI", "query cm³", "match cm³", "match − query"])
         self.volumes.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -169,20 +177,26 @@ class QueryPanel(Panel):
         self.volumes.setToolTip("ROI volumes from the stored native-resolution masks (voxel centres inside "
                                 "the contours × voxel volume)")
         lower = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
-        lower.addWidget(scroll)
+        lower.addWidget(images_box)
         lower.addWidget(self.volumes)
-        lower.setStretchFactor(0, 3)
-        lower.setStretchFactor(1, 2)
+        lower.setStretchFactor(0, 1)
+        lower.setStretchFactor(1, 0)
+        lower.setSizes([800, 330])
+        lower.setChildrenCollapsible(False)
         right = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         right.addWidget(self.table)
         right.addWidget(lower)
-        right.setStretchFactor(0, 1)
-        right.setStretchFactor(1, 2)
+        right.setStretchFactor(0, 0)
+        right.setStretchFactor(1, 1)
+        right.setSizes([190, 600])
+        right.setChildrenCollapsible(False)
         body = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         body.addWidget(left)
         body.addWidget(right)
+        body.setStretchFactor(0, 0)
         body.setStretchFactor(1, 1)
-        body.setSizes([200, 900])
+        body.setSizes([160, 1000])
+        body.setChildrenCollapsible(False)
         lay = QtWidgets.QVBoxLayout(self)
         lay.addLayout(top)
         lay.addWidget(self.message)
@@ -286,9 +300,7 @@ class QueryPanel(Panel):
             self._set_message("No usable CT series in the dropped folder"
                               + (f" ({len(skipped)} file(s) skipped; see the list)" if skipped else ""))
             return
-        self.current = labels[0]
-        self._fill_queries()
-        self.refresh()
+        self.current = labels[0]  # answered when the window reports the changed workspace
 
     def move_current_to_cohort(self) -> None:
         if self.current is None or self.state.busy:
@@ -416,6 +428,12 @@ class QueryPanel(Panel):
             bl.addWidget(label(caption))
             self.grid.addWidget(box, r, c)
 
+        from training.images import roi_colour_table
+
+        colours = roi_colour_table(max(a.n_classes + 1, 2))
+        self.legend.setText("ROIs: " + "  ".join(
+            f'<span style="color: rgb({c[0]},{c[1]},{c[2]})">■</span> {name}'
+            for name, c in zip(a.roi_names, colours[1:])) if a.roi_names else "CT only (no ROIs)")
         self.grid.addWidget(label(f"query\n{a.query}", True), 0, 0)
         for c, k in enumerate(a.query_images_shown):
             lab = None if a.query_labels is None else a.query_labels[c]
