@@ -241,3 +241,37 @@ def test_query_drop_on_the_window_shows_ranked_list_with_images(trained, tmp_pat
     with Workspace.open(ws) as wsr:
         assert wsr.patient_index("PAT-0003-2") in wsr.index()[:, 0]
     w.close()
+
+
+@pytest.mark.parametrize("mode", ["2d", "3d"])
+def test_answer_on_an_arrays_workspace_2d_and_3d(tmp_path, mode):
+    """No stored source (no ROI volumes), 3D cubes paired by depth index, a query marked
+    with roles.mark_as_query, and a cohort entry asked as a query leaves itself out."""
+    from training.config import ModelConfig
+    from training.explore.query import POSITION_METHOD_3D, answer_query
+    from training.store.roles import mark_as_query
+    from training.store.workspace import Workspace, write_arrays_workspace
+    from training.vae.model import VAE
+
+    rng = np.random.default_rng(1)
+    shape = (4, 16, 16) if mode == "2d" else (1, 16, 16, 16)
+    imgs = {f"PAT-{i:04d}": rng.random(shape, dtype=np.float32) for i in range(1, 6)}
+    imgs["PAT-0006"] = np.clip(imgs["PAT-0002"] + 0.01 * rng.standard_normal(shape, dtype=np.float32), 0, 1)
+    ws_path = write_arrays_workspace(tmp_path / "a.h5", imgs, test_fraction=0.0)
+    assert mark_as_query(ws_path, ["PAT-0006"]) == ["PAT-0006"]
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_size=16, n_blocks=2, filters=2, fc_units=8, latent_dim=3,
+                            spatial_dims=2 if mode == "2d" else 3)).eval()
+    with Workspace.open(ws_path) as ws:
+        assert len(ws.index()) == 5 * shape[0]
+        a = answer_query(model, ws, "PAT-0006", top=3)
+        assert a.n_cohort == 5 and [m.volumes for m in a.matches] == [[], [], []]
+        if mode == "3d":
+            assert a.position_method == POSITION_METHOD_3D and a.query_images_shown == [4, 8, 11]
+            assert a.matches[0].match_images == [4, 8, 11] and a.matches[0].images.shape == (3, 16, 16)
+        else:
+            assert a.query_images_shown == [1, 2] and a.matches[0].images.shape == (2, 16, 16)
+        # an untrained encoder is nearly linear: the near-copy of PAT-0002 is nearest by pixels
+        assert a.pixel_rank[a.ranking.names.index("PAT-0002")] == 1
+        b = answer_query(model, ws, "PAT-0003", top=2)
+        assert b.n_cohort == 4 and "PAT-0003" not in b.ranking.names
