@@ -64,3 +64,33 @@ def test_preview_follows_the_window_and_apply_rederives(make_window, ingested, q
     with w.state.open_workspace() as ws:
         assert (ws.preprocess.hu_min, ws.preprocess.hu_max) == (-1000.0, 100.0)
     assert len(w.patient_list.pseudonyms()) == 3
+
+
+def test_fidelity_table_follows_the_selected_patient(make_window, ingested, qtbot, tmp_path):
+    from training.store.workspace import write_arrays_workspace
+
+    w = make_window(ingested)
+    panel = w.panel("Data")
+    w.tabs.setCurrentWidget(panel)
+    first = w.patient_list.pseudonyms()[0]
+    w.patient_list.select(first)
+    view = panel.fidelity
+    wait_until(qtbot, lambda: view.table.rowCount() > 0, what="the fidelity table")
+    header, rows = view.rows()
+    assert header[0] == "ROI" and "duplicates collapsed" in header
+    with w.state.open_workspace() as ws:
+        rep = ws.fidelity(ws.patient_index(first))
+    assert [r[0] for r in rows] == [r["roi"] for r in rep["rois"]]
+    assert first in view.title.text() and "rule" in view.title.text()
+    out = tmp_path / "fid.csv"
+    from explorer.figures import export_csv
+
+    export_csv(view.rows(), out)
+    assert out.read_text().splitlines()[0].startswith("ROI,contours,duplicates collapsed")
+    # a workspace written before the report existed says so
+    old = write_arrays_workspace(tmp_path / "old.h5", {"PAT-0001": np.zeros((2, 8, 8), np.float32)})
+    w2 = make_window(old)
+    p2 = w2.panel("Data")
+    w2.patient_list.select("PAT-0001")
+    wait_until(qtbot, lambda: "not recorded" in p2.fidelity.title.text(), what="'not recorded'")
+    assert p2.fidelity.table.rowCount() == 0

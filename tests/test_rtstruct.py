@@ -145,7 +145,7 @@ def test_circle_area_and_centroid_exact():
 def test_ring_hole_and_island_by_parity():
     geo = axial()
     outer = closed(circle(geo, 3, 32, 36, 20), SOPS[3])
-    # Winding is irrelevant; CLOSED_PLANAR_XOR names the parity rule applied to all.
+    # Winding is irrelevant; an XOR contour inside the closed region cuts a hole.
     inner = Contour(circle(geo, 3, 32, 36, 10)[::-1], "CLOSED_PLANAR_XOR", SOPS[3])
     m = rasterise(sset(roi("ring", outer, inner)), geo).masks["ring"][3]
     assert abs(m.sum() - np.pi * 300) / (np.pi * 300) < 0.015

@@ -12,6 +12,7 @@ from explorer import workers
 from explorer.panels import Panel
 from explorer.qt import Qt, QTimer, QtWidgets
 from explorer.widgets.scale_controls import ScaleControls, ScaleSummary
+from explorer.widgets.fidelity_view import FidelityView
 from explorer.widgets.slice_preview import SlicePreview
 
 CUSTOM = "custom"
@@ -129,6 +130,8 @@ class DataPanel(Panel):
         split.setChildrenCollapsible(False)
         lay = QtWidgets.QVBoxLayout(self)
         lay.addWidget(split)
+        self.fidelity = FidelityView()  # the selected entry's per-ROI rasterisation report
+        lay.addWidget(self.fidelity)
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
@@ -306,9 +309,11 @@ class DataPanel(Panel):
         else:
             self.summary.setText("<b>Empty workspace</b>: these settings are used for the first ingest.")
         self.set_config(cfg, available)
+        self.fidelity.load(self.state, self.state.selected_patient)
 
     def on_patient_selected(self, pseudonym: str) -> None:
         self._debounce.start()
+        self.fidelity.load(self.state, pseudonym)
 
     # -- preview
     def _request_preview(self) -> None:

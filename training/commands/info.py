@@ -26,7 +26,7 @@ def describe(path: Path) -> dict:
     from training.store.workspace import Workspace
 
     with Workspace.open(path) as ws:
-        return {
+        d = {
             "workspace": str(path),
             "schema_version": ws.schema_version,
             "data_hash": ws.data_hash,
@@ -53,6 +53,9 @@ def describe(path: Path) -> dict:
             "skipped": [{"path": s[0], "reason": s[1]} for s in ws.skipped],
             "provenance": ws.provenance,
         }
+        for i, row in enumerate(d["patients"]):  # per-ROI rasterisation report; None: not recorded
+            row["fidelity"] = ws.fidelity(i)
+        return d
 
 
 def _patients(infos) -> list[dict]:
@@ -68,6 +71,7 @@ def _patients(infos) -> list[dict]:
 
 def main(args: argparse.Namespace) -> int:
     from training.commands._printable import printable as pr
+    from training.dicom.fidelity import format_report
     from training.store.workspace import WorkspaceError
 
     try:
@@ -99,6 +103,8 @@ def main(args: argparse.Namespace) -> int:
               f"{pr(', '.join(p['rois'])) or '-'}")
         for w in p["warnings"]:
             print(f"{'':<12} warning: {pr(w)}")
+        for line in format_report(p.get("fidelity"), indent=" " * 13):
+            print(pr(line))
     _print_scale(d)
     if d["skipped"]:
         print(f"skipped files ({len(d['skipped'])}):")

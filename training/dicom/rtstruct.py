@@ -4,10 +4,12 @@ Conventions: contour points are DICOM patient coordinates (LPS, mm); masks and l
 volumes have array axes (z, y, x) = (slice k, row i, column j) of a
 `training.dicom.geometry.VolumeGeometry`.
 
-Rasterisation rule: a voxel belongs to a ROI when its centre lies inside the contour
-polygon of its slice (even–odd rule; a centre exactly on an edge may fall either way).
-All contours of one ROI on one slice are combined by even–odd parity (XOR), so an inner
-contour cuts a hole and a contour inside the hole is an island again. A contour goes to
+Rasterisation rule: a voxel belongs to a ROI when its centre lies inside the ROI's
+region on its slice (a centre exactly on an edge may fall either way). The contours of
+one ROI on one slice make the region as `training.dicom.contour_rule` states: duplicated
+outlines count once, nested outlines are holes (an island in a hole fills again),
+overlapping non-nested outlines are united, CLOSEDPLANAR_XOR contours combine by
+exclusive or. A contour goes to
 the slice its ContourImageSequence names when that SOP Instance UID is in the series;
 otherwise (a dangling reference, or none) to the slice nearest its plane, if that slice
 lies within half the local slice spacing, else it is dropped with a warning.
@@ -28,14 +30,17 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.errors import InvalidDicomError
 
+from training.dicom.contour_rule import (
+    RULE, XOR_TYPES, SliceOutlines, combine, region_area, resolve_slice)
 from training.dicom.header import quiet_pydicom_validation
 from training.dicom.geometry import VolumeGeometry
 
 quiet_pydicom_validation()
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
-# CLOSED_PLANAR_XOR (DICOM 2021) states the even-odd combination we apply to all contours.
-CLOSED_TYPES = ("CLOSED_PLANAR", "CLOSED_PLANAR_XOR")
+# CLOSEDPLANAR_XOR (the standard's spelling; the variant CLOSED_PLANAR_XOR is read alike)
+CLOSED_TYPES = ("CLOSED_PLANAR", *XOR_TYPES)
+AREA_MIN_PIXELS = 200  # slices at least this large enter the fidelity report's area check
 
 
 class RTStructError(ValueError):
@@ -67,6 +72,7 @@ class ROI:
     contours: tuple[Contour, ...] = ()
     color: tuple[int, int, int] | None = None
     frame_of_reference_uid: str = ""
+    n_damaged: int = 0  # contours whose data could not be read (see StructureSet.warnings)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,8 @@ class StructureSet:
     referenced_series_uid: str | None = None
     sop_instance_uid: str = ""
     warnings: tuple[str, ...] = ()
+    # every Frame of Reference UID the file names (ReferencedFrameOfReferenceSequence, top level)
+    frame_uids: tuple[str, ...] = ()
 
     @property
     def roi_names(self) -> list[str]:
@@ -98,6 +106,8 @@ class RasterResult:
 
     masks: dict[str, np.ndarray] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # ROI name → fidelity record (see `roi_fidelity`); one per ROI of the structure set
+    fidelity: dict[str, dict] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -225,8 +235,10 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str], contour_items=No
     """contour_items: the ROIContourSequence read by rtstruct_raw (None: from `ds`)."""
     for_uid = ""
     series_uid = None
+    frames: list[str] = []
     for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
         for_uid = for_uid or str(fr.get("FrameOfReferenceUID", "") or "")
+        frames.append(str(fr.get("FrameOfReferenceUID", "") or ""))
         for study in fr.get("RTReferencedStudySequence", []) or []:
             for series in study.get("RTReferencedSeriesSequence", []) or []:
                 uid = str(series.get("SeriesInstanceUID", "") or "")
@@ -253,7 +265,9 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str], contour_items=No
         for_uid = next((f for _, f in declared.values() if f), "")
         for_uid = for_uid or str(ds.get("FrameOfReferenceUID", "") or "")
 
+    frames.append(str(ds.get("FrameOfReferenceUID", "") or ""))
     contours: dict[int, list[Contour]] = defaultdict(list)
+    damaged: dict[int, int] = defaultdict(int)
     colours: dict[int, tuple[int, int, int] | None] = {}
     if contour_items is None:
         contour_items = ds.get("ROIContourSequence", []) or []
@@ -278,6 +292,7 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str], contour_items=No
                 pts = _contour_points(item)
             except (ValueError, TypeError) as exc:
                 warnings.append(f"{path}: ROI '{name}' contour {index}: {exc}; skipped")
+                damaged[number] += 1
                 continue
             ref = None
             for img in item.get("ContourImageSequence", []) or []:
@@ -298,7 +313,8 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str], contour_items=No
             name = new
         seen.add(name)
         rois.append(
-            ROI(number, name, tuple(contours.get(number, ())), colours.get(number), roi_for)
+            ROI(number, name, tuple(contours.get(number, ())), colours.get(number), roi_for,
+                damaged.get(number, 0))
         )
     return StructureSet(
         path=path,
@@ -307,6 +323,7 @@ def _parse(ds: pydicom.Dataset, path: str, warnings: list[str], contour_items=No
         referenced_series_uid=series_uid,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
         warnings=tuple(warnings),
+        frame_uids=tuple(sorted({f for f in frames if f})),
     )
 
 
@@ -386,23 +403,57 @@ def _z_tolerances(positions: np.ndarray, single_slice_mm: float) -> np.ndarray:
     return 0.5 * np.maximum(left, right)
 
 
+def roi_fidelity(name: str) -> dict:
+    """An empty fidelity record of one ROI: what rasterise read, collapsed and skipped.
+
+    contours: contour items read; duplicates: CLOSED_PLANAR outlines collapsed into one
+    already kept on their slice; holes: kept outlines nested an odd number of levels;
+    overlaps: pairs of overlapping non-nested outlines united; xor: CLOSEDPLANAR_XOR
+    contours; skipped: reason → count; slices: slices with contours; area_max_diff: the
+    largest |mask area − polygon area| / polygon area over slices with at least
+    AREA_MIN_PIXELS mask pixels (None when no slice is that large), at slice
+    area_max_diff_slice; frame: "own", "structure set's (fallback)" or "mismatch".
+    """
+    return {"roi": name, "contours": 0, "duplicates": 0, "holes": 0, "overlaps": 0, "xor": 0,
+            "skipped": {}, "slices": 0, "area_slices_checked": 0, "area_max_diff": None,
+            "area_max_diff_slice": None, "frame": "own", "mask": False}
+
+
+def _skip(fid: dict, reason: str, n: int = 1) -> None:
+    if n:
+        fid["skipped"][reason] = fid["skipped"].get(reason, 0) + int(n)
+
+
+def _type_skip_reason(kind: str) -> str:
+    if kind == "POINT":
+        return "point"
+    if kind.startswith("OPEN"):
+        return "open"
+    return f"type {kind or 'missing'}"
+
+
 def rasterise(
     structure_set: StructureSet,
     geometry: VolumeGeometry,
     single_slice_tolerance_mm: float = 1.0,
+    series_uid: str | None = None,
 ) -> RasterResult:
     """Rasterise every ROI with closed planar contours onto `geometry`'s grid.
 
-    Returns RasterResult(masks: name → bool (z, y, x), warnings). Raises RTStructError
-    when the structure set's Frame of Reference UID differs from the geometry's (both
-    named; the check is skipped where either is unknown). ROIs holding no CLOSED_PLANAR
-    contour (only POINT / OPEN_PLANAR ones, or none) get no mask and a warning. Contours
-    not parallel to the slices, with fewer than 3 points, or with no slice within half a
-    slice spacing (`single_slice_tolerance_mm` for a one-slice series) are dropped with a
-    warning. When several planes of one ROI fall on one slice (contours drawn on a finer
-    z grid than the CT's), only the plane nearest the slice is kept, so that their parity
-    does not cancel. In-plane positions are measured from each slice's own
-    ImagePositionPatient, which keeps series with per-slice in-plane shifts exact.
+    Returns RasterResult(masks: name → bool (z, y, x), warnings, fidelity). Raises
+    RTStructError when the structure set's Frame of Reference UID differs from the
+    geometry's (both named; the check is skipped where either is unknown). An ROI whose own
+    ReferencedFrameOfReferenceUID differs from the CT's gets no mask, unless that UID names
+    no frame of the file while the structure set's frame and referenced series match the CT
+    (`series_uid`: the CT's SeriesInstanceUID): then it is rasterised with a warning.
+    ROIs holding no closed planar contour (only POINT / OPEN_PLANAR ones, or none) get no
+    mask and a warning. Contours not parallel to the slices, with fewer than 3 points, or
+    with no slice within half a slice spacing (`single_slice_tolerance_mm` for a one-slice
+    series) are dropped with a warning. When several planes of one ROI fall on one slice
+    (contours drawn on a finer z grid than the CT's), only the plane nearest the slice is
+    kept. The contours of a slice combine by the rule of `training.dicom.contour_rule`.
+    In-plane positions are measured from each slice's own ImagePositionPatient, which
+    keeps series with per-slice in-plane shifts exact.
     """
     path = structure_set.path
     result = RasterResult()
@@ -430,15 +481,37 @@ def rasterise(
     n_dangling = 0
 
     for roi in structure_set.rois:
+        fid = roi_fidelity(roi.name)
+        result.fidelity[roi.name] = fid
+        fid["contours"] = len(roi.contours) + roi.n_damaged
+        _skip(fid, "damaged data", roi.n_damaged)
         if geometry.frame_of_reference_uid and roi.frame_of_reference_uid and (
             roi.frame_of_reference_uid != geo_for
         ):
-            result.warnings.append(
-                f"{path}: ROI '{roi.name}' is in Frame of Reference {roi.frame_of_reference_uid}, "
-                f"not the CT's {geo_for}; no mask"
-            )
-            continue
-        closed = [c for c in roi.contours if c.geometric_type in CLOSED_TYPES]
+            series_match = bool(series_uid) and structure_set.referenced_series_uid == series_uid
+            if (roi.frame_of_reference_uid not in structure_set.frame_uids
+                    and ss_for == geo_for and series_match):
+                fid["frame"] = "structure set's (fallback)"
+                result.warnings.append(
+                    f"{path}: ROI '{roi.name}' names Frame of Reference "
+                    f"{roi.frame_of_reference_uid}, which the structure set does not list; "
+                    "its frame and referenced series are the CT's, so the ROI is rasterised "
+                    "in the CT's frame"
+                )
+            else:
+                fid["frame"] = "mismatch"
+                _skip(fid, "frame of reference not the CT's", len(roi.contours))
+                result.warnings.append(
+                    f"{path}: ROI '{roi.name}' is in Frame of Reference "
+                    f"{roi.frame_of_reference_uid}, not the CT's {geo_for}; no mask"
+                )
+                continue
+        closed = []
+        for c in roi.contours:
+            if c.geometric_type in CLOSED_TYPES:
+                closed.append(c)
+            else:
+                _skip(fid, _type_skip_reason(c.geometric_type))
         if not closed:
             kinds = sorted({c.geometric_type or "untyped" for c in roi.contours})
             what = f"only {', '.join(kinds)} contours" if kinds else "no contours"
@@ -447,7 +520,7 @@ def rasterise(
         dropped: dict[str, int] = defaultdict(int)
         off_plane = 0
         far_planes: list[float] = []
-        by_slice: dict[int, list[tuple[float, np.ndarray]]] = defaultdict(list)
+        by_slice: dict[int, list[tuple[float, np.ndarray, str]]] = defaultdict(list)
         for c in closed:
             if len(c.points) < 3:
                 dropped["fewer than 3 points"] += 1
@@ -467,24 +540,47 @@ def rasterise(
                 if abs(positions[k] - plane) > tol[k] + 1e-6:
                     far_planes.append(plane)
                     continue
-            by_slice[k].append((plane, c.points))
+            by_slice[k].append((plane, c.points, c.geometric_type))
 
-        polygons: dict[int, list[np.ndarray]] = {}
+        parity: dict[int, list[np.ndarray]] = {}
+        resolved: dict[int, SliceOutlines] = {}
         for k, items in by_slice.items():
-            planes = np.array([p for p, _ in items])
+            planes = np.array([p for p, _, _ in items])
             nearest = planes[np.argmin(np.abs(planes - positions[k]))]
             keep = np.abs(planes - nearest) <= plane_tol
             if not keep.all():
                 reason = "another plane of the ROI lies nearer the same slice"
                 dropped[reason] += int((~keep).sum())
             polys = []
-            for (_, pts), kept in zip(items, keep):
+            for (_, pts, kind), kept in zip(items, keep):
                 if kept:
                     d = pts - ipp[k]
-                    ij = (d @ geometry.col_dir / dy, d @ geometry.row_dir / dx)
-                    polys.append(np.stack(ij, axis=1))
-            polygons[k] = polys
-        mask = fill_polygon_slices(polygons, (nz, ny, nx))
+                    ij = np.stack((d @ geometry.col_dir / dy, d @ geometry.row_dir / dx), axis=1)
+                    if (ij[:, 0].max() < -0.5 or ij[:, 0].min() > ny - 0.5
+                            or ij[:, 1].max() < -0.5 or ij[:, 1].min() > nx - 0.5):
+                        dropped["outside the image (in-plane)"] += 1
+                        continue
+                    polys.append((kind, ij))
+            if not polys:
+                continue
+            if len(polys) == 1:
+                kind, ij = polys[0]
+                res = (SliceOutlines(xor=[ij]) if kind in XOR_TYPES
+                       else SliceOutlines(closed=[ij], depth=[0]))
+            else:
+                res = resolve_slice(polys, (dy, dx))
+            resolved[k] = res
+            fid["duplicates"] += res.duplicates
+            fid["holes"] += res.holes
+            fid["overlaps"] += res.overlaps
+            fid["xor"] += len(res.xor)
+            if res.simple:
+                parity[k] = res.polygons()
+        mask = fill_polygon_slices(parity, (nz, ny, nx))
+        for k, res in resolved.items():
+            if not res.simple:
+                mask[k] = combine(res, fill_polygons, (ny, nx))
+        _measure_areas(fid, mask, resolved, ny, nx)
         if off_plane:
             result.warnings.append(
                 f"{path}: ROI '{roi.name}': {off_plane} contour(s) lie more than half a slice "
@@ -493,24 +589,54 @@ def rasterise(
         if far_planes:
             shown = ", ".join(f"{p:.2f}" for p in sorted(set(far_planes))[:5])
             more = ", ..." if len(set(far_planes)) > 5 else ""
+            _skip(fid, "off the grid", len(far_planes))
             dropped[
                 f"no slice within half a slice spacing of their plane (at {shown}{more} mm "
                 f"along the normal; slices span {positions.min():.2f} to {positions.max():.2f})"
             ] = len(far_planes)
         for reason, count in dropped.items():
+            if not reason.startswith("no slice within"):
+                _skip(fid, reason, count)
             result.warnings.append(
                 f"{path}: ROI '{roi.name}': {count} contour(s) dropped: {reason}"
+            )
+        if fid["duplicates"]:
+            result.warnings.append(
+                f"{path}: ROI '{roi.name}': {fid['duplicates']} duplicated outline(s) counted once"
             )
         if not mask.any():
             result.warnings.append(
                 f"{path}: ROI '{roi.name}' covers no voxel centre of the series"
             )
+        fid["mask"] = True
         result.masks[roi.name] = mask
     if n_dangling:
         result.warnings.append(
             f"{path}: {n_dangling} contour(s) reference images not in the series; placed by z"
         )
     return result
+
+
+def _measure_areas(fid: dict, mask: np.ndarray, resolved: dict[int, SliceOutlines],
+                   ny: int, nx: int) -> None:
+    """Per slice: mask pixels against the rule's polygon area (pixels², clipped to the
+    image); the largest relative difference over slices with ≥ AREA_MIN_PIXELS pixels."""
+    fid["slices"] = len(resolved)
+    if not resolved:
+        return
+    worst, worst_k, checked = None, None, 0
+    for k in sorted(resolved):
+        n = np.count_nonzero(mask[k])
+        if n < AREA_MIN_PIXELS:
+            continue
+        area = region_area(resolved[k], fill_polygons, ny, nx)
+        checked += 1
+        diff = abs(float(n) - area) / area if area > 0 else float("inf")
+        if worst is None or diff > worst:
+            worst, worst_k = diff, int(k)
+    fid["area_slices_checked"] = checked
+    fid["area_max_diff"] = None if worst is None else round(float(worst), 6)
+    fid["area_max_diff_slice"] = worst_k
 
 
 # --------------------------------------------------------------------- exclusive labels

@@ -251,15 +251,17 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     warnings = list(vol.warnings)
     masks: dict[str, np.ndarray] = {}
     struct_skipped = []
+    fidelity_rois: list[tuple[str, dict]] = []
     for sp in struct_paths:
         try:
             ss = read_rtstruct(sp)
-            rr = rasterise(ss, geometry)
+            rr = rasterise(ss, geometry, series_uid=stage["series_uid"])
         except Exception as exc:  # RTStructError and damaged contour data alike
             struct_skipped.append((sp, getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
             continue
         warnings.extend(ss.warnings)
         warnings.extend(rr.warnings)
+        fidelity_rois += [(str(sp), rec) for rec in rr.fidelity.values()]
         for name, m in rr.masks.items():
             masks[name] = m if name not in masks else (masks[name] | m)
     hu16 = vol.hu  # int16 HU, rounded and clipped by the loader
@@ -267,12 +269,13 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     images, labels, missing = derive(hu16, masks, geometry, cfg)  # positions + pixel spacing
     warnings = [clean_text(w, stage["roots"], stage["replacements"]) for w in warnings]
     spacing = tuple(float(v) for v in geometry.spacing)
+    fidelity = _fidelity_report(fidelity_rois, struct_skipped, stage)
     entry = EntryData(
         label=stage["label"], patient=stage["patient"], content_hash=content, images=images,
         labels=labels, spacing=spacing, rois=tuple(sorted(masks)), warnings=tuple(warnings),
         series_uid=stage["series_uid"], frame_of_reference_uid=geometry.frame_of_reference_uid,
         n_source_files=len(hashes) - len(left_out) - len(struct_skipped), hu=hu16, masks=masks,
-        geometry=geometry, role=stage.get("role", ""))
+        geometry=geometry, role=stage.get("role", ""), fidelity=fidelity)
     tmp = wsmod.write_staged_tmp(Path(stage["final"]), entry, stage["phash"], stage["salt"], rows,
                                  {stage["digest"]: stage["number"]})
     out.update(status="loaded", tmp=str(tmp), n_images=int(images.shape[0]),
@@ -280,6 +283,17 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
                warnings=tuple(warnings), missing=missing, struct_skipped=struct_skipped,
                source_shape=tuple(hu16.shape))
     return out
+
+
+def _fidelity_report(rois: list[tuple[str, dict]], failed: list[tuple[str, str]],
+                     stage: dict[str, Any]) -> dict:
+    """The entry's per-ROI fidelity report (training.dicom.fidelity), paths made storable."""
+    from training.dicom.fidelity import build_report
+
+    def show(p: str) -> str:
+        return clean_text(str(p), stage["roots"], stage["replacements"])
+
+    return build_report([(show(p), rec) for p, rec in rois], [(show(p), show(r)) for p, r in failed])
 
 
 def _rederive_job(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
