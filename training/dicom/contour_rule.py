@@ -92,6 +92,26 @@ def _point_segment_distance(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return best
 
 
+def _within(p: np.ndarray, q: np.ndarray, tol: float) -> bool:
+    """True when every point of p lies within tol of the closed polyline q (mm).
+
+    A point with a vertex of q within tol passes at once (k-d tree); only the others are
+    measured against q's edges, stopping at the first one further than tol.
+    """
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(q).query(p, distance_upper_bound=tol * (1 + 1e-12))
+    rest = p[~np.isfinite(d)]
+    for s in range(0, len(rest), 64):
+        if _point_segment_distance(rest[s:s + 64], q).max() > tol:
+            return False
+    return True
+
+
+def _perimeter(p: np.ndarray) -> float:
+    return float(np.linalg.norm(np.diff(p, axis=0, append=p[:1]), axis=1).sum())
+
+
 def is_duplicate(a: np.ndarray, b: np.ndarray, spacing, tol_mm: float = DUPLICATE_TOLERANCE_MM
                  ) -> bool:
     """True when every vertex of each polygon lies within tol_mm of the other's outline."""
@@ -101,8 +121,12 @@ def is_duplicate(a: np.ndarray, b: np.ndarray, spacing, tol_mm: float = DUPLICAT
         return False
     if am.shape == bm.shape and np.array_equal(am, bm):
         return True
-    return bool(_point_segment_distance(am, bm).max() <= tol_mm
-                and _point_segment_distance(bm, am).max() <= tol_mm)
+    # outlines within tol of each other differ only inside a band of width tol around
+    # either outline: their areas differ by less than 2 tol × perimeter + π tol²
+    bound = 2 * tol_mm * max(_perimeter(am), _perimeter(bm)) + np.pi * tol_mm ** 2
+    if abs(polygon_area(am) - polygon_area(bm)) > bound:
+        return False
+    return _within(am, bm, tol_mm) and _within(bm, am, tol_mm)
 
 
 def inside_fraction(outer: np.ndarray, pts: np.ndarray) -> float:
