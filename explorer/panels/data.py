@@ -129,9 +129,13 @@ class DataPanel(Panel):
         split.setSizes([330, 700])
         split.setChildrenCollapsible(False)
         lay = QtWidgets.QVBoxLayout(self)
-        lay.addWidget(split)
         self.fidelity = FidelityView()  # the selected entry's per-ROI rasterisation report
-        lay.addWidget(self.fidelity)
+        below = QtWidgets.QSplitter(Qt.Orientation.Vertical)
+        below.addWidget(split)
+        below.addWidget(self.fidelity)
+        below.setStretchFactor(0, 1)
+        below.setSizes([760, 140])
+        lay.addWidget(below)
 
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)

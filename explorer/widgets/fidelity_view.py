@@ -25,7 +25,7 @@ class FidelityView(QtWidgets.QWidget):
             "How each ROI's contours became its mask: contours read, duplicated outlines counted "
             "once, holes, overlapping outlines united, contours skipped and why, and the largest "
             "per-slice difference between mask area and polygon area (slices of ≥ 200 pixels)")
-        self.table.setMaximumHeight(170)
+        self.table.setMinimumHeight(60)
         self.export = QtWidgets.QToolButton()
         self.export.setText("CSV…")
         self.export.setToolTip("Save this table as CSV")

@@ -105,9 +105,10 @@ def _current_cfg(path: Path) -> PreprocessConfig:
 class ProgressBar:
     """A one-line terminal bar on stderr: phase, bar, done/total, message."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width, self.last = stream, width, 0.0
-        self.tty = hasattr(stream, "isatty") and stream.isatty()
+    def __init__(self, stream=None, width: int = 30):
+        # sys.stderr looked up now, not at import (a test's captured stream may be closed since)
+        self.stream, self.width, self.last = stream or sys.stderr, width, 0.0
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
 
     def __call__(self, phase: str, done: int, total: int, message: str) -> None:
         now = time.monotonic()

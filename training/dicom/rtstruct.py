@@ -494,9 +494,9 @@ def rasterise(
                 fid["frame"] = "structure set's (fallback)"
                 result.warnings.append(
                     f"{path}: ROI '{roi.name}' names Frame of Reference "
-                    f"{roi.frame_of_reference_uid}, which the structure set does not list; "
-                    "its frame and referenced series are the CT's, so the ROI is rasterised "
-                    "in the CT's frame"
+                    f"{roi.frame_of_reference_uid}, a frame missing from the structure set's "
+                    "list; the set's own frame and referenced series are the CT's, so the ROI "
+                    "is rasterised in the CT's frame"
                 )
             else:
                 fid["frame"] = "mismatch"
