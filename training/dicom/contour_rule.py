@@ -45,13 +45,17 @@ RULE = ("duplicates (all points within 1 mm of each other's outline) count once;
 def polygon_area(p: np.ndarray) -> float:
     """Shoelace area (unsigned) in the polygon's units squared."""
     y, x = p[:, 0], p[:, 1]
-    return 0.5 * abs(float(np.dot(y, np.roll(x, -1)) - np.dot(x, np.roll(y, -1))))
+    twice = np.dot(y[:-1], x[1:]) - np.dot(x[:-1], y[1:]) + y[-1] * x[0] - x[-1] * y[0]
+    return 0.5 * abs(float(twice))
 
 
 def clip_to_box(p: np.ndarray, y0: float, y1: float, x0: float, x1: float) -> np.ndarray:
     """Sutherland–Hodgman clip of any simple or concave polygon to a rectangle (the clipped
     area is exact; degenerate edges along the box may remain)."""
     out = np.asarray(p, dtype=np.float64)
+    lo, hi = out.min(axis=0), out.max(axis=0)
+    if lo[0] >= y0 and hi[0] <= y1 and lo[1] >= x0 and hi[1] <= x1:
+        return out  # inside the box: nothing to clip
     for axis, bound, keep_ge in ((0, y0, True), (0, y1, False), (1, x0, True), (1, x1, False)):
         if len(out) == 0:
             break
@@ -74,7 +78,9 @@ def clip_to_box(p: np.ndarray, y0: float, y1: float, x0: float, x1: float) -> np
 
 
 def _bbox(p: np.ndarray) -> np.ndarray:
-    return np.array([p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()])
+    """(y min, y max, x min, x max)."""
+    lo, hi = p.min(axis=0), p.max(axis=0)
+    return np.array([lo[0], hi[0], lo[1], hi[1]])
 
 
 def _point_segment_distance(pts: np.ndarray, poly: np.ndarray) -> np.ndarray:
@@ -112,13 +118,16 @@ def _perimeter(p: np.ndarray) -> float:
     return float(np.linalg.norm(np.diff(p, axis=0, append=p[:1]), axis=1).sum())
 
 
-def is_duplicate(a: np.ndarray, b: np.ndarray, spacing, tol_mm: float = DUPLICATE_TOLERANCE_MM
-                 ) -> bool:
-    """True when every vertex of each polygon lies within tol_mm of the other's outline."""
+def is_duplicate(a: np.ndarray, b: np.ndarray, spacing, tol_mm: float = DUPLICATE_TOLERANCE_MM,
+                 ba: np.ndarray | None = None, bb: np.ndarray | None = None) -> bool:
+    """True when every vertex of each polygon lies within tol_mm of the other's outline.
+    ba, bb: their `_bbox`es when already known."""
     s = np.asarray(spacing, dtype=np.float64)
-    am, bm = a * s, b * s
-    if np.abs(_bbox(am) - _bbox(bm)).max() > tol_mm:
+    ba = _bbox(a) if ba is None else ba
+    bb = _bbox(b) if bb is None else bb
+    if (np.abs(ba - bb) * s[[0, 0, 1, 1]]).max() > tol_mm:
         return False
+    am, bm = a * s, b * s
     if am.shape == bm.shape and np.array_equal(am, bm):
         return True
     # outlines within tol of each other differ only inside a band of width tol around
@@ -129,10 +138,20 @@ def is_duplicate(a: np.ndarray, b: np.ndarray, spacing, tol_mm: float = DUPLICAT
     return _within(am, bm, tol_mm) and _within(bm, am, tol_mm)
 
 
-def inside_fraction(outer: np.ndarray, pts: np.ndarray) -> float:
-    """Fraction of `pts` inside polygon `outer` (even–odd ray test)."""
-    ob, pb = _bbox(outer), _bbox(pts)
+def inside_fraction(outer: np.ndarray, pts: np.ndarray, samples: int = 48,
+                    ob: np.ndarray | None = None, pb: np.ndarray | None = None) -> float:
+    """Fraction of `pts` inside polygon `outer` (even–odd ray test), estimated from at
+    most `samples` evenly spaced points (enough for the 90 % nesting threshold)."""
+    ob = _bbox(outer) if ob is None else ob
+    pb = _bbox(pts) if pb is None else pb
     if pb[1] < ob[0] or pb[0] > ob[1] or pb[3] < ob[2] or pb[2] > ob[3]:
+        return 0.0
+    if len(pts) > samples:
+        pts = pts[np.linspace(0, len(pts) - 1, samples).astype(np.int64)]
+    n = len(pts)
+    # points outside the outer outline's bounding box are outside it: test only the rest
+    pts = pts[(pts[:, 0] >= ob[0]) & (pts[:, 0] <= ob[1]) & (pts[:, 1] >= ob[2]) & (pts[:, 1] <= ob[3])]
+    if not len(pts):
         return 0.0
     a = outer
     b = np.roll(outer, -1, axis=0)
@@ -142,15 +161,31 @@ def inside_fraction(outer: np.ndarray, pts: np.ndarray) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         xc = a[:, 1][None] + (y - ya) / (yb - ya) * (b[:, 1] - a[:, 1])[None]
     crossings = (straddle & (xc > x)).sum(1)
-    return float((crossings % 2 == 1).mean())
+    return float((crossings % 2 == 1).sum()) / n
 
 
-def edges_cross(a: np.ndarray, b: np.ndarray) -> bool:
-    """True when an edge of `a` properly crosses an edge of `b` (touching does not count)."""
-    if (_bbox(a)[[1, 3]] < _bbox(b)[[0, 2]]).any() or (_bbox(b)[[1, 3]] < _bbox(a)[[0, 2]]).any():
+def _edges_in(p: np.ndarray, y0: float, y1: float, x0: float, x1: float):
+    """(starts, ends) of the edges of polygon p whose bounding box meets the box."""
+    q = np.roll(p, -1, axis=0)
+    lo, hi = np.minimum(p, q), np.maximum(p, q)
+    keep = (hi[:, 0] >= y0) & (lo[:, 0] <= y1) & (hi[:, 1] >= x0) & (lo[:, 1] <= x1)
+    return p[keep], q[keep]
+
+
+def edges_cross(a: np.ndarray, b: np.ndarray, ba: np.ndarray | None = None,
+                bb: np.ndarray | None = None) -> bool:
+    """True when an edge of `a` properly crosses an edge of `b` (touching does not count).
+    Only edges within the overlap of the two bounding boxes are compared."""
+    ba = _bbox(a) if ba is None else ba
+    bb = _bbox(b) if bb is None else bb
+    y0, y1 = max(ba[0], bb[0]), min(ba[1], bb[1])
+    x0, x1 = max(ba[2], bb[2]), min(ba[3], bb[3])
+    if y0 > y1 or x0 > x1:
         return False
-    p1, p2 = a, np.roll(a, -1, axis=0)
-    q1, q2 = b, np.roll(b, -1, axis=0)
+    p1, p2 = _edges_in(a, y0, y1, x0, x1)
+    q1, q2 = _edges_in(b, y0, y1, x0, x1)
+    if not len(p1) or not len(q1):
+        return False
 
     def orient(p, q, r):  # sign of the cross product (q - p) × (r - p), broadcast (na, nb)
         return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1])
@@ -192,13 +227,18 @@ class SliceOutlines:
 def resolve_slice(items: list[tuple[str, np.ndarray]], spacing) -> SliceOutlines:
     """items: (ContourGeometricType, polygon) of one ROI on one slice, in file order."""
     out = SliceOutlines()
+    boxes: list[np.ndarray] = []
     for kind, poly in items:
         if kind in XOR_TYPES:
             out.xor.append(poly)
-        elif any(is_duplicate(poly, kept, spacing) for kept in out.closed):
+            continue
+        box = _bbox(poly)
+        if any(is_duplicate(poly, kept, spacing, ba=box, bb=kb)
+               for kept, kb in zip(out.closed, boxes)):
             out.duplicates += 1
         else:
             out.closed.append(poly)
+            boxes.append(box)
     n = len(out.closed)
     if n <= 1:
         out.depth = [0] * n
@@ -208,7 +248,8 @@ def resolve_slice(items: list[tuple[str, np.ndarray]], spacing) -> SliceOutlines
         return out
     areas = [polygon_area(p) for p in out.closed]
     # frac[i][j]: the fraction of outline i's vertices inside outline j
-    frac = [[0.0 if i == j else inside_fraction(out.closed[j], out.closed[i]) for j in range(n)]
+    frac = [[0.0 if i == j else inside_fraction(out.closed[j], out.closed[i],
+                                                ob=boxes[j], pb=boxes[i]) for j in range(n)]
             for i in range(n)]
     order = sorted(range(n), key=lambda i: -areas[i])
     depth = [0] * n
@@ -226,7 +267,7 @@ def resolve_slice(items: list[tuple[str, np.ndarray]], spacing) -> SliceOutlines
             # cuts through a nested one between its vertices is missed; the area check shows it)
             if {frac[x][y], frac[y][x]} == {0.0, 1.0}:
                 continue
-            if edges_cross(out.closed[x], out.closed[y]):
+            if edges_cross(out.closed[x], out.closed[y], boxes[x], boxes[y]):
                 crossing = True
                 if max(frac[x][y], frac[y][x]) < NESTED_FRACTION:
                     out.overlaps += 1

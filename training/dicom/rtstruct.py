@@ -556,8 +556,8 @@ def rasterise(
                 if kept:
                     d = pts - ipp[k]
                     ij = np.stack((d @ geometry.col_dir / dy, d @ geometry.row_dir / dx), axis=1)
-                    if (ij[:, 0].max() < -0.5 or ij[:, 0].min() > ny - 0.5
-                            or ij[:, 1].max() < -0.5 or ij[:, 1].min() > nx - 0.5):
+                    lo, hi = ij.min(axis=0), ij.max(axis=0)
+                    if hi[0] < -0.5 or lo[0] > ny - 0.5 or hi[1] < -0.5 or lo[1] > nx - 0.5:
                         dropped["outside the image (in-plane)"] += 1
                         continue
                     polys.append((kind, ij))
