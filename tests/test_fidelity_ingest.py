@@ -60,7 +60,7 @@ def test_ingest_stores_the_report_and_info_shows_it(tmp_path, capsys):
 
     assert main(["info", str(ws_path), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["patients"][0]["fidelity"] == rep
+    assert info["series"][0]["fidelity"] == rep
     assert main(["info", str(ws_path)]) == 0
     out = capsys.readouterr().out
     assert "fidelity (rule: duplicates" in out
@@ -73,7 +73,7 @@ def test_old_workspace_says_not_recorded(tmp_path, capsys):
     assert main(["info", str(ws_path)]) == 0
     assert NOT_RECORDED in capsys.readouterr().out
     assert main(["info", str(ws_path), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["patients"][0]["fidelity"] is None
+    assert json.loads(capsys.readouterr().out)["series"][0]["fidelity"] is None
 
 
 def test_ct_without_structure_set_and_failed_set():

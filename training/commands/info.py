@@ -53,7 +53,7 @@ def describe(path: Path) -> dict:
             "skipped": [{"path": s[0], "reason": s[1]} for s in ws.skipped],
             "provenance": ws.provenance,
         }
-        for i, row in enumerate(d["patients"]):  # per-ROI rasterisation report; None: not recorded
+        for i, row in enumerate(d["series"]):  # per-ROI rasterisation report; None: not recorded
             row["fidelity"] = ws.fidelity(i)
         return d
 
