@@ -427,6 +427,8 @@ def widget_bytes(widget: QtWidgets.QWidget, fmt: str, title: str = "") -> bytes:
         QtWidgets.QWidget.render(widget, p, QtCore.QPoint(0, 0))
     finally:
         p.end()
+    if fmt == "svg":  # the plots inside draw cosmetic pens too: bake them as svg_bytes does
+        return finish_svg(bytes(buf.data()).decode("utf-8"), [])
     return bytes(buf.data())
 
 

@@ -89,6 +89,8 @@ class MainWindow(QtWidgets.QMainWindow):
             self.panels.append(panel)
             self.tabs.addTab(panel, panel.title)
             self.tabs.setTabToolTip(self.tabs.count() - 1, panel.tooltip or panel.title)
+            if hasattr(panel, "attentionRequested"):  # e.g. Train: an interrupted run to continue
+                panel.attentionRequested.connect(lambda p=panel: self._bring_to_front(p))
 
         self.splitter = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
@@ -122,6 +124,9 @@ class MainWindow(QtWidgets.QMainWindow):
             if (st := self.settings.window_state()) is not None:
                 self.restoreState(st)
         self._update_title()
+
+    def _bring_to_front(self, panel) -> None:
+        self.tabs.setCurrentWidget(panel)
 
     def panel(self, key) -> "panel_registry.Panel | None":
         """The tab with this title (e.g. "Train") or of this class, if present."""

@@ -4,7 +4,9 @@ reconstructions with a history slider (thesis fig. 7.2).
 
 Training runs in explorer.workers.TrainingWorker (a QThread driving training.vae.trainer);
 this panel only reacts to its signals. Closing the window stops at a checkpoint and the
-next start offers to continue from it.
+next start offers to continue from it; a stopped or finished run of this workspace can be
+continued for more epochs ("Continue"): same settings, same run folder, the curves and the
+reconstruction history carry on from where they were.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from explorer import workers
+from explorer import figures, workers
 from explorer.panels import Panel
 from explorer.qt import Qt, QTimer, QtGui, QtWidgets, Signal
 from explorer.settings import runs_dir
@@ -45,6 +47,9 @@ class TrainerPanel(Panel):
     title = "Train"
     tooltip = "Train the VAE and watch its losses and reconstructions"
     trainingStateChanged = Signal(str)  # "idle", "running", "paused", "stopping"
+    #: the tab has something the user should see now (the offer to continue an
+    #: interrupted run); the window brings it to the front
+    attentionRequested = Signal()
 
     def __init__(self, state, parent=None) -> None:
         super().__init__(state, parent)
@@ -56,6 +61,9 @@ class TrainerPanel(Panel):
         self._image_shape: tuple[int, ...] = ()
         self._n_classes = 0
         self.last_checkpoint: Path | None = None
+        # the run "Continue" would carry on: (last.pt of a run of this workspace, its epoch)
+        self.continuable: tuple[Path, int] | None = None
+        self._resume_epoch = 0  # epoch the running run resumed from (0: a new run)
         self.last_message = ""
         # TrainConfig fields without a form field (threads, device, max_loss, …); tests
         # and scripts set them here.
@@ -70,7 +78,9 @@ class TrainerPanel(Panel):
         self._int(mf, "n_blocks", "Blocks", 1, 8, "Encoder blocks, each halving the size (input size must divide by 2^blocks)")
         self._int(mf, "convs_per_block", "Convs per block N", 1, 6, "3×3 convolutions in each block")
         self._int(mf, "fc_units", "Dense units", 4, 4096, "Units of the fully connected layer")
-        self._float(mf, "dropout", "Dropout", 0.0, 0.95, 2, 0.05, "Dropout probability after each block")
+        self._float(mf, "dropout", "Dropout", 0.0, 0.95, 2, 0.05, "Drop rate after each block: the fraction of units set to zero while training "
+                    "(0 = no dropout). The thesis' TensorFlow code gives keep probabilities: its "
+                    "keep_prob 0.7 is a drop rate of 0.3 here, 0.9 is 0.1")
         self.preset = PresetPicker()  # "Thesis 7.1.1" fills the form (training.config.PRESETS)
         self.preset.chosen.connect(self.set_values)
         self.preset.chosen.connect(lambda _: self.state.show_message(self.preset.note(self._image_shape)))
@@ -126,6 +136,14 @@ class TrainerPanel(Panel):
         self.pause_btn.setShortcut(QtGui.QKeySequence("Ctrl+P"))
         self.stop_btn = self._button("Stop", sp.SP_MediaStop, "Stop and save a checkpoint (Ctrl+.)", self.stop)
         self.stop_btn.setShortcut(QtGui.QKeySequence("Ctrl+."))
+        self.resume_run_btn = self._button("Continue", sp.SP_MediaSeekForward,
+                                           "Continue the current run for more epochs", self.continue_run)
+        self.more_epochs = QtWidgets.QSpinBox()
+        self.more_epochs.setRange(1, 100000)
+        self.more_epochs.setPrefix("+ ")
+        self.more_epochs.setSuffix(" epochs")
+        self.more_epochs.setToolTip("How many more epochs Continue trains")
+        self.more_epochs.setValue(TRAIN_DEFAULTS["epochs"])
         self.progress = QtWidgets.QProgressBar()
         self.progress.setToolTip("Epochs completed")
         self.progress.setFormat("epoch %v / %m")
@@ -139,22 +157,28 @@ class TrainerPanel(Panel):
         self.log_scale = QtWidgets.QCheckBox("Log scale")
         self.log_scale.setToolTip("Logarithmic loss axis (the terms differ by orders of magnitude)")
         controls = QtWidgets.QHBoxLayout()
-        for b in (self.start_btn, self.pause_btn, self.stop_btn):
+        for b in (self.start_btn, self.pause_btn, self.stop_btn, self.resume_run_btn):
             b.setMinimumWidth(b.sizeHint().width())
             controls.addWidget(b)
+        controls.addWidget(self.more_epochs)
         controls.addStretch(1)
         controls.addWidget(self.log_scale)
         progress_row = QtWidgets.QHBoxLayout()
         progress_row.addWidget(self.progress, 1)
         progress_row.addWidget(self.batch_progress)
         progress_row.addWidget(self.eta)
-        self.eta.setFixedWidth(self.eta.fontMetrics().horizontalAdvance("last ETA 00:00:00 · 0000 img/s") + 8)
+        self.eta.setFixedWidth(self.eta.fontMetrics().horizontalAdvance("ETA 00:00:00 · 0000 img/s") + 8)
 
         # continue banner (shown when a run was interrupted by closing the window)
         self.banner = QtWidgets.QFrame()
         self.banner.setStyleSheet("QFrame { background: #fff4ce; border: 1px solid #e0c060; border-radius: 4px; }"
                                   " QLabel { border: none; }")
         self.banner_text = QtWidgets.QLabel()
+        # wrapped: a long line would otherwise set the tab's minimum width and squeeze the
+        # patient list beside the tabs
+        self.banner_text.setWordWrap(True)
+        self.banner_text.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                       QtWidgets.QSizePolicy.Policy.Preferred)
         self.continue_btn = QtWidgets.QPushButton("Continue training")
         self.continue_btn.setToolTip("Resume from the checkpoint saved when the window closed")
         self.continue_btn.clicked.connect(self.continue_interrupted)
@@ -175,6 +199,21 @@ class TrainerPanel(Panel):
         self.log_scale.setChecked(True)
         self.legend = QtWidgets.QLabel(LossPlot.legend_html())
         self.legend.setToolTip("Loss terms per image (nats); KL is KL(q(z|x) ‖ N(0, σz² I))")
+        self.legend.setWordWrap(True)
+        # Each figure exports on its own: the curves (with their key, numbers as CSV) and
+        # the reconstruction grid of the epoch shown.
+        self.curves_export = _CurvesExportButton(self.plot, "loss-curves", table=self.loss_table,
+                                                 settings=state.settings)
+        self.recon_export = figures.ExportButton(lambda: self.history.grid, "reconstructions",
+                                                 settings=state.settings)
+        self.recon_export.setToolTip("Save the reconstructions of the epoch shown as PNG, SVG or PDF")
+        for b in (self.curves_export, self.recon_export):
+            b.exported.connect(lambda out: self.state.show_message(f"Exported {out}"))
+            b.failed.connect(lambda msg: self.state.show_message(msg, 0))
+        self.history.controls.addWidget(self.recon_export)
+        legend_row = QtWidgets.QHBoxLayout()
+        legend_row.addWidget(self.legend, 1)
+        legend_row.addWidget(self.curves_export)
         plot_box = QtWidgets.QWidget()
         pl = QtWidgets.QVBoxLayout(plot_box)
         pl.setContentsMargins(0, 0, 0, 0)
@@ -185,7 +224,7 @@ class TrainerPanel(Panel):
         beside.addWidget(self.metrics_plot)
         beside.setSizes([560, 300])
         pl.addWidget(beside, 1)
-        pl.addWidget(self.legend)
+        pl.addLayout(legend_row)
         plots = QtWidgets.QSplitter(Qt.Orientation.Vertical)
         plots.addWidget(plot_box)
         plots.addWidget(self.history)
@@ -258,15 +297,17 @@ class TrainerPanel(Panel):
 
     def configs(self):
         """(ModelConfig, TrainConfig) from the form and the workspace; raises ConfigError."""
+        from training.config import ConfigError
+
         if not self._image_shape:
-            raise ValueError("No training data yet: drop DICOM folders on the window first")
+            raise ConfigError("No training data yet: drop DICOM folders on the window first")
         spatial = len(self._image_shape)
         model = self._ModelConfig(
             spatial_dims=spatial, input_size=int(self._image_shape[-1]), n_classes=self._n_classes,
             **{k: self._value(k) for k in MODEL_DEFAULTS})
         model.validate()
         if len(set(self._image_shape)) != 1:
-            raise ValueError(f"images are {' × '.join(map(str, self._image_shape))}: the model needs "
+            raise ConfigError(f"images are {' × '.join(map(str, self._image_shape))}: the model needs "
                              "square (2D) or cubic (3D) inputs; set crop/resize on the Data tab")
         tkeys = [k for k in TRAIN_DEFAULTS if k in self._TrainConfig.__dataclass_fields__]
         train = self._TrainConfig(**{**{k: self._value(k) for k in tkeys}, **self.extra_train})
@@ -277,7 +318,8 @@ class TrainerPanel(Panel):
         try:
             self.configs()
         except Exception as exc:
-            self.error.setText(workers.readable_error(exc))
+            # without data the info line says so; the red line is for settings to fix
+            self.error.setText(workers.readable_error(exc) if self._image_shape else "")
             self._valid = False
         else:
             self.error.setText("")
@@ -290,7 +332,7 @@ class TrainerPanel(Panel):
     # -- workspace and checkpoints
     def on_workspace_changed(self) -> None:
         self._image_shape, self._n_classes = (), 0
-        text = "No training data yet."
+        text = "No training data yet: drop DICOM folders on the window (or File ▸ Add DICOM folder…)."
         if self.state.has_workspace_data():
             try:
                 with self.state.open_workspace() as ws:
@@ -308,12 +350,19 @@ class TrainerPanel(Panel):
         self._check_interrupted()
 
     def on_checkpoint_changed(self, path: str) -> None:
-        if self.worker is not None or not path or Path(path) == self.last_checkpoint:
-            return  # training, or our own run's checkpoint: its curves are already shown
+        if self.worker is not None:
+            return  # training: its checkpoints are this run's, already shown
+        if not path:
+            self._set_continuable(None)
+            return
+        if Path(path) == self.last_checkpoint:
+            return  # our own run's checkpoint: its curves are already shown
         try:
             ckpt = workers.check_checkpoint(Path(path))
         except Exception:
+            self._set_continuable(None)
             return
+        self._set_continuable(Path(path), ckpt)
         self.plot.clear_curves()
         self.metrics_plot.clear_curves()
         for row in ckpt.history:
@@ -328,10 +377,38 @@ class TrainerPanel(Panel):
 
     def _show_loaded_history(self, _rid: int, result) -> None:
         checkpoint, snapshots = result
-        if self.worker is not None or checkpoint != self._history_for:
-            return  # a run started meanwhile, or another checkpoint was chosen
+        if checkpoint != self._history_for:
+            return  # another checkpoint was chosen meanwhile
+        if self.worker is not None and self.worker.resume != checkpoint:
+            return  # a new run started meanwhile
         for epoch, rows in snapshots:
-            self.history.add_snapshot(epoch, rows)
+            # a continued run: only the snapshots up to the epoch it resumed from are its
+            # (the trainer removes later ones, never checkpointed)
+            if self.worker is None or epoch <= self._resume_epoch:
+                self.history.add_snapshot(epoch, rows)
+
+    def _set_continuable(self, path: Path | None, ckpt=None) -> None:
+        """Offer "Continue" for `path` when it is the last.pt of a run of this workspace
+        (a model loaded from elsewhere is not continued into its own folder)."""
+        from training.vae.trainer import LAST
+
+        self.continuable = None
+        ws = self.state.workspace_path
+        if path is not None and ws is not None and path.name == LAST \
+                and runs_dir(ws).resolve() in path.resolve().parents:
+            try:
+                ckpt = ckpt or workers.check_checkpoint(path)
+            except Exception:
+                ckpt = None
+            if ckpt is not None:
+                self.continuable = (path, int(ckpt.epoch))
+                left = int(ckpt.train_config.epochs) - int(ckpt.epoch)
+                # a stopped run: the epochs it still had planned; a finished one: as many again
+                self.more_epochs.setValue(left if left > 0 else max(int(ckpt.train_config.epochs), 1))
+                self.resume_run_btn.setToolTip(
+                    f"Continue {path.parent.name} from epoch {ckpt.epoch} with the same settings, "
+                    "in the same run folder")
+        self._update_buttons()
 
     def _show_configs(self, model, train) -> None:
         """Fill the form with a checkpoint's settings."""
@@ -351,6 +428,7 @@ class TrainerPanel(Panel):
             self.banner_text.setText(f"Training was interrupted when the window closed{done}. "
                                      "Continue from its checkpoint?")
             self.banner.show()
+            self.attentionRequested.emit()
         else:
             self.banner.hide()
 
@@ -359,18 +437,33 @@ class TrainerPanel(Panel):
         self.state.settings.set_interrupted_run(None, None)
 
     # -- commands
-    def start(self, resume_from: Path | None = None, out_dir: Path | None = None) -> bool:
+    def start(self, resume_from: Path | None = None, out_dir: Path | None = None,
+              epochs: int | None = None) -> bool:
         """Start a new run (or resume from a checkpoint). Returns False when it cannot start.
 
         out_dir: where the run's last.pt/best.pt/history.json go (default: a new
         run-<time> folder in the workspace's runs folder); a resumed run keeps its folder.
+        epochs: a resumed run's new total number of epochs (default: the checkpoint's).
         """
         if self.worker is not None:
             return False
+        resume_epoch = 0
         try:
             if resume_from:
+                import dataclasses
+
                 ck = workers.check_checkpoint(Path(resume_from))
                 model, train = ck.model_config, ck.train_config
+                resume_epoch = int(ck.epoch)
+                if epochs is not None or self.extra_train:
+                    train = dataclasses.replace(train, **{**({"epochs": int(epochs)} if epochs else {}),
+                                                          **self.extra_train})
+                    train.validate()
+                if train.epochs <= resume_epoch:
+                    from training.config import ConfigError
+
+                    raise ConfigError(f"the run has done {resume_epoch} of its {train.epochs} epochs: "
+                                      "choose how many more to train beside Continue")
                 self._show_configs(model, train)
             else:
                 model, train = self.configs()
@@ -391,6 +484,8 @@ class TrainerPanel(Panel):
         self.state.settings.set_interrupted_run(None, None)
         self.last_message = ""
         self.last_checkpoint = None
+        self.eta.setText("")
+        self._resume_epoch = resume_epoch
         self.progress.setRange(0, train.epochs)
         worker = workers.TrainingWorker(self.state.workspace_path, model, train, out_dir,
                                         resume=Path(resume_from) if resume_from else None, parent=self)
@@ -404,6 +499,10 @@ class TrainerPanel(Panel):
         worker.failed.connect(self._on_failed)
         worker.ended.connect(self._on_ended)
         self.worker = worker
+        if resume_from:
+            # the snapshots before the resumed epoch are on disk: read them off the GUI thread
+            self._history_for = worker.resume
+            self.history_loader.submit(workers.load_recon_history, worker.resume)
         self._set_state("running")
         worker.start()
         self.state.show_message("Training started…")
@@ -413,6 +512,13 @@ class TrainerPanel(Panel):
         run = self.state.settings.interrupted_run()
         if run:
             self.start(resume_from=Path(run[1]))
+
+    def continue_run(self) -> bool:
+        """Continue the current run (stopped or finished) for `more_epochs` more epochs."""
+        if self.continuable is None:
+            return False
+        path, epoch = self.continuable
+        return self.start(resume_from=path, epochs=epoch + self.more_epochs.value())
 
     def toggle_pause(self) -> None:
         if self.worker is None:
@@ -424,7 +530,7 @@ class TrainerPanel(Panel):
         else:
             self.worker.pause()
             self._set_state("paused")
-            self.state.show_message("Training paused")
+            self.state.show_message("Training paused", 0)
 
     def stop(self) -> None:
         if self.worker is not None and self.run_state != "stopping":
@@ -442,6 +548,7 @@ class TrainerPanel(Panel):
         self.progress.setRange(0, epochs)
         self.progress.setValue(start_epoch)
         self._start_time = time.monotonic()
+        self._paused_s = 0.0  # time spent paused is not time per epoch
         self._start_epoch = start_epoch
 
     def _on_resumed_history(self, history: list) -> None:
@@ -455,11 +562,13 @@ class TrainerPanel(Panel):
         self.metrics_plot.add_epoch(epoch, ev.get("metrics"))
         self.progress.setRange(0, epochs)
         self.progress.setValue(epoch)
-        elapsed = time.monotonic() - getattr(self, "_start_time", time.monotonic())
+        elapsed = time.monotonic() - getattr(self, "_start_time", time.monotonic()) - self._paused_total()
         done = max(epoch - getattr(self, "_start_epoch", 0), 1)
         eta = elapsed / done * (epochs - epoch)
         rate = ev.get("images_per_s")
-        self.eta.setText(f"ETA {format_duration(eta)}" + (f" · {rate:.0f} img/s" if rate else ""))
+        self._eta_text = f"ETA {format_duration(eta)}" + (f" · {rate:.0f} img/s" if rate else "")
+        if self.run_state != "paused":
+            self.eta.setText(self._eta_text)
         total = (ev.get("train") or {}).get("total")
         if total is not None:
             self.state.show_message(f"Epoch {epoch}/{epochs}: train loss {total:.4g}", 0)
@@ -491,9 +600,12 @@ class TrainerPanel(Panel):
 
     def _on_ended(self) -> None:
         worker, self.worker = self.worker, None
+        self._resume_epoch = 0
         self._set_state("idle")
-        self.eta.setText(self.eta.text().replace("ETA", "last ETA") if self.eta.text().startswith("ETA") else self.eta.text())
+        self.eta.setText("")  # an ETA of a run that has ended would be stale
+        self.batch_progress.setValue(0)
         if self.last_checkpoint is not None and self.last_checkpoint.exists():
+            self._set_continuable(self.last_checkpoint)
             self.state.set_checkpoint(self.last_checkpoint)
         if worker is not None:
             worker.deleteLater()
@@ -502,7 +614,20 @@ class TrainerPanel(Panel):
         self.error.setText(message)
         self.state.show_message(message, 0)
 
+    def _paused_total(self) -> float:
+        since = getattr(self, "_paused_since", None)
+        return getattr(self, "_paused_s", 0.0) + (time.monotonic() - since if since is not None else 0.0)
+
     def _set_state(self, s: str) -> None:
+        if s == "paused" and self.run_state != "paused":
+            self._paused_since = time.monotonic()
+            self.eta.setText("paused")
+            self.progress.setFormat("epoch %v / %m · paused")
+        elif s != "paused" and self.run_state == "paused":
+            self._paused_s = self._paused_total()
+            self._paused_since = None
+            self.progress.setFormat("epoch %v / %m")
+            self.eta.setText(getattr(self, "_eta_text", "") if s == "running" else "")
         self.run_state = s
         self.state.training = s != "idle"
         self.pause_btn.setText("Resume" if s == "paused" else "Pause")
@@ -515,28 +640,38 @@ class TrainerPanel(Panel):
     def _update_buttons(self) -> None:
         idle = self.worker is None
         self.start_btn.setEnabled(idle and self._valid and not self.state.busy)
+        can_continue = idle and self.continuable is not None and not self.state.busy
+        self.resume_run_btn.setEnabled(can_continue)
+        self.more_epochs.setEnabled(can_continue)
         self.pause_btn.setEnabled(not idle and self.run_state in ("running", "paused"))
         self.stop_btn.setEnabled(not idle and self.run_state != "stopping")
         for w in self.fields.values():
             w.setEnabled(idle)
 
+    def loss_table(self) -> tuple[list[str], list[list]]:
+        """The loss curves' numbers: one row per (epoch, split, term), in nats per image."""
+        rows = [[int(x), split, term, float(y)]
+                for (split, term), (xs, ys) in sorted(self.plot.data.items()) for x, y in zip(xs, ys)]
+        return ["epoch", "split", "term", "loss_per_image"], rows
+
     def export(self, path: Path) -> Path:
-        """CSV: the loss curves' numbers (epoch, split, term, value); .png/.svg/.pdf: the tab."""
+        """The loss curves alone, with their key: .png/.svg/.pdf the figure, .csv its
+        numbers (epoch, split, term, loss_per_image). The reconstruction grid has its own
+        Export button (`recon_export`)."""
         import csv
         import io
 
-        from explorer import figures
         from training.atomic import atomic_write_text
 
         path = Path(path)
         if path.suffix.lower() != ".csv":
-            return figures.export_widget(self, path, title=self.title)
+            return self.curves_export.export(path.suffix.lstrip(".").lower() or "png", path)
         text = io.StringIO()
         out = csv.writer(text)
-        out.writerow(["epoch", "split", "term", "loss_per_image"])
-        for (split, term), (xs, ys) in sorted(self.plot.data.items()):
-            for x, y in zip(xs, ys):
-                out.writerow([int(x), split, term, repr(float(y))])
+        header, rows = self.loss_table()
+        out.writerow(header)
+        for epoch, split, term, value in rows:
+            out.writerow([epoch, split, term, repr(value)])
         return atomic_write_text(path, text.getvalue())
 
     def shutdown(self, timeout_s: float = 120.0) -> None:
@@ -550,6 +685,23 @@ class TrainerPanel(Panel):
         ckpt = worker.checkpoint_path if worker.checkpoint_path.exists() else None
         if ckpt is not None and self.state.workspace_path is not None:
             self.state.settings.set_interrupted_run(self.state.workspace_path, ckpt)
+
+
+class _CurvesExportButton(figures.ExportButton):
+    """The loss plot's Export button: the figure is drawn with a legend inside it (on
+    screen the key sits below the plot, which an exported plot alone would lose)."""
+
+    def export(self, fmt, path):
+        with self.view().legend_shown():
+            return super().export(fmt, path)
+
+    def start_export(self, fmt, path):
+        with self.view().legend_shown():  # drawn now, on the GUI thread; encoded in the job
+            return super().start_export(fmt, path)
+
+    def copy(self):
+        with self.view().legend_shown():
+            return super().copy()
 
 
 PANEL = TrainerPanel

@@ -47,11 +47,19 @@ class ImageGrid(pg.GraphicsLayoutWidget):
     def __init__(self, parent: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
         self.setToolTip("Inputs (upper row of each pair) over their reconstructions")
-        self.view = self.addViewBox(lockAspect=True, invertY=True, enableMouse=False)
+        # Row labels are ticks of an axis left of the images: they never cover a tile,
+        # keep their screen size at any zoom and come out in exports.
+        self.axis = pg.AxisItem("left")
+        self.axis.setPen(pg.mkPen(None))
+        self.axis.setTextPen(pg.mkPen(30, 30, 30))
+        self.axis.setStyle(tickLength=0)
+        self.addItem(self.axis, row=0, col=0)
+        self.view = self.addViewBox(row=0, col=1, lockAspect=True, invertY=True, enableMouse=False)
         self.view.setMenuEnabled(False)
+        self.axis.linkToView(self.view)
         self.item = pg.ImageItem()
         self.view.addItem(self.item)
-        self._labels: list[pg.TextItem] = []
+        self._labels: list[str] = []
         self.current: np.ndarray | None = None
 
     def set_rows(self, rows: list[tuple[str, np.ndarray]]) -> None:
@@ -60,31 +68,20 @@ class ImageGrid(pg.GraphicsLayoutWidget):
         reshaped = self.current is None or self.current.shape != image.shape
         self.current = image
         self.item.setImage(image, levels=(0.0, 1.0), autoLevels=False)
-        # Labels sit inside the first tile of each row (top-left, on a dark band), so they
-        # stay visible at any zoom without a margin outside the image. They and the view
-        # range are only rebuilt when the layout changes (a redraw per epoch stays cheap).
         labels = [label for label, _ in rows]
-        if reshaped or labels != [t.toPlainText() for t in self._labels]:
-            for t in self._labels:
-                self.view.removeItem(t)
-            self._labels = []
+        if reshaped or labels != self._labels:
+            self._labels = labels
             n_rows = max(len(rows), 1)
             row_h = (image.shape[0] + GAP) / n_rows
-            for i, label in enumerate(labels):
-                t = pg.TextItem(label, color=(255, 255, 255), fill=pg.mkBrush(0, 0, 0, 150), anchor=(0, 0))
-                t.setPos(0, i * row_h)
-                t.setZValue(2)
-                self.view.addItem(t)
-                self._labels.append(t)
+            self.axis.setTicks([[((i + 0.5) * row_h - GAP / 2, label) for i, label in enumerate(labels)], []])
         if reshaped:
             self.view.autoRange(padding=0.02)
 
     def clear_images(self) -> None:
         self.current = None
         self.item.clear()
-        for t in self._labels:
-            self.view.removeItem(t)
         self._labels = []
+        self.axis.setTicks([[], []])
 
 
 @dataclass
@@ -107,7 +104,7 @@ class ReconstructionHistory(QtWidgets.QWidget):
         self.slider.setToolTip("Scrub back through the reconstructions of earlier epochs")
         self.label = QtWidgets.QLabel("No reconstructions yet")
         self.label.setMinimumWidth(110)
-        row = QtWidgets.QHBoxLayout()
+        row = self.controls = QtWidgets.QHBoxLayout()  # owners may add e.g. an export button
         row.addWidget(QtWidgets.QLabel("History:"))
         row.addWidget(self.slider, 1)
         row.addWidget(self.label)
@@ -118,13 +115,23 @@ class ReconstructionHistory(QtWidgets.QWidget):
         self.slider.valueChanged.connect(self._show)
 
     def add_snapshot(self, epoch: int, rows: list[tuple[str, np.ndarray]]) -> None:
+        """Add (or replace) the snapshot of `epoch`, kept in epoch order: a continued run's
+        earlier snapshots may arrive from disk after its first new ones."""
         follow = not self.snapshots or self.slider.value() == len(self.snapshots) - 1
+        shown = self.snapshots[self.slider.value()].epoch if self.snapshots else None
+        self.snapshots = [s for s in self.snapshots if s.epoch != epoch]
         self.snapshots.append(Snapshot(epoch, rows))
+        self.snapshots.sort(key=lambda s: s.epoch)
         self.slider.setEnabled(True)
+        self.slider.blockSignals(True)
         self.slider.setRange(0, len(self.snapshots) - 1)
         if follow:
-            self.slider.setValue(len(self.snapshots) - 1)
-            self._show(len(self.snapshots) - 1)
+            index = len(self.snapshots) - 1
+        else:
+            index = next(i for i, s in enumerate(self.snapshots) if s.epoch == shown)
+        self.slider.setValue(index)
+        self.slider.blockSignals(False)
+        self._show(index)
 
     def clear(self) -> None:
         self.snapshots = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from explorer.qt import Qt, QtWidgets, pg
 
 TERMS = {"total": "total", "recon": "reconstruction", "kl": "KL", "ce": "cross-entropy"}
@@ -16,7 +18,8 @@ class LossPlot(pg.PlotWidget):
         super().__init__(parent)
         self.setToolTip("Losses per epoch (per image); solid: train, dashed: test")
         self.plotItem.setLabel("bottom", "epoch")
-        self.plotItem.setLabel("left", "loss")
+        # every term is a negative log-likelihood or KL summed over one image's pixels
+        self.plotItem.setLabel("left", "loss (nats per image)")
         # no grid: in log mode its many minor lines cost most of each redraw
         self.data: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
@@ -59,6 +62,22 @@ class LossPlot(pg.PlotWidget):
         not re-laid out every epoch (only the loss axis follows the data)."""
         self.plotItem.enableAutoRange(x=False)
         self.plotItem.setXRange(0.5, max(epochs, 1) + 0.5, padding=0)
+
+    @contextmanager
+    def legend_shown(self):
+        """A legend inside the plot while the block runs (exports: a figure saved alone
+        must carry its key; on screen the key sits beside the plot, clear of the curves)."""
+        legend = pg.LegendItem(offset=(-10, 10), colCount=2, brush=pg.mkBrush(255, 255, 255, 220),
+                               pen=pg.mkPen(180, 180, 180), labelTextColor=(20, 20, 20))
+        legend.setParentItem(self.plotItem.vb)
+        for (split, term), curve in sorted(self.curves.items(), key=lambda kv: (list(TERMS).index(kv[0][1])
+                                                                                 if kv[0][1] in TERMS else 9, kv[0][0])):
+            legend.addItem(curve, f"{TERMS.get(term, term)} ({split})")
+        try:
+            yield legend
+        finally:
+            if legend.scene() is not None:  # also detaches it from the view box
+                legend.scene().removeItem(legend)
 
     def points(self, split: str, term: str) -> int:
         return len(self.data.get((split, term), ([], []))[0])
