@@ -406,16 +406,30 @@ def preview_patient(ctx, workspace: Path, pseudonym: str, cfg) -> dict:
             positions = geometry if geometry is not None else np.arange(hu.shape[0], dtype=float)
             images, labels, missing = derive(hu, masks, positions, cfg)
             note = f" — {', '.join(missing)} missing in this patient" if missing else ""
+            z_mm = _preview_z(positions, cfg, images)
         else:
             images, labels = ws.read_patient(index)
             note = " (no source stored: the workspace's images)"
             cfg = ws.preprocess
+            z_mm = None
     images = np.asarray(images)
     if images.ndim == 4:  # 3D: one cube (1, D, H, W) → its depth slices
         images = images[0]
         labels = None if labels is None else np.asarray(labels)[0]
     return {"images": images, "labels": labels, "rois": tuple(cfg.rois), "note": note,
-            "pseudonym": pseudonym}
+            "pseudonym": pseudonym, "z_mm": z_mm}
+
+
+def _preview_z(positions, cfg, images) -> np.ndarray | None:
+    """z in mm of the preview's slices (training.store.preprocess.output_positions)."""
+    from training.store.preprocess import output_positions
+
+    a = np.asarray(images)
+    n = a.shape[1] if a.ndim == 4 else a.shape[0]  # 3D: (1, D, H, W)
+    try:
+        return output_positions(positions, cfg, n)
+    except ValueError:
+        return None
 
 
 # -- training -----------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_slider_moves_both_sides_with_overlay_and_window(qtbot, panel_env):
     panel.stacks.width.setValue(400.0)
     assert tuple(left.image_item.levels) == pytest.approx((-160.0, 240.0))
     assert tuple(right.image_item.levels) == pytest.approx((-160.0, 240.0))
-    panel.stacks.preset.setCurrentText("lung")
+    panel.stacks.preset.setCurrentIndex(panel.stacks.preset.findData("lung"))
+    assert panel.stacks.preset.currentText() == "lung [−1350, 150] HU"
     assert tuple(left.image_item.levels) == pytest.approx((-1350.0, 150.0))
     # right way up: row 0 (anterior) at the top of the view
     assert left.view.yInverted()

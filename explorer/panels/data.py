@@ -36,6 +36,8 @@ class DataPanel(Panel):
         # -- form
         self.preset = QtWidgets.QComboBox()
         self.preset.addItems(list(WINDOW_PRESETS) + [CUSTOM])
+        for i, (lo, hi) in enumerate(WINDOW_PRESETS.values()):  # the range on hover
+            self.preset.setItemData(i, f"[{lo:g}, {hi:g}] HU", Qt.ItemDataRole.ToolTipRole)
         self.preset.setToolTip("Named HU window; editing the limits makes it custom")
         self.hu_min = self._dspin(-3000, 3000, "Lower HU limit (maps to 0)")
         self.hu_max = self._dspin(-3000, 5000, "Upper HU limit (maps to 1)")
@@ -353,7 +355,7 @@ class DataPanel(Panel):
         self.preview.set_stack(
             images, result["labels"], result["rois"],
             caption=f"<b>{result['pseudonym']}</b>: {len(images)} slices of {shape} px with the "
-                    f"settings on the left{result['note']}")
+                    f"settings on the left{result['note']}", z_mm=result.get("z_mm"))
         self.preview_count += 1
 
     def _apply(self) -> None:

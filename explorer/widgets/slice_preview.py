@@ -52,6 +52,11 @@ class SlicePreview(QtWidgets.QWidget):
         self.slider = QtWidgets.QSlider(Qt.Orientation.Horizontal)
         self.slider.setToolTip("Slice (inferior → superior)")
         self.slider.valueChanged.connect(self._show)
+        self.z_mm: np.ndarray | None = None
+        self.slice_label = QtWidgets.QLabel("")
+        self.slice_label.setToolTip("z: the slice's position in patient coordinates (DICOM, mm)")
+        self.slice_label.setMinimumWidth(self.slice_label.fontMetrics().horizontalAdvance(
+            "slice 000 / 000 · z = −0000.0 mm") + 6)
         self.caption = QtWidgets.QLabel("Select a patient to preview its preprocessed slices")
         self.caption.setWordWrap(True)  # a long caption must not widen the whole window
         self.overlay = QtWidgets.QCheckBox("ROI overlay")
@@ -61,6 +66,7 @@ class SlicePreview(QtWidgets.QWidget):
         self.legend = QtWidgets.QLabel()
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.slider, 1)
+        row.addWidget(self.slice_label)
         row.addWidget(self.overlay)
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
@@ -70,8 +76,11 @@ class SlicePreview(QtWidgets.QWidget):
         lay.addWidget(self.legend)
 
     def set_stack(self, images: np.ndarray | None, labels: np.ndarray | None = None,
-                  roi_names: list[str] | tuple[str, ...] = (), caption: str = "") -> None:
+                  roi_names: list[str] | tuple[str, ...] = (), caption: str = "",
+                  z_mm: np.ndarray | None = None) -> None:
+        """z_mm: each slice's z in mm, shown beside the slider where given."""
         self.images = None if images is None else np.asarray(images, np.float32)
+        self.z_mm = None if z_mm is None else np.asarray(z_mm, np.float64)
         self.labels = None if labels is None else np.asarray(labels)
         self.roi_names = list(roi_names)
         if self.images is not None and self.images.ndim == 2:
@@ -88,6 +97,7 @@ class SlicePreview(QtWidgets.QWidget):
             f'<span style="color: rgb{ROI_COLORS[i % len(ROI_COLORS)]}">■</span> {name}'
             for i, name in enumerate(self.roi_names)))
         if n == 0:
+            self.slice_label.setText("")
             self.image_item.clear()
             self.label_item.clear()
             for it in self._letters:
@@ -104,6 +114,10 @@ class SlicePreview(QtWidgets.QWidget):
         if self.images is None or not len(self.images):
             return
         index = int(np.clip(index, 0, len(self.images) - 1))
+        text = f"slice {index + 1} / {len(self.images)}"
+        if self.z_mm is not None and len(self.z_mm) == len(self.images):
+            text += f" · z = {self.z_mm[index]:.1f} mm"
+        self.slice_label.setText(text)
         self.image_item.setImage(self.images[index], levels=(0.0, 1.0), autoLevels=False)
         shape = tuple(self.images.shape[-2:])
         if shape != self._letters_shape:

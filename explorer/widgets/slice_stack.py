@@ -1,5 +1,8 @@
 """Two slice stacks side by side with one slider, ROI overlays and a window/level control.
 
+Mouse wheel over either image: one slice per notch (Ctrl/Cmd + wheel zooms, as dragging
+pans); the slice is labelled with its z in mm where the workspace knows it.
+
 Stacks are training.explore.volume.SliceStack: images (n, H, W) in [0, 1] with the
 workspace's HU window, shown in HU (HU = hu_min + x·(hu_max − hu_min)), rows top→bottom
 (anterior at the top) and columns left→right (the patient's left on the image's right,
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from explorer.qt import Qt, QtWidgets, Signal, pg
+from explorer.qt import QtCore, Qt, QtWidgets, Signal, pg
 from training.config import WINDOW_PRESETS
 from training.images import roi_colour_table
 from training.explore.volume import SliceStack, level_width_of, window_level_range
@@ -95,16 +98,20 @@ class SliceStackPair(QtWidgets.QWidget):
         self.right.view.setXLink(self.left.view)  # zoom and pan together
         self.right.view.setYLink(self.left.view)
         self.slider = QtWidgets.QSlider(Qt.Orientation.Horizontal)
-        self.slider.setToolTip("Slice through both stacks together (index along z, inferior → superior)")
+        self.slider.setToolTip("Slice through both stacks together (index along z, inferior → superior); "
+                               "the mouse wheel over an image steps slices, Ctrl + wheel zooms")
         self.slider.setEnabled(False)
         self.slice_label = QtWidgets.QLabel("—")
-        self.slice_label.setMinimumWidth(130)
+        self.slice_label.setMinimumWidth(self.slice_label.fontMetrics().horizontalAdvance(
+            "slice 000 / 000 · z = −0000.0 mm") + 6)
+        self.z_mm: np.ndarray | None = None  # z of the left stack's slices, where known
         self.overlay = QtWidgets.QCheckBox("ROI overlay")
         self.overlay.setChecked(True)
         self.overlay.setToolTip("Show the RT structures (input labels, decoded labels) in colour over the CT")
         self.preset = QtWidgets.QComboBox()
         self.preset.addItem("workspace window")
-        self.preset.addItems(list(WINDOW_PRESETS))
+        for name, (lo, hi) in WINDOW_PRESETS.items():  # the range in the text: no guessing
+            self.preset.addItem(f"{name} [{lo:g}, {hi:g}] HU".replace("-", "−"), name)
         self.preset.addItem("custom")
         self.preset.setToolTip("CT window presets (HU); the workspace window is what the model saw")
         self.level = QtWidgets.QDoubleSpinBox()
@@ -144,6 +151,8 @@ class SliceStackPair(QtWidgets.QWidget):
         lay.addLayout(wl)
 
         self.slider.valueChanged.connect(self._show)
+        for side in (self.left, self.right):
+            side.viewport().installEventFilter(self)
         self.overlay.toggled.connect(lambda _: self._show(self.slider.value()))
         self.level.valueChanged.connect(self._levels_edited)
         self.width.valueChanged.connect(self._levels_edited)
@@ -159,6 +168,11 @@ class SliceStackPair(QtWidgets.QWidget):
         self.left.set_stack(left, left_title)
         self.right.set_stack(right, right_title)
         ref = left if left is not None else right
+        self.z_mm = None
+        for side in (left, right):
+            z = getattr(side, "z_mm", None)
+            if z is not None and self.z_mm is None:
+                self.z_mm = np.asarray(z, dtype=np.float64)
         if ref is not None:
             if ref.hu_window != self.hu_window:
                 self.hu_window = tuple(float(v) for v in ref.hu_window)
@@ -197,6 +211,33 @@ class SliceStackPair(QtWidgets.QWidget):
         self.preset.blockSignals(False)
         self._set_level_width(level, width)
 
+    # -- the mouse wheel steps slices
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QtCore.QEvent.Type.Wheel:
+            mods = event.modifiers()
+            if mods & (Qt.KeyboardModifier.ControlModifier | Qt.KeyboardModifier.MetaModifier):
+                return False  # zoom: the view box gets the event
+            self._wheel_steps(event)
+            event.accept()
+            return True
+        return super().eventFilter(obj, event)
+
+    def _wheel_steps(self, event) -> None:
+        # notches of 120; touchpads send smaller deltas, summed until a whole notch
+        delta = event.angleDelta().y() or event.angleDelta().x()
+        self._wheel_rest = getattr(self, "_wheel_rest", 0) + delta
+        steps = int(self._wheel_rest / 120)
+        if steps and self.slider.isEnabled():
+            self._wheel_rest -= steps * 120
+            self.slider.setValue(self.slider.value() + steps)  # wheel away from you: superior
+
+    def slice_text(self, k: int) -> str:
+        n = self.n_slices
+        text = f"slice {k + 1} / {n}"
+        if self.z_mm is not None and 0 <= k < len(self.z_mm):
+            text += f" · z = {self.z_mm[k]:.1f} mm"
+        return text
+
     # -- internals
     def _set_level_width(self, level: float, width: float) -> None:
         for box, v in ((self.level, level), (self.width, width)):
@@ -212,7 +253,7 @@ class SliceStackPair(QtWidgets.QWidget):
         self._show(self.slider.value())
 
     def _preset_chosen(self, i: int) -> None:
-        name = self.preset.itemText(i)
+        name = self.preset.itemData(i)
         if i == 0:
             self._set_level_width(*level_width_of(*self.hu_window))
         elif name in WINDOW_PRESETS:
@@ -233,6 +274,7 @@ class SliceStackPair(QtWidgets.QWidget):
         on = self.overlay.isChecked()
         self.left.show_slice(k, levels, on)
         self.right.show_slice(k, levels, on)
-        self.slice_label.setText(f"slice {k + 1} / {n}")
-        self.slice_label.setToolTip("Slice 1 is the most inferior (feet), the last the most superior (head)")
+        self.slice_label.setText(self.slice_text(k))
+        self.slice_label.setToolTip("Slice 1 is the most inferior (feet), the last the most superior (head); "
+                                    "z is the slice's position in patient coordinates (DICOM, mm)")
         self.sliceChanged.emit(k)

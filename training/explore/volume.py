@@ -39,7 +39,8 @@ class SliceStack:
     """One stack of slices (see the module docstring for axes and units).
 
     images: float32 (n, H, W) in [0, 1]; labels: uint8 (n, H, W) or None (CT only);
-    hu_window: (hu_min, hu_max) of the workspace; title: what the stack is.
+    hu_window: (hu_min, hu_max) of the workspace; title: what the stack is;
+    z_mm: each slice's z in mm (patient coordinates along the slice normal) where known.
     """
 
     images: np.ndarray
@@ -47,6 +48,7 @@ class SliceStack:
     hu_window: tuple[float, float]
     title: str
     roi_names: tuple[str, ...] = ()
+    z_mm: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n_slices(self) -> int:
@@ -114,9 +116,23 @@ def patient_stack(ws, index: int) -> SliceStack:
     """A patient's preprocessed input as a stack (3D: its volume's depth slices)."""
     mode = ws.preprocess.mode
     images, labels = ws.read_patient(index)
-    return SliceStack(_stack(images, mode).astype(np.float32), _stack(labels, mode),
+    images = _stack(images, mode).astype(np.float32)
+    return SliceStack(images, _stack(labels, mode),
                       (ws.preprocess.hu_min, ws.preprocess.hu_max),
-                      f"{ws.patients[index].pseudonym} input", tuple(ws.roi_names))
+                      f"{ws.patients[index].pseudonym} input", tuple(ws.roi_names),
+                      slice_z_mm(ws, index, len(images)))
+
+
+def slice_z_mm(ws, index: int, n: int) -> np.ndarray | None:
+    """z in mm of the `n` stored slices of entry `index` (None where the workspace keeps
+    no source geometry, e.g. an arrays-only workspace)."""
+    from training.store.preprocess import output_positions
+
+    try:
+        geometry = ws.source_geometry(index)
+        return None if geometry is None else output_positions(geometry, ws.preprocess, n)
+    except (ValueError, KeyError, AttributeError):
+        return None
 
 
 def encode_patient(model, ws, index: int, batch_size: int = 16,
@@ -141,7 +157,7 @@ def reconstruction_pair(model, ws, index: int, batch_size: int = 16,
     name = ws.patients[index].pseudonym
     note = ("3D model: the whole volume is encoded and decoded at once" if mode == "3d" else
             "2D model: each slice is encoded and decoded on its own (per-slice reconstructions)")
-    right = SliceStack(ct, lab, left.hu_window, f"{name} reconstruction", left.roi_names)
+    right = SliceStack(ct, lab, left.hu_window, f"{name} reconstruction", left.roi_names, left.z_mm)
     return VolumePair(left, right, mode, "reconstruction", note, enc.mu)
 
 

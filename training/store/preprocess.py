@@ -14,6 +14,8 @@ resampled by training/store/resample.py (labels there by area fraction, not near
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from scipy import ndimage
 
@@ -269,3 +271,31 @@ def preprocess_physical(hu: np.ndarray, labels: np.ndarray | None, positions: np
         lab = np.ascontiguousarray(lab)
     out = np.ascontiguousarray(out, dtype=np.float32)
     return window(out, cfg.hu_min, cfg.hu_max, in_place=True), lab
+
+
+def output_positions(positions: Any, cfg: PreprocessConfig, n_out: int) -> np.ndarray:
+    """z in mm (patient coordinates, along the slice normal) of each image that
+    preprocess_volume makes from a series with these slice positions: the selected
+    slices' positions in 2D; in 3D the `n_out` depth planes of the cube, evenly spaced
+    from the first selected slice to the last (to_cube). With cfg.z_spacing (the slices
+    resampled onto a uniform z grid, preprocess_physical) the grid's positions. float64
+    (n_out,)."""
+    if hasattr(positions, "positions"):
+        positions = positions.positions
+    pos = np.asarray(positions, dtype=np.float64)
+    z_spacing = getattr(cfg, "z_spacing", None)
+    if z_spacing is not None:  # preprocess_physical: slices on a uniform z grid
+        from training.store import scale
+
+        grid = scale.z_grid(pos, z_spacing)
+        sel = grid[select_slices(grid, cfg)]
+        if cfg.mode == "3d":  # the cube's planes, centred on the selection, z_spacing apart
+            centre = (sel[0] + sel[-1]) / 2
+            return centre + (np.arange(int(n_out)) - (int(n_out) - 1) / 2) * z_spacing
+    else:
+        sel = pos[select_slices(pos, cfg)]
+    if cfg.mode == "3d":
+        return np.linspace(sel[0], sel[-1], int(n_out))
+    if len(sel) != n_out:
+        raise ValueError(f"{len(sel)} selected slices for {n_out} stored images")
+    return sel

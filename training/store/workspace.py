@@ -940,6 +940,15 @@ class Workspace:
         except ValueError:
             return None
 
+    def source_geometry(self, index: int) -> VolumeGeometry | None:
+        """The source series' geometry (slice positions in mm, spacing, directions) of one
+        entry without reading its voxels; None when no source is stored."""
+        g = self._group(index)
+        if "source" not in g:
+            return None
+        d = json.loads(g["source"].attrs.get("geometry", "null"))
+        return VolumeGeometry.from_dict(d) if d else None
+
     def images_dataset(self, index: int) -> h5py.Dataset | None:
         """The h5py dataset behind an entry's images (chunk layout checks, streaming)."""
         return self._dataset("images", index)
