@@ -267,6 +267,8 @@ class MainWindow(QtWidgets.QMainWindow):
                     if p.pseudonym not in icons and p.n_images:
                         missing.append(p.pseudonym)
                     self.patient_list.upsert(workers.patient_row(p), icons.get(p.pseudonym))
+                # the files earlier drops skipped, as the workspace recorded them
+                self.skipped.add_entries(ws.skipped)
         except Exception as exc:  # a damaged file must not take the window down
             log.exception("cannot read workspace")
             self.patient_list.clear_patients()
@@ -394,7 +396,13 @@ class MainWindow(QtWidgets.QMainWindow):
         self.patient_list.upsert(row)
 
     def _on_job_done(self, result) -> None:
-        self.state.show_message(workers.describe_result(result), 0)
+        text = workers.describe_result(result)
+        n_drop = len(getattr(result, "skipped", None) or ())
+        n_listed = self.skipped.count()
+        if getattr(result, "skipped", None) is not None and n_listed > n_drop:
+            # the list also holds files earlier drops skipped: say so, so the counts agree
+            text += f" ({n_listed} listed under Skipped files, with earlier drops)"
+        self.state.show_message(text, 0)
 
     def _on_job_failed(self, message: str) -> None:
         self.state.show_message(message, 0)
