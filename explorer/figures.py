@@ -26,6 +26,7 @@ format through a file dialog that remembers the last folder (AppSettings key
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import math
@@ -630,6 +631,23 @@ class ExportButton(QtWidgets.QToolButton):
         copy.triggered.connect(self.copy)
         self.actions_by_format["copy"] = copy
         self._extra_separator = False
+        self._transient: list = []
+
+    def hide_while_exporting(self, *items) -> None:
+        """Graphics items (hover readouts, selection boxes) left out of every export:
+        hidden while the figure is drawn, then shown again as they were."""
+        self._transient.extend(items)
+
+    @contextlib.contextmanager
+    def _without_transient(self):
+        shown = [it for it in self._transient if it.isVisible()]
+        for it in shown:
+            it.setVisible(False)
+        try:
+            yield
+        finally:
+            for it in shown:
+                it.setVisible(True)
 
     def view(self) -> QtWidgets.QGraphicsView:
         return _view(self._view_ref)
@@ -649,7 +667,8 @@ class ExportButton(QtWidgets.QToolButton):
 
     def export(self, fmt: str, path) -> Path:
         """Write the figure in `fmt` to `path` (no dialog); raises on failure."""
-        out = export_figure(self.view(), path, fmt, self.table, title=self.name)
+        with self._without_transient():
+            out = export_figure(self.view(), path, fmt, self.table, title=self.name)
         self.exported.emit(str(out))
         return out
 
@@ -657,7 +676,8 @@ class ExportButton(QtWidgets.QToolButton):
         """Like export(), with a PNG's encoding and writing off the GUI thread (see the
         module's start_export); the started Job. exported/failed are emitted when it ends."""
         path = Path(path)
-        job = start_export(self.view(), path, fmt, self.table, title=self.name, parent=self)
+        with self._without_transient():  # drawn now; encoded in the job
+            job = start_export(self.view(), path, fmt, self.table, title=self.name, parent=self)
         job.done.connect(lambda out: self.exported.emit(str(out)))
         job.failed.connect(lambda msg: self.failed.emit(f"Could not write {path.name}: {msg}"))
         return job
@@ -688,7 +708,8 @@ class ExportButton(QtWidgets.QToolButton):
             return None
 
     def copy(self) -> QtGui.QImage:
-        img = copy_to_clipboard(self.view())
+        with self._without_transient():
+            img = copy_to_clipboard(self.view())
         self.exported.emit("clipboard")
         return img
 

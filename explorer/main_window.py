@@ -99,13 +99,18 @@ class MainWindow(QtWidgets.QMainWindow):
         self.splitter.setSizes([420, 900])
         self.splitter.setChildrenCollapsible(False)
         self.setCentralWidget(self.splitter)
-        self.drop_overlay = DropOverlay(self.splitter)
+        # a child of the window over the splitter (a splitter's child would become a column)
+        self.drop_overlay = DropOverlay(self, cover=self.splitter)
 
         # status bar
         self.job_progress = JobProgress()
         self.job_progress.cancelRequested.connect(self.cancel_job)
         self.workspace_label = QtWidgets.QLabel()
         self.workspace_label.setToolTip("The open workspace file")
+        # kept apart from the status message (a long message ran into the path) and short:
+        # the file's name, the whole path on hover
+        self.workspace_label.setStyleSheet("QLabel { padding-left: 8px; border-left: 1px solid #bbb; }")
+        self.workspace_label.setMaximumWidth(360)
         self.statusBar().addPermanentWidget(self.job_progress)
         self.statusBar().addPermanentWidget(self.workspace_label)
 
@@ -189,7 +194,13 @@ class MainWindow(QtWidgets.QMainWindow):
                                f"Alt+{i + 1}" if i < 9 else None, f"Show the {self.tabs.tabText(i)} tab")
             v.addAction(act)
         h = self.menuBar().addMenu("&Help")
-        h.addAction(self._action("&About", self.about, None, "About this application"))
+        self.act_shortcuts = self._action("&Keyboard shortcuts", self.show_shortcuts, "F1",
+                                          "Every shortcut of the window and its tabs")
+        self.act_guide = self._action("&Guide to the tabs", self.show_guide, None, "What each tab shows and does")
+        h.addAction(self.act_shortcuts)
+        h.addAction(self.act_guide)
+        h.addSeparator()
+        h.addAction(self._action("&About", self.about, None, "About this application and its library versions"))
 
     def _fill_recent(self) -> None:
         self.recent_menu.clear()
@@ -242,7 +253,8 @@ class MainWindow(QtWidgets.QMainWindow):
     def _update_title(self) -> None:
         ws = self.state.workspace_path
         self.setWindowTitle(f"{ws.name} — {APP_TITLE}" if ws else APP_TITLE)
-        self.workspace_label.setText(f"Workspace: {ws}" if ws else "No workspace")
+        self.workspace_label.setText(f"Workspace: {ws.name}" if ws else "No workspace")
+        self.workspace_label.setToolTip(f"The open workspace file: {ws}" if ws else "No workspace open")
 
     def reload_patients(self) -> None:
         """Refill the patient list from the workspace (pseudonyms, counts, thumbnails).
@@ -510,10 +522,19 @@ class MainWindow(QtWidgets.QMainWindow):
             self.state.show_message(f"Export failed: {workers.readable_error(exc)}", 0)
 
     def about(self) -> None:
-        QtWidgets.QMessageBox.about(
-            self, APP_TITLE,
-            "<b>CT VAE Explorer</b><p>Drop CT scans (DICOM + RTSTRUCT), train a variational "
-            "autoencoder on them and explore its latent space.</p>")
+        from explorer import help as help_text
+
+        QtWidgets.QMessageBox.about(self, APP_TITLE, help_text.about_html())
+
+    def show_shortcuts(self):
+        from explorer import help as help_text
+
+        return help_text.show_text(self, f"Keyboard shortcuts — {APP_TITLE}", help_text.shortcuts_html(self))
+
+    def show_guide(self):
+        from explorer import help as help_text
+
+        return help_text.show_text(self, f"Guide to the tabs — {APP_TITLE}", help_text.guide_html(self))
 
     # -- closing -------------------------------------------------------------------------
     def closeEvent(self, event) -> None:

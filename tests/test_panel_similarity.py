@@ -263,8 +263,8 @@ def test_new_checkpoint_recomputes_and_exports(qtbot, tmp_path, settings):
     # CSV of the matrix through training.latent.similarity.write_matrix_csv (direction stated)
     out = panel.export(tmp_path / "exports" / "kl.csv")
     lines = out.read_text().splitlines()
-    assert lines[0].startswith("# KL(q_i || q_j)")
-    back = np.array([[float(v) for v in row.split(",")[1:]] for row in lines[2:]])
+    assert lines[0].startswith('"patient \\ KL(q_i || q_j)')  # a plain header row, no '#' line
+    back = np.array([[float(v) for v in row.split(",")[1:]] for row in lines[1:]])
     np.testing.assert_allclose(back, d2, rtol=1e-12)
     # heat map figure as PNG / SVG / PDF
     from explorer.qt import QtGui

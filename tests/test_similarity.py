@@ -49,8 +49,13 @@ def test_direction_is_stated_in_csv(tmp_path):
     path = tmp_path / "kl.csv"
     sim.write_matrix_csv(path, sim.kl_matrix(mu, lv), ["a", "b", "c"], symmetric=False)
     first = path.read_text().splitlines()[0]
-    assert first.startswith("#") and "KL(q_i || q_j)" in first and "row i" in first
-    rows = np.loadtxt(path, delimiter=",", skiprows=2, usecols=(1, 2, 3))
+    # a plain header row (no '#' comment line) whose first cell states the direction
+    assert not first.startswith("#") and "KL(q_i || q_j)" in first and "row i" in first
+    import csv
+
+    header = next(csv.reader([first]))
+    assert header[1:] == ["a", "b", "c"] and header[0].startswith("patient")
+    rows = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 2, 3))
     np.testing.assert_allclose(rows, sim.kl_matrix(mu, lv), rtol=1e-15)
 
 

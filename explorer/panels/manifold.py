@@ -87,6 +87,14 @@ class ManifoldPanel(LatentPanel):
         self.cell_info.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignLeft)
 
         self.export = self.export_button(self.view, "manifold", table=self.table)
+        # what the mouse points at is not part of the figure
+        self.export.hide_while_exporting(self.hover, self.selection)
+        self.key = QtWidgets.QLabel(
+            f'<span style="color: rgb{PATIENT_COLOUR}">●</span> a patient\'s posterior mean µ with its '
+            f'1σ ellipse (2-D marginal) &nbsp; <span style="color: rgb{SELECTED_COLOUR}">●</span> the patient '
+            'selected in the list &nbsp; <span style="color: rgb(255, 200, 0)">□</span> the tile shown on the right')
+        self.key.setWordWrap(True)
+        self.key.setToolTip("Patients are their aggregate posteriors over all their images (mixture)")
         self.add_generated_exports(self.export, self._generated)
         self.cell_export = self.export_button(self.cell_view, "manifold-cell", table=self.cell_view.table)
         self.add_generated_exports(self.cell_export, self._generated_cell)
@@ -110,6 +118,7 @@ class ManifoldPanel(LatentPanel):
                                    "other dims at:", self.base, "axes:", self.layout_mode, self.show_patients,
                                    None, self.export))
         lay.addWidget(split, 1)
+        lay.addWidget(self.key)
         lay.addWidget(self.status)
 
         for w in (self.n_spin,):
@@ -185,7 +194,11 @@ class ManifoldPanel(LatentPanel):
         enc = f", encoding the workspace {r['encode_ms']:.0f} ms" if r["encode_ms"] > 50 else ""
         self.set_status(f"{n}×{n} images in {self.last_ms:.0f} ms (decoding {r['decode_ms']:.0f} ms{enc}) · {kind} model, "
                         f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
-                        + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
+                        + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)")
+                        + (f" · {len(self.patients_outside)} patient(s) outside the grid (µ beyond "
+                           f"±{float(np.max(np.abs(m.positions))):.2f}; raise n to reach them): "
+                           + ", ".join(self.patients_outside[:5]) + (" …" if len(self.patients_outside) > 5 else "")
+                           if self.patients_outside else ""))
 
     def quantile_layout(self) -> bool:
         return self.layout_mode.currentData() == "quantile"
@@ -241,11 +254,10 @@ class ManifoldPanel(LatentPanel):
         self.plot.setLabel("bottom", f"z{d0}{scale}  (other dims: {r['base_name']})")
         self.plot.setLabel("left", f"z{d1}{scale}")
         self._draw_patients()
+        # The grid sets the view: patients far out in the tails would otherwise shrink the
+        # tiles to a patch of a few pixels. Those outside are counted in the status line.
         lim_hi = self._centres[-1] + side / 2
         lim_lo = self._centres[0] - side / 2
-        if r["wl"] is not None and self.show_patients.isChecked() and not self.quantile_layout():
-            far = float(np.abs(r["wl"].patients.mu[:, [d0, d1]]).max()) * 1.05
-            lim_hi, lim_lo = max(lim_hi, far), min(lim_lo, -far)
         self.plot.setRange(xRange=(lim_lo, lim_hi), yRange=(lim_lo, lim_hi), padding=0.02)
         if self.selected is not None:
             self._draw_selection()
@@ -263,9 +275,18 @@ class ManifoldPanel(LatentPanel):
         d0, d1 = r["manifold"].dims
         pp = r["wl"].patients
         mu, sd = pp.mu[:, [d0, d1]], pp.sigma[:, [d0, d1]]
+        # Patients whose µ lies outside the grid are not drawn: on the quantile scale they
+        # would be squashed against the frame as distorted ellipses, on the z scale they
+        # are outside the view. The status line counts them.
+        pos = np.asarray(r["manifold"].positions, np.float64)
+        half = r["side"] / 2
+        inside = np.all((mu >= pos[0] - half) & (mu <= pos[-1] + half), axis=1)
+        self.patients_outside = [name for name, ok in zip(pp.names, inside) if not ok]
+        names = [name for name, ok in zip(pp.names, inside) if ok]
+        mu, sd = mu[inside], sd[inside]
         xy = self.to_plot(mu)
-        chosen = [name == self.state.selected_patient for name in pp.names]
-        self.points.setData(x=xy[:, 0], y=xy[:, 1], data=list(pp.names),
+        chosen = [name == self.state.selected_patient for name in names]
+        self.points.setData(x=xy[:, 0], y=xy[:, 1], data=names,
                             brush=[pg.mkBrush(*(SELECTED_COLOUR if c else PATIENT_COLOUR)) for c in chosen],
                             size=[11 if c else 7 for c in chosen],
                             tip=lambda x, y, data: f"{data}\nµ = ({self.to_z(x):.3f}, {self.to_z(y):.3f})")
@@ -276,6 +297,8 @@ class ManifoldPanel(LatentPanel):
             e.setZValue(9)
             self.plot.addItem(e)
             self.ellipses.append(e)
+
+    patients_outside: list = []
 
     def on_patient_selected(self, pseudonym: str) -> None:
         self._draw_patients()  # highlight the patient picked in the list

@@ -446,7 +446,7 @@ class SimilarityPanel(Panel):
 
     # -- export
     def export_matrix_csv(self, path) -> Path:
-        """The matrix shown (directed or symmetric) as CSV with its definition as the first line."""
+        """The matrix shown (directed or symmetric) as CSV, its definition in the header row."""
         m = self.matrix()
         if m is None:
             raise ValueError("no divergences to export yet")

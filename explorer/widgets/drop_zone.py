@@ -15,23 +15,35 @@ def local_paths(mime: QtCore.QMimeData | None) -> list[Path]:
 
 
 class DropOverlay(QtWidgets.QWidget):
-    """A translucent banner over its parent while files are dragged over the window."""
+    """A translucent banner over `cover` (default: its parent) while files are dragged
+    over the window; it floats above the layout and never takes part in it.
 
-    def __init__(self, parent: QtWidgets.QWidget) -> None:
+    Give a QSplitter as `cover`, not as the parent: a splitter takes every child widget
+    as a new section, which made the overlay a column that reflowed the window."""
+
+    def __init__(self, parent: QtWidgets.QWidget, cover: QtWidgets.QWidget | None = None) -> None:
         super().__init__(parent)
+        self.cover = cover or parent
         self.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.text = "Drop DICOM folders or files to add them to the workspace"
         self.hide()
-        parent.installEventFilter(self)
+        self.cover.installEventFilter(self)
 
-    def eventFilter(self, obj, event) -> bool:  # keep covering the parent when it resizes
-        if obj is self.parent() and event.type() == QtCore.QEvent.Type.Resize:
+    def _place(self) -> None:
+        if self.cover is self.parent():
             self.setGeometry(self.parent().rect())
+        else:
+            top_left = self.cover.mapTo(self.parent(), QtCore.QPoint(0, 0))
+            self.setGeometry(QtCore.QRect(top_left, self.cover.size()))
+
+    def eventFilter(self, obj, event) -> bool:  # keep covering it when it moves or resizes
+        if obj is self.cover and event.type() in (QtCore.QEvent.Type.Resize, QtCore.QEvent.Type.Move):
+            self._place()
         return False
 
     def show_for(self, n_paths: int) -> None:
         self.text = f"Drop {n_paths} item{'s' if n_paths != 1 else ''} to add to the workspace"
-        self.setGeometry(self.parent().rect())
+        self._place()
         self.raise_()
         self.show()
         self.update()

@@ -18,6 +18,18 @@ import numpy as np
 from explorer.qt import QtCore, QtGui, QtWidgets, Qt, Signal, pg
 from training.explore.similarity import heat_rgb, is_dark
 
+def column_formats(matrix: np.ndarray) -> list[str]:
+    """One fixed-point format per column, chosen from its largest finite value: whole
+    numbers from 100 up, then 1, 2 or 3 decimals (no "260" beside "1.31e+03")."""
+    out = []
+    for col in np.asarray(matrix, np.float64).T:
+        finite = np.abs(col[np.isfinite(col)])
+        top = float(finite.max()) if finite.size else 0.0
+        decimals = 0 if top >= 100 else 1 if top >= 10 else 2 if top >= 1 else 3
+        out.append(f"{{:.{decimals}f}}")
+    return out
+
+
 VALUE_ROLE = int(Qt.ItemDataRole.UserRole.value) + 1  # the float behind a cell
 PATIENT_ROLE = int(Qt.ItemDataRole.UserRole.value) + 2  # the row's patient index (unsorted)
 # Roles as plain ints: data() runs for every visible cell and role on each repaint, and
@@ -59,6 +71,7 @@ class KLTableModel(QtCore.QAbstractTableModel):
         self.matrix = np.asarray(matrix, np.float64)
         self.names = [str(n) for n in names]
         self.definition = definition
+        self._formats = column_formats(self.matrix)
         rgb = heat_rgb(self.matrix) if self.matrix.size else np.zeros((0, 0, 3), np.uint8)
         self._dark = is_dark(rgb) if self.matrix.size else np.zeros((0, 0), bool)
         rgb = rgb.astype(np.int64)
@@ -157,7 +170,7 @@ class KLTableModel(QtCore.QAbstractTableModel):
         if role == _FONT:
             return self._bold if (i == self.highlight or j == self.highlight) and self.highlight >= 0 else None
         if role == _DISPLAY:
-            return f"{self.matrix[i, j]:.3g}"
+            return self._formats[j].format(self.matrix[i, j])
         if role == _BACKGROUND:
             return self._colour(i, j)
         if role == _FOREGROUND:
@@ -264,6 +277,27 @@ class HeatMapView(pg.GraphicsLayoutWidget):
             box.setVisible(False)
             self.plot.addItem(box)
         self.highlighted = -1
+        self._names: list[str] = []
+        self.plot.vb.sigResized.connect(self._update_ticks)
+        self.plot.vb.sigRangeChanged.connect(self._update_ticks)
+
+    def _update_ticks(self, *_) -> None:
+        """Names as ticks, thinned to what fits: on the bottom axis the names stand side by
+        side, so every k-th is shown where k columns are as wide as the longest name."""
+        n = len(self._names)
+        if not n:
+            for side in ("bottom", "left"):
+                self.plot.getAxis(side).setTicks([[]])
+            return
+        (x0, x1), (y0, y1) = self.plot.vb.viewRange()
+        rect = self.plot.vb.rect()
+        font = QtGui.QFontMetrics(self.plot.getAxis("bottom").style.get("tickFont") or QtGui.QFont())
+        label_w = max(font.horizontalAdvance(name) for name in self._names) + 10
+        col_px = rect.width() / max(x1 - x0, 1e-9)
+        row_px = rect.height() / max(y1 - y0, 1e-9)
+        for side, need, px in (("bottom", label_w, col_px), ("left", font.height() + 2, row_px)):
+            step = max(1, int(np.ceil(need / max(px, 1e-9))), -(-n // self.MAX_TICKS))
+            self.plot.getAxis(side).setTicks([[(k + 0.5, self._names[k]) for k in range(0, n, step)]])
 
     def set_highlight(self, i: int) -> None:
         """Outline row i and column i (−1: none)."""
@@ -281,17 +315,16 @@ class HeatMapView(pg.GraphicsLayoutWidget):
         self.plot.setTitle(title, size="10pt")
         if not m.size:
             self.image.clear()
+            self._names = []
+            self._update_ticks()
             self.rgb = None
             self.set_highlight(-1)
             return
         self.rgb = heat_rgb(m)
         self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
         self.image.setRect(QtCore.QRectF(0, 0, m.shape[1], m.shape[0]))
-        n = len(names)
-        # names as ticks, thinned so they do not overlap (columns are narrower than rows)
-        for side, most in (("bottom", self.MAX_TICKS // 3), ("left", self.MAX_TICKS)):
-            step = max(1, -(-n // most))
-            self.plot.getAxis(side).setTicks([[(k + 0.5, names[k]) for k in range(0, n, step)]])
+        self._names = [str(v) for v in names]
         self.plot.autoRange(padding=0.01)
+        self._update_ticks()
         self.caption.setText(scale_note)
         self.set_highlight(self.highlighted)

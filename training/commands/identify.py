@@ -80,10 +80,7 @@ def write_outputs(out: Path, res, slice_a: int, slice_b: int) -> list[Path]:
     }
     # The matrix CSV's rows are queries (slice b), columns references (slice a).
     mpath = out / "identify_kl.csv"
-    write_matrix_csv(mpath, res.kl, res.names, symmetric=False)
-    text = mpath.read_text().splitlines()
-    text[0] = f"# {res.direction}"
-    atomic_write_text(mpath, "\n".join(text) + "\n")
+    write_matrix_csv(mpath, res.kl, res.names, symmetric=False, definition=res.direction)
     return [
         atomic_write_text(out / "identify.csv", buf.getvalue()),
         mpath,

@@ -317,18 +317,20 @@ def compare(mu_a, logvar_a, mu_b, logvar_b, images_a=None, images_b=None, recon_
     return Comparison(names, patients, level, {m: score(m, v, groups) for m, v in dists.items()})
 
 
-def write_matrix_csv(path, matrix: np.ndarray, names: list[str], symmetric: bool) -> None:
-    """Write a square KL matrix as CSV with the direction stated in a leading comment line."""
+def write_matrix_csv(path, matrix: np.ndarray, names: list[str], symmetric: bool,
+                     definition: str | None = None) -> None:
+    """Write a square KL matrix as CSV: one plain header row whose first cell states the
+    direction (no comment line: spreadsheets and naive readers trip on a leading '#'),
+    then one row per patient i."""
     import csv
     import io
 
     from training.atomic import atomic_write_text
 
     buf = io.StringIO()
-    definition = SYMMETRIC_DEFINITION if symmetric else KL_DIRECTION
-    buf.write(f"# {definition}\n")
+    definition = definition or (SYMMETRIC_DEFINITION if symmetric else KL_DIRECTION)
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient"] + list(names))
+    w.writerow([f"patient \\ {definition}"] + list(names))
     for name, row in zip(names, np.asarray(matrix)):
         w.writerow([name] + [repr(float(v)) for v in row])
     atomic_write_text(path, buf.getvalue())
