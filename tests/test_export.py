@@ -136,3 +136,21 @@ def test_dicom_export_reads_back_through_the_project_loader(tmp_path):
     assert vol.geometry.spacing == pytest.approx((2.0, 0.9, 0.7))
     masks = rasterise(read_rtstruct(found.structs[0].path), vol.geometry).masks
     np.testing.assert_array_equal(masks["GTV"], lab == 1)
+
+
+def test_dicom_series_folder_holds_dicom_only_and_notes_say_what_is_lost(tmp_path):
+    ct = np.full((2, 8, 8), 0.0, np.float32)  # the window floor: "air"
+    lab = np.zeros((2, 8, 8), np.uint8)  # the model predicted no ROI voxel
+    res = export.export_dicom(tmp_path / "series", ct, hu_window=(-800.0, 700.0), labels=lab, roi_names=("GTV",))
+    inside = sorted(p.name for p in (tmp_path / "series").iterdir())
+    assert inside == ["CT_0001.dcm", "CT_0002.dcm"], inside  # no labels.npy, no RS.dcm
+    assert res.labels_path == tmp_path / "series_labels.npy" and res.labels_path.exists()
+    assert res.rtstruct_path is None
+    assert any("no RTSTRUCT" in n for n in res.notes)
+    assert any("[-800, 700]" in n and "-800 HU" in n for n in res.notes)
+    notes: list[str] = []
+    from training.config import PreprocessConfig
+
+    export.export_generated(tmp_path / "gen", ct[None], lab[None], preprocess=PreprocessConfig(hu_min=-800.0, hu_max=700.0),
+                            spacing=(2.0, 1.0, 1.0), roi_names=("GTV",), formats=("dicom",), notes=notes)
+    assert len(notes) == 2 and not list((tmp_path / "gen" / "dicom" / "generated_000").glob("*.npy"))

@@ -95,3 +95,27 @@ def test_image_grid_and_scatter_svg_render_in_librsvg(qtbot, tmp_path):
     qtbot.wait(20)
     ink = _rsvg_ink(figures.svg_bytes(plot), tmp_path, "scatter")
     assert ink < 2.5 * _qt_ink(plot) + 0.01, ink
+
+
+def test_hover_readouts_are_not_baked_into_exports(qtbot, tmp_path):
+    from explorer import figures
+    from explorer.qt import pg
+
+    plot = pg.PlotWidget()
+    qtbot.addWidget(plot)
+    plot.resize(300, 200)
+    plot.plot([0, 1, 2], [1, 0, 1])
+    hover = pg.TextItem("z0 = 0.123, tile (7, 7)")
+    plot.addItem(hover)
+    box = pg.PlotCurveItem([0, 1, 1, 0, 0], [0, 0, 1, 1, 0], pen=pg.mkPen((255, 200, 0), width=2))
+    plot.addItem(box)
+    plot.show()
+    btn = figures.ExportButton(plot, "fig")
+    qtbot.addWidget(btn)
+    btn.hide_while_exporting(hover, box)
+    svg = btn.export("svg", tmp_path / "fig.svg").read_text()
+    assert "tile (7, 7)" not in svg and "#ffc800" not in svg.lower()
+    assert hover.isVisible() and box.isVisible()  # back on screen after the export
+    hover.setVisible(False)
+    btn.export("png", tmp_path / "fig.png")
+    assert not hover.isVisible()  # a hidden readout stays hidden

@@ -292,16 +292,21 @@ class VolumePanel(Panel):
         if self.pair is None:
             self.state.show_message("Nothing to export yet: load a model first", 0)
             return
-        out = figures.ask_save_folder(self, "Folder for the PNG, .npy and DICOM files", self.state.settings)
+        lo, hi = self.pair.left.hu_window
+        out = figures.ask_save_folder(
+            self, f"Folder for the PNG, .npy and DICOM files (HU outside the training window "
+                  f"[{lo:g}, {hi:g}] cannot be restored)", self.state.settings)
         if out is None:
             return
+        notes: list[str] = []
         # what is exported is fixed now: the worker thread must not read widgets, and a
         # patient picked during the export must not mix with the pair shown before
         pair, ws_path, pseudonym = self.pair, self.state.workspace_path, self.patient.currentText()
         job = workers.Job(lambda _ctx: _export_right(pair, ws_path, pseudonym, out,
-                                                     ("png", "npy", "dicom")), parent=self)
+                                                     ("png", "npy", "dicom"), notes), parent=self)
         job.done.connect(lambda res: self.state.show_message(
-            f"Exported {sum(len(v) for v in res.values())} files to {out}"))
+            f"Exported {sum(len(v) for v in res.values())} files to {out}"
+            + "".join(f". Note: {n}" for n in notes), 0 if notes else 6000))
         job.failed.connect(lambda msg: self.state.show_message(f"Export failed: {msg}", 0))
         job.ended.connect(job.deleteLater)
         self._export_job = job
@@ -318,13 +323,13 @@ class VolumePanel(Panel):
         return figures.export_figure(self.stacks.right, path, fmt)
 
 
-def _export_right(pair, workspace, pseudonym: str, out_dir, formats):
+def _export_right(pair, workspace, pseudonym: str, out_dir, formats, notes=None):
     """training.explore.volume.export_right for the named patient; {format: [paths]}."""
     from training.explore.volume import export_right
     from training.store.workspace import Workspace
 
     with Workspace.open(workspace) as ws:
-        return export_right(pair, ws, ws.patient_index(pseudonym), out_dir, formats)
+        return export_right(pair, ws, ws.patient_index(pseudonym), out_dir, formats, notes)
 
 
 PANEL = VolumePanel

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from explorer.qt import Qt, QtWidgets, Signal, pg
+from explorer.qt import Qt, QtGui, QtWidgets, Signal, pg
 
 GAP = 2  # pixels between tiles
 GAP_VALUE = 1.0  # white gaps separate the tiles on the white background
@@ -74,8 +74,14 @@ class ImageGrid(pg.GraphicsLayoutWidget):
             n_rows = max(len(rows), 1)
             row_h = (image.shape[0] + GAP) / n_rows
             self.axis.setTicks([[((i + 0.5) * row_h - GAP / 2, label) for i, label in enumerate(labels)], []])
+            # a width fixed by the labels themselves: no wait for the axis to size itself
+            # on a later paint (an export right after new rows would miss them)
+            font = QtGui.QFontMetrics(self.axis.style.get("tickFont") or QtGui.QFont())
+            self.axis.setWidth(max((font.horizontalAdvance(t) for t in labels), default=0) + 10)
         if reshaped:
             self.view.autoRange(padding=0.02)
+        self.ci.layout.activate()  # axis and view placed now, not at the next paint: an
+        # export drawn before the next turn of the event loop has the labels
 
     def clear_images(self) -> None:
         self.current = None

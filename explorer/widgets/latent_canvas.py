@@ -343,8 +343,9 @@ class LatentPanel(Panel):
                           ("dicom", "Save generated images as DICOM CT (+ RTSTRUCT)…")):
             button.add_action(text, lambda f=fmt: self._export_generated(f, get))
 
-    def export_generated(self, fmt: str, out_dir, images, labels, prefix: str) -> dict:
-        """Write generated images in one format (png, npy, dicom) to out_dir; the paths."""
+    def export_generated(self, fmt: str, out_dir, images, labels, prefix: str, notes=None) -> dict:
+        """Write generated images in one format (png, npy, dicom) to out_dir; the paths.
+        notes: a list receiving what the DICOM files' reader should know."""
         from training.explore import latent as latent_views
         from training.latent.export import export_generated
 
@@ -353,22 +354,26 @@ class LatentPanel(Panel):
         pre = latent_views.workspace_preprocess(lm, ws)
         spacing = latent_views.export_spacing(ws) if ws else (1.0, 1.0, 1.0)
         return export_generated(Path(out_dir), images, labels, preprocess=pre, spacing=spacing,
-                                roi_names=lm.roi_names, formats=(fmt,), prefix=prefix)
+                                roi_names=lm.roi_names, formats=(fmt,), prefix=prefix, notes=notes)
 
     def _export_generated(self, fmt: str, get) -> None:
         got = get()
         if got is None:
             self.state.show_message("Nothing generated yet", 4000)
             return
-        out = figures.ask_save_folder(self, f"Folder for the generated images ({fmt.upper()})",
-                                      self.state.settings)
+        title = f"Folder for the generated images ({fmt.upper()})"
+        if fmt == "dicom":  # what a DICOM viewer will show is not the patient's HU range
+            title += " — HU outside the training window cannot be restored"
+        out = figures.ask_save_folder(self, title, self.state.settings)
         if out is None:
             return
         QtWidgets.QApplication.setOverrideCursor(QtGui.QCursor(Qt.CursorShape.WaitCursor))
         try:
-            written = self.export_generated(fmt, out, *got)
+            notes: list[str] = []
+            written = self.export_generated(fmt, out, *got, notes=notes)
             n = sum(len(v) for v in written.values())
-            self.state.show_message(f"Wrote {n} file(s) to {out}", 6000)
+            self.state.show_message(f"Wrote {n} file(s) to {out}" + "".join(f". Note: {t}" for t in notes),
+                                    0 if notes else 6000)
         except Exception as exc:  # one line for the user; the app carries on
             from explorer.workers import readable_error
 

@@ -213,14 +213,15 @@ def interpolated_pair(model, ws, index: int, other: int, t: float = 0.5, method:
     return VolumePair(left, right, mode, "interpolated", note, codes)
 
 
-def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy", "dicom")) -> dict:
+def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy", "dicom"),
+                 notes: list[str] | None = None) -> dict:
     """Export the right side of `pair` (training.latent.export.export_generated: PNG, .npy, DICOM
     CT + RTSTRUCT with a new pseudonymous patient and new UIDs).
 
     A 3D volume, and a 2D patient's reconstructed or interpolated stack, go out as one
     volume (z, y, x) with the patient's preprocessed spacing (`workspace_spacing`);
     2D generated slices (independent prior draws) as one image each. Returns
-    {format: [paths]}.
+    {format: [paths]}; `notes` (a list) receives what the DICOM files' reader should know.
     """
     from training.latent.export import export_generated, workspace_spacing
 
@@ -231,7 +232,7 @@ def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy
         labels = labels[None]
     return export_generated(out_dir, images, labels, preprocess=ws.preprocess,
                             spacing=workspace_spacing(ws, index), roi_names=pair.right.roi_names,
-                            formats=tuple(formats), prefix=pair.source)
+                            formats=tuple(formats), prefix=pair.source, notes=notes)
 
 
 __all__ = [

@@ -18,7 +18,7 @@ a source patient.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -132,6 +132,24 @@ class DicomExport:
     hu: np.ndarray
     spacing: tuple[float, float, float]
     pseudonym: str
+    notes: list[str] = field(default_factory=list)  # what a reader of the files should know
+
+
+def window_note(hu_window: tuple[float, float]) -> str:
+    """Why generated HU are not the patient's: the model only ever saw the window."""
+    lo, hi = (float(v) for v in hu_window)
+    return (f"HU outside the training window [{lo:g}, {hi:g}] cannot be restored: the model saw values "
+            f"clipped to it, so air comes back at {lo:g} HU and dense bone at most {hi:g} HU")
+
+
+NO_ROI_NOTE = "no RTSTRUCT written: the model predicted no voxel of any ROI (labels .npy still written)"
+
+
+def labels_path_for(series_dir) -> Path:
+    """Where export_dicom puts the label array: beside the series folder, not inside it
+    (a DICOM importer given the folder should find DICOM files only)."""
+    d = Path(series_dir)
+    return d.parent / f"{d.name}_labels.npy"
 
 
 def export_dicom(
@@ -151,8 +169,10 @@ def export_dicom(
     hu_window: (hu_min, hu_max) of the preprocessing window; spacing: (dz, dy, dx) mm
     (`output_spacing` / `workspace_spacing`); labels: uint8 like ct (0 = complement,
     k = roi_names[k-1]) written as an RTSTRUCT (`rtstruct=True`, classes without any
-    voxel are left out) and always as labels.npy beside it. Files go to out_dir:
-    CT_0001.dcm …, RS.dcm, labels.npy.
+    voxel are left out; with no voxel of any ROI no RTSTRUCT is written and `notes` says
+    so) and always as a label array beside the series folder (`labels_path_for`). Files:
+    out_dir/CT_0001.dcm …, out_dir/RS.dcm, and <out_dir>_labels.npy next to out_dir.
+    `notes` also states that HU outside the training window cannot be restored.
     """
     from training.dicom.write import masks_to_rois, write_ct_series, write_rtstruct
 
@@ -178,19 +198,23 @@ def export_dicom(
         window=(0.5 * (hu_window[0] + hu_window[1]), hu_window[1] - hu_window[0]),
     )
     rs_path = lab_path = None
+    notes = [window_note(hu_window)]
     if labels is not None:
         lab = np.asarray(labels, dtype=np.uint8)
         if lab.ndim == 2:
             lab = lab[None]
         if lab.shape != ct.shape:
             raise ValueError(f"export_dicom: labels {lab.shape} and CT {ct.shape} differ in shape")
-        lab_path = export_npy(out / "labels.npy", lab)
+        lab_path = export_npy(labels_path_for(out), lab)
         if rtstruct:
             names = list(roi_names) or [f"class-{k}" for k in range(1, int(lab.max()) + 1)]
             masks = {name: lab == k for k, name in enumerate(names, start=1) if (lab == k).any()}
             if masks:
                 rs_path = write_rtstruct(out / "RS.dcm", series, masks_to_rois(masks), series_description=description)
-    return DicomExport(list(series.paths), rs_path, lab_path, series, hu.astype(np.float32), (dz, dy, dx), pseudonym)
+            else:
+                notes.append(NO_ROI_NOTE)
+    return DicomExport(list(series.paths), rs_path, lab_path, series, hu.astype(np.float32), (dz, dy, dx),
+                       pseudonym, notes)
 
 
 def export_generated(
@@ -203,6 +227,7 @@ def export_generated(
     roi_names: Sequence[str] = (),
     formats: Sequence[str] = ("png", "npy", "dicom"),
     prefix: str = "generated",
+    notes: list[str] | None = None,
 ) -> dict[str, list[Path]]:
     """Export N generated images (N, H, W) or volumes (N, D, H, W) in every format asked.
 
@@ -210,6 +235,7 @@ def export_generated(
     in out_dir/dicom/{prefix}_{i:03d}), because neighbouring samples are not neighbouring
     slices of one body. PNG: one file per image (the middle
     slice of a volume) and a grid; npy: {prefix}_ct.npy (and _labels.npy) of all.
+    notes: a list that receives what the DICOM files' reader should know (each once).
     """
     images = np.asarray(images)
     out = Path(out_dir)
@@ -237,6 +263,8 @@ def export_generated(
                 roi_names=roi_names,
             )
             written["dicom"] += res.ct_paths + ([res.rtstruct_path] if res.rtstruct_path else [])
+            if notes is not None:
+                notes.extend(n for n in res.notes if n not in notes)
     return written
 
 
@@ -252,5 +280,7 @@ __all__ = [
     "DicomExport",
     "export_dicom",
     "export_generated",
+    "labels_path_for",
+    "window_note",
     "GENERATED_DESCRIPTION",
 ]
