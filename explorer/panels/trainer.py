@@ -120,13 +120,18 @@ class TrainerPanel(Panel):
         fl.addWidget(train_box)
         fl.addWidget(self.info)
         fl.addWidget(self.error)
-        fl.addWidget(defaults, 0, Qt.AlignmentFlag.AlignLeft)
         fl.addStretch(1)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(form_w)
         scroll.setWidgetResizable(True)
         scroll.setMinimumWidth(form_w.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        # the Defaults button below the scrolled form, always in view (inside it, it was cut off)
+        form_side = QtWidgets.QWidget()
+        fsl = QtWidgets.QVBoxLayout(form_side)
+        fsl.setContentsMargins(0, 0, 0, 0)
+        fsl.addWidget(scroll, 1)
+        fsl.addWidget(defaults, 0, Qt.AlignmentFlag.AlignLeft)
 
         # -- controls
         sp = QtWidgets.QStyle.StandardPixmap
@@ -238,7 +243,7 @@ class TrainerPanel(Panel):
         rl.addLayout(progress_row)
         rl.addWidget(plots, 1)
         split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(scroll)
+        split.addWidget(form_side)
         split.addWidget(right)
         split.setStretchFactor(1, 1)
         split.setSizes([300, 800])

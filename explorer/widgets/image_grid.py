@@ -54,6 +54,7 @@ class ImageGrid(pg.GraphicsLayoutWidget):
         self.axis.setTextPen(pg.mkPen(30, 30, 30))
         self.axis.setStyle(tickLength=0)
         self.addItem(self.axis, row=0, col=0)
+        self.axis.setVisible(False)  # until rows come: an empty grid shows no stray ticks
         self.view = self.addViewBox(row=0, col=1, lockAspect=True, invertY=True, enableMouse=False)
         self.view.setMenuEnabled(False)
         self.axis.linkToView(self.view)
@@ -74,6 +75,7 @@ class ImageGrid(pg.GraphicsLayoutWidget):
             n_rows = max(len(rows), 1)
             row_h = (image.shape[0] + GAP) / n_rows
             self.axis.setTicks([[((i + 0.5) * row_h - GAP / 2, label) for i, label in enumerate(labels)], []])
+            self.axis.setVisible(bool(labels))
             # a width fixed by the labels themselves: no wait for the axis to size itself
             # on a later paint (an export right after new rows would miss them)
             font = QtGui.QFontMetrics(self.axis.style.get("tickFont") or QtGui.QFont())
@@ -88,6 +90,7 @@ class ImageGrid(pg.GraphicsLayoutWidget):
         self.item.clear()
         self._labels = []
         self.axis.setTicks([[], []])
+        self.axis.setVisible(False)
 
 
 @dataclass
