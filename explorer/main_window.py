@@ -219,6 +219,11 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.job is not None:
             self.state.show_message("Wait for the running job to finish (or cancel it) first")
             return
+        if self.state.training:
+            # the run writes into this workspace's runs folder and its checkpoints would
+            # become the other workspace's model
+            self.state.show_message("Stop training (Train tab) before opening another workspace", 0)
+            return
         self.skipped.clear()
         self.state.set_checkpoint(None)
         self.state.set_workspace(Path(path) if path else default_workspace_path())

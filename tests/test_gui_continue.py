@@ -176,3 +176,20 @@ def test_train_tab_exports_the_curves_alone(make_window, tiny_workspace, qtbot, 
     assert gsize[0] >= view.width() and gsize[0] % view.width() == 0
     panel.recon_export.export("svg", tmp_path / "recon.svg")
     assert "train input" in (tmp_path / "recon.svg").read_text()
+
+
+def test_another_workspace_leaves_nothing_of_the_last_run(make_window, tiny_workspace, data_dir, qtbot):
+    w = make_window(tiny_workspace)
+    panel = _train_tab(w)
+    small_training(panel, epochs=500)
+    assert panel.start()
+    wait_until(qtbot, lambda: panel.plot.points("train", "total") >= 1, what="an epoch")
+    w.open_workspace(data_dir / "other.h5")  # refused while training runs
+    assert w.state.workspace_path == tiny_workspace and "Stop training" in w.statusBar().currentMessage()
+    panel.stop()
+    wait_until(qtbot, lambda: not panel.is_training(), what="the stop")
+    assert panel.resume_run_btn.isEnabled()
+    w.open_workspace(data_dir / "other.h5")
+    assert w.state.workspace_path == data_dir / "other.h5"
+    assert panel.plot.points("train", "total") == 0 and not panel.history.snapshots
+    assert panel.continuable is None and not panel.resume_run_btn.isEnabled()

@@ -94,6 +94,8 @@ class ManifoldPanel(LatentPanel):
             f'1σ ellipse (2-D marginal) &nbsp; <span style="color: rgb{SELECTED_COLOUR}">●</span> the patient '
             'selected in the list &nbsp; <span style="color: rgb(255, 200, 0)">□</span> the tile shown on the right')
         self.key.setWordWrap(True)
+        self.outside = QtWidgets.QLabel()  # patients whose µ lies outside the grid
+        self.outside.setWordWrap(True)
         self.key.setToolTip("Patients are their aggregate posteriors over all their images (mixture)")
         self.add_generated_exports(self.export, self._generated)
         self.cell_export = self.export_button(self.cell_view, "manifold-cell", table=self.cell_view.table)
@@ -119,6 +121,7 @@ class ManifoldPanel(LatentPanel):
                                    None, self.export))
         lay.addWidget(split, 1)
         lay.addWidget(self.key)
+        lay.addWidget(self.outside)
         lay.addWidget(self.status)
 
         for w in (self.n_spin,):
@@ -194,11 +197,7 @@ class ManifoldPanel(LatentPanel):
         enc = f", encoding the workspace {r['encode_ms']:.0f} ms" if r["encode_ms"] > 50 else ""
         self.set_status(f"{n}×{n} images in {self.last_ms:.0f} ms (decoding {r['decode_ms']:.0f} ms{enc}) · {kind} model, "
                         f"J = {lm.latent_dim}, σz² = {lm.prior_sigma2:g}"
-                        + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)")
-                        + (f" · {len(self.patients_outside)} patient(s) outside the grid (µ beyond "
-                           f"±{float(np.max(np.abs(m.positions))):.2f}; raise n to reach them): "
-                           + ", ".join(self.patients_outside[:5]) + (" …" if len(self.patients_outside) > 5 else "")
-                           if self.patients_outside else ""))
+                        + ("" if r["wl"] is not None else " · no workspace encoded (no patients shown)"))
 
     def quantile_layout(self) -> bool:
         return self.layout_mode.currentData() == "quantile"
@@ -271,19 +270,28 @@ class ManifoldPanel(LatentPanel):
         r = self.result
         if r is None or r["wl"] is None or not self.show_patients.isChecked():
             self.points.setData([], [])
+            self.outside.setVisible(False)
             return
         d0, d1 = r["manifold"].dims
         pp = r["wl"].patients
         mu, sd = pp.mu[:, [d0, d1]], pp.sigma[:, [d0, d1]]
-        # Patients whose µ lies outside the grid are not drawn: on the quantile scale they
-        # would be squashed against the frame as distorted ellipses, on the z scale they
-        # are outside the view. The status line counts them.
+        # Patients whose µ lies outside the grid: on the z scale they are drawn where they
+        # are, outside the view the grid sets (zoom out to see them); on the quantile scale
+        # they would be squashed against the frame as distorted ellipses, so they are left
+        # out there. The status line counts them either way.
         pos = np.asarray(r["manifold"].positions, np.float64)
         half = r["side"] / 2
         inside = np.all((mu >= pos[0] - half) & (mu <= pos[-1] + half), axis=1)
         self.patients_outside = [name for name, ok in zip(pp.names, inside) if not ok]
-        names = [name for name, ok in zip(pp.names, inside) if ok]
-        mu, sd = mu[inside], sd[inside]
+        keep = inside if self.quantile_layout() else np.ones(len(mu), bool)
+        names = [name for name, ok in zip(pp.names, keep) if ok]
+        mu, sd = mu[keep], sd[keep]
+        out = self.patients_outside
+        self.outside.setText(
+            f"{len(out)} patient(s) with µ outside the grid (beyond ±{float(np.max(np.abs(pos))):.2f}), "
+            + ("not drawn on the quantile scale: " if self.quantile_layout() else "outside the view (zoom out): ")
+            + ", ".join(out[:6]) + (" …" if len(out) > 6 else "") if out else "")
+        self.outside.setVisible(bool(out))
         xy = self.to_plot(mu)
         chosen = [name == self.state.selected_patient for name in names]
         self.points.setData(x=xy[:, 0], y=xy[:, 1], data=names,

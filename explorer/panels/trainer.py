@@ -357,8 +357,15 @@ class TrainerPanel(Panel):
     def on_checkpoint_changed(self, path: str) -> None:
         if self.worker is not None:
             return  # training: its checkpoints are this run's, already shown
-        if not path:
+        if not path:  # no model (another workspace opened): nothing of the last one stays
             self._set_continuable(None)
+            self.last_checkpoint = None
+            self._history_for = None
+            self.plot.clear_curves()
+            self.metrics_plot.clear_curves()
+            self.history.clear()
+            self.progress.setValue(0)
+            self.eta.setText("")
             return
         if Path(path) == self.last_checkpoint:
             return  # our own run's checkpoint: its curves are already shown
