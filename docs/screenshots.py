@@ -67,11 +67,18 @@ def main() -> int:
         w.tabs.setCurrentWidget(panel)
         wait(app, 15)
         shot(app, w, name)
+    similarity = w.panel("Similarity")
+    if similarity is not None and hasattr(similarity, "views"):
+        w.tabs.setCurrentWidget(similarity)
+        similarity.views.setCurrentIndex(1)  # the heat map
+        wait(app, 5)
+        shot(app, w, "panel-similarity-heatmap")
+        similarity.views.setCurrentIndex(0)
     manifold = w.panel("Manifold")
     mode = getattr(manifold, "layout_mode", None)
-    if mode is not None and hasattr(mode, "findText") and mode.findText("tiled", 1) >= 0:
+    if mode is not None and mode.findData("quantile") >= 0:
         w.tabs.setCurrentWidget(manifold)
-        mode.setCurrentIndex(mode.findText("tiled", 1))  # Qt.MatchContains
+        mode.setCurrentIndex(mode.findData("quantile"))
         wait(app, 15)
         shot(app, w, "panel-manifold-tiled")
     w.tabs.setCurrentWidget(w.panel("Data"))
