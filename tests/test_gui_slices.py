@@ -70,6 +70,11 @@ def test_output_positions_follow_the_slice_choice():
     np.testing.assert_allclose(output_positions(pos, cube, 4), [-10.0, -4.0, 2.0, 8.0])
     with pytest.raises(ValueError):
         output_positions(pos, all2d, 5)  # not what was stored
+    # slices resampled onto a uniform z grid (z_spacing): centred on the extent [-10, 8]
+    zs = PreprocessConfig(slices="all", mode="2d", z_spacing=5.0)
+    np.testing.assert_allclose(output_positions(pos, zs, 4), [-8.5, -3.5, 1.5, 6.5])
+    zs3 = PreprocessConfig(slices="all", mode="3d", z_spacing=5.0)
+    np.testing.assert_allclose(output_positions(pos, zs3, 2), [-3.5, 1.5])
 
 
 def test_patient_stack_z_is_the_dicom_slice_position(phantom_cohort, tmp_path):
@@ -93,3 +98,22 @@ def test_patient_stack_z_is_the_dicom_slice_position(phantom_cohort, tmp_path):
                 zs.setdefault(str(ds.PatientID), []).append(float(ds.ImagePositionPatient[2]))
     expected = [sorted(v)[1:6] for v in zs.values()]
     assert stack.z_mm is not None and any(np.allclose(stack.z_mm, e) for e in expected), (stack.z_mm, expected)
+
+
+@pytest.mark.parametrize("mode,n_out", [("2d", None), ("3d", 3)])
+def test_output_positions_match_what_z_resampling_makes(mode, n_out):
+    """Independent check: a volume whose HU equal each slice's z comes out of
+    preprocess_volume with each image's HU ≈ the z output_positions names for it (the
+    resampling averages a z_spacing-thick slab of sampled slices, so the mean z of what it
+    weighs sits up to ~0.2 mm from the slab's centre here; a wrong grid is ≥ 1 mm off)."""
+    from training.config import PreprocessConfig
+    from training.store.preprocess import output_positions, preprocess_volume
+
+    pos = np.array([-10.0, -7.0, -4.0, -1.0, 2.0, 5.0, 8.0])
+    hu = np.repeat(pos[:, None, None], 8, axis=1).repeat(8, axis=2).astype(np.float32)
+    cfg = PreprocessConfig(hu_min=-1000.0, hu_max=1000.0, crop=None, slices="all", mode=mode,
+                           z_spacing=5.0, depth=n_out)
+    images, _ = preprocess_volume(hu, None, pos, cfg, pixel_spacing=(1.0, 1.0))
+    stack = images[0] if mode == "3d" else images
+    made_z = stack[:, 4, 4].astype(np.float64) * 2000.0 - 1000.0
+    np.testing.assert_allclose(output_positions(pos, cfg, len(stack)), made_z, atol=0.3)
