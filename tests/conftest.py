@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# The pseudonym key of this test session (training/store/pseudonym_key.py): never the
+# user's own key in ~/.config; subprocesses inherit it.
+if "CT_VAE_KEY_FILE" not in os.environ:
+    import tempfile
+
+    os.environ["CT_VAE_KEY_FILE"] = os.path.join(tempfile.mkdtemp(prefix="ct-vae-key-"), "pseudonym.key")
 
 
 def _data_root() -> Path | None:

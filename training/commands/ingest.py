@@ -167,6 +167,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"{pr(args.workspace)}: {len(report.added)} series added, {len(report.unchanged)} unchanged, "
           f"{len(report.rederived)} re-derived, {len(report.skipped)} file(s) skipped "
           f"({report.n_files} files, {report.seconds:.1f} s)")
+    for note in report.notes:
+        print(f"note: {pr(note)}")
     for roi, labels in sorted(report.rois_missing.items()):
         print(f"ROI {pr(repr(roi))} missing in {len(labels)} series: {', '.join(labels)}")
     if report.skipped:

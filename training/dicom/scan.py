@@ -22,7 +22,9 @@ from pydicom.dataelem import RawDataElement
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 
+from training.dicom.deflate import check_deflated_file
 from training.dicom.header import read_native_header
+from training.dicom.identity import IDENTIFYING_KEYWORDS, note_identity
 from training.dicom.types import (
     Cancelled,
     ScanResult,
@@ -251,6 +253,8 @@ def _read_header(path: str):
         preamble = len(head) == 132 and head[128:132] == b"DICM"
         if not preamble and not _looks_metaless(head):
             raise _NotDicom("not a DICOM file (no 'DICM' marker and no DICOM data set at the start)")
+        if preamble:  # a deflated data set is inflated whole by pydicom: bound it first
+            check_deflated_file(fp)
         fp.seek(0)
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not preamble)
@@ -566,6 +570,7 @@ def _classify(path: str, result: ScanResult, by_series, series_info, bad_slices=
     except ValueError as exc:
         result.skipped.append(Skipped(path, str(exc)))
         return
+    _note_identity(result, ds)
     meta = getattr(ds, "file_meta", None)
     media_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
     sop_class = _text(ds, "SOPClassUID") or media_class
@@ -620,3 +625,11 @@ def _classify(path: str, result: ScanResult, by_series, series_info, bad_slices=
             birth_date=_decoded(ds, "PatientBirthDate"),
         )
     by_series[key].append(header)
+
+
+def _note_identity(result: ScanResult, ds) -> None:
+    """Identifying values of every header read (CT or not), for the store to scrub."""
+    try:
+        note_identity(result, ds, tuple(_text(ds, k) for k in IDENTIFYING_KEYWORDS))
+    except Exception:  # a header too damaged to decode its names still gets classified
+        pass

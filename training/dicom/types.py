@@ -130,6 +130,9 @@ class ScanResult:
     series: list[SeriesRef] = field(default_factory=list)
     structs: list[StructRef] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # identifying values of every header read (training/dicom/identity.py), one dict per
+    # distinct patient identity, whatever the file's modality
+    identities: list[dict[str, str]] = field(default_factory=list, repr=False)
 
 
 @dataclass

@@ -64,10 +64,13 @@ from training.config import PreprocessConfig
 from training.store.pseudonym import (
     format_pseudonym,
     identifying_tokens,
+    identity_replacements,
+    identity_values,
     patient_digest,
     scrub,
     series_label,
 )
+from training.store import pseudonym_key
 from training.store import workspace as wsmod
 from training.store.lock import die_with_parent, workspace_lock  # noqa: F401 - re-exported
 from training.store.workspace import EntryData, PatientInfo, Workspace, WorkspaceError
@@ -89,6 +92,7 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     rois_missing: dict[str, list[str]] = field(default_factory=dict)
     cancelled: bool = False
+    notes: list[str] = field(default_factory=list)  # one-off messages (a pseudonym key migration)
     n_files: int = 0
     seconds: float = 0.0
     workspace: str = ""
@@ -104,7 +108,7 @@ class IngestReport:
         return {
             "workspace": self.workspace, "added": self.added, "unchanged": self.unchanged,
             "rederived": self.rederived, "skipped": [list(s) for s in self.skipped],
-            "rois_missing": self.rois_missing, "cancelled": self.cancelled,
+            "rois_missing": self.rois_missing, "cancelled": self.cancelled, "notes": self.notes,
             "n_files": self.n_files, "seconds": round(self.seconds, 3),
         }
 
@@ -263,6 +267,8 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         warnings.extend(rr.warnings)
         fidelity_rois += [(str(sp), rec) for rec in rr.fidelity.values()]
         for name, m in rr.masks.items():
+            # an ROI named after the patient ("GTV_<surname>") keeps only the pseudonym
+            name = clean_text(name, (), stage["replacements"])
             masks[name] = m if name not in masks else (masks[name] | m)
     hu16 = vol.hu  # int16 HU, rounded and clipped by the loader
     del vol
@@ -396,6 +402,7 @@ class _State:
     entries: dict[str, dict]  # label → {content_hash, series_uid, patient}
     image_shape: tuple[int, ...]
     fresh: dict[str, list] = field(default_factory=dict)  # rows learnt outside staged entries
+    key: bytes | None = None  # the user's pseudonym key (training/store/pseudonym_key.py)
     role: str = ""  # role of series new to the workspace (ingest's `role`)
     seen_paths: set[str] = field(default_factory=set)  # scrubbed relative paths of this drop
 
@@ -426,7 +433,10 @@ class _State:
         return None
 
     def pseudonym_for(self, patient_key: str) -> tuple[str, str]:
-        d = patient_digest(self.salt, patient_key)
+        if self.key is None:
+            self.key = _user_key()
+            pseudonym_key.check_workspace_key(self.path, self.pseudonyms, self.key)
+        d = patient_digest(self.salt, patient_key, self.key)
         if d not in self.pseudonyms:
             self.pseudonyms[d] = max(self.pseudonyms.values(), default=0) + 1
         return format_pseudonym(self.pseudonyms[d]), d
@@ -542,6 +552,7 @@ def rederive(workspace_path: str | os.PathLike, new_cfg: PreprocessConfig,
         wsmod.remove_stale_temps(path)
         if wsmod.list_staged(path):
             wsmod.merge(path)
+        _migrate_key(path, report)
         try:
             _rederive_locked(path, new_cfg, progress, cancel, workers, report)
         except IngestCancelled:
@@ -591,6 +602,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
     report = IngestReport(workspace=str(path), on_skipped=on_skipped)
     with workspace_lock(path):
         _prepare(path, cfg, test_fraction, seed)
+        _migrate_key(path, report)
         st = _State.read(path)
         if st.cfg.to_json() != cfg.to_json():
             if st.entries:
@@ -725,6 +737,11 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         label = st.label_for_series(suid) or st.new_label(pseudo, taken)
         taken.add(label)
         plan.append([label, ref, [], pseudo, digest, suid])
+
+    # Every header read counts, not only CT series: an MR, a dose file or an orphan
+    # RTSTRUCT names its patient too, and that patient's folder may hold skipped files.
+    for values in getattr(scan, "identities", ()):
+        _learn_identity(values, st, replacements)
 
     roots = set()
     for r in paths:
@@ -889,19 +906,46 @@ def _is_own_file(real: str, ws_real: str) -> bool:
 def _learn_identifiers(files: list[Path], st: _State, replacements: dict[str, str]) -> None:
     import pydicom
 
+    from training.dicom.identity import READ_KEYWORDS
+
     for f in files:
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True,
-                                 specific_tags=["PatientID", "PatientName", "PatientBirthDate"])
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(READ_KEYWORDS))
         except Exception:
             continue
-        pid, pname = str(ds.get("PatientID", "") or ""), str(ds.get("PatientName", "") or "")
-        birth = str(ds.get("PatientBirthDate", "") or "")
-        if not pid:
-            continue
-        pseudo, _ = st.pseudonym_for(f"id:{pid}")
-        for tok in identifying_tokens([pid, pname, birth]):
-            replacements.setdefault(tok, pseudo)
+        _learn_identity(identity_values(ds), st, replacements)
+
+
+def _learn_identity(values: dict[str, str], st: _State, replacements: dict[str, str]) -> None:
+    """A header's identifying values → tokens replaced by the patient's pseudonym (a
+    patient without PatientID is known by its study)."""
+    pid = values.get("PatientID", "")
+    study = values.get("StudyInstanceUID", "")
+    if pid or study:
+        pseudo, _ = st.pseudonym_for(f"id:{pid}" if pid else f"study:{study}")
+    else:
+        pseudo = "[patient]"
+    for tok, rep in identity_replacements(values, pseudo).items():
+        replacements.setdefault(tok, rep)
+
+
+def _user_key() -> bytes:
+    try:
+        return pseudonym_key.load_key()
+    except pseudonym_key.KeyError_ as exc:
+        raise WorkspaceError(str(exc)) from None
+
+
+def _migrate_key(path: Path, report: IngestReport) -> None:
+    """Once per older workspace: key its pseudonym digests (pseudonym_key.py)."""
+    key = _user_key()
+    n = pseudonym_key.migrate_workspace(path, key)
+    if n:
+        report.notes.append(
+            f"{path}: pseudonyms are now keyed with this account's pseudonym key "
+            f"{pseudonym_key.key_id(key)} ({n} patient digest(s) migrated); the key is kept outside "
+            f"the workspace in {pseudonym_key.key_path()} - share it with 'ct-vae key export' "
+            "if colleagues add to this workspace")
 
 
 def _merged_through(path: Path) -> int:
@@ -989,6 +1033,7 @@ def _scan(dicom, files: list[Path], progress: Progress | None, cancel: Callable[
         result.series.extend(part.series)
         result.structs.extend(part.structs)
         result.skipped.extend(part.skipped)
+        result.identities.extend(getattr(part, "identities", ()))
         done += n
         _call(progress, "scan", done, total, "reading headers")
     if cancel and cancel():

@@ -1,9 +1,23 @@
 """Stable pseudonyms and scrubbing of identifying strings (SPEC F7).
 
 A patient is known in a workspace only by ``PAT-0001``-style labels. The link from a
-PatientID to its number is an HMAC-SHA256 of the ID under a salt that is random per
-workspace; only the digest is stored, so the same patient dropped again gets the same
-pseudonym while the file holds neither the ID nor an unsalted hash of it.
+PatientID to its number is a keyed digest of the ID: HMAC-SHA256 under a salt that is
+random per workspace, keyed again with the user's pseudonym key, which is never stored in
+a workspace (training/store/pseudonym_key.py). The same patient dropped again gets the
+same pseudonym, while the file holds neither the ID nor anything that can be tested
+against guessed IDs without the key.
+
+Scrubbing: every identifying value read from a header of the drop (identity_values) is
+turned into tokens (identifying_tokens) and each occurrence in a stored path, message or
+ROI name is replaced by the patient's pseudonym (scrub). How a token matches depends on
+how likely it is to occur by chance:
+
+- 5+ characters, or anything with a separator inside ("Doe_John"): anywhere, any case;
+- an alphabetic name part of 3–4 characters ("Doe"): not inside a longer word, so
+  "Art" does not turn "Heart" into "HePAT-0001";
+- a number (an ID, a date spelt 19230417 / 1923-04-17 / 17.04.1923): not inside a longer
+  number, so a UID or file number that contains its digits is left alone;
+- a 1–2 character name part ("Li"): only as a whole path component or word.
 """
 
 from __future__ import annotations
@@ -11,18 +25,36 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import itertools
 import os
 import re
 from collections.abc import Iterable
+
+# Markers of how a token matches (see the module docstring); never part of real text.
+_WORD = "\0w:"  # not inside a longer run of letters
+_NUM = "\0n:"   # not inside a longer run of digits
+_PART = "\0p:"  # a whole path component / word
+
+from training.dicom.identity import IDENTIFYING_KEYWORDS, identity_values  # noqa: F401 - re-exported
+
+_NAME_KEYWORDS = {"PatientName", "OtherPatientNames", "PatientBirthName", "PatientMotherBirthName"}
+INSTITUTION = "[institution]"
 
 
 def new_salt() -> str:
     return os.urandom(16).hex()
 
 
-def patient_digest(salt: str, patient_id: str) -> str:
-    """HMAC-SHA256(salt, PatientID) as hex; an empty ID is hashed as given."""
-    return hmac.new(bytes.fromhex(salt), patient_id.encode("utf-8"), hashlib.sha256).hexdigest()
+def patient_digest(salt: str, patient_id: str, key: bytes | None = None) -> str:
+    """The stored digest of a patient key: HMAC-SHA256(salt, PatientID) as hex, and with a
+    pseudonym key, that keyed again ('<key id>:<hex>', pseudonym_key.keyed)."""
+    salted = hmac.new(bytes.fromhex(salt), patient_id.encode("utf-8", "surrogateescape"),
+                      hashlib.sha256).hexdigest()
+    if key is None:
+        return salted
+    from training.store.pseudonym_key import keyed
+
+    return keyed(key, salted)
 
 
 def format_pseudonym(number: int) -> str:
@@ -34,43 +66,118 @@ def series_label(pseudonym: str, series_number: int) -> str:
     return pseudonym if series_number <= 1 else f"{pseudonym}-{series_number}"
 
 
-def identifying_tokens(values: Iterable[str]) -> list[str]:
-    """Strings to scrub: each value whole and, for PN values, its ^-separated components.
+def _date_spellings(value: str) -> list[str]:
+    """A DICOM date (YYYYMMDD) in the spellings people use in folder names."""
+    m = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", value)
+    if not m:
+        return []
+    y, mo, d = m.groups()
+    mo_, d_ = str(int(mo)), str(int(d))
+    out = {value, f"{d}{mo}{y}", f"{mo}{d}{y}"}
+    for sep in ("-", ".", "/", "_", " "):
+        out |= {f"{y}{sep}{mo}{sep}{d}", f"{d}{sep}{mo}{sep}{y}", f"{mo}{sep}{d}{sep}{y}",
+                f"{d_}{sep}{mo_}{sep}{y}", f"{mo_}{sep}{d_}{sep}{y}", f"{d}{sep}{mo}{sep}{y[2:]}"}
+    return sorted(out)
 
-    Components shorter than 3 characters are left out (they would match everywhere).
-    """
+
+def _name_tokens(value: str) -> set[str]:
+    parts = [p.strip() for p in re.split(r"[\^=]", value) if p.strip()]
+    words = [w for p in parts for w in re.split(r"[\s,.\-_]+", p) if w]
+    tokens = set(parts) | set(words)
+    named = [p for p in parts[:3]]  # family, given, middle
+    for r in range(2, len(named) + 1):
+        for perm in itertools.permutations(named, r):
+            for sep in ("_", " ", "-", ".", "", ",", ", ", "^"):
+                tokens.add(sep.join(perm))
+    return tokens
+
+
+def identifying_tokens(values: Iterable[str] | dict[str, str]) -> list[str]:
+    """Strings to scrub, each possibly carrying a match marker (see the module docstring).
+
+    values: plain strings (IDs, PN values with ^, dates YYYYMMDD), or identity_values().
+    Multi-valued elements (backslash-separated) count value by value."""
+    items = values.items() if isinstance(values, dict) else (("", v) for v in values)
+    raw: set[str] = set()
+    for keyword, value in items:
+        for v in str(value or "").split("\\"):
+            v = v.strip()
+            if not v:
+                continue
+            raw.add(v)
+            if keyword in _NAME_KEYWORDS or "^" in v or (not keyword and re.search(r"[^\W\d_]", v)):
+                raw |= _name_tokens(v)
+            raw |= set(_date_spellings(v))
     tokens: set[str] = set()
-    for v in values:
-        v = (v or "").strip()
-        if len(v) >= 3:
-            tokens.add(v)
-        for part in re.split(r"[\^=]", v):
-            part = part.strip()
-            # A lone number ("007") would also hit file names like CT_0007.dcm.
-            if len(part) >= 3 and re.search(r"[^\W\d_]", part):
-                tokens.add(part)
-        # Folder names often spell a DICOM name with _ or space instead of ^.
-        if "^" in v:
-            for sep in ("_", " ", "-", ""):
-                alt = v.replace("^", sep).strip(sep)
-                if len(alt) >= 3:
-                    tokens.add(alt)
-    return sorted(tokens, key=len, reverse=True)
+    for t in raw:
+        t = t.strip()
+        if not t:
+            continue
+        if t.isdigit():
+            if len(t) >= 3:
+                tokens.add(_NUM + t)
+            continue
+        if len(t) <= 2:
+            tokens.add(_PART + t)
+        elif len(t) <= 4 and re.fullmatch(r"[^\W\d_]+", t):
+            tokens.add(_WORD + t)
+        elif re.fullmatch(r"[\d\W_]+", t) and re.search(r"\d", t):
+            tokens.add(_NUM + t)  # a date or ID with separators
+        else:
+            tokens.add(t)
+    return sorted(tokens, key=lambda k: len(_bare(k)), reverse=True)
+
+
+def identity_replacements(values: dict[str, str], pseudonym: str) -> dict[str, str]:
+    """token → replacement for one patient's identity_values(): the patient's values
+    become its pseudonym, the institution's name (spelt with _ - or nothing for spaces)
+    becomes "[institution]"."""
+    out: dict[str, str] = {}
+    inst = str(values.get("InstitutionName", "") or "").strip()
+    for t in identifying_tokens({k: v for k, v in values.items()
+                                 if k not in ("InstitutionName", "StudyInstanceUID")}):
+        out.setdefault(t, pseudonym)
+    if inst:
+        spellings = {inst} | {re.sub(r"\s+", sep, inst) for sep in ("_", "-", "", ".")}
+        for t in identifying_tokens({"InstitutionName": "\\".join(spellings)}):
+            out.setdefault(t, INSTITUTION)
+    return out
+
+
+def _bare(token: str) -> str:
+    return token[3:] if token[:1] == "\0" else token
 
 
 def scrub(text: str, replacements: dict[str, str]) -> str:
     """Replace each key (case-insensitive) in text with its value, in one pass (longest
-    keys first), so a replacement is never itself rewritten."""
-    if not replacements:
+    keys first), so a replacement is never itself rewritten. Keys may carry the match
+    markers of identifying_tokens."""
+    if not replacements or not text:
         return text
     pattern, lower = _scrubber(tuple(sorted(replacements.items())))
-    return pattern.sub(lambda m: lower[m.group(0).lower()], text)
+    return pattern.sub(lambda m: lower.get(m.group(0).lower(), m.group(0)), text)
+
+
+_SEP = r"/\\\s,;:'\"()\[\]"
 
 
 @functools.lru_cache(maxsize=16)
 def _scrubber(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern, dict[str, str]]:
     # One compiled pattern per set of replacements: an ingest scrubs every file's path
     # with the same set, and building the alternation each time cost ~0.2 ms a call.
-    keys = sorted((k for k, _ in items), key=len, reverse=True)
-    lower = {k.lower(): v for k, v in items}
-    return re.compile("|".join(re.escape(k) for k in keys), re.IGNORECASE), lower
+    keys = sorted((k for k, _ in items), key=lambda k: len(_bare(k)), reverse=True)
+    lower: dict[str, str] = {}
+    for k, v in items:
+        lower.setdefault(_bare(k).lower(), v)
+    alts = []
+    for k in keys:
+        b = re.escape(_bare(k))
+        if k.startswith(_WORD):
+            alts.append(rf"(?<![^\W\d_]){b}(?![^\W\d_])")
+        elif k.startswith(_NUM):
+            alts.append(rf"(?<!\d){b}(?!\d)")
+        elif k.startswith(_PART):
+            alts.append(rf"(?<![^{_SEP}]){b}(?![^{_SEP}.])")
+        else:
+            alts.append(b)
+    return re.compile("|".join(alts), re.IGNORECASE), lower
