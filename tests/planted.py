@@ -54,7 +54,7 @@ class Person:
             # never learnt nor stored: they must not travel anywhere either
             "ReferringPhysicianName": f"Refph{self.tag}zq^Doc", "OperatorsName": f"Opera{self.tag}zq",
             "PatientAddress": f"Addrs{self.tag}zq Street 1", "PatientComments": f"Comnt{self.tag}zq",
-            "StudyDescription": f"Stdsc{self.tag}zq", "StudyID": f"Stid{self.tag}Z",
+            "StudyDescription": f"Stdsc{self.tag}zq", "StudyID": f"Stid{self.tag}zq",
             "PatientTelephoneNumbers": f"Phone{self.tag}zq",
         }
 
@@ -156,15 +156,6 @@ def plant_drop(root: Path, real: Path | None = None, slices: int = 6, size: int 
 # ----------------------------------------------------------------------------- search
 
 
-def _views(data: bytes) -> list[str]:
-    """The bytes as text in the encodings a marker could hide in (any case)."""
-    out = [data.decode("latin-1").lower()]
-    for enc in ("utf-16-le", "utf-16-be"):
-        for off in (0, 1):
-            out.append(data[off:].decode(enc, errors="ignore").lower())
-    return out
-
-
 def _inner_blobs(path: Path, data: bytes) -> list[bytes]:
     """Compressed content inside a file: zip members (NPZ), zlib streams (PNG, PDF), HDF5
     datasets and attributes read through h5py (compressed chunks)."""
@@ -204,13 +195,20 @@ def _inner_blobs(path: Path, data: bytes) -> list[bytes]:
 
 def search_markers(paths: list[Path], texts: dict[str, str], markers: list[str]) -> list[str]:
     """Every (where, marker) hit in the files below `paths` and in the given texts."""
-    lows = [m.lower() for m in markers]
+    # Markers are ASCII. bytes.lower() folds ASCII letters in every encoding alike, and
+    # dropping the zero bytes turns UTF-16/32 text of ASCII into plain bytes (NPZ strings
+    # are UTF-32), so two lower-cased views answer "any case, ASCII or UTF-16/32" with
+    # plain substring searches. Most markers hold "zq": a view without it skips them.
+    lowered = [(m, m.lower().encode("ascii")) for m in markers]
+    rare = [x for x in lowered if b"zq" in x[1]]
+    other = [x for x in lowered if b"zq" not in x[1]]
     hits = []
 
     def look(where: str, data: bytes) -> None:
-        for view in _views(data):
-            for m, low in zip(markers, lows):
-                if low in view:
+        low = data.lower()
+        for view in (low, low.replace(b"\0", b"")):
+            for m, n in (rare if b"zq" in view else []) + other:
+                if n in view:
                     hits.append(f"{where}: {m}")
 
     for name, text in texts.items():
