@@ -70,10 +70,12 @@ def test_scan_skips_a_gigabyte_bomb_in_bounded_memory(tmp_path):
     size_mib = MAX_INFLATED_BYTES // (1 << 20) * 4  # 1 GiB
     bomb = write_bomb(tmp_path / "drop" / "bomb.dcm", size_mib) if (tmp_path / "drop").mkdir() is None else None
     assert bomb.stat().st_size < 2_000_000
-    code = ("import resource, sys\nfrom training.dicom import scan\n"
+    # VmHWM, not ru_maxrss: the latter keeps the peak of the forked parent across exec
+    code = ("import re, sys\nfrom training.dicom import scan\n"
             "r = scan([sys.argv[1]])\n"
             "print(len(r.series), len(r.structs), r.skipped[0].reason)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n")
+            "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "print(int(hwm) // 1024)\n")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "drop")], cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
                          timeout=120)
