@@ -119,6 +119,10 @@ def describe_result(result: Any) -> str:
         parts.append(f"ROIs missing: {miss}")
     if getattr(result, "cancelled", False):
         parts.insert(0, "Cancelled")
+    notes = getattr(result, "notes", None)  # e.g. a one-time pseudonym key migration
+    if notes and isinstance(notes, list):
+        log.info("ingest notes: %s", "; ".join(map(str, notes)))
+        parts.append(str(notes[0]))
     return "Ingest finished: " + ", ".join(parts) if parts else "Done"
 
 

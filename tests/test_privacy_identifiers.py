@@ -85,3 +85,10 @@ def test_info_prints_no_identifier(planted_ws):
     markers = [m for p in people for m in p.all_markers()]
     assert not search_markers([], {"info": out.stdout + out.stderr}, markers)
     assert "GTV_PAT-0001" in out.stdout
+
+
+def test_numbers_in_a_name_are_no_name_parts():
+    r = identity_replacements({"PatientName": "PHANTOM^001", "PatientID": "PH001"}, "PAT-0002")
+    assert scrub("CT/slice_001.dcm", r) == "CT/slice_001.dcm"
+    assert scrub("PHANTOM_001 notes/x", r) == "PAT-0002 notes/x"
+    assert scrub("001^phantom", r) == "PAT-0002"

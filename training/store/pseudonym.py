@@ -81,10 +81,14 @@ def _date_spellings(value: str) -> list[str]:
 
 
 def _name_tokens(value: str) -> set[str]:
-    parts = [p.strip() for p in re.split(r"[\^=]", value) if p.strip()]
-    words = [w for p in parts for w in re.split(r"[\s,.\-_]+", p) if w]
+    # A number in a name ("Phantom^000") is no name part: as a token it would hit every
+    # file called slice_000.dcm.
+    letters = re.compile(r"[^\W\d_]")
+    parts = [p.strip() for p in re.split(r"[\^=]", value) if letters.search(p)]
+    words = [w for p in parts for w in re.split(r"[\s,.\-_]+", p) if letters.search(w)]
     tokens = set(parts) | set(words)
-    named = [p for p in parts[:3]]  # family, given, middle
+    # spelt whole, numbers included ("PHANTOM_001"), in any order of its first three parts
+    named = [p.strip() for p in re.split(r"[\^=]", value) if p.strip()][:3]  # family, given, middle
     for r in range(2, len(named) + 1):
         for perm in itertools.permutations(named, r):
             for sep in ("_", " ", "-", ".", "", ",", ", ", "^"):
