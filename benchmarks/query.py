@@ -109,7 +109,7 @@ def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> 
                 with Workspace.open(tmp / "wq.h5") as ws:
                     encode_cohort(model, ws, model_key=key)
             t0 = time.perf_counter()
-            rep = ingest([tmp / "query"], tmp / "wq.h5", role="query", workers=2)
+            rep = ingest([tmp / "query"], tmp / "wq.h5", role="query", workers=1)  # as ct-vae query / the tab
             t1 = time.perf_counter()
             with Workspace.open(tmp / "wq.h5") as ws:
                 a = answer_query(model, ws, rep.added[0], top=5, model_key=key)

@@ -41,8 +41,10 @@ def _compute(ckpt: str, ws_path: str, label: str, top: int, direction: str, prog
                             progress=progress, cancel=cancel)
 
 
-def run_query_ingest(ctx, paths: list[Path], workspace: Path, workers_n: int = 2):
-    """Job function: ingest `paths` as query entries (workspace preprocessing)."""
+def run_query_ingest(ctx, paths: list[Path], workspace: Path, workers_n: int = 1):
+    """Job function: ingest `paths` as query entries (workspace preprocessing). One worker:
+    a query is usually one series, and a process pool's start-up cost more than it saved
+    (benchmarks/query.py)."""
     from training.store.ingest import ingest
     from training.store.workspace import ROLE_QUERY
 

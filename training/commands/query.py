@@ -41,7 +41,9 @@ def register(sub) -> None:
                    help="per-patient posterior from its slices (training/latent/encode.py)")
     p.add_argument("--no-store", action="store_true",
                    help="do not add the query to the workspace (a temporary workspace is used)")
-    p.add_argument("--workers", type=int, default=2, help="ingest worker processes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="ingest worker processes (a query is usually one series: 1, no process pool, was "
+                        "fastest; see benchmarks/README.md)")
     p.set_defaults(func=lambda a: common.run(main, a))
 
 
