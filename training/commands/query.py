@@ -8,7 +8,9 @@ cohort patient is ranked (training/explore/query.py). REPORT/ receives ranking.c
 cohort patient, best first, with the direction of the divergence and the baselines),
 roi_volumes.csv, report.png and report.pdf (pseudonyms only). With several CT series in
 the folder, one sub-folder per query. --no-store ingests into a temporary workspace with
-the same preprocessing instead (deleted afterwards), leaving W.h5 untouched.
+the same preprocessing instead (deleted afterwards), leaving W.h5 untouched; the query is
+then called QUERY and is never linked to a stored patient (its pseudonym comes from the
+temporary workspace's own key), so same_patient is False throughout.
 """
 
 from __future__ import annotations
