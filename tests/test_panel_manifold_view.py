@@ -37,6 +37,11 @@ def test_grid_sets_the_view_and_outside_patients_are_named(qtbot, latent_env, tm
     assert len(p.points.getData()[0]) == len(pp.names) - 1  # quantile scale: not squashed onto the frame
     assert "not drawn" in p.outside.text() and pp.names[0] in p.outside.text()
     assert len(p.ellipses) == len(pp.names) - 1
+    for e in p.ellipses:  # no part of an ellipse pressed against the frame
+        xs, ys = e.getData()
+        z = p.to_z(np.stack([xs, ys], axis=1))
+        z = z[np.all(np.isfinite(z), axis=1)]
+        assert np.all(np.abs(z) <= edge + 1e-6), np.abs(z).max()
 
     # a hover readout and the selected tile's box stay out of the exported figure
     p.select_cell(1, 1)

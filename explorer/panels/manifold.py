@@ -299,9 +299,16 @@ class ManifoldPanel(LatentPanel):
                             size=[11 if c else 7 for c in chosen],
                             tip=lambda x, y, data: f"{data}\nµ = ({self.to_z(x):.3f}, {self.to_z(y):.3f})")
         for i in range(len(mu)):
-            pts = self.to_plot(sigma_ellipse(mu[i], sd[i]))
+            ring = sigma_ellipse(mu[i], sd[i])
+            if self.quantile_layout():
+                # the parts of the 1σ ellipse beyond the grid are left out rather than
+                # pressed against the frame by the quantile scale
+                beyond = np.any((ring < pos[0] - half) | (ring > pos[-1] + half), axis=1)
+                ring = np.where(beyond[:, None], np.nan, ring)
+            pts = self.to_plot(ring)
             colour = SELECTED_COLOUR if chosen[i] else PATIENT_COLOUR
-            e = pg.PlotCurveItem(pts[:, 0], pts[:, 1], pen=pg.mkPen(*colour, width=2.4 if chosen[i] else 1.2))
+            e = pg.PlotCurveItem(pts[:, 0], pts[:, 1], connect="finite",
+                                 pen=pg.mkPen(*colour, width=2.4 if chosen[i] else 1.2))
             e.setZValue(9)
             self.plot.addItem(e)
             self.ellipses.append(e)
