@@ -54,3 +54,15 @@ def test_status_bar_shows_the_workspace_name_apart(make_window, data_dir):
     w = make_window(data_dir / "some-long-folder-name" / "cohort.h5")
     assert w.workspace_label.text() == "Workspace: cohort.h5"
     assert str(data_dir / "some-long-folder-name" / "cohort.h5") in w.workspace_label.toolTip()
+
+
+def test_warm_imports_runs_off_the_gui_thread_and_ignores_failures():
+    import threading
+
+    from explorer.app import WARM_MODULES, warm_imports
+
+    assert "pydicom" in WARM_MODULES and "training.store.ingest" in WARM_MODULES
+    thread = warm_imports(("json", "no_such_module_i14"))
+    assert thread is not threading.current_thread() and thread.daemon
+    thread.join(30)
+    assert not thread.is_alive()
