@@ -15,7 +15,7 @@ from training.config import PreprocessConfig
 from training.store.ingest import ingest, rederive
 from training.dicom.phantom import generate_cohort
 from training.store.preprocess import preprocess_volume
-from training.store.workspace import Workspace, staging_dir
+from training.store.workspace import Workspace, entry_files, has_leftovers, staging_dir
 
 
 SLICES, SIZE = 6, 32
@@ -78,7 +78,8 @@ def test_ingest_phantom_round_trip(cohort, tmp_path):
     assert rep.added == ["PAT-0001", "PAT-0002", "PAT-0003"] and not rep.skipped
     assert [p.pseudonym for p in arrived] == rep.added
     assert {e[0] for e in events} >= {"discover", "ingest", "merge"}
-    assert not staging_dir(ws_path).exists()
+    assert not has_leftovers(ws_path)  # one file per entry, all named by the head
+    assert sorted(staging_dir(ws_path).iterdir()) == sorted(entry_files(ws_path).values())
     with Workspace.open(ws_path) as ws:
         assert ws.image_shape == (24, 24) and ws.roi_names == CFG.rois
         assert [p.n_images for p in ws.patients] == [SLICES] * 3
@@ -96,7 +97,7 @@ def test_ingest_phantom_round_trip(cohort, tmp_path):
             for c, roi in reversed(list(enumerate(CFG.rois, 1))):
                 lab[masks[roi]] = c
             ref_i, ref_l = preprocess_volume(hu, lab, geo.positions, CFG)
-            np.testing.assert_allclose(images, ref_i, atol=1e-6)
+            np.testing.assert_allclose(images, ref_i, atol=0.5 / 65535 + 1e-6)  # stored as uint16
             np.testing.assert_array_equal(labels, ref_l)
             assert set(np.unique(labels)) == {0, 1, 2, 3}
         assert ws.images_dataset(0).chunks == (1, 24, 24)
@@ -134,9 +135,10 @@ def test_content_hash_read_in_one_pass_equals_hashing_each_file(cohort, tmp_path
     drop, infos = cohort
     ws_path = tmp_path / "w.h5"
     ingest([drop], ws_path, CFG, workers=2)
-    with h5py.File(ws_path, "r") as f:
-        stored = {f["entries"][k].attrs["series_uid"]: f["entries"][k].attrs["content_hash"]
-                  for k in f["entries"]}
+    stored = {}
+    for k, fp in entry_files(ws_path).items():
+        with h5py.File(fp, "r") as f:
+            stored[f["entries"][k].attrs["series_uid"]] = f["entries"][k].attrs["content_hash"]
     for info in infos:
         files = [p for p in info.folder.rglob("*") if p.is_file()]
         uid = pydicom.dcmread(next((info.folder / "CT").iterdir()), stop_before_pixels=True).SeriesInstanceUID
@@ -167,11 +169,14 @@ def test_changed_parameters_rederive_without_dicom(cohort, tmp_path, monkeypatch
         hu, masks, geo = ws.read_source(1)
         ref_i, ref_l = preprocess_volume(hu, masks["Heart"].astype(np.uint8), geo.positions, new)
         images, labels = ws.read_patient(1)
-        np.testing.assert_allclose(images, ref_i, atol=1e-6)
+        np.testing.assert_allclose(images, ref_i, atol=0.5 / 65535 + 1e-6)
         np.testing.assert_array_equal(labels, ref_l)
         assert ws.images_dataset(0).chunks == (1, 1, 16, 16)
-    with h5py.File(ws_path, "r") as f:  # only the current derived arrays are kept
-        assert list(f["entries/PAT-0001/derived"]) == [f.attrs["preprocess_hash"]]
+        phash = ws.preprocess_hash
+    with h5py.File(entry_files(ws_path)["PAT-0001"], "r") as f:  # only the current arrays
+        assert list(f["entries/PAT-0001/derived"]) == [phash]
+    # the old entry files are gone: one per entry
+    assert sorted(staging_dir(ws_path).iterdir()) == sorted(entry_files(ws_path).values())
 
 
 def test_ingest_with_new_settings_rederives_existing(cohort, tmp_path):

@@ -167,8 +167,12 @@ def test_every_file_is_in_the_workspace_or_listed_with_a_reason(messy_drop, tmp_
 
     rows = dict(rep.skipped)
     assert len(rows) == len(rep.skipped), "a file listed twice"
-    with h5py.File(ws, "r") as f:
-        stored = {k: int(f["entries"][k].attrs["n_source_files"]) for k in f["entries"]}
+    from training.store.workspace import entry_files
+
+    stored = {}
+    for k, fp in entry_files(ws).items():  # one file per entry (workspace.py)
+        with h5py.File(fp, "r") as f:
+            stored[k] = int(f["entries"][k].attrs["n_source_files"])
     assert len(stored) == 3  # phantom, B, C
     entries = _all_entries(drop, locked)
     # the link to C/c0.dcm is the file C/c0.dcm (in the workspace): counted once

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from training.dicom.phantom import generate_cohort
-from training.store.workspace import Workspace, staging_dir
+from training.store.workspace import Workspace, entry_files, has_leftovers, staging_dir
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,5 +98,6 @@ def test_sigkill_mid_ingest_keeps_committed_patients(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert "DONE" in out.stdout, out.stderr
     assert _check(ws_path, seen) == N
-    assert not staging_dir(ws_path).exists()
+    assert not has_leftovers(ws_path)
+    assert sorted(staging_dir(ws_path).iterdir()) == sorted(entry_files(ws_path).values())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".w.h5.")]

@@ -23,10 +23,11 @@ def tiny_model(n_classes=0, seed=0):
 
 @pytest.fixture
 def workspace(tmp_path):
-    from training.store.workspace import Workspace, write_arrays_workspace
+    from training.store.workspace import Workspace, as_stored, write_arrays_workspace
 
     rng = np.random.default_rng(0)
-    imgs = {f"PAT-{i:04d}": rng.random((3 + i, SIZE, SIZE)).astype(np.float32) for i in range(1, 4)}
+    # as_stored: the values a read returns (images are stored as uint16)
+    imgs = {f"PAT-{i:04d}": as_stored(rng.random((3 + i, SIZE, SIZE))) for i in range(1, 4)}
     labs = {k: (v > 0.7).astype(np.uint8) + (v > 0.9) for k, v in imgs.items()}
     pre = PreprocessConfig(crop=None, rois=("A", "B"))
     path = write_arrays_workspace(tmp_path / "ws.h5", imgs, labs, preprocess=pre, roi_names=("A", "B"))

@@ -9,7 +9,6 @@ that patient first.
 from __future__ import annotations
 
 import csv
-import shutil
 
 import numpy as np
 import pytest
@@ -86,9 +85,9 @@ def trained(tmp_path_factory):
 
 def _copy_ws(trained, tmp_path):
     root, ck, ws, info = trained
-    dst = tmp_path / "w.h5"
-    shutil.copy(ws, dst)
-    return dst
+    from training.store.workspace import copy_workspace
+
+    return copy_workspace(ws, tmp_path / "w.h5")  # the head and its w.h5.d/
 
 
 def test_cli_query_ranks_the_patients_other_series_first(trained, tmp_path, capsys):

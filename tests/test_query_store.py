@@ -48,9 +48,12 @@ def test_query_is_stored_apart_and_never_in_the_training_index(drops, tmp_path):
         assert ws.data_hash == hash0
         # images were derived with the workspace's preprocessing
         assert ws.read_images(ws.index("query")).shape == (SLICES, 24, 24)
-    with h5py.File(ws_path, "r") as f:
+    from training.store.workspace import _read_meta, entry_files
+
+    with h5py.File(ws_path, "r") as f:  # the head's row holds the role
+        assert _read_meta(f, "entries", {})["PAT-0002-2"]["role"] == "query"
+    with h5py.File(entry_files(ws_path)["PAT-0002-2"], "r") as f:  # and the entry as written
         assert f["entries/PAT-0002-2"].attrs["role"] == "query"
-        assert f["entries/PAT-0002-2"].attrs["split"] == "query"
     # re-dropping the query folder as cohort data keeps it a query (roles move explicitly)
     rep = ingest([drops / "query"], ws_path, workers=1)
     assert rep.unchanged == ["PAT-0002-2"]

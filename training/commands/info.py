@@ -17,6 +17,9 @@ def register(sub) -> None:
     )
     p.add_argument("workspace", type=Path, help="workspace file (.h5)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    p.add_argument("--check", action="store_true",
+                   help="also read every stored array and verify its checksums (exit 1 when "
+                        "an entry is damaged)")
     p.set_defaults(func=main)
 
 
@@ -79,6 +82,8 @@ def main(args: argparse.Namespace) -> int:
     except WorkspaceError as exc:
         print(f"ct-vae info: {pr(exc)}", file=sys.stderr)
         return 1
+    if getattr(args, "check", False):
+        return check(args.workspace, as_json=args.json, summary=d)
     if args.json:
         print(json.dumps(d, indent=1))
         return 0
@@ -138,3 +143,27 @@ def _print_scale(d: dict) -> None:
               f"{pair(r['image_pixel_mm']):<15} {pair(r['image_fov_mm'], '{:.0f}'):<14}")
     for w in sc["warnings"]:
         print(f"warning: {w}")
+
+
+def check(path: Path, *, as_json: bool = False, summary: dict | None = None) -> int:
+    """`info --check`: verify every stored array (fletcher32); name each damaged entry."""
+    from training.commands._printable import printable as pr
+    from training.store.workspace import Workspace
+
+    with Workspace.open(path) as ws:
+        damaged, nbytes = ws.verify()
+        n = len(ws.patients)
+    if as_json:
+        print(json.dumps({**(summary or {}), "check": {
+            "entries": n, "bytes": nbytes,
+            "damaged": [{"entry": k, "reason": r} for k, r in damaged]}}, indent=1))
+    else:
+        if damaged:
+            for k, r in damaged:
+                print(f"DAMAGED {pr(k)}: {pr(r)}")
+            print(f"check: {len(damaged)} of {n} entries damaged; drop their DICOM again to "
+                  f"re-ingest them")
+        else:
+            print(f"check: all {n} entries read back with valid checksums "
+                  f"({nbytes / 1e6:.1f} MB stored)")
+    return 1 if damaged else 0

@@ -35,10 +35,11 @@ At most `workers + 1` series are in flight and workers return only metadata, so 
 grows with the largest series, not with the folder.
 
 Atomicity: a worker writes its entry to a temporary file; the parent commits it (rename
-into W.h5.staging/) and copies it into the next workspace copy (workspace.Merger), which
-is fsynced and replaces the workspace at the end (also after cancel). A killed ingest
-leaves the workspace openable with every committed series (Workspace.open reads staged
-files); see workspace.py for what a power cut can cost.
+into W.h5.d/, where it stays) and folds it into the next head (workspace.Merger), which
+is written after the entry files it names are fsynced and replaces the head at the end
+(also after cancel). A killed ingest leaves the workspace openable with every committed
+series (Workspace.open reads committed files the head does not name yet); see
+workspace.py for what a power cut can cost.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ class IngestReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     rois_missing: dict[str, list[str]] = field(default_factory=dict)
     cancelled: bool = False
-    notes: list[str] = field(default_factory=list)  # one-off messages (a pseudonym key migration)
+    notes: list[str] = field(default_factory=list)  # one-off messages (a pseudonym key
+    # migration, a one-time layout conversion)
     n_files: int = 0
     seconds: float = 0.0
     workspace: str = ""
@@ -302,9 +304,43 @@ def _fidelity_report(rois: list[tuple[str, dict]], failed: list[tuple[str, str]]
     return build_report([(show(p), rec) for p, rec in rois], [(show(p), show(r)) for p, r in failed])
 
 
-def _rederive_job(hu: np.ndarray, masks: dict[str, np.ndarray], positions: np.ndarray,
-                  cfg_json: str) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    return derive(hu, masks, positions, PreprocessConfig.from_json(cfg_json))
+def _rederive_job(src_file: str, label: str, cfg_json: str, stage: dict[str, Any]) -> dict:
+    """Worker: read one entry's stored source from its file, derive the arrays for the new
+    settings and write the entry again as a complete temporary file beside
+    stage["final"] (its attributes and source copied as stored chunks). Only metadata
+    comes back, so memory stays that of one series whatever the cohort."""
+    cfg = PreprocessConfig.from_json(cfg_json)
+    final = Path(stage["final"])
+    from training.atomic import temp_path_for
+
+    tmp = temp_path_for(final)
+    with h5py.File(src_file, "r", rdcc_nbytes=0) as src:
+        g = src["entries"][label]
+        try:
+            hu, masks, geo = wsmod.read_source(g["source"])
+        except OSError as exc:
+            return {"status": "damaged", "reason": wsmod._h5_reason(exc)}
+        # the geometry: slice positions and pixel spacing (physical-scale resampling)
+        pos = geo if geo is not None else np.arange(hu.shape[0], dtype=float)
+        images, labs, missing = derive(hu, masks, pos, cfg)
+        del hu, masks
+
+        def fill(f: h5py.File) -> None:
+            f.attrs["format"] = wsmod.FORMAT + "-staged"
+            f.attrs["salt"] = stage["salt"]
+            f.attrs["preprocess_hash"] = stage["phash"]
+            dst = f.create_group("entries").create_group(label)
+            for k, v in g.attrs.items():
+                dst.attrs[k] = v
+            src.copy(g["source"], dst, name="source")
+            wsmod.write_derived(dst.create_group("derived").create_group(stage["phash"]),
+                                images, labs)
+            wsmod._write_meta(f, "identity", {})
+            wsmod._write_meta(f, "pseudonyms", {})
+
+        wsmod.write_h5(tmp, fill)
+    return {"status": "derived", "tmp": str(tmp), "shape": tuple(images.shape[1:]),
+            "missing": missing}
 
 
 class _InlineExecutor:
@@ -414,13 +450,11 @@ class _State:
     def read(cls, path: Path) -> "_State":
         with h5py.File(path, "r") as f:
             wsmod._check_format(f, path)
-            entries = {}
-            for k in f["entries"]:
-                a = f["entries"][k].attrs
-                entries[k] = {"content_hash": str(a.get("content_hash", "")),
-                              "series_uid": str(a.get("series_uid", "")),
-                              "patient": str(a.get("patient", k)),
-                              "role": str(a.get("role", ""))}
+            entries = {k: {"content_hash": str(r.get("content_hash", "")),
+                           "series_uid": str(r.get("series_uid", "")),
+                           "patient": str(r.get("patient", k)),
+                           "role": str(r.get("role", ""))}
+                       for k, r in wsmod._read_meta(f, "entries", {}).items()}
             return cls(path=path, cfg=PreprocessConfig.from_json(f.attrs["preprocess"]),
                        salt=str(f.attrs["salt"]), identity=wsmod._read_meta(f, "identity", {}),
                        pseudonyms=wsmod._read_meta(f, "pseudonyms", {}), entries=entries,
@@ -448,17 +482,28 @@ class _State:
         return series_label(pseudonym, n)
 
 
-def _prepare(path: Path, cfg: PreprocessConfig, test_fraction: float, seed: int) -> None:
-    wsmod.remove_stale_temps(path)
+def _prepare(path: Path, cfg: PreprocessConfig, test_fraction: float, seed: int, *,
+             report: "IngestReport | None" = None, create: bool = True) -> None:
+    """Under the writer lock: refuse a read-only workspace, clear a killed writer's
+    temporaries, create the workspace, convert a schema 1 one, fold in leftovers."""
     if path.exists():
         try:
             with h5py.File(path, "r") as f:
                 wsmod._check_format(f, path)
+                schema = wsmod._schema(f.attrs)
         except OSError as exc:
             raise WorkspaceError(f"{path}: exists and is not an HDF5 workspace ({exc})") from exc
+        wsmod._writable_or_refuse(path)
+    elif not create:
+        raise WorkspaceError(f"{path}: no such workspace")
+    wsmod.remove_stale_temps(path)
     if not path.exists():
         wsmod.create_empty(path, cfg, test_fraction=test_fraction, seed=seed)
-    elif wsmod.list_staged(path):
+    elif schema < 2:
+        msg = wsmod.convert_v1(path)
+        if report is not None and msg:
+            report.notes.append(msg)
+    elif wsmod.has_leftovers(path):
         wsmod.merge(path)  # fold in what a killed or cancelled ingest committed
 
 
@@ -473,70 +518,88 @@ def _call(progress: Progress | None, phase: str, done: int, total: int, msg: str
 def _rederive_locked(path: Path, cfg: PreprocessConfig, progress: Progress | None,
                      cancel: Callable[[], bool] | None, workers: int,
                      report: IngestReport) -> bool:
-    """Write a new workspace copy with derived arrays for `cfg` from the stored sources.
+    """Write every entry again with derived arrays for `cfg` from its stored source, then
+    one new head naming them (the commit point; the old entry files go after it).
 
-    All or nothing: on cancel the old workspace stays as it was. Returns False on cancel.
+    All or nothing: on cancel or error the old workspace stays as it was (the new files
+    are removed). An entry whose source fails its checksum is left out and reported, and
+    its files' identity rows forgotten, so its DICOM is ingested again when dropped.
+    Returns False on cancel.
     """
     phash = wsmod.preprocess_hash(cfg)
     cfg_json = cfg.to_json()
     with h5py.File(path, "r") as src:
-        labels = sorted(src["entries"])
-        total = len(labels)
-        no_source = [k for k in labels if "source" not in src["entries"][k]]
-        if no_source:  # arrays-only entries cannot follow new settings; never drop them
-            raise WorkspaceError(
-                f"{path}: {len(no_source)} entries hold no source data ({', '.join(no_source[:5])}); "
-                "cannot re-derive them with new preprocessing")
-        with wsmod.atomic_write_path(path) as tmp:
-            with h5py.File(tmp, "w") as dst:
-                wsmod._init_attrs(dst, cfg, salt=src.attrs["salt"], seed=int(src.attrs["split_seed"]),
-                                  test_fraction=float(src.attrs["test_fraction"]),
-                                  created=src.attrs.get("created"),
-                                  merged_through=int(src.attrs.get("merged_through", 0)))
-                shape: tuple[int, ...] = ()
+        table = wsmod._read_meta(src, "entries", {})
+        segments = wsmod._read_meta(src, "segments", {})
+    labels = sorted(table)
+    total = len(labels)
+    no_source = [k for k in labels if not table[k].get("has_source")]
+    if no_source:  # arrays-only entries cannot follow new settings; never drop them
+        raise WorkspaceError(
+            f"{path}: {len(no_source)} entries hold no source data ({', '.join(no_source[:5])}); "
+            "cannot re-derive them with new preprocessing")
+    merger = wsmod.Merger(path, new_cfg=cfg)
+    merger.rows, merger.segments = {}, {}
+    folder = wsmod.data_dir(path)
+    seq0 = wsmod.next_seq(path)
+    written: list[Path] = []
+    committed = False
+    shape: tuple[int, ...] = ()
 
-                def jobs():
-                    for label in labels:
-                        g = src["entries"][label]
-                        hu, masks, geo = wsmod.read_source(g["source"])
-                        pos = geo if geo is not None else np.arange(hu.shape[0], dtype=float)
-                        yield label, _rederive_job, (hu, masks, pos, cfg_json)
+    def jobs():
+        for k, label in enumerate(labels):
+            stage = {"final": str(wsmod.staged_path(path, seq0 + k, label)), "salt": merger.salt,
+                     "phash": phash}
+            yield (label, seq0 + k, stage["final"]), _rederive_job, (
+                str(folder / segments[label]), label, cfg_json, stage)
 
-                ex = _executor(workers)
-                done = 0
+    ex = _executor(workers)
+    done = 0
+    try:
+        try:
+            for (label, seq, final), fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
                 try:
-                    for label, fut in _bounded_map(ex, jobs(), max(workers, 1) + 1, cancel):
-                        try:
-                            images, labs, missing = fut.result()
-                        except ValueError as exc:  # e.g. a slice centre outside this series
-                            raise WorkspaceError(
-                                f"{path}: {label}: {exc}; the workspace is unchanged") from exc
-                        g = wsmod.copy_entry(src["entries"][label], dst["entries"], [])
-                        if shape and images.shape[1:] != shape:
-                            del dst["entries"][label]
-                            report.skip((label, f"image shape {images.shape[1:]} differs from "
-                                                   f"the workspace's {shape}; set crop or size"))
-                            continue
-                        shape = shape or images.shape[1:]
-                        wsmod.write_derived(g["derived"].create_group(phash), images, labs)
-                        for r in missing:
-                            report.rois_missing.setdefault(r, []).append(label)
-                        report.rederived.append(label)
-                        done += 1
-                        _call(progress, "rederive", done, total, label)
-                finally:
-                    ex.shutdown(wait=True, cancel_futures=True)
-                if cancel and cancel():
-                    raise IngestCancelled()
-                dst.attrs["image_shape"] = np.asarray(shape, dtype=np.int64)
-                wsmod._record_splits(dst)
-                wsmod._write_entry_table(dst)
-                prov = wsmod._read_meta(src, "provenance", [])
-                prov.append({"time": wsmod.now_iso(), "tool_version": __version__, "action": "rederive",
-                             "preprocess": cfg.to_dict(), "n_entries": len(report.rederived)})
-                for name in ("identity", "pseudonyms", "skipped"):
-                    wsmod._write_meta(dst, name, wsmod._read_meta(src, name, [] if name == "skipped" else {}))
-                wsmod._write_meta(dst, "provenance", prov)
+                    res = fut.result()
+                except ValueError as exc:  # e.g. a slice centre outside this series
+                    raise WorkspaceError(
+                        f"{path}: {label}: {exc}; the workspace is unchanged") from exc
+                if res["status"] == "damaged":
+                    why = f"stored source is damaged ({res['reason']}); drop its DICOM again"
+                    merger.drop(label, why)
+                    report.skip((label, why))
+                    continue
+                if shape and res["shape"] != shape:
+                    Path(res["tmp"]).unlink(missing_ok=True)
+                    merger.drop(label, "image shape differs")
+                    report.skip((label, f"image shape {res['shape']} differs from "
+                                        f"the workspace's {shape}; set crop or size"))
+                    continue
+                shape = shape or res["shape"]
+                wsmod.commit_staged(Path(res["tmp"]), Path(final))
+                written.append(Path(final))
+                merger.add_staged(seq, Path(final))
+                if label in merger.rows:  # the role is the head's (set_roles changes only it)
+                    merger.rows[label] = {**merger.rows[label],
+                                          "role": merger.old_rows.get(label, {}).get("role", "")}
+                for r in res["missing"]:
+                    report.rois_missing.setdefault(r, []).append(label)
+                report.rederived.append(label)
+                done += 1
+                _call(progress, "rederive", done, total, label)
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+            for p in folder.glob(".*.tmp"):  # results that came after a cancel or error
+                p.unlink(missing_ok=True)
+        if cancel and cancel():
+            raise IngestCancelled()
+        merger.finish(provenance={"time": wsmod.now_iso(), "tool_version": __version__,
+                                  "action": "rederive", "preprocess": cfg.to_dict(),
+                                  "n_entries": len(report.rederived)})
+        committed = True
+    finally:
+        if not committed:
+            for p in written:
+                p.unlink(missing_ok=True)
     return True
 
 
@@ -548,18 +611,33 @@ def rederive(workspace_path: str | os.PathLike, new_cfg: PreprocessConfig,
     path = Path(workspace_path)
     t0 = time.perf_counter()
     report = IngestReport(workspace=str(path))
-    with workspace_lock(path):
-        wsmod.remove_stale_temps(path)
-        if wsmod.list_staged(path):
-            wsmod.merge(path)
-        _migrate_key(path, report)
-        try:
-            _rederive_locked(path, new_cfg, progress, cancel, workers, report)
-        except IngestCancelled:
-            report.cancelled = True
-            report.rederived = []
+    with _storage_errors(path, "re-deriving"):
+        with workspace_lock(path):
+            _prepare(path, new_cfg, 0.25, 0, report=report, create=False)
+            _migrate_key(path, report)
+            try:
+                _rederive_locked(path, new_cfg, progress, cancel, workers, report)
+            except IngestCancelled:
+                report.cancelled = True
+                report.rederived = []
     report.seconds = time.perf_counter() - t0
     return report
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path, doing: str):
+    """A full disk, a file size limit or a missing permission while writing becomes one
+    WorkspaceError line naming the cause (h5py's own error is a multi-line stack)."""
+    wsmod.check_writable(path)
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        cause = wsmod.storage_error(exc)
+        if cause is None:
+            raise
+        raise WorkspaceError(
+            f"{path}: {cause} while {doing}; the workspace is as it was before (series already "
+            f"committed are kept); free space and run it again") from exc
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -600,8 +678,17 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
         paths = [paths]
     t0 = time.perf_counter()
     report = IngestReport(workspace=str(path), on_skipped=on_skipped)
+    with _storage_errors(path, "ingesting"):
+        _ingest_all(path, paths, cfg, report, progress, on_patient, cancel, workers,
+                    test_fraction, seed, dicom, role)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _ingest_all(path, paths, cfg, report, progress, on_patient, cancel, workers, test_fraction,
+                seed, dicom, role) -> None:
     with workspace_lock(path):
-        _prepare(path, cfg, test_fraction, seed)
+        _prepare(path, cfg, test_fraction, seed, report=report)
         _migrate_key(path, report)
         st = _State.read(path)
         if st.cfg.to_json() != cfg.to_json():
@@ -611,8 +698,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
                 except IngestCancelled:
                     report.cancelled = True
                     report.rederived = []
-                    report.seconds = time.perf_counter() - t0
-                    return report
+                    return
             else:
                 wsmod.merge(path, new_cfg=cfg)
             st = _State.read(path)
@@ -625,7 +711,7 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
             merger.abort()  # committed series stay staged; the next writer merges them
             raise
         # Nothing staged (all unchanged): the workspace is left exactly as it was.
-        if merger.consumed or wsmod.list_staged(path):
+        if merger.consumed or wsmod.has_leftovers(path):
             _call(progress, "merge", 0, 1, "writing the workspace")
             skipped_rows = [[r, why] for r, why in report.skipped]
             merger.finish(skipped=skipped_rows, provenance={
@@ -636,8 +722,6 @@ def ingest(paths: str | os.PathLike | Sequence[str | os.PathLike], workspace_pat
             _call(progress, "merge", 1, 1, "done")
         else:
             merger.abort()
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _ingest_locked(paths, st: _State, cfg: PreprocessConfig, dicom, report: IngestReport,
@@ -813,7 +897,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     total = len(plan)
     done = 0
     cfg_json = cfg.to_json()
-    seq0 = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
+    seq0 = wsmod.next_seq(st.path)
 
     def jobs():
         for k, item in enumerate(plan):
@@ -836,6 +920,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         try:
             res = fut.result()
         except Exception as exc:
+            if wsmod.storage_error(exc) is not None:
+                raise  # a full disk is not this series' fault: stop (see _storage_errors)
             files = _ref_files(ref)
             where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
             reason = clean(str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
@@ -896,7 +982,8 @@ def _skip_series_files(report: IngestReport, files: list[Path], reason: str, rel
 def _is_own_file(real: str, ws_real: str) -> bool:
     """The workspace, its lock, staging folder and temporaries (a drop may contain them).
     Both paths are real paths (os.path.realpath)."""
-    if real in (ws_real, ws_real + ".lock") or real.startswith(ws_real + ".staging" + os.sep):
+    if real in (ws_real, ws_real + ".lock") or real.startswith(ws_real + ".staging" + os.sep) \
+            or real.startswith(ws_real + ".d" + os.sep):
         return True
     name = os.path.basename(real)
     return os.path.dirname(real) == os.path.dirname(ws_real) and name.startswith(
@@ -948,25 +1035,23 @@ def _migrate_key(path: Path, report: IngestReport) -> None:
             "if colleagues add to this workspace")
 
 
-def _merged_through(path: Path) -> int:
-    with h5py.File(path, "r") as f:
-        return int(f.attrs.get("merged_through", 0))
-
-
 def _stash_identity(st: _State) -> None:
     """Rows not carried by a staged entry (unchanged, unusable files) for the final merge."""
     extra = st.fresh
     if not extra:
         return
-    seq = max([s for s, _ in wsmod.list_staged(st.path)] + [_merged_through(st.path)]) + 1
+    seq = wsmod.next_seq(st.path)
     final = wsmod.staging_dir(st.path) / f"{seq:08d}-identity.h5"
+
+    def fill(f: h5py.File) -> None:
+        f.attrs["format"] = wsmod.FORMAT + "-staged"
+        f.attrs["salt"] = st.salt
+        f.create_group("entries")
+        wsmod._write_meta(f, "identity", extra)
+        wsmod._write_meta(f, "pseudonyms", st.pseudonyms)
+
     with wsmod.atomic_write_path(final) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = wsmod.FORMAT + "-staged"
-            f.attrs["salt"] = st.salt
-            f.create_group("entries")
-            wsmod._write_meta(f, "identity", extra)
-            wsmod._write_meta(f, "pseudonyms", st.pseudonyms)
+        wsmod.write_h5(tmp, fill)
 
 
 def _struct_series(sref: Any) -> tuple[str, ...]:

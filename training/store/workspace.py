@@ -1,45 +1,72 @@
 """The HDF5 workspace: schema, atomic commits, reads by batch (SPEC F6, F7, F8).
 
-Layout of ``W.h5`` (schema version 1)::
+A workspace ``W.h5`` is two things side by side (schema version 2)::
 
+    W.h5        the head: a small HDF5 file holding no arrays, replaced atomically at
+                each commit (temporary file, fsync, rename, fsync of the folder)
+    W.h5.d/     the data: one immutable HDF5 file per entry, "<seq>-<label>.h5"
+
+Moving or copying a workspace means copying both ``W.h5`` and ``W.h5.d/`` (same folder,
+same names); nothing else belongs to it (``W.h5.lock`` is recreated by the next writer).
+
+Head ``W.h5``:
     attrs      format, schema_version, tool_version, created, modified, preprocess (JSON),
                preprocess_hash, image_shape, salt, split_seed, test_fraction, merged_through
     /meta/     JSON text (scalar string datasets): provenance (one record per ingest or
                re-derive: time, tool version, source file count, preprocess), skipped
                ([relative path, reason]), identity (quick-identity table, see ingest.py),
-               pseudonyms (HMAC digest → number), entries (one summary row per entry,
-               so opening reads one dataset instead of every group)
-    /entries/<label>/           one per CT series; <label> = "PAT-0001" or "PAT-0001-2"
-        attrs  pseudonym, patient, split, content_hash, series_uid, frame_of_reference_uid,
+               pseudonyms (HMAC digest → number), entries (one summary row per entry, so
+               opening reads one dataset instead of every file), segments (entry label →
+               the name of its file in W.h5.d/)
+
+Entry file ``W.h5.d/<seq>-<label>.h5`` (seq: 8 digits, increasing with each commit)::
+
+    attrs      format "ct-vae-workspace-staged", salt, preprocess_hash
+    /meta/     identity and pseudonyms rows this entry brought in
+    /entries/<label>/           <label> = "PAT-0001" or "PAT-0001-2"
+        attrs  pseudonym, patient, content_hash, series_uid, frame_of_reference_uid,
                spacing (dz, dy, dx) mm, rois (JSON), warnings (JSON), n_source_files,
-               role ("" = cohort; "query" = a query patient: see ROLE_QUERY),
+               role ("" = cohort; "query" = a query patient: see ROLE_QUERY; the head's
+               entries row holds the current role, set_roles changes only that),
                fidelity (JSON per-ROI rasterisation report; absent in older workspaces)
         source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice,
-                      uncompressed (lzf ran slower than reading the DICOM)
-        source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x
-                      attrs geometry (VolumeGeometry.to_dict JSON), roi_names (JSON)
-        derived/<preprocess_hash>/images  float32 (n, H, W) or (n, D, H, W) in [0, 1]
-        derived/<preprocess_hash>/labels  uint8, same shape (absent for CT only)
+                      shuffle + deflate level 1 (lossless; ~0.4× on a thorax CT)
+        source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x,
+                      lzf; attrs geometry (VolumeGeometry.to_dict JSON), roi_names (JSON)
+        derived/<preprocess_hash>/images  uint16 (n, H, W) or (n, D, H, W): round(v · 65535)
+                      of the [0, 1] image (step 1.5e-5, below a 16-bit display's step and
+                      far below an 8-bit window's 1/255); read back as float32
+        derived/<preprocess_hash>/labels  uint8, same shape, lzf (absent for CT only)
+
+Every dataset carries HDF5's fletcher32 checksum: a flipped byte makes its read fail,
+reported as a WorkspaceError naming the entry (``ct-vae info --check`` reads everything).
+Workspaces of schema 1 (float32 images, everything inside W.h5) are read as they are and
+converted once by the next writer (``convert_v1``).
 
 Chunks: one per 2D image, one per depth slice of a 3D volume, so a random batch reads
 exactly the chunks it needs. Reads loop over rows with ``read_direct`` into one
 preallocated array (a list index on an h5py dataset is ~20× slower).
 
-Atomicity: HDF5 is not crash-safe when modified in place, so the file is never modified
-in place. A writer commits each series as its own small file in ``W.h5.staging/`` (written
-to a temporary name, then renamed), and a merge writes a complete new copy of the
-workspace, fsyncs it and ``os.replace``-s it. A SIGKILL at any instant leaves the old
-workspace plus complete staged files; ``Workspace.open`` reads those leftovers as part of
-the workspace and the next writer merges them. Staged files numbered ≤ ``merged_through``
-were already merged (a crash between the rename and their removal) and are ignored.
+Appending: committing entries writes their files (O(those series)) and a new head
+(O(number of entries + identity rows), no arrays); a replaced entry's old file is removed
+after the head that stops naming it is in place. Nothing is ever copied or modified in
+place (HDF5 is not crash-safe when modified in place).
 
-Durability: only the merged copy is fsynced (before it replaces the workspace), so a power
-cut never damages the workspace. Staged files are not: they guard against a killed or
-crashed process, which leaves the page cache intact. After a power cut a staged file may be
-damaged; opening and merging skip such a file (the merge removes it and records it in the
-provenance), and its series is ingested again with the next drop because its files'
-identity rows went with it. Not fsyncing them halves what an ingest writes to disk: a
-staged file merged and removed within the kernel's writeback delay (~30 s) never reaches it.
+Atomicity: a writer writes each entry's file under a temporary name and renames it into
+W.h5.d/ (the commit point of that series); the files a writer committed are named by the
+next head it writes. A SIGKILL at any instant leaves the old head plus complete committed
+files: ``Workspace.open`` reads files numbered above the head's ``merged_through`` as part
+of the workspace (leftovers), and the next writer folds them into its head. Files numbered
+≤ ``merged_through`` that the head does not name are superseded (a crash before their
+removal): ignored, and removed by the next writer. Leftovers written for other
+preprocessing (a killed re-derive) are ignored and removed likewise.
+
+Durability: before a head is replaced, every entry file it names for the first time is
+fsynced, then the head itself and the folder, so a power cut never damages what a head
+names. Leftovers are not fsynced when committed (they guard against a killed process,
+which leaves the page cache intact); after a power cut one may be damaged: opening skips
+it, the next writer records it in the provenance and removes it, and its series is
+ingested again with the next drop because its files' identity rows went with it.
 """
 
 from __future__ import annotations
@@ -49,7 +76,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,24 +97,102 @@ FORMAT = "ct-vae-workspace"
 # `Workspace.index()` leaves it out unless asked for split="query". Its split reads "query".
 ROLE_QUERY = "query"
 ROLES = ("", ROLE_QUERY)
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _STAGED_RE = re.compile(r"^(\d{8})-(.+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
-# HU is stored uncompressed: lzf ran at ~75 MB/s here, slower than reading the DICOM, and
-# the workspace would still be about as large as the DICOM folder. Packed masks and labels
-# are mostly zeros, which lzf compresses quickly.
-_MASK_COMPRESSION = "lzf"
+# HU: byte shuffle + deflate level 1 is lossless, ~0.39× on a thorax CT at ~90 MB/s per
+# worker (lzf + shuffle: 0.45× at 170 MB/s; deflate 4: 0.38× at 70 MB/s). Packed masks and
+# labels are mostly zeros, which lzf compresses quickly. Every dataset has fletcher32.
+_HU_FILTERS: dict[str, Any] = {"compression": "gzip", "compression_opts": 1, "shuffle": True,
+                               "fletcher32": True}
+_MASK_FILTERS: dict[str, Any] = {"compression": "lzf", "fletcher32": True}
+_IMAGE_FILTERS: dict[str, Any] = {"fletcher32": True}
+IMAGE_SCALE = 65535.0  # stored images: uint16 round(v · IMAGE_SCALE) of v in [0, 1]
 
 
 class WorkspaceError(Exception):
     """The workspace file is missing, foreign, newer than this program, or inconsistent."""
 
 
+def _h5_reason(exc: BaseException) -> str:
+    """h5py's message without the absolute path and the HDF5 error stack."""
+    text = str(exc)
+    if "checksum" in text.lower() or "filter returned failure" in text.lower() \
+            or "can't read data" in text.lower():
+        return "checksum mismatch or unreadable chunk"
+    if "truncated" in text.lower() or "signature" in text.lower() or "eof" in text.lower():
+        return "file truncated or not HDF5"
+    return type(exc).__name__
+
+
+_NO_SPACE = {28: "no space left on device", 27: "file size limit reached",
+             122: "disk quota exceeded"}
+
+
+def storage_error(exc: BaseException) -> str | None:
+    """A one-line cause for a write that failed for want of room (a full disk, a file
+    size limit, a quota) or of permission, from an OSError or from h5py's wrapped
+    errors ("... errno = 28, error message = ..."); None for any other error."""
+    import errno as _errno
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None)
+        text = str(e)
+        m = re.search(r"errno = (\d+)", text)
+        if code is None and m:
+            code = int(m.group(1))
+        if code in _NO_SPACE:
+            return _NO_SPACE[code]
+        if "No space left" in text:
+            return _NO_SPACE[28]
+        if code in (_errno.EACCES, _errno.EPERM):
+            return "permission denied"
+        if code == _errno.EROFS:
+            return "read-only file system"
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_OPEN_BUDGET: int | None = None
+
+
+def _open_file_budget() -> int:
+    """How many entry files a Workspace keeps open: half the open-file limit, raised to
+    the hard limit first where the soft one is lower (a 1024 soft limit is common)."""
+    global _OPEN_BUDGET
+    if _OPEN_BUDGET is None:
+        try:
+            import resource
+
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+            if soft != resource.RLIM_INFINITY and soft < want:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+                soft = want
+            _OPEN_BUDGET = max(16, min(4096, (soft if soft != resource.RLIM_INFINITY else 8192) // 2))
+        except (ImportError, ValueError, OSError):
+            _OPEN_BUDGET = 256
+    return _OPEN_BUDGET
+
+
 def preprocess_hash(cfg: PreprocessConfig) -> str:
     return hashlib.sha256(cfg.to_json().encode()).hexdigest()[:16]
 
 
-def staging_dir(path: str | os.PathLike) -> Path:
+def data_dir(path: str | os.PathLike) -> Path:
+    """W.h5.d/: the folder of entry files beside the head W.h5."""
+    path = Path(path)
+    return path.with_name(path.name + ".d")
+
+
+staging_dir = data_dir  # committed entries are staged where they stay
+
+
+def _old_staging_dir(path: str | os.PathLike) -> Path:
+    """Schema 1 kept unmerged entries in W.h5.staging/."""
     path = Path(path)
     return path.with_name(path.name + ".staging")
 
@@ -149,6 +254,24 @@ class EntryData:
     fidelity: dict | None = None
 
 
+def write_h5(target: str | os.PathLike, fill: Callable[[h5py.File], Any]) -> None:
+    """Build an HDF5 file in memory with `fill(f)`, then write its bytes to `target` with a
+    plain file write. A full disk then fails as one clean OSError (ENOSPC, EFBIG) instead of
+    leaving an HDF5 file half-flushed, whose teardown prints error stacks and can crash the
+    interpreter at exit. An entry's file is a few MB: memory is that of the arrays it holds."""
+    import io
+
+    bio = io.BytesIO()
+    with h5py.File(bio, "w") as f:
+        fill(f)
+    try:
+        with open(target, "wb") as fh:
+            fh.write(bio.getbuffer())
+    except BaseException:
+        Path(target).unlink(missing_ok=True)
+        raise
+
+
 def _json_attr(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True)
 
@@ -158,15 +281,14 @@ def write_source(grp: h5py.Group, hu: np.ndarray, masks: dict[str, np.ndarray] |
     """Store native-resolution HU (int16) and packed ROI masks in `grp` ("source")."""
     hu16 = np.clip(np.rint(hu), -32768, 32767).astype(np.int16) if hu.dtype != np.int16 else hu
     z, y, x = hu16.shape
-    grp.create_dataset("hu", data=hu16, chunks=(1, y, x))
+    grp.create_dataset("hu", data=hu16, chunks=(1, y, x), **_HU_FILTERS)
     names = sorted(masks) if masks else []
     packed = np.zeros((len(names), z, y, (x + 7) // 8), dtype=np.uint8)
     for r, name in enumerate(names):
         packed[r] = np.packbits(np.asarray(masks[name], dtype=bool), axis=-1)
     ds = grp.create_dataset(
-        "masks", data=packed, chunks=(1, 1, y, packed.shape[-1]) if names else None,
-        compression=_MASK_COMPRESSION if names else None,
-    )
+        "masks", data=packed, **({"chunks": (1, 1, y, packed.shape[-1]), **_MASK_FILTERS}
+                                 if names else {}))
     ds.attrs["roi_names"] = _json_attr(names)
     ds.attrs["width"] = x
     grp.attrs["geometry"] = _json_attr(geometry.to_dict() if geometry is not None else None)
@@ -185,13 +307,27 @@ def read_source(grp: h5py.Group) -> tuple[np.ndarray, dict[str, np.ndarray], Vol
     return hu, masks, (VolumeGeometry.from_dict(g) if g else None)
 
 
+def to_stored_images(images: np.ndarray) -> np.ndarray:
+    """float [0, 1] → the stored uint16 (round(v · 65535); max error 7.6e-6)."""
+    a = np.asarray(images, dtype=np.float32)
+    return np.rint(np.clip(a, 0.0, 1.0) * np.float32(IMAGE_SCALE)).astype(np.uint16)
+
+
+def as_stored(images: np.ndarray) -> np.ndarray:
+    """float32 exactly as a workspace read returns `images` (the uint16 round trip)."""
+    out = np.empty(np.shape(images), dtype=np.float32)
+    np.multiply(to_stored_images(images), np.float32(1.0 / IMAGE_SCALE), out=out)
+    return out
+
+
 def write_derived(grp: h5py.Group, images: np.ndarray, labels: np.ndarray | None) -> None:
-    images = np.asarray(images, dtype=np.float32)
+    images = np.asarray(images)
     chunks = (1,) * (images.ndim - 2) + images.shape[-2:]
-    grp.create_dataset("images", data=images, chunks=chunks)
+    stored = images if images.dtype == np.uint16 else to_stored_images(images)
+    grp.create_dataset("images", data=stored, chunks=chunks, **_IMAGE_FILTERS)
     if labels is not None:
         grp.create_dataset("labels", data=np.asarray(labels, dtype=np.uint8), chunks=chunks,
-                           compression="lzf")
+                           **_MASK_FILTERS)
 
 
 def write_entry(entries: h5py.Group, e: EntryData, phash: str) -> h5py.Group:
@@ -314,18 +450,6 @@ def _check_format(f: h5py.File | dict, path: Path) -> None:
         )
 
 
-def _record_splits(f: h5py.File) -> None:
-    ents = f["entries"]
-    queries = {k for k in ents if str(ents[k].attrs.get("role", "")) == ROLE_QUERY}
-    patients = {k: ents[k].attrs.get("patient", k) for k in ents if k not in queries}
-    splits = assign_splits(list(patients.values()), float(f.attrs["test_fraction"]),
-                           int(f.attrs["split_seed"]))
-    for k, p in patients.items():
-        ents[k].attrs["split"] = splits[p]
-    for k in queries:
-        ents[k].attrs["split"] = ROLE_QUERY
-
-
 def _entry_row(g: h5py.Group, phash: str) -> dict:
     """What Workspace.open needs about one entry (a row of /meta/entries)."""
     d = g.get("derived/" + phash)
@@ -335,6 +459,7 @@ def _entry_row(g: h5py.Group, phash: str) -> dict:
         "pseudonym": str(g.attrs.get("pseudonym", g.name.rsplit("/", 1)[-1])),
         "patient": str(g.attrs.get("patient", g.name.rsplit("/", 1)[-1])),
         "content_hash": str(g.attrs.get("content_hash", "")),
+        "series_uid": str(g.attrs.get("series_uid", "")),
         "spacing": [float(v) for v in g.attrs.get("spacing", (1.0, 1.0, 1.0))],
         "rois": json.loads(g.attrs.get("rois", "[]")),
         "warnings": json.loads(g.attrs.get("warnings", "[]")),
@@ -347,12 +472,6 @@ def _entry_row(g: h5py.Group, phash: str) -> dict:
     }
 
 
-def _write_entry_table(f: h5py.File) -> None:
-    """/meta/entries: one JSON row per entry, so opening reads one dataset, not N groups."""
-    phash = str(f.attrs["preprocess_hash"])
-    _write_meta(f, "entries", {k: _entry_row(f["entries"][k], phash) for k in f["entries"]})
-
-
 def _data_hash(phash: str, rows: Iterable[tuple[str, str, str]]) -> str:
     h = hashlib.sha256(phash.encode())
     for label, content, split in sorted(rows):
@@ -360,29 +479,85 @@ def _data_hash(phash: str, rows: Iterable[tuple[str, str, str]]) -> str:
     return h.hexdigest()[:16]
 
 
+def _schema(attrs) -> int:
+    return int(attrs.get("schema_version", 0) or 0)
+
+
+def _read_only(p: Path) -> bool:
+    """No write permission for us, or no write bit at all (a file or folder a user marked
+    read-only stays so even for root, who could write it anyway)."""
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return not os.access(p, os.W_OK) or not mode & 0o222
+
+
+def _writable_or_refuse(path: Path) -> None:
+    """A read-only head is refused (never silently replaced); so is a read-only folder."""
+    path = Path(path)
+    if path.exists() and _read_only(path):
+        raise WorkspaceError(f"{path}: the workspace file is read-only; make it writable "
+                             f"(chmod u+w) to change it")
+    folder = path.parent if str(path.parent) else Path(".")
+    if folder.exists() and _read_only(folder):
+        raise WorkspaceError(f"{folder}: the workspace's folder is read-only (no new files can "
+                             f"be written there); choose another folder or make it writable")
+    d = data_dir(path)
+    if d.exists() and _read_only(d):
+        raise WorkspaceError(f"{d}: the workspace's data folder is read-only; make it writable")
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise WorkspaceError (one line) unless a writer may change or create `path`."""
+    _writable_or_refuse(Path(path))
+
+
+def _write_head(path: Path, *, cfg: PreprocessConfig, salt: str, seed: int, test_fraction: float,
+                created: str | None, image_shape: Sequence[int], merged_through: int,
+                meta: dict[str, Any]) -> Path:
+    """Replace the head atomically (fsynced, the folder too); keeps an existing head's mode."""
+    mode = None
+    if path.exists():
+        _writable_or_refuse(path)
+        mode = path.stat().st_mode & 0o7777
+    def fill(f: h5py.File) -> None:
+        _init_attrs(f, cfg, salt=salt, seed=seed, test_fraction=test_fraction,
+                    created=created, image_shape=image_shape, merged_through=merged_through)
+        for name, obj in meta.items():
+            _write_meta(f, name, obj)
+
+    with atomic_write_path(path) as tmp:
+        write_h5(tmp, fill)
+        if mode is not None:
+            os.chmod(tmp, mode)
+    if mode is not None:
+        os.chmod(path, mode)  # atomic_write_path gives the umask's mode; the user's stays
+    return path
+
+
 def create_empty(path: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
                  test_fraction: float = 0.25, seed: int = 0) -> Path:
     """Write an empty workspace atomically (a fresh random pseudonym salt)."""
     path = Path(path)
-    with atomic_write_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _init_attrs(f, cfg or PreprocessConfig(), salt=new_salt(), seed=seed,
-                        test_fraction=test_fraction)
-            for name, obj in (("provenance", []), ("skipped", []), ("identity", {}),
-                              ("pseudonyms", {})):
-                _write_meta(f, name, obj)
-    return path
+    return _write_head(path, cfg=cfg or PreprocessConfig(), salt=new_salt(), seed=seed,
+                       test_fraction=test_fraction, created=None, image_shape=(),
+                       merged_through=0,
+                       meta={"provenance": [], "skipped": [], "identity": {}, "pseudonyms": {},
+                             "entries": {}, "segments": {}})
 
 
 def remove_stale_temps(path: str | os.PathLike) -> int:
-    """Delete temporary files a killed writer left beside the workspace and in staging.
+    """Delete temporary files a killed writer left beside the workspace and in its data
+    folder, and entry files no head names any more (superseded, or written for other
+    preprocessing by a killed re-derive).
 
     Call only while holding the writer lock (training.store.ingest.workspace_lock): then no
     temporary file can belong to a live writer.
     """
     path = Path(path)
     n = 0
-    for folder in (path.parent, staging_dir(path)):
+    for folder in (path.parent, data_dir(path), _old_staging_dir(path)):
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
@@ -394,11 +569,41 @@ def remove_stale_temps(path: str | os.PathLike) -> int:
                     n += 1
                 except OSError:
                     pass
+    if path.exists() and data_dir(path).is_dir():
+        try:
+            with h5py.File(path, "r") as f:
+                if _schema(f.attrs) < 2:
+                    return n
+                named = set(_read_meta(f, "segments", {}).values())
+                through = int(f.attrs.get("merged_through", 0))
+                phash = str(f.attrs.get("preprocess_hash", ""))
+        except OSError:
+            return n
+        for seq, p in list_staged(path):
+            stale = seq <= through and p.name not in named
+            if not stale and seq > through:
+                stale = _staged_phash(p) not in (phash, None)
+            if stale:
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
     return n
 
 
-def list_staged(path: str | os.PathLike, merged_through: int = 0) -> list[tuple[int, Path]]:
-    d = staging_dir(path)
+def _staged_phash(p: Path) -> str | None:
+    """The preprocessing an entry file was written for; None when it cannot be read."""
+    try:
+        with h5py.File(p, "r") as f:
+            return str(f.attrs.get("preprocess_hash", ""))
+    except OSError:
+        return None
+
+
+def list_staged(path: str | os.PathLike, merged_through: int = 0, *,
+                folder: Path | None = None) -> list[tuple[int, Path]]:
+    d = folder or data_dir(path)
     if not d.is_dir():
         return []
     out = []
@@ -409,8 +614,46 @@ def list_staged(path: str | os.PathLike, merged_through: int = 0) -> list[tuple[
     return sorted(out)
 
 
+def entry_files(path: str | os.PathLike) -> dict[str, Path]:
+    """Entry label → the file holding it, as the head names them (schema 2)."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        segments = _read_meta(f, "segments", {})
+    return {k: data_dir(path) / v for k, v in segments.items()}
+
+
+def copy_workspace(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a workspace: its head W.h5 and its data folder W.h5.d/ (what moving one takes).
+    The entry files are copied first, the head last, so an interrupted copy is no workspace."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if data_dir(src).is_dir():
+        shutil.copytree(data_dir(src), data_dir(dst), dirs_exist_ok=True)
+    shutil.copy2(src, dst)
+    return dst
+
+
+def has_leftovers(path: str | os.PathLike) -> bool:
+    """Committed entry files that the head does not name yet (a killed writer's)."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        through = int(f.attrs.get("merged_through", 0))
+    return bool(list_staged(path, through))
+
+
+def next_seq(path: str | os.PathLike) -> int:
+    """A sequence number above every entry file and the head's merged_through."""
+    path = Path(path)
+    through = 0
+    if path.exists():
+        with h5py.File(path, "r") as f:
+            through = int(f.attrs.get("merged_through", 0))
+    return max([s for s, _ in list_staged(path)] + [through]) + 1
+
+
 def staged_path(path: str | os.PathLike, seq: int, label: str) -> Path:
-    return staging_dir(path) / f"{seq:08d}-{label}.h5"
+    return data_dir(path) / f"{seq:08d}-{label}.h5"
 
 
 def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
@@ -421,52 +664,54 @@ def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
 
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(final)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT + "-staged"
-            f.attrs["salt"] = salt
-            f.attrs["preprocess_hash"] = phash
-            write_entry(f.create_group("entries"), entry, phash)
-            _write_meta(f, "identity", identity)
-            _write_meta(f, "pseudonyms", pseudonyms)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    def fill(f: h5py.File) -> None:
+        f.attrs["format"] = FORMAT + "-staged"
+        f.attrs["salt"] = salt
+        f.attrs["preprocess_hash"] = phash
+        write_entry(f.create_group("entries"), entry, phash)
+        _write_meta(f, "identity", identity)
+        _write_meta(f, "pseudonyms", pseudonyms)
+
+    write_h5(tmp, fill)
     return tmp
 
 
 def commit_staged(tmp: Path, final: Path) -> Path:
     """The commit point of one entry: an atomic rename of the complete file into the
-    staging folder (durable only once merged; see the module's Durability note)."""
+    data folder (durable once a head names it; see the module's Durability note)."""
     os.replace(tmp, final)
     return final
 
 
 def write_staged(path: str | os.PathLike, seq: int, entry: EntryData, phash: str, salt: str,
                  identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
-    """Commit one entry as its own small HDF5 file in the staging folder (atomic)."""
+    """Commit one entry as its own HDF5 file in the data folder (atomic)."""
     final = staged_path(path, seq, entry.label)
     return commit_staged(write_staged_tmp(final, entry, phash, salt, identity, pseudonyms), final)
 
 
 class Merger:
-    """Builds the next copy of a workspace while entries are being committed.
+    """Builds the next head of a workspace while entries are being committed.
 
-    The writer adds each staged file as soon as it is committed (`add_staged`: a raw
-    chunk copy, overlapping the workers' loading); `finish` copies the entries of the
-    current workspace that were not replaced, writes the tables, fsyncs and
-    ``os.replace``-s the copy over the workspace, then removes the merged staged files.
-    `abort` discards the copy (staged files stay and are merged next time).
+    The writer adds each entry file as soon as it is committed (`add_staged` reads its
+    small metadata); `finish` fsyncs the new files, writes the next head naming them and
+    replaces the head atomically, then removes the files of entries it replaced.
+    `abort` writes nothing (committed files stay and are folded in next time).
+    new_cfg switches the preprocessing: the head then names only entries added for it
+    (a re-derive adds every entry again).
     """
 
     def __init__(self, path: str | os.PathLike, new_cfg: PreprocessConfig | None = None):
-        from training.atomic import temp_path_for
-
         self.path = Path(path)
-        self.src = h5py.File(self.path, "r")
         try:
-            _check_format(self.src, self.path)
-            src = self.src
+            src = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise WorkspaceError(f"{self.path}: cannot be opened as HDF5 ({exc})") from exc
+        with src:
+            _check_format(src, self.path)
+            if _schema(src.attrs) < 2:
+                raise WorkspaceError(f"{self.path}: schema 1 workspace; convert it first")
             self.merged_through = int(src.attrs.get("merged_through", 0))
             self.cfg = new_cfg or PreprocessConfig.from_json(src.attrs["preprocess"])
             self.phash = preprocess_hash(self.cfg)
@@ -476,60 +721,58 @@ class Merger:
             self.pseudonyms = _read_meta(src, "pseudonyms", {})
             self.provenance = _read_meta(src, "provenance", [])
             self.skip_rows = {r[0]: r[1] for r in _read_meta(src, "skipped", [])}
+            old_segments = _read_meta(src, "segments", {})
+            self.old_rows: dict[str, dict] = _read_meta(src, "entries", {})
+            self.rows: dict[str, dict] = dict(self.old_rows) if same else {}
+            self.segments: dict[str, str] = dict(old_segments) if same else {}
+            self.old_files = set(old_segments.values())
             self.salt = str(src.attrs["salt"])
-            self.tmp = temp_path_for(self.path)
-            self.dst = h5py.File(self.tmp, "w")
-            _init_attrs(self.dst, self.cfg, salt=self.salt, seed=int(src.attrs["split_seed"]),
-                        test_fraction=float(src.attrs["test_fraction"]),
-                        created=src.attrs.get("created"), image_shape=self.shape,
-                        merged_through=self.merged_through)
-        except BaseException:
-            self.abort()
-            raise
+            self.seed = int(src.attrs["split_seed"])
+            self.test_fraction = float(src.attrs["test_fraction"])
+            self.created = src.attrs.get("created")
         self.max_seq = self.merged_through
         self.roles: dict[str, str] = {}  # label → new role, applied by finish (set_roles)
-        self.consumed: list[Path] = []
+        self.consumed: list[Path] = []  # committed files read into this head
+        self.added: list[Path] = []  # of those, the ones the head names
         self.damaged: list[str] = []  # staged files that could not be read (left out)
+        self.dropped: list[str] = []  # entries removed (damaged data found by a re-derive)
 
     def add_staged(self, seq: int, staged: Path) -> None:
-        """Copy a committed staged file into the next workspace copy. One that cannot be
-        read (damaged by a power cut: staged files are not fsynced) is left out, recorded
-        in the provenance and removed with the merged ones; its series comes in again with
-        the next drop."""
+        """Fold a committed entry file into the next head. One that cannot be read
+        (damaged by a power cut: not fsynced before a head names it) is left out, recorded
+        in the provenance and removed; its series comes in again with the next drop."""
         from training.atomic import start_writeback
 
-        ents = self.dst["entries"]
         try:
             sf = h5py.File(staged, "r")
         except OSError as exc:
             self._damaged(seq, staged, exc)
             return
         with sf:
-            copied: list[str] = []
             try:
                 if sf.attrs.get("salt") != self.salt:
                     return  # not written for this workspace
-                names = list(sf["entries"])
+                if "entries" in sf and len(sf["entries"]) and \
+                        str(sf.attrs.get("preprocess_hash", "")) != self.phash:
+                    return  # written for other preprocessing (a killed re-derive)
+                rows = {k: _entry_row(sf["entries"][k], self.phash) for k in sf["entries"]}
                 identity = _read_meta(sf, "identity", {})
                 pseudonyms = _read_meta(sf, "pseudonyms", {})
-                for k in names:
-                    if k in ents:
-                        del ents[k]  # a later commit of the same series wins
-                    copied.append(k)
-                    copy_entry(sf["entries"][k], ents, [self.phash])
-                    if not self.shape and self.phash in ents[k]["derived"]:
-                        self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
             except (OSError, KeyError, ValueError) as exc:
-                for k in copied:
-                    if k in ents:
-                        del ents[k]
                 self._damaged(seq, staged, exc)
                 return
-            self.identity.update(identity)
-            self.pseudonyms.update(pseudonyms)
+        for k, row in rows.items():
+            self.rows[k] = row  # a later commit of the same series wins
+            self.segments[k] = staged.name
+            if not self.shape and row["image_shape"]:
+                self.shape = list(row["image_shape"])
+        if rows:
+            self.added.append(staged)
+        self.identity.update(identity)
+        self.pseudonyms.update(pseudonyms)
         self.consumed.append(staged)
         self.max_seq = max(self.max_seq, seq)
-        start_writeback(self.tmp)  # most of the copy is on disk before the final fsync
+        start_writeback(staged)  # most of it is on disk before the final fsync
 
     def _damaged(self, seq: int, staged: Path, exc: BaseException) -> None:
         # the name only: h5py's message holds the absolute path
@@ -537,86 +780,149 @@ class Merger:
         self.consumed.append(staged)
         self.max_seq = max(self.max_seq, seq)
 
+    def drop(self, label: str, reason: str) -> None:
+        """Leave an entry out of the next head and forget its files' identity rows, so
+        the next drop of its DICOM ingests it again."""
+        row = self.rows.pop(label, None) or self.old_rows.get(label)
+        self.segments.pop(label, None)
+        uid = (row or {}).get("series_uid", "")
+        if uid:
+            self.identity = {q: r for q, r in self.identity.items() if r[1] != uid}
+        self.dropped.append(f"{label}: {reason}")
+
     def finish(self, skipped: list[list[str]] | None = None, provenance: dict | None = None,
                seen: Iterable[str] = ()) -> Path:
         """seen: relative paths of this drop; their old skipped rows are replaced by `skipped`
         (a file fixed since is no longer listed)."""
         from training.atomic import fsync_dir, fsync_file
 
-        try:
-            done = set(self.consumed)
-            for seq, p in list_staged(self.path, self.merged_through):
-                if p not in done:
-                    self.add_staged(seq, p)
-            ents = self.dst["entries"]
-            for k in self.src["entries"]:
-                if k not in ents:
-                    copy_entry(self.src["entries"][k], ents, [self.phash])
-                    if not self.shape and self.phash in ents[k]["derived"]:
-                        self.shape = list(ents[k]["derived"][self.phash]["images"].shape[1:])
-            for p in seen:
-                self.skip_rows.pop(p, None)
-            if skipped:
-                self.skip_rows.update({r[0]: r[1] for r in skipped})
-            if provenance or self.damaged:
-                record = dict(provenance or {"time": now_iso(), "action": "merge"})
-                if self.damaged:
-                    record["damaged_staged_files"] = list(self.damaged)
-                self.provenance.append(record)
-            for k, role in self.roles.items():
-                if k in ents:
-                    ents[k].attrs["role"] = str(role)
-            d = self.dst
-            d.attrs["image_shape"] = np.asarray(self.shape, dtype=np.int64)
-            d.attrs["merged_through"] = int(self.max_seq)
-            _record_splits(d)
-            _write_entry_table(d)
-            _write_meta(d, "identity", self.identity)
-            _write_meta(d, "pseudonyms", self.pseudonyms)
-            _write_meta(d, "provenance", self.provenance)
-            _write_meta(d, "skipped", [[k, v] for k, v in sorted(self.skip_rows.items())])
-            d.close()
-            fsync_file(self.tmp)
-            os.replace(self.tmp, self.path)
-            fsync_dir(self.path.parent)
-        except BaseException:
-            self.abort()
-            raise
-        self.src.close()
-        for p in self.consumed:
+        done = set(self.consumed)
+        for seq, p in list_staged(self.path, self.merged_through):
+            if p not in done:
+                self.add_staged(seq, p)
+        for p in seen:
+            self.skip_rows.pop(p, None)
+        if skipped:
+            self.skip_rows.update({r[0]: r[1] for r in skipped})
+        if provenance or self.damaged or self.dropped:
+            record = dict(provenance or {"time": now_iso(), "action": "merge"})
+            if self.damaged:
+                record["damaged_staged_files"] = list(self.damaged)
+            if self.dropped:
+                record["damaged_entries_removed"] = list(self.dropped)
+            self.provenance.append(record)
+        for k, role in self.roles.items():  # the head's row holds the current role
+            if k in self.rows:
+                self.rows[k] = {**self.rows[k], "role": str(role)}
+        named = set(self.segments.values())
+        for p in self.added:
+            if p.name in named:
+                fsync_file(p)
+        if self.added:
+            fsync_dir(data_dir(self.path))
+        labels = sorted(self.rows)
+        _write_head(self.path, cfg=self.cfg, salt=self.salt, seed=self.seed,
+                    test_fraction=self.test_fraction, created=self.created,
+                    image_shape=self.shape, merged_through=self.max_seq,
+                    meta={"entries": {k: self.rows[k] for k in labels},
+                          "segments": {k: self.segments[k] for k in labels},
+                          "identity": self.identity, "pseudonyms": self.pseudonyms,
+                          "provenance": self.provenance,
+                          "skipped": [[k, v] for k, v in sorted(self.skip_rows.items())]})
+        # what the new head no longer names: replaced entries, damaged and entry-less files
+        folder = data_dir(self.path)
+        for name in (self.old_files | {p.name for p in self.consumed}) - named:
             try:
-                p.unlink()
+                (folder / name).unlink()
             except OSError:
                 pass
-        try:
-            staging_dir(self.path).rmdir()  # only when empty
-        except OSError:
-            pass
         return self.path
 
     def abort(self) -> None:
-        for name in ("dst", "src"):
-            f = getattr(self, name, None)
-            if f is not None:
-                try:
-                    f.close()
-                except Exception:
-                    pass
-        tmp = getattr(self, "tmp", None)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass  # nothing written until finish
 
 
 def merge(path: str | os.PathLike, *, new_cfg: PreprocessConfig | None = None,
           skipped: list[list[str]] | None = None, provenance: dict | None = None) -> Path:
-    """Write a new copy of the workspace with all staged entries folded in; os.replace it.
+    """Write a new head with all committed entry files folded in.
 
     new_cfg switches the current preprocessing (only for a workspace without entries:
-    entries keep just their derived arrays for the new settings, so use
-    training.store.ingest.rederive otherwise). skipped: [relative path, reason] rows replacing
-    those of the same path.
+    use training.store.ingest.rederive otherwise). skipped: [relative path, reason] rows
+    replacing those of the same path.
     """
     return Merger(path, new_cfg).finish(skipped, provenance)
+
+
+def convert_v1(path: str | os.PathLike) -> str:
+    """Convert a schema 1 workspace (everything inside W.h5, leftovers in W.h5.staging/)
+    to the appending layout, once: each entry is copied into its own file in W.h5.d/
+    as it is (float32 images and uncompressed HU stay so until the next re-derive or
+    re-ingest); then a new head replaces W.h5. Call while holding the writer lock.
+    Returns a message for the user."""
+    from training.atomic import fsync_dir, fsync_file
+
+    path = Path(path)
+    _writable_or_refuse(path)
+    folder = data_dir(path)
+    folder.mkdir(exist_ok=True)
+    with h5py.File(path, "r") as src:
+        _check_format(src, path)
+        if _schema(src.attrs) >= 2:
+            return ""
+        through = int(src.attrs.get("merged_through", 0))
+        staged = list_staged(path, through, folder=_old_staging_dir(path))
+        seq = max([s for s, _ in staged] + [through, *[s for s, _ in list_staged(path)]]) + 1
+        phash = str(src.attrs["preprocess_hash"])
+        cfg = PreprocessConfig.from_json(src.attrs["preprocess"])
+        rows: dict[str, dict] = {}
+        segments: dict[str, str] = {}
+        written: list[Path] = []
+        for label in sorted(src["entries"]):
+            final = staged_path(path, seq, label)
+            from training.atomic import temp_path_for
+
+            tmp = temp_path_for(final)
+
+            def fill(f: h5py.File, label: str = label) -> None:
+                f.attrs["format"] = FORMAT + "-staged"
+                f.attrs["salt"] = src.attrs["salt"]
+                f.attrs["preprocess_hash"] = phash
+                src.copy(src["entries"][label], f.create_group("entries"), name=label)
+                rows[label] = _entry_row(f["entries"][label], phash)
+
+            write_h5(tmp, fill)
+            fsync_file(tmp)
+            os.replace(tmp, final)
+            segments[label] = final.name
+            written.append(final)
+            seq += 1
+        fsync_dir(folder)
+        meta = {"entries": rows, "segments": segments,
+                "identity": _read_meta(src, "identity", {}),
+                "pseudonyms": _read_meta(src, "pseudonyms", {}),
+                "skipped": _read_meta(src, "skipped", []),
+                "provenance": _read_meta(src, "provenance", []) + [
+                    {"time": now_iso(), "tool_version": __version__,
+                     "action": "convert to schema 2 (one file per entry in W.h5.d/)"}]}
+        head = dict(cfg=cfg, salt=str(src.attrs["salt"]), seed=int(src.attrs["split_seed"]),
+                    test_fraction=float(src.attrs["test_fraction"]),
+                    created=src.attrs.get("created"),
+                    image_shape=[int(v) for v in src.attrs["image_shape"]])
+    # unmerged leftovers of schema 1 keep their numbers (above every converted file's)
+    moved = []
+    for s, p in staged:
+        dst = folder / p.name
+        os.replace(p, dst)
+        moved.append(dst)
+    _write_head(path, merged_through=seq - 1, meta=meta, **head)
+    try:
+        _old_staging_dir(path).rmdir()
+    except OSError:
+        pass
+    if moved:  # fold them in like any leftovers
+        merge(path)
+    return (f"{path.name}: converted to the appending layout (schema 2): {len(rows)} entries "
+            f"now in {folder.name}/; copy both {path.name} and {folder.name}/ to move it")
 
 
 def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray],
@@ -630,8 +936,11 @@ def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray
     each entry is its own patient).
     images: label → float32 (n, H, W) for 2D or (n, D, H, W) for 3D, in [0, 1].
     labels: label → uint8 of the same shape (0 = complement, k = roi_names[k-1]).
-    Entries have no source group, so they cannot be re-derived. Atomic.
+    Entries have no source group, so they cannot be re-derived. Replaces any workspace
+    at `path` atomically (its old entry files are removed after the new head is in place).
     """
+    import shutil
+
     path = Path(path)
     if not images:
         raise ValueError("write_arrays_workspace: no images")
@@ -644,30 +953,64 @@ def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray
         cfg = cfg.replace(mode=mode)
     phash = preprocess_hash(cfg)
     shape = first.shape[1:]
-    with atomic_write_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            _init_attrs(f, cfg, salt=new_salt(), seed=seed, test_fraction=test_fraction,
-                        image_shape=shape)
-            for label, arr in images.items():
-                arr = np.asarray(arr, dtype=np.float32)
-                if arr.shape[1:] != shape:
-                    raise ValueError(f"{label}: image shape {arr.shape[1:]} differs from {shape}")
-                lab = None if labels is None else np.asarray(labels[label], dtype=np.uint8)
-                h = hashlib.sha256(arr.tobytes())
-                if lab is not None:
-                    h.update(lab.tobytes())
-                write_entry(f["entries"], EntryData(label=label, patient=(patients or {}).get(label, label),
-                                                    content_hash=h.hexdigest()[:32],
-                                                    images=arr, labels=lab,
-                                                    rois=tuple(cfg.rois)), phash)
-            _record_splits(f)
-            _write_entry_table(f)
-            _write_meta(f, "provenance", [{"time": now_iso(), "tool_version": __version__,
-                                           "source": "arrays", "n_entries": len(images),
-                                           "preprocess": cfg.to_dict()}])
-            for name, obj in (("skipped", []), ("identity", {}), ("pseudonyms", {})):
-                _write_meta(f, name, obj)
+    salt = new_salt()
+    old = sorted(data_dir(path).iterdir()) if data_dir(path).is_dir() else []
+    seq = next_seq(path) if path.exists() else 1
+    tmp = create_empty(path.with_name(f".{path.name}.arrays.tmp"), cfg,
+                       test_fraction=test_fraction, seed=seed)
+    written: list[Path] = []
+    try:
+        with h5py.File(tmp, "r+") as f:
+            f.attrs["salt"] = salt
+        staged_tmp = Path(tmp)
+        for label, arr in images.items():
+            arr = np.asarray(arr, dtype=np.float32)
+            if arr.shape[1:] != shape:
+                raise ValueError(f"{label}: image shape {arr.shape[1:]} differs from {shape}")
+            lab = None if labels is None else np.asarray(labels[label], dtype=np.uint8)
+            h = hashlib.sha256(arr.tobytes())
+            if lab is not None:
+                h.update(lab.tobytes())
+            written.append(write_staged(path, seq, EntryData(
+                label=label, patient=(patients or {}).get(label, label), content_hash=h.hexdigest()[:32], images=arr,
+                labels=lab, rois=tuple(cfg.rois)), phash, salt, {}, {}))
+            seq += 1
+        # the new head: fold the new files into the temporary empty head, then rename it
+        m = Merger(staged_tmp)
+        for k, p in enumerate(written):
+            m.add_staged(seq - len(written) + k, p)
+        m.provenance = [{"time": now_iso(), "tool_version": __version__, "source": "arrays",
+                         "n_entries": len(images), "preprocess": cfg.to_dict()}]
+        m.old_files = set()
+        _finish_into(m, path)
+    except BaseException:
+        for p in written:
+            p.unlink(missing_ok=True)
+        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    for p in old:
+        if p.is_file():
+            p.unlink(missing_ok=True)
+        elif p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
     return path
+
+
+def _finish_into(m: Merger, path: Path) -> None:
+    """Write m's head at `path` (m was built on a temporary head beside it)."""
+    from training.atomic import fsync_dir, fsync_file
+
+    for p in m.added:
+        fsync_file(p)
+    fsync_dir(data_dir(path))
+    labels = sorted(m.rows)
+    _write_head(path, cfg=m.cfg, salt=m.salt, seed=m.seed, test_fraction=m.test_fraction,
+                created=None, image_shape=m.shape, merged_through=m.max_seq,
+                meta={"entries": {k: m.rows[k] for k in labels},
+                      "segments": {k: m.segments[k] for k in labels},
+                      "identity": {}, "pseudonyms": {}, "provenance": m.provenance,
+                      "skipped": []})
 
 
 # ----------------------------------------------------------------------------- reading
@@ -681,8 +1024,7 @@ class Workspace:
     Rows are (patient index, image index) into `patients` and that entry's images.
     """
 
-    MAX_OPEN_STAGED = 256  # file handles kept for unmerged staged entries
-    LRU_STAGED = 32  # reopened staged files kept open when there are more
+    LRU_STAGED = 0  # entry files kept open (0: as many as the open-file limit allows)
 
     def __init__(self, path: Path, files: list[h5py.File], main: h5py.File,
                  entries: list[tuple[str, h5py.File | Path, dict]], head: dict | None = None):
@@ -749,35 +1091,39 @@ class Workspace:
             head = {k: main.attrs.get(k) for k in _HEAD_ATTRS}
             _check_format(head, path)
             phash = str(head["preprocess_hash"])
-            table = _read_meta(main, "entries", None)
-            names = list(main["entries"])
-            if table is None or set(table) != set(names):
-                table = {k: _entry_row(main["entries"][k], phash) for k in names}
-            found: dict[str, tuple[str, h5py.File | Path, dict]] = {k: (k, main, table[k]) for k in names}
-            staged = list_staged(path, int(head["merged_through"] or 0))
-            # Few leftovers stay open (their data stays readable even if a concurrent merge
-            # removes them); many are closed after reading their rows, reopened on demand.
-            keep_open = len(staged) <= cls.MAX_OPEN_STAGED
+            through = int(head["merged_through"] or 0)
+            found: dict[str, tuple[str, h5py.File | Path, dict]] = {}
+            if _schema(head) >= 2:
+                table = _read_meta(main, "entries", {})
+                segments = _read_meta(main, "segments", {})
+                folder = data_dir(path)
+                for k in sorted(segments):
+                    found[k] = (k, folder / segments[k], table[k])
+                staged = list_staged(path, through)
+            else:  # schema 1: entries inside the head, leftovers in W.h5.staging/
+                table = _read_meta(main, "entries", None)
+                names = list(main["entries"])
+                if table is None or set(table) != set(names):
+                    table = {k: _entry_row(main["entries"][k], phash) for k in names}
+                found = {k: (k, main, table[k]) for k in names}
+                staged = list_staged(path, through, folder=_old_staging_dir(path))
             salt = main.attrs["salt"] if staged else None
-            for _, p in staged:
+            for _, p in staged:  # committed by a writer that has not written its head yet
                 try:
                     sf = h5py.File(p, "r", rdcc_nbytes=0)
                 except OSError:
-                    continue  # removed by a concurrent merge, or unreadable: skip
+                    continue  # removed by a concurrent writer, or unreadable: skip
                 try:
-                    if sf.attrs.get("salt") != salt:
-                        sf.close()
-                        continue
-                    rows = {k: _entry_row(sf["entries"][k], phash) for k in sf["entries"]}
+                    with sf:
+                        if sf.attrs.get("salt") != salt:
+                            continue
+                        if len(sf["entries"]) and str(sf.attrs.get("preprocess_hash", "")) != phash:
+                            continue  # a killed re-derive's: not part of this workspace
+                        rows = {k: _entry_row(sf["entries"][k], phash) for k in sf["entries"]}
                 except (OSError, KeyError, ValueError):  # damaged (a power cut): skip
-                    sf.close()
                     continue
                 for k, row in rows.items():
-                    found[k] = (k, sf if keep_open else p, row)
-                if keep_open:
-                    files.append(sf)
-                else:
-                    sf.close()
+                    found[k] = (k, p, row)
             return cls(path, files, main, [found[k] for k in sorted(found)], head)
         except BaseException:
             for f in files:
@@ -851,11 +1197,24 @@ class Workspace:
             return np.zeros((0, 2), dtype=np.int64)
         return np.concatenate(parts).astype(np.int64)
 
+    def _max_open(self) -> int:
+        if self.LRU_STAGED:
+            return self.LRU_STAGED
+        return _open_file_budget()
+
+    def damaged(self, p: int, exc: BaseException) -> WorkspaceError:
+        """The error for an entry whose stored data cannot be read back (checksum)."""
+        label, f, _ = self._entries[p]
+        where = f"{f.parent.name}/{f.name}" if isinstance(f, Path) else self.path.name
+        return WorkspaceError(
+            f"{self.path}: {label}: stored data is damaged ({_h5_reason(exc)}) in {where}; "
+            f"drop its DICOM again to re-ingest it (ct-vae info --check lists every damaged entry)")
+
     def _group(self, p: int) -> h5py.Group:
         label, f, _ = self._entries[p]
         if isinstance(f, Path):
             if f not in self._lru:
-                if len(self._lru) >= self.LRU_STAGED:
+                if len(self._lru) >= self._max_open():
                     old, handle = self._lru.popitem(last=False)
                     self._ds = {k: v for k, v in self._ds.items()
                                 if self._entries[k[1]][1] != old}
@@ -863,11 +1222,17 @@ class Workspace:
                 try:
                     self._lru[f] = h5py.File(f, "r", rdcc_nbytes=0)
                 except OSError as exc:
-                    raise WorkspaceError(f"{self.path}: staged entry {label} was merged or removed "
-                                         "meanwhile; open the workspace again") from exc
+                    if f.exists():
+                        raise WorkspaceError(f"{self.path}: {label}: its file {f.parent.name}/{f.name} "
+                                             f"cannot be opened ({_h5_reason(exc)})") from exc
+                    raise WorkspaceError(f"{self.path}: {label} was replaced or removed by another "
+                                         "process meanwhile; open the workspace again") from exc
             self._lru.move_to_end(f)
-            return self._lru[f]["entries"][label]
-        return f["entries"][label]
+            f = self._lru[f]
+        try:
+            return f["entries"][label]
+        except (KeyError, OSError) as exc:
+            raise self.damaged(p, exc) from exc
 
     def _dataset(self, kind: str, p: int) -> h5py.Dataset | None:
         """The entry's images or labels for the current preprocessing (None if absent)."""
@@ -896,7 +1261,15 @@ class Workspace:
                 raise IndexError(f"patient {p} has no {kind} for the current preprocessing")
             if i < 0 or i + (e - b) > ds.shape[0]:
                 raise IndexError(f"image rows {i}..{i + e - b - 1} out of range for patient {p}")
-            ds.read_direct(out, np.s_[i:i + (e - b)], np.s_[b:e])
+            try:
+                if ds.dtype == np.uint16 and out.dtype != np.uint16:  # stored images
+                    buf = np.empty((e - b, *ds.shape[1:]), dtype=np.uint16)
+                    ds.read_direct(buf, np.s_[i:i + (e - b)])
+                    np.multiply(buf, np.float32(1.0 / IMAGE_SCALE), out=out[b:e])
+                else:
+                    ds.read_direct(out, np.s_[i:i + (e - b)], np.s_[b:e])
+            except OSError as exc:  # a fletcher32 mismatch, or a damaged file
+                raise self.damaged(p, exc) from exc
             b = e
         return out
 
@@ -927,7 +1300,39 @@ class Workspace:
         g = self._group(index)
         if "source" not in g:
             raise WorkspaceError(f"{self.patients[index].pseudonym}: no source data stored")
-        return read_source(g["source"])
+        try:
+            return read_source(g["source"])
+        except (OSError, KeyError) as exc:
+            raise self.damaged(index, exc) from exc
+
+    def verify(self, progress: "Callable[[int, int, str], None] | None" = None
+               ) -> tuple[list[tuple[str, str]], int]:
+        """Read every stored array of every entry (source and derived), which checks each
+        chunk's fletcher32 checksum. Returns ([(entry label, reason)] of the damaged
+        entries, bytes checked). Entries written before checksums existed are only read."""
+        damaged: list[tuple[str, str]] = []
+        nbytes = 0
+        for p, (label, _, _) in enumerate(self._entries):
+            try:
+                g = self._group(p)
+                datasets: list[h5py.Dataset] = []
+                g.visititems(lambda _, obj: datasets.append(obj)
+                             if isinstance(obj, h5py.Dataset) else None)
+                for ds in datasets:
+                    if ds.shape and ds.chunks:
+                        buf = np.empty(ds.shape[1:], dtype=ds.dtype)
+                        for i in range(ds.shape[0]):
+                            ds.read_direct(buf, np.s_[i])
+                    else:
+                        ds[()]
+                    nbytes += ds.id.get_storage_size()
+            except WorkspaceError as exc:
+                damaged.append((label, str(exc).split(": ", 2)[-1]))
+            except (OSError, KeyError, ValueError) as exc:
+                damaged.append((label, str(self.damaged(p, exc)).split(": ", 2)[-1]))
+            if progress is not None:
+                progress(p + 1, len(self._entries), label)
+        return damaged, nbytes
 
     def fidelity(self, index: int) -> dict | None:
         """The entry's per-ROI rasterisation fidelity report (see training.dicom.fidelity),

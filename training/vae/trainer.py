@@ -240,6 +240,26 @@ def _seed_for(seed: int, epoch: int, stream: int) -> int:
 # -- the engine ------------------------------------------------------------------------------
 
 
+def _plain_failure(exc: BaseException) -> str | None:
+    """The one-line message for a failure that is not a bug: stored data failing its
+    checksum (WorkspaceError names the entry), or a write refused for want of room."""
+    from training.store.workspace import WorkspaceError, storage_error
+
+    if isinstance(exc, WorkspaceError) or "WorkspaceError" in type(exc).__name__:
+        lines = [x for x in str(exc).splitlines() if x.strip()]
+        # a DataLoader worker re-raises with its traceback in the text: keep the cause
+        last = lines[-1] if lines else ""
+        if last.startswith(("training.store.workspace.WorkspaceError: ", "WorkspaceError: ")):
+            last = last.split(": ", 1)[1]
+        return f"training stopped: {last}"
+    cause = storage_error(exc)
+    if cause is not None:
+        where = getattr(exc, "path", None) or getattr(exc, "filename", None) or "a file"
+        return (f"training stopped: {cause} while writing {where}; the checkpoints written "
+                "before are intact")
+    return None
+
+
 class Trainer:
     """Train a VAE on a workspace.
 
@@ -311,16 +331,21 @@ class Trainer:
         except TrainingFailed as exc:
             self._status, self._message = "failed", str(exc)
         except Exception as exc:  # any other error: report it, keep the last good state
-            log.exception("training failed")
+            plain = _plain_failure(exc)  # damaged workspace data, a full disk: one line
+            if plain is None:
+                log.exception("training failed")
             self._failed_alone = True  # an error of this process only: peers are not in step
             self._status = "failed"
-            self._message = f"training failed: {type(exc).__name__}: {exc}"
+            self._message = plain or f"training failed: {type(exc).__name__}: {exc}"
             try:
                 if self.model is not None and self._good is not None:
                     self._restore(self._good)
                     self._save_last()
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                log.exception("could not save the last good state")
+            except Exception as again:  # noqa: BLE001 - the first error is the one to report
+                if _plain_failure(again) is None:
+                    log.exception("could not save the last good state")
+                else:
+                    log.warning("could not save the last good state: %s", again)
             self._debug_traceback = traceback.format_exc()
         finally:
             self._close()
