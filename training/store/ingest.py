@@ -301,7 +301,12 @@ def _fidelity_report(rois: list[tuple[str, dict]], failed: list[tuple[str, str]]
     def show(p: str) -> str:
         return clean_text(str(p), stage["roots"], stage["replacements"])
 
-    return build_report([(show(p), rec) for p, rec in rois], [(show(p), show(r)) for p, r in failed])
+    def scrubbed(rec: dict) -> dict:  # ROI names like "GTV_<surname>" keep only the pseudonym
+        return {k: (clean_text(v, (), stage["replacements"]) if isinstance(v, str) else v)
+                for k, v in rec.items()}
+
+    return build_report([(show(p), scrubbed(rec)) for p, rec in rois],
+                        [(show(p), show(r)) for p, r in failed])
 
 
 def _rederive_job(src_file: str, label: str, cfg_json: str, stage: dict[str, Any]) -> dict:
