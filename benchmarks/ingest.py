@@ -138,6 +138,20 @@ def _resampled(run_ingest, drop_ct, drop_rt, series_dirs, n_files, repeat) -> No
         print(f"ingest resampled {name:<31} {min(ing):6.2f} s  {n_files / min(ing):7.0f} slices/s  "
               f"ratio {min(bare) / min(ing):.2f}× (bare {min(bare):.2f} s); paired median "
               f"{paired[len(paired) // 2]:.2f}×, range {paired[0]:.2f}–{paired[-1]:.2f}×")
+    # re-derive (no DICOM read) of a CT + RTSTRUCT workspace: pixels vs mm
+    from training.store.ingest import rederive
+
+    ws = run_ingest(drop_rt, PreprocessConfig(crop=128, rois=rois))
+    for name, cfgs in (("pixels (crop 128 ↔ 120)", [PreprocessConfig(crop=120, rois=rois),
+                                                     PreprocessConfig(crop=128, rois=rois)]),
+                       ("to 1 mm, FOV 128 mm ↔ 120 mm", [PreprocessConfig.new_workspace(rois=rois),
+                                                          PreprocessConfig.new_workspace(fov=120.0, rois=rois)])):
+        times = []
+        for k in range(repeat):
+            t0 = time.perf_counter()
+            rederive(ws, cfgs[k % 2], workers=2)
+            times.append(time.perf_counter() - t0)
+        print(f"re-derive CT + RTSTRUCT, {name:<29} {min(times):6.2f} s (best of {repeat})")
 
 
 def main() -> int:
@@ -233,6 +247,8 @@ def main() -> int:
             n = len(list(lung.iterdir()))
             print(f"LUNG1 ({n} slices, 512²): bare {t_b:.2f} s, ingest {t_i:.2f} s, ratio {t_b / t_i:.2f}× "
                   "(one series: one worker busy)")
+            t_m = best_of(lambda: run_ingest(lung, PreprocessConfig.new_workspace()), args.repeat)
+            print(f"LUNG1 resampled 0.977 → 1 mm, FOV 128 mm: ingest {t_m:.2f} s, ratio {t_b / t_m:.2f}×")
 
         if args.memory:
             small = tmp / "mem_small"

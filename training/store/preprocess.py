@@ -236,14 +236,7 @@ def preprocess_physical(hu: np.ndarray, labels: np.ndarray | None, positions: np
             centre = (zout[0] + zout[-1]) / 2
             zout = centre + (np.arange(d) - (d - 1) / 2) * cfg.z_spacing
         weights[0] = rs.axis_weights(positions, zout, cfg.z_spacing)
-        # only the source slices the z weights touch are read
-        used = np.unique(weights[0].index[weights[0].weight != 0])
-        if len(used) == 0:
-            used = np.array([0])
-        lo, hi = int(used[0]), int(used[-1]) + 1
-        zw = weights[0]
-        weights[0] = rs.AxisWeights(np.clip(zw.index - lo, 0, hi - lo - 1), zw.weight, zw.fill_weight)
-        vol, lab = hu[lo:hi], (None if labels is None else np.asarray(labels, np.uint8)[lo:hi])
+        vol, lab = hu, (None if labels is None else np.asarray(labels, np.uint8))
     else:
         idx = select_slices(positions, cfg)
         sel = slice(int(idx[0]), int(idx[-1]) + 1)
@@ -252,6 +245,10 @@ def preprocess_physical(hu: np.ndarray, labels: np.ndarray | None, positions: np
     if grid is None and cfg.crop:
         vol = center_crop(vol, cfg.crop, AIR_HU)
         lab = None if lab is None else center_crop(lab, cfg.crop, 0)
+    if weights:  # only the part of the source the grid reads (slices, rows, columns)
+        part, weights = rs.trim(weights, vol.shape)
+        vol = vol[part]
+        lab = None if lab is None else lab[part]
     out = rs.resample(vol, weights, fill=AIR_HU) if weights else vol.astype(np.float32)
     if np.may_share_memory(out, hu):
         out = out.copy()  # windowed in place below

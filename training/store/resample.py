@@ -123,6 +123,35 @@ def axis_weights(src: np.ndarray, out: np.ndarray, spacing: float) -> AxisWeight
     return AxisWeights(index=idx, weight=w.astype(np.float32), fill_weight=fill.astype(np.float32))
 
 
+def trim(weights: dict[int, AxisWeights], shape: tuple[int, ...]
+         ) -> tuple[tuple[slice, ...], dict[int, AxisWeights]]:
+    """The part of the source the weights read (a slice per axis) and the weights
+    re-indexed to it: resampling a 128 mm field of view of a 500 mm slice then touches
+    only the rows and columns inside it."""
+    sl = [slice(None)] * len(shape)
+    out = {}
+    for a, w in weights.items():
+        used = w.index[w.weight != 0]
+        lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 1)
+        sl[a] = slice(lo, hi)
+        out[a] = AxisWeights(np.clip(w.index - lo, 0, hi - lo - 1), w.weight, w.fill_weight)
+    return tuple(sl), out
+
+
+def _apply_last_axis(vol: np.ndarray, aw: AxisWeights) -> np.ndarray:
+    """The last axis as one sparse matrix product (a gather along the last axis costs
+    ~10× more): out[..., o] = Σ_i W[o, i] · vol[..., i]."""
+    from scipy import sparse
+
+    n = vol.shape[-1]
+    rows = np.repeat(np.arange(aw.n_out), aw.index.shape[1])
+    w = sparse.csr_matrix((aw.weight.ravel(), (rows, aw.index.ravel())), shape=(aw.n_out, n),
+                          dtype=np.float32)
+    flat = vol.reshape(-1, n).astype(np.float32, copy=False)
+    out = np.ascontiguousarray((w @ flat.T).T, dtype=np.float32)
+    return out.reshape(vol.shape[:-1] + (aw.n_out,))
+
+
 def apply_axis(vol: np.ndarray, axis: int, aw: AxisWeights, fill: float = 0.0) -> np.ndarray:
     """Resample one axis of `vol` with the weights (float32 result)."""
     vol = np.asarray(vol)
@@ -130,6 +159,11 @@ def apply_axis(vol: np.ndarray, axis: int, aw: AxisWeights, fill: float = 0.0) -
         return vol.astype(np.float32, copy=False)
     shape = [1] * vol.ndim
     shape[axis] = aw.n_out
+    if axis == vol.ndim - 1 and vol.ndim > 1:
+        out = _apply_last_axis(vol, aw)
+        if fill and aw.fill_weight.any():
+            out += np.float32(fill) * aw.fill_weight.reshape(shape)
+        return out
     out = None
     for t in range(aw.index.shape[1]):
         wt = aw.weight[:, t]
@@ -170,6 +204,36 @@ def resample(vol: np.ndarray, weights: dict[int, AxisWeights], fill: float = 0.0
     return out.astype(np.float32, copy=False)
 
 
+def _class_fraction(mask: np.ndarray, weights: dict[int, AxisWeights]
+                    ) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """resample(mask) computed only over the class's bounding box (a ROI is usually a
+    small part of the volume): (the output region, its fractions); zero elsewhere.
+    None when the class reaches no output voxel."""
+    src_sl, out_sl, sub = [], [], {}
+    for a in range(mask.ndim):
+        proj = mask.any(axis=tuple(b for b in range(mask.ndim) if b != a))
+        nz = np.flatnonzero(proj)
+        if nz.size == 0:
+            return None
+        lo, hi = int(nz[0]), int(nz[-1]) + 1
+        src_sl.append(slice(lo, hi))
+        if a not in weights:
+            out_sl.append(slice(lo, hi))
+            continue
+        w = weights[a]
+        reads = (w.index >= lo) & (w.index < hi) & (w.weight != 0)
+        rows = np.flatnonzero(reads.any(axis=1))
+        if rows.size == 0:
+            return None
+        o0, o1 = int(rows[0]), int(rows[-1]) + 1
+        out_sl.append(slice(o0, o1))
+        # taps outside the box read voxels without the class: weight 0
+        sub[a] = AxisWeights(np.clip(w.index[o0:o1] - lo, 0, hi - lo - 1),
+                             np.where(reads[o0:o1], w.weight[o0:o1], 0).astype(np.float32),
+                             np.zeros(o1 - o0, np.float32))
+    return tuple(out_sl), resample(mask[tuple(src_sl)].astype(np.float32), sub, 0.0)
+
+
 def resample_labels(labels: np.ndarray, weights: dict[int, AxisWeights]) -> np.ndarray:
     """Exclusive labels (uint8, 0 = complement) through the same weights, as fractions
     (module docstring): the ROI with the largest fraction wins when it is ≥ the
@@ -178,17 +242,20 @@ def resample_labels(labels: np.ndarray, weights: dict[int, AxisWeights]) -> np.n
     classes = np.flatnonzero(np.bincount(labels.ravel(), minlength=1)[1:]) + 1
     shape = tuple(weights[a].n_out if a in weights else labels.shape[a] for a in range(labels.ndim))
     out = np.zeros(shape, np.uint8)
-    if len(classes) == 0:
-        return out
     best = np.zeros(shape, np.float32)
     total = np.zeros(shape, np.float32)
-    for c in classes:  # ascending: ties keep the earlier (higher-priority) class
-        frac = resample((labels == c).astype(np.float32), weights, 0.0)
-        total += frac
-        win = frac > best + 1e-6
-        out[win] = c
-        best[win] = frac[win]
-    complement = 1.0 - total
-    out[best < complement - 1e-6] = 0
-    out[best <= 1e-6] = 0
+    for c in classes:  # ascending, strict ">": of equal fractions the earlier class stays
+        got = _class_fraction(labels == c, weights)
+        if got is None:
+            continue
+        region, frac = got
+        total[region] += frac
+        win = frac > best[region]
+        np.copyto(out[region], np.uint8(c), where=win)
+        np.copyto(best[region], frac, where=win)
+    # ties with the complement (0.5 / 0.5, up to float32 rounding) go to the ROI
+    total -= np.float32(1.0)  # = −complement
+    lose = best < -total - np.float32(1e-6)
+    lose |= best <= np.float32(1e-6)
+    np.copyto(out, np.uint8(0), where=lose)
     return out
