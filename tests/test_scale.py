@@ -396,3 +396,16 @@ def test_one_slice_series_with_z_spacing_and_3d_labels():
     inside = np.abs(z - 5.0) <= 1.0
     assert lab3[0, :, 0, 0].tolist() == inside.astype(int).tolist()
     np.testing.assert_allclose(img3[0, ~inside, 0, 0], 0.0)  # outside the series: air
+
+
+def test_export_spacing_follows_the_mm_settings():
+    from training.latent.export import output_spacing
+
+    src = (3.0, 0.488, 0.488)
+    assert output_spacing(PreprocessConfig.new_workspace(), src, (40, 512, 512)) == (3.0, 1.0, 1.0)
+    assert output_spacing(PreprocessConfig.new_workspace(z_spacing=2.0, mode="3d"), src,
+                          (40, 512, 512), (128, 128, 128)) == (2.0, 1.0, 1.0)
+    got = output_spacing(PreprocessConfig(crop=None, fov=250.0, size=125), src, (40, 512, 512))
+    assert got == pytest.approx((3.0, 2.0, 2.0))
+    # pixels, unchanged: a 128 px crop keeps the source pixels
+    assert output_spacing(PreprocessConfig(crop=128), src, (40, 512, 512)) == src

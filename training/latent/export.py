@@ -53,7 +53,13 @@ def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Se
     source dz.
     """
     dz, dy, dx = (float(v) for v in source_spacing)
-    if preprocess.size:
+    if getattr(preprocess, "physical", False):  # settings in mm: training/store/scale.py
+        from training.store.scale import output_spacing as grid_spacing
+
+        dy, dx = grid_spacing(preprocess, source_spacing, source_shape)["pixel_mm"]
+        if preprocess.z_spacing is not None:  # a uniform z grid, 2D and 3D
+            return (float(preprocess.z_spacing), dy, dx)
+    elif preprocess.size:
         if preprocess.crop:
             ey = ex = preprocess.crop
         elif source_shape is not None:
