@@ -122,22 +122,43 @@ def peak_rss(drop: Path, ws: Path, workers: int, crop: int) -> dict:
     return {"parent_mb": parent, "worker_mb": worker, "total_mb": total}
 
 
+def _cpu() -> float:
+    """CPU seconds of this process and its reaped children (the ingest's workers are
+    joined when it returns), user + system: unlike wall time, not inflated by other load."""
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def _timed(fn) -> tuple[float, float]:
+    w0, c0 = time.perf_counter(), _cpu()
+    fn()
+    return time.perf_counter() - w0, _cpu() - c0
+
+
 def _resampled(run_ingest, drop_ct, drop_rt, series_dirs, n_files, repeat) -> None:
-    """3b: ingest with resampling to mm (the new-workspace default), paired with the bare loop."""
+    """3b: ingest with and without resampling to mm, each paired with the bare loop; wall
+    time and CPU time (the load-independent cost)."""
     rois = ("Lung-Left", "Lung-Right", "Heart")
+    print("(3b) each row alternates bare loop / ingest; wall: best of each; CPU: best of each")
     for name, c, drop in (
+            ("pixels: crop 128 (CT only)", PreprocessConfig(crop=128), drop_ct),
             ("1 mm, FOV 128 mm (CT only)", PreprocessConfig.new_workspace(), drop_ct),
-            ("1 mm, FOV 128 mm, z 1 mm (CT)", PreprocessConfig.new_workspace(z_spacing=1.0), drop_ct),
+            ("1 mm, FOV 128 mm, z 1 mm (CT only)", PreprocessConfig.new_workspace(z_spacing=1.0), drop_ct),
+            ("pixels: crop 128, CT + RTSTRUCT", PreprocessConfig(crop=128, rois=rois), drop_rt),
             ("1 mm, FOV 128 mm, CT + RTSTRUCT", PreprocessConfig.new_workspace(rois=rois), drop_rt)):
         run_ingest(drop, c)
         bare, ing = [], []
         for _ in range(repeat):
-            bare.append(best_of(lambda: bare_load(series_dirs), 1))
-            ing.append(best_of(lambda: run_ingest(drop, c), 1))
-        paired = sorted(b / i for b, i in zip(bare, ing))
-        print(f"ingest resampled {name:<31} {min(ing):6.2f} s  {n_files / min(ing):7.0f} slices/s  "
-              f"ratio {min(bare) / min(ing):.2f}× (bare {min(bare):.2f} s); paired median "
-              f"{paired[len(paired) // 2]:.2f}×, range {paired[0]:.2f}–{paired[-1]:.2f}×")
+            bare.append(_timed(lambda: bare_load(series_dirs)))
+            ing.append(_timed(lambda: run_ingest(drop, c)))
+        bw, bc = min(b[0] for b in bare), min(b[1] for b in bare)
+        iw, ic = min(i[0] for i in ing), min(i[1] for i in ing)
+        paired = sorted(b[0] / i[0] for b, i in zip(bare, ing))
+        print(f"  {name:<36} wall {iw:5.2f} s (bare {bw:5.2f} s): {bw / iw:4.2f}× (pairs median "
+              f"{paired[len(paired) // 2]:.2f}×, {paired[0]:.2f}–{paired[-1]:.2f}×);  CPU {ic:5.2f} s "
+              f"(bare {bc:5.2f} s): {bc / ic:4.2f}×")
     # re-derive (no DICOM read) of a CT + RTSTRUCT workspace: pixels vs mm
     from training.store.ingest import rederive
 
