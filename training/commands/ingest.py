@@ -27,7 +27,7 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--window", choices=sorted(WINDOW_PRESETS), help="HU window preset")
     w.add_argument("--hu-min", type=float, help="custom window lower limit, HU (with --hu-max)")
     g.add_argument("--hu-max", type=float, help="custom window upper limit, HU")
-    g.add_argument("--crop", type=_int_or_none, metavar="N|none", help="centre crop N×N pixels")
+    g.add_argument("--crop", type=_int_or_none, metavar="N|none", help="centre crop N×N pixels (of the --spacing grid when one is set; replaces --fov)")
     g.add_argument("--size", type=_int_or_none, metavar="N|none", help="resample in-plane to N×N after cropping")
     g.add_argument("--slices", choices=("all", "around", "range"), help="which slices to keep")
     g.add_argument("--slice-center", type=float, metavar="MM", help="'around': centre z position, mm")
