@@ -84,6 +84,7 @@ class IdentifyExperimentDialog(QtWidgets.QDialog):
         self.plot.plotItem.setLabel("bottom", "distance from the trained slice (mm)")
         self.plot.plotItem.setLabel("left", "fraction nearest to self")
         self.plot.plotItem.setYRange(0, 1.05)
+        self.plot.plotItem.getAxis("left").enableAutoSIPrefix(False)
         self.plot.plotItem.addLegend(offset=(-10, 10))
         buttons = QtWidgets.QHBoxLayout()
         buttons.addWidget(self.run_btn)

@@ -23,6 +23,7 @@ class MetricsPlot(QtWidgets.QWidget):
             self.choice.addItem(name, key)
         self.plot = pg.PlotWidget()
         self.plot.plotItem.setLabel("bottom", "epoch")
+        self.plot.plotItem.getAxis("left").enableAutoSIPrefix(False)  # SSIM 0.42, not 420 × 0.001
         self.plot.setToolTip("Reconstruction metric per epoch; solid: train subset, dashed: test subset")
         self.note = QtWidgets.QLabel("no metrics yet (TrainConfig.metrics_images = 0, or no epoch done)")
         self.note.setWordWrap(True)
