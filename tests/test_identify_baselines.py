@@ -155,3 +155,13 @@ def test_similarity_table_marks_rows_of_one_patient(qtbot):
     assert heads == ["PAT-0001 ⟨PAT-0001⟩", "PAT-0001-2 ⟨PAT-0001⟩", "PAT-0002"]
     tip = m.headerData(1, Qt.Orientation.Horizontal, int(Qt.ItemDataRole.ToolTipRole.value))
     assert "one of 2 CT series of patient PAT-0001" in tip
+
+
+def test_identify_csv_says_which_rows_belong_to_one_patient(files):
+    from training.cli import main
+
+    tmp, ck, ws = files
+    assert main(["identify", ck, ws, "--out", str(tmp / "csv")]) == 0
+    lines = (tmp / "csv" / "identify.csv").read_text().splitlines()
+    assert lines[1].split(",")[:2] == ["patient", "of_patient"]
+    assert lines[2].split(",")[0] == lines[2].split(",")[1] == "PAT-0001"

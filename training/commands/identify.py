@@ -57,17 +57,21 @@ def run_comparison(model, ws, slice_a: int, slice_b: int, split=None, batch_size
         raise common.CommandError(f"{ws.path}: {exc}") from exc
 
 
-def write_outputs(out: Path, res, slice_a: int, slice_b: int) -> list[Path]:
+def write_outputs(out: Path, res, slice_a: int, slice_b: int, patients=None) -> list[Path]:
     from training.atomic import atomic_write_text
     from training.latent.similarity import write_matrix_csv
 
     buf = io.StringIO()
     buf.write(f"# {res.direction}\n")
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["patient", "nearest", "rank_of_self", "kl_self", "kl_nearest"])
+    # "patient" is the row (a CT series, named PAT-0001 or PAT-0001-2); "of_patient" says which
+    # rows belong to one patient
+    w.writerow(["patient", "of_patient", "nearest", "rank_of_self", "kl_self", "kl_nearest"])
     for i, name in enumerate(res.names):
         j = int(res.nearest[i])
-        w.writerow([name, res.names[j], int(res.rank_of_self[i]), repr(float(res.kl[i, i])), repr(float(res.kl[i, j]))])
+        owner = patients[i] if patients is not None else name
+        w.writerow([name, owner, res.names[j], int(res.rank_of_self[i]), repr(float(res.kl[i, i])),
+                    repr(float(res.kl[i, j]))])
     summary = {
         "slice_a": slice_a,
         "slice_b": slice_b,
@@ -101,7 +105,7 @@ def main(args) -> int:
     print("the same queries by every method (baselines beside the KL):")
     print(comp.table())
     if args.out is not None:
-        for p in write_outputs(args.out, res, args.slice_a, args.slice_b):
+        for p in write_outputs(args.out, res, args.slice_a, args.slice_b, comp.patients):
             print(f"wrote {p}")
         from training.atomic import atomic_write_text
 
