@@ -197,3 +197,21 @@ def test_train_preset_thesis(tmp_path, capsys):
     assert (tc.prior_sigma2, tc.lr, tc.batch_size) == (1.0, 1e-3, 32)
     err = capsys.readouterr().err
     assert "test (" in err and "SSIM" in err  # the epoch's metrics are printed
+
+
+def test_evaluate_workspace_3d(tmp_path):
+    from training.config import ModelConfig
+    from training.store.workspace import Workspace, write_arrays_workspace
+    from training.vae.metrics import evaluate_workspace
+    from training.vae.model import VAE
+
+    rng = np.random.default_rng(0)
+    vols = {f"P{i}": rng.random((1, 16, 16, 16)).astype(np.float32) for i in range(4)}
+    path = write_arrays_workspace(tmp_path / "w3.h5", vols, test_fraction=0.5)
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(spatial_dims=3, input_size=16, n_blocks=2, filters=2, fc_units=8, latent_dim=2))
+    with Workspace.open(path) as ws:
+        res = evaluate_workspace(model, ws)
+    for split in ("test", "train"):
+        assert res[split]["model"]["n_images"] == 2 and 0 < res[split]["model"]["psnr_db"]
+        assert -1 <= res[split]["baseline"]["ssim"] <= 1
