@@ -249,3 +249,21 @@ def test_discovery_of_a_deep_nest_is_linear(nest_dir):
     ((path, rel, reason),) = skipped
     assert rel.endswith("bottom.dcm") and rel.count(os.sep) == 3000 and "path too long" in reason
     assert took < 10, took
+
+
+def test_copies_of_one_instance_keep_the_lossless_one(tmp_path):
+    """Two files with one SOPInstanceUID (a lossless and a lossy export of one slice):
+    the lossless one is kept whichever path sorts first, the other listed naming it."""
+    from training.dicom import scan
+
+    px = ramp_volume(3, 8, 10)
+    spec = write_ct_series(tmp_path, px, origin=(0, 0, 0), pixel_spacing=(0.8, 0.6))
+    write_ct_slice(tmp_path / "a_lossy_copy.dcm", px[1] + 2, ipp=(0, 0, 2.5), pixel_spacing=(0.8, 0.6),
+                   series_uid=spec.series_uid, sop_uid=spec.sop_uids[1],
+                   extra={"LossyImageCompression": "01"})
+    result = scan(tmp_path)
+    (ref,) = result.series
+    assert sorted(ref.files) == sorted(map(str, spec.paths))
+    (sk,) = result.skipped
+    assert sk.path == str(tmp_path / "a_lossy_copy.dcm")
+    assert str(spec.paths[1]) in sk.reason and "lossless copy is kept" in sk.reason
