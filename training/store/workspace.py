@@ -1041,6 +1041,7 @@ class Workspace:
         # (label, file holding it, row); datasets are looked up on first read
         self._entries = entries
         self._ds: dict[tuple[str, int], h5py.Dataset | None] = {}
+        self._ds_info: dict[tuple[str, int], tuple[int, bool]] = {}
         shape = tuple(int(v) for v in a["image_shape"])
         if not shape:
             shape = next((tuple(r["image_shape"]) for _, _, r in entries if r["image_shape"]), ())
@@ -1243,11 +1244,16 @@ class Workspace:
                 d = self._group(p).get(f"derived/{self.preprocess_hash}")
                 ds = d.get(kind) if d is not None else None
             self._ds[key] = ds
+            if ds is not None:  # read once: h5py builds dtype and shape on every access
+                self._ds_info[key] = (int(ds.shape[0]), ds.dtype == np.uint16)
         return self._ds[key]
 
     def _read(self, kind: str, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
         # Consecutive rows of one patient become one slice read; others one chunk each.
+        # Stored uint16 images are read into one scratch array and scaled in one pass.
         n = len(rows)
+        scratch: np.ndarray | None = None
+        scaled: list[tuple[int, int]] = []
         b = 0
         while b < n:
             p, i = int(rows[b, 0]), int(rows[b, 1])
@@ -1259,18 +1265,25 @@ class Workspace:
             ds = self._dataset(kind, p)
             if ds is None:
                 raise IndexError(f"patient {p} has no {kind} for the current preprocessing")
-            if i < 0 or i + (e - b) > ds.shape[0]:
+            rows_in, u16 = self._ds_info[(kind, p)]
+            if i < 0 or i + (e - b) > rows_in:
                 raise IndexError(f"image rows {i}..{i + e - b - 1} out of range for patient {p}")
             try:
-                if ds.dtype == np.uint16 and out.dtype != np.uint16:  # stored images
-                    buf = np.empty((e - b, *ds.shape[1:]), dtype=np.uint16)
-                    ds.read_direct(buf, np.s_[i:i + (e - b)])
-                    np.multiply(buf, np.float32(1.0 / IMAGE_SCALE), out=out[b:e])
+                if u16 and out.dtype != np.uint16:  # stored images
+                    if scratch is None:
+                        scratch = np.empty(out.shape, dtype=np.uint16)
+                    ds.read_direct(scratch, np.s_[i:i + (e - b)], np.s_[b:e])
+                    if scaled and scaled[-1][1] == b:
+                        scaled[-1] = (scaled[-1][0], e)
+                    else:
+                        scaled.append((b, e))
                 else:
                     ds.read_direct(out, np.s_[i:i + (e - b)], np.s_[b:e])
             except OSError as exc:  # a fletcher32 mismatch, or a damaged file
                 raise self.damaged(p, exc) from exc
             b = e
+        for b, e in scaled:
+            np.multiply(scratch[b:e], np.float32(1.0 / IMAGE_SCALE), out=out[b:e])
         return out
 
     def read_images(self, rows: np.ndarray | Sequence, out: np.ndarray | None = None) -> np.ndarray:
