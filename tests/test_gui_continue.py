@@ -193,3 +193,22 @@ def test_another_workspace_leaves_nothing_of_the_last_run(make_window, tiny_work
     assert w.state.workspace_path == data_dir / "other.h5"
     assert panel.plot.points("train", "total") == 0 and not panel.history.snapshots
     assert panel.continuable is None and not panel.resume_run_btn.isEnabled()
+
+
+def test_offer_for_a_run_that_had_finished_adds_epochs(make_window, tiny_workspace, qtbot):
+    from training.vae.checkpoint import load_checkpoint
+
+    w = make_window(tiny_workspace)
+    panel = _train_tab(w)
+    small_training(panel, epochs=1)
+    assert panel.start()
+    wait_until(qtbot, lambda: not panel.is_training(), what="training to end")
+    ckpt = w.state.checkpoint_path
+    w.state.settings.set_interrupted_run(tiny_workspace, ckpt)  # closed just as it finished
+    panel._check_interrupted()
+    assert panel.banner.isVisibleTo(panel)
+    panel.more_epochs.setValue(1)
+    panel.continue_interrupted()
+    assert panel.is_training(), panel.error.text()
+    wait_until(qtbot, lambda: not panel.is_training(), what="the added epoch")
+    assert load_checkpoint(ckpt).epoch == 2

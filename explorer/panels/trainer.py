@@ -523,7 +523,12 @@ class TrainerPanel(Panel):
     def continue_interrupted(self) -> None:
         run = self.state.settings.interrupted_run()
         if run:
-            self.start(resume_from=Path(run[1]))
+            try:  # a run that had reached its last epoch when the window closed: + more epochs
+                ck = workers.check_checkpoint(Path(run[1]))
+                more = ck.epoch + self.more_epochs.value() if ck.epoch >= ck.train_config.epochs else None
+            except Exception:  # start() reports an unreadable checkpoint
+                more = None
+            self.start(resume_from=Path(run[1]), epochs=more)
 
     def continue_run(self) -> bool:
         """Continue the current run (stopped or finished) for `more_epochs` more epochs."""
