@@ -117,12 +117,13 @@ def describe_result(result: Any) -> str:
         else:
             miss = ", ".join(map(str, missing))
         parts.append(f"ROIs missing: {miss}")
-    if getattr(result, "cancelled", False):
-        parts.insert(0, "Cancelled")
+    cancelled = bool(getattr(result, "cancelled", False))
     notes = getattr(result, "notes", None)  # e.g. a one-time pseudonym key migration
     if notes and isinstance(notes, list):
         log.info("ingest notes: %s", "; ".join(map(str, notes)))
         parts.append(str(notes[0]))
+    if cancelled:  # what was committed before the cancel is kept
+        return "Ingest cancelled: " + (", ".join(parts) if parts else "nothing stored")
     return "Ingest finished: " + ", ".join(parts) if parts else "Done"
 
 
@@ -175,7 +176,11 @@ def _orphan(attrs: dict) -> None:
     attrs["_orphaned"] = True
     attrs["cancel_flag"].set()
     runner = attrs.get("_thread")
-    if runner is not None and not runner.isFinished():
+    try:
+        running = runner is not None and not runner.isFinished()
+    except RuntimeError:  # its C++ side is gone already (interpreter shutdown): nothing runs
+        return
+    if running:
         _ORPHANED.add(runner)
         runner.finished.connect(lambda r=runner: _ORPHANED.discard(r))
 

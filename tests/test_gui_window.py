@@ -66,3 +66,12 @@ def test_warm_imports_runs_off_the_gui_thread_and_ignores_failures():
     assert thread is not threading.current_thread() and thread.daemon
     thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_cancelled_ingest_says_so_first():
+    from explorer.workers import describe_result
+    from training.store.ingest import IngestReport
+
+    text = describe_result(IngestReport(added=["PAT-0001"], cancelled=True))
+    assert text.startswith("Ingest cancelled: ") and "1 series added" in text and "finished" not in text
+    assert describe_result(IngestReport(cancelled=True)).startswith("Ingest cancelled")
