@@ -38,9 +38,11 @@ class SlicePreview(QtWidgets.QWidget):
         self.plot = self.view_widget.addPlot()
         self.plot.setLabel("bottom", "x (pixels, patient right → left)")
         self.plot.setLabel("left", "y (pixels, anterior → posterior)")
-        for side in ("bottom", "left"):  # pixel indices: never "(×0.001)"
+        # pixel indices: never "(×0.001)". (No setRange here: setting a range on this plot
+        # before its view box is configured made the process crash at exit when a script
+        # ended without closing the window, about one run in two.)
+        for side in ("bottom", "left"):
             self.plot.getAxis(side).enableAutoSIPrefix(False)
-        self.plot.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)  # until an image comes
         self.view = self.plot.getViewBox()
         self.view.setAspectLocked(True)
         self.view.invertY(True)
