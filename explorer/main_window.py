@@ -7,7 +7,9 @@ cancel button, and patients appear in the list as they are committed.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import weakref
 from pathlib import Path
 
 
@@ -49,9 +51,30 @@ def with_export_suffix(path: str, chosen_filter: str) -> str:
     return path + ".png"
 
 
+_OPEN_WINDOWS: "weakref.WeakSet[MainWindow]" = weakref.WeakSet()
+_EXIT_HOOKED = False
+
+
+def _delete_windows_at_exit() -> None:
+    """A script that ends without closing its window (no app.exec(), so no aboutToQuit)
+    would leave the window to be torn down during interpreter shutdown, when pyqtgraph's
+    Python overrides of QGraphicsWidget methods can no longer run (a segfault in
+    shiboken). Delete the windows while Python still runs; this handler is registered
+    after the workers' own, so it runs before they wait for orphaned threads."""
+    import shiboken6
+
+    for window in list(_OPEN_WINDOWS):
+        if shiboken6.isValid(window):
+            shiboken6.delete(window)
+
+
 class MainWindow(QtWidgets.QMainWindow):
     def __init__(self, state: AppState | None = None, *, restore: bool = True) -> None:
         super().__init__()
+        global _EXIT_HOOKED
+        if not _EXIT_HOOKED:
+            _EXIT_HOOKED = atexit.register(_delete_windows_at_exit) is not None
+        _OPEN_WINDOWS.add(self)
         self.state = state or AppState(AppSettings())
         self.settings = self.state.settings
         self.job: workers.Job | None = None
