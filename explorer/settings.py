@@ -40,6 +40,24 @@ def runs_dir(workspace: Path) -> Path:
     return workspace.with_name(workspace.stem + ".runs")
 
 
+def new_run_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder `parent/prefix-YYYYmmdd-HHMMSS` (with -2, -3, … when a run of
+    the same second has it already), created here so two runs never share one."""
+    import time
+
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    stem = time.strftime(f"{prefix}-%Y%m%d-%H%M%S")
+    for n in range(1, 10_000):
+        folder = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}: no free folder name for {stem}")
+
+
 class AppSettings:
     """Typed access to the explorer's QSettings (INI file in user_data_dir())."""
 

@@ -123,3 +123,15 @@ def drop_paths(widget, paths) -> None:
                             Qt.KeyboardModifier.NoModifier)
     QtWidgets.QApplication.sendEvent(widget, drop)
     assert drop.isAccepted(), "the window refused the drop"
+
+
+def test_new_run_folder_never_shares_a_folder_within_one_second(tmp_path, monkeypatch):
+    import time
+
+    from explorer.settings import new_run_folder
+
+    monkeypatch.setattr(time, "strftime", lambda fmt, *a: fmt.replace("%Y%m%d-%H%M%S", "20261207-120000"))
+    first = new_run_folder(tmp_path / "runs", "run")
+    second = new_run_folder(tmp_path / "runs", "run")
+    assert first.name == "run-20261207-120000" and second.name == "run-20261207-120000-2"
+    assert first.is_dir() and second.is_dir() and not any(first.iterdir())

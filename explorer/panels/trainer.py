@@ -17,7 +17,7 @@ from pathlib import Path
 from explorer import figures, workers
 from explorer.panels import Panel
 from explorer.qt import Qt, QTimer, QtGui, QtWidgets, Signal
-from explorer.settings import runs_dir
+from explorer.settings import new_run_folder, runs_dir
 from explorer.widgets.image_grid import ReconstructionHistory
 from explorer.widgets.latest_worker import LatestWorker
 from explorer.widgets.loss_plot import LossPlot
@@ -488,7 +488,7 @@ class TrainerPanel(Panel):
         if resume_from:
             out_dir = Path(resume_from).parent
         elif out_dir is None:
-            out_dir = runs_dir(self.state.workspace_path) / time.strftime("run-%Y%m%d-%H%M%S")
+            out_dir = new_run_folder(runs_dir(self.state.workspace_path), "run")
         self.plot.clear_curves()
         self.metrics_plot.clear_curves()
         self.history.clear()

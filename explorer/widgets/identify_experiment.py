@@ -7,12 +7,11 @@ identify`); the report folder (CSV, SVG, report.json) is under the workspace's r
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from explorer import workers
 from explorer.qt import Qt, QtWidgets, pg
-from explorer.settings import runs_dir
+from explorer.settings import new_run_folder, runs_dir
 
 COLOURS = {"kl_directed": (214, 39, 40), "kl_symmetric": (255, 127, 14), "euclidean_mu": (148, 103, 189),
            "pixel_l2": (31, 119, 180), "recon_l2": (44, 160, 44)}
@@ -122,7 +121,7 @@ class IdentifyExperimentDialog(QtWidgets.QDialog):
             self._fail(str(exc))
             return False
         self.report, self.error = None, ""
-        self.out_dir = runs_dir(self.workspace_path) / "experiments" / time.strftime("identify-%Y%m%d-%H%M%S")
+        self.out_dir = new_run_folder(runs_dir(self.workspace_path) / "experiments", "identify")
         self.job = workers.Job(_run, str(self.workspace_path), str(self.out_dir), settings, parent=self)
         self.job.progress.connect(self._progress)
         self.job.done.connect(self._done)
