@@ -204,13 +204,11 @@ def test_ranks_die_with_torchrun(tmp_path):
 
 @pytest.mark.slow
 def test_ranks_die_with_their_launcher():
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, RANK_CHILD], cwd=ROOT, env=_env())
-    deadline = time.monotonic() + 20
-    ranks: set[int] = set()
-    while time.monotonic() < deadline and len(ranks) < 2:
-        ranks = _children(proc.pid)
-        time.sleep(0.05)
-    time.sleep(1.0)  # let them arm the parent-death signal
+    proc = subprocess.Popen([sys.executable, "-c", LAUNCHER, RANK_CHILD], cwd=ROOT, env=_env(),
+                            stdout=subprocess.PIPE, text=True)
+    armed = [proc.stdout.readline() for _ in range(2)]  # each prints once its signal is armed
+    assert all(x.startswith("RANK") for x in armed), armed
+    ranks = _children(proc.pid)
     assert len(ranks) == 2
     proc.kill()
     proc.wait()

@@ -33,6 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        # a torchrun rank: end with the launcher (armed before the slow imports, so a
+        # launcher killed during start-up leaves no rank behind)
+        from training.store.lock import die_with_parent
+
+        die_with_parent()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -33,7 +33,13 @@ import threading
 import time
 from pathlib import Path
 
-from training.store.workspace import WorkspaceError
+
+
+def _error(message: str) -> Exception:
+    # imported here: die_with_parent is armed first thing in a torchrun rank, before h5py
+    from training.store.workspace import WorkspaceError
+
+    return WorkspaceError(message)
 
 _HELD: dict[str, int] = {}  # real path of a lock file → thread id of its holder
 _HELD_GUARD = threading.Lock()
@@ -87,7 +93,7 @@ def workspace_lock(path: Path):
     key = os.path.realpath(lock)
     with _HELD_GUARD:
         if key in _HELD:
-            raise WorkspaceError(f"{path}: another ingest in this process is writing this workspace")
+            raise _error(f"{path}: another ingest in this process is writing this workspace")
         _HELD[key] = threading.get_ident()
     fd = -1
     try:
@@ -115,10 +121,10 @@ def _acquire(path: Path, lock: Path) -> int:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EACCES, errno.EAGAIN):
-                raise WorkspaceError(
+                raise _error(
                     f"{path}: another process is writing this workspace ({_describe_holder(lock)}); "
                     f"wait for it to finish or stop it") from None
-            raise WorkspaceError(f"{path}: cannot lock the workspace ({exc.strerror or exc})") from None
+            raise _error(f"{path}: cannot lock the workspace ({exc.strerror or exc})") from None
         try:
             same = os.fstat(fd).st_ino == os.stat(lock).st_ino
         except FileNotFoundError:
@@ -132,7 +138,7 @@ def _acquire(path: Path, lock: Path) -> int:
             os.ftruncate(fd, 0)
             os.pwrite(fd, text.encode("utf-8", "replace"), 0)
         return fd
-    raise WorkspaceError(f"{path}: cannot lock the workspace (its lock file keeps changing)")
+    raise _error(f"{path}: cannot lock the workspace (its lock file keeps changing)")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -170,7 +176,8 @@ def die_with_parent(owner_pid: int | None = None, poll_s: float = 0.5) -> None:
     is gone, which covers a fork server that outlives its owner and non-Linux systems."""
     parent = os.getppid()
     set_parent_death_signal(signal.SIGKILL)
-    if os.getppid() != parent or parent == 1 or (owner_pid is not None and not _alive(owner_pid)):
+    # (no "parent is 1" test: an ingest running as PID 1 in a container is a live parent)
+    if os.getppid() != parent or (owner_pid is not None and not _alive(owner_pid)):
         os._exit(1)  # the parent died before the signal was armed
     if owner_pid is None or owner_pid == os.getpid():
         return
@@ -178,7 +185,7 @@ def die_with_parent(owner_pid: int | None = None, poll_s: float = 0.5) -> None:
     def watch() -> None:
         while True:
             time.sleep(poll_s)
-            if not _alive(owner_pid) or os.getppid() == 1:
+            if not _alive(owner_pid) or os.getppid() != parent:
                 os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
