@@ -301,12 +301,19 @@ def _fidelity_report(rois: list[tuple[str, dict]], failed: list[tuple[str, str]]
     def show(p: str) -> str:
         return clean_text(str(p), stage["roots"], stage["replacements"])
 
-    def scrubbed(rec: dict) -> dict:  # ROI names like "GTV_<surname>" keep only the pseudonym
-        return {k: (clean_text(v, (), stage["replacements"]) if isinstance(v, str) else v)
-                for k, v in rec.items()}
-
-    return build_report([(show(p), scrubbed(rec)) for p, rec in rois],
+    return build_report([(show(p), _scrubbed(rec, stage)) for p, rec in rois],
                         [(show(p), show(r)) for p, r in failed])
+
+
+def _scrubbed(obj: Any, stage: dict[str, Any]) -> Any:
+    """obj with every string in it (ROI names, messages) made storable by clean_text."""
+    if isinstance(obj, str):
+        return clean_text(obj, stage["roots"], stage["replacements"])
+    if isinstance(obj, dict):
+        return {_scrubbed(k, stage): _scrubbed(v, stage) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_scrubbed(v, stage) for v in obj)
+    return obj
 
 
 def _rederive_job(src_file: str, label: str, cfg_json: str, stage: dict[str, Any]) -> dict:
