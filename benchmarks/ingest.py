@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from training.config import PreprocessConfig  # noqa: E402
 from training.store.ingest import ingest  # noqa: E402
 from training.dicom.phantom import generate_cohort  # noqa: E402
-from training.store.workspace import Workspace  # noqa: E402
+from training.store.workspace import Workspace, data_dir  # noqa: E402
 
 
 def bare_load(series_dirs: list[Path]) -> int:
@@ -258,7 +258,8 @@ def main() -> int:
         t_re = time.perf_counter() - t0
         print(f"re-ingest unchanged folder        {t_re:7.3f} s  ({len(rep.unchanged)} unchanged, "
               f"{len(rep.added)} added) = {100 * t_re / t_ing_rt:.1f}% of ingest")
-        print(f"workspace size {ws.stat().st_size / 2**20:.0f} MiB")
+        size = ws.stat().st_size + sum(f.stat().st_size for f in data_dir(ws).iterdir()) if data_dir(ws).is_dir() else ws.stat().st_size
+        print(f"workspace size {size / 2**20:.1f} MiB (head + {data_dir(ws).name}/)")
 
         if args.lung1:
             lung = args.lung1

@@ -85,7 +85,7 @@ def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> 
     from training.explore.query import answer_query, clear_cache, encode_cohort
     from training.latent.encode import encode_arrays
     from training.store.ingest import ingest
-    from training.store.workspace import Workspace
+    from training.store.workspace import Workspace, copy_workspace, data_dir
     from training.vae.model import VAE
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
@@ -103,7 +103,8 @@ def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> 
         key = ("bench", id(model))
 
         def project(cold: bool) -> tuple[float, dict]:
-            shutil.copy(tmp / "w.h5", tmp / "wq.h5")  # the cohort without the query
+            shutil.rmtree(data_dir(tmp / "wq.h5"), ignore_errors=True)  # the last round's query
+            copy_workspace(tmp / "w.h5", tmp / "wq.h5")  # the cohort without the query (head + W.h5.d/)
             clear_cache()
             if not cold:  # the window (or a first query) encoded the cohort already
                 with Workspace.open(tmp / "wq.h5") as ws:
