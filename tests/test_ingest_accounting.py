@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 from pydicom.uid import RLELossless
 
+from tests.deep_nest import remove_nest
 from tests.dicom_factory import ramp_volume, write_ct_series, write_ct_slice
 from training.config import PreprocessConfig
 from training.dicom.phantom import generate_cohort
@@ -38,37 +38,6 @@ def _nest(base: Path, depth: int, name: str = "d") -> int:
         os.close(fd)
         fd = nfd
     return fd
-
-
-def _remove_nest(top: Path, window: int = 500) -> None:
-    """Remove a chain of nested folders too deep for shutil.rmtree (it recurses once per
-    level, and moving levels up is quadratic on overlay file systems): the deepest
-    `window` levels are opened relative to their parents, emptied and removed from the
-    bottom up, and again until the chain is gone."""
-    while True:
-        fds = [os.open(top, os.O_RDONLY)]
-        try:
-            while True:  # down to the bottom, keeping the last `window` descriptors
-                subs = [e.name for e in os.scandir(fds[-1]) if e.is_dir(follow_symlinks=False)]
-                if not subs:
-                    break
-                fds.append(os.open(subs[0], os.O_RDONLY, dir_fd=fds[-1]))
-                if len(fds) > window:
-                    os.close(fds.pop(0))
-            for k in range(len(fds) - 1, 0, -1):  # bottom up: empty, then remove from the parent
-                for e in os.scandir(fds[k]):
-                    os.unlink(e.name, dir_fd=fds[k])
-                name = next(e.name for e in os.scandir(fds[k - 1]) if e.is_dir(follow_symlinks=False))
-                os.close(fds.pop())
-                os.rmdir(name, dir_fd=fds[k - 1])
-        finally:
-            for fd in fds:
-                os.close(fd)
-        if not any(e.is_dir(follow_symlinks=False) for e in os.scandir(top)):
-            for e in os.scandir(top):
-                os.unlink(e.path)
-            os.rmdir(top)
-            return
 
 
 def _put(fd: int, name: str, data: bytes) -> None:
@@ -244,7 +213,7 @@ def test_discovery_of_a_deep_nest_is_linear(nest_dir):
         files = discover([tmp_path], skipped=skipped)
         took = time.perf_counter() - t0
     finally:
-        _remove_nest(tmp_path / "d")
+        remove_nest(tmp_path / "d")
     assert [rel for _, rel, _ in files] == [os.sep.join(["d"] * 10 + ["shallow.dcm"])]
     ((path, rel, reason),) = skipped
     assert rel.endswith("bottom.dcm") and rel.count(os.sep) == 3000 and "path too long" in reason
