@@ -67,7 +67,9 @@ class LossPlot(pg.PlotWidget):
     def legend_shown(self):
         """A legend inside the plot while the block runs (exports: a figure saved alone
         must carry its key; on screen the key sits beside the plot, clear of the curves)."""
-        legend = pg.LegendItem(offset=(-10, 10), colCount=2, brush=pg.mkBrush(255, 255, 255, 220),
+        # one column: pyqtgraph's two-column layout misplaced the last entry of an even
+        # count (seen in the exported curves: 'cross-entropy (train)' over the frame)
+        legend = pg.LegendItem(offset=(-10, 10), colCount=1, brush=pg.mkBrush(255, 255, 255, 220),
                                pen=pg.mkPen(180, 180, 180), labelTextColor=(20, 20, 20))
         legend.setParentItem(self.plotItem.vb)
         for (split, term), curve in sorted(self.curves.items(), key=lambda kv: (list(TERMS).index(kv[0][1])
