@@ -41,7 +41,7 @@ RANK_CHILD = """
 import os, time
 from training.store.lock import die_with_parent
 die_with_parent()
-print("RANK", os.getpid(), flush=True)
+os.write(1, b"RANK %d\\n" % os.getpid())  # one write under PIPE_BUF: never interleaved
 time.sleep(60)
 """
 
