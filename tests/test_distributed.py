@@ -85,7 +85,7 @@ if st.rank == 1:
 mc = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2, fc_units=16, n_classes=0, dropout=0.0)
 tc = TrainConfig(epochs=2, batch_size=8, threads=1, device="cpu")
 s = Trainer(sys.argv[1], mc, tc, out_dir=sys.argv[2], control=control, strategy=st).run()
-print(f"rank {st.rank}: {s.status} after {s.epochs_completed} epochs", flush=True)
+sys.stdout.write(f"rank {st.rank}: {s.status} after {s.epochs_completed} epochs\\n"); sys.stdout.flush()  # one write: ranks share the pipe
 sys.exit(0 if s.status == "stopped" else 3)
 """
 
@@ -125,7 +125,7 @@ if st.rank == 1:
 mc = ModelConfig(input_size=16, n_blocks=2, filters=4, latent_dim=2, fc_units=16, n_classes=0, dropout=0.0)
 tc = TrainConfig(epochs=3, batch_size=8, threads=1, device="cpu")
 s = Trainer(sys.argv[1], mc, tc, strategy=st).run()
-print(f"rank {st.rank}: {s.status}: {s.message}", flush=True)
+sys.stdout.write(f"rank {st.rank}: {s.status}: {s.message}\\n"); sys.stdout.flush()  # one write: ranks share the pipe
 sys.exit(1 if s.status == "failed" else 0)
 """
 
