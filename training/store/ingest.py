@@ -63,6 +63,7 @@ from blake3 import blake3
 from training import __version__
 from training.config import PreprocessConfig
 from training.store.pseudonym import (
+    Replacements,
     format_pseudonym,
     identifying_tokens,
     identity_replacements,
@@ -819,7 +820,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     series = sorted(scan.series, key=lambda r: min((order_of.get(f, 1 << 62) for f in _ref_paths(r)),
                                                    default=1 << 62))
     plan = []  # (label, ref, struct paths, patient pseudonym, digest)
-    replacements: dict[str, str] = {}
+    replacements = Replacements()  # its matcher is built once for the whole drop
     taken: set[str] = set()
     for ref in series:
         pid = str(_attr(ref, "patient_id", default=""))

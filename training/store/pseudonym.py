@@ -22,11 +22,13 @@ how likely it is to occur by chance:
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import hmac
 import itertools
 import os
+import pickle
 import re
 from collections.abc import Iterable
 
@@ -152,36 +154,179 @@ def _bare(token: str) -> str:
     return token[3:] if token[:1] == "\0" else token
 
 
-def scrub(text: str, replacements: dict[str, str]) -> str:
+def scrub(text: str, replacements: "dict[str, str] | Replacements") -> str:
     """Replace each key (case-insensitive) in text with its value, in one pass (longest
     keys first), so a replacement is never itself rewritten. Keys may carry the match
-    markers of identifying_tokens."""
+    markers of identifying_tokens. Pass a Replacements to scrub many texts with one set:
+    its matcher is built once, not per call."""
     if not replacements or not text:
         return text
-    pattern, lower = _scrubber(tuple(sorted(replacements.items())))
-    return pattern.sub(lambda m: lower.get(m.group(0).lower(), m.group(0)), text)
+    if isinstance(replacements, Replacements):
+        return replacements.scrubber().sub(text)
+    return _scrubber(tuple(sorted(replacements.items()))).sub(text)
 
 
 _SEP = r"/\\\s,;:'\"()\[\]"
 
 
+class Replacements(dict):
+    """token → replacement (keys as identifying_tokens spells them) that keeps its
+    Scrubber until it changes. An ingest scrubs every path of a drop with one set of
+    thousands of tokens (a 300-patient drop: ~10,000 spellings); sorting and matching the
+    whole set on each call made the ingest quadratic in the number of patients."""
+
+    __slots__ = ("_scrubber", "_packed")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._scrubber: Scrubber | None = None
+        self._packed: tuple[str, bytes] | None = None  # (version, pickled items)
+
+    def __reduce__(self):
+        # Sent to a worker with every series job: the items are pickled once per version,
+        # and a worker that already holds this version reuses its copy and matcher.
+        if self._packed is None:
+            self._packed = (os.urandom(12).hex(), pickle.dumps(dict(self), protocol=pickle.HIGHEST_PROTOCOL))
+        return (_unpacked, self._packed)
+
+    def scrubber(self) -> "Scrubber":
+        if self._scrubber is None:
+            self._scrubber = Scrubber(self.items())
+        return self._scrubber
+
+    def _changed(self) -> None:
+        self._scrubber = None
+        self._packed = None
+
+    def __setitem__(self, key, value):
+        self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key):
+        self._changed()
+        super().__delitem__(key)
+
+    def setdefault(self, key, default=None):
+        if key not in self:
+            self._changed()
+        return super().setdefault(key, default)
+
+    def update(self, *args, **kwargs):
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def __ior__(self, other):
+        self._changed()
+        return super().__ior__(other)
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def clear(self):
+        self._changed()
+        super().clear()
+
+
+_RECEIVED: "collections.OrderedDict[str, Replacements]" = collections.OrderedDict()
+
+
+def _unpacked(version: str, packed: bytes) -> Replacements:
+    """A Replacements received from another process (see Replacements.__reduce__).
+    The copy is shared by the jobs of one version, which only read it."""
+    r = _RECEIVED.get(version)
+    if r is None:
+        r = _RECEIVED[version] = Replacements(pickle.loads(packed))
+        r._packed = (version, packed)
+        while len(_RECEIVED) > 4:
+            _RECEIVED.popitem(last=False)
+    return r
+
+
+class Scrubber:
+    """The matcher of one set of replacements.
+
+    Semantics are those of one regular expression: the alternation of every key (longest
+    first, each with the boundary rule of its marker), case-insensitive, left to right.
+    Python's `re` tries every alternative at every position, so that costs O(text ×
+    keys). Here a key that does not occur in the text (case-insensitively) cannot match and
+    is left out of the expression: an index of the keys' first three characters finds the
+    ones that occur in O(text), and only those few enter the alternation (compiled once
+    per distinct set). A non-ASCII text, whose case folding `str.lower` and `re` may
+    spell differently, and non-ASCII keys go through the whole alternation's rule
+    unfiltered, so the result is always the single expression's."""
+
+    def __init__(self, items: Iterable[tuple[str, str]]):
+        items = sorted(items)
+        keys = sorted((k for k, _ in items), key=lambda k: len(_bare(k)), reverse=True)
+        self._rank = {k: i for i, k in enumerate(keys)}
+        self._lower: dict[str, str] = {}
+        for k, v in items:
+            self._lower.setdefault(_bare(k).lower(), v)
+        self._index: dict[str, list[tuple[str, str]]] = {}
+        self._always: list[str] = []  # non-ASCII keys
+        for k in keys:
+            b = _bare(k)
+            if not b:
+                continue
+            if not b.isascii():
+                self._always.append(k)
+                continue
+            low = b.lower()
+            self._index.setdefault(low[:3], []).append((low, k))
+        self._lengths = sorted({len(p) for p in self._index})
+        self._keys = keys
+        self._patterns: dict[tuple[str, ...], re.Pattern] = {}
+
+    def _pattern(self, keys: tuple[str, ...]) -> re.Pattern:
+        pat = self._patterns.get(keys)
+        if pat is None:
+            if len(self._patterns) > 4096:
+                self._patterns.clear()
+            pat = self._patterns[keys] = re.compile("|".join(map(_alternative, keys)), re.IGNORECASE)
+        return pat
+
+    def candidates(self, text: str) -> tuple[str, ...]:
+        """The keys that can match in text (ranked as in the whole alternation)."""
+        if not text.isascii():
+            return tuple(self._keys)
+        low = text.lower()
+        found = set(self._always)
+        index, n = self._index, len(low)
+        for i in range(n):
+            for L in self._lengths:
+                if i + L > n:
+                    break
+                hit = index.get(low[i:i + L])
+                if hit:
+                    for b, k in hit:
+                        if low.startswith(b, i):
+                            found.add(k)
+        return tuple(sorted(found, key=self._rank.__getitem__))
+
+    def sub(self, text: str) -> str:
+        keys = self.candidates(text)
+        if not keys:
+            return text
+        lower = self._lower
+        return self._pattern(keys).sub(lambda m: lower.get(m.group(0).lower(), m.group(0)), text)
+
+
+def _alternative(k: str) -> str:
+    b = re.escape(_bare(k))
+    if k.startswith(_WORD):
+        return rf"(?<![^\W\d_]){b}(?![^\W\d_])"
+    if k.startswith(_NUM):
+        return rf"(?<!\d){b}(?!\d)"
+    if k.startswith(_PART):
+        return rf"(?<![^{_SEP}]){b}(?![^{_SEP}.])"
+    return b
+
+
 @functools.lru_cache(maxsize=16)
-def _scrubber(items: tuple[tuple[str, str], ...]) -> tuple[re.Pattern, dict[str, str]]:
-    # One compiled pattern per set of replacements: an ingest scrubs every file's path
-    # with the same set, and building the alternation each time cost ~0.2 ms a call.
-    keys = sorted((k for k, _ in items), key=lambda k: len(_bare(k)), reverse=True)
-    lower: dict[str, str] = {}
-    for k, v in items:
-        lower.setdefault(_bare(k).lower(), v)
-    alts = []
-    for k in keys:
-        b = re.escape(_bare(k))
-        if k.startswith(_WORD):
-            alts.append(rf"(?<![^\W\d_]){b}(?![^\W\d_])")
-        elif k.startswith(_NUM):
-            alts.append(rf"(?<!\d){b}(?!\d)")
-        elif k.startswith(_PART):
-            alts.append(rf"(?<![^{_SEP}]){b}(?![^{_SEP}.])")
-        else:
-            alts.append(b)
-    return re.compile("|".join(alts), re.IGNORECASE), lower
+def _scrubber(items: tuple[tuple[str, str], ...]) -> Scrubber:
+    return Scrubber(items)
