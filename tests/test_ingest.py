@@ -282,7 +282,7 @@ def test_bad_files_are_listed_and_the_rest_ingested(cohort, tmp_path, monkeypatc
     real_scan = ingest_mod._scan
     monkeypatch.setattr(ingest_mod, "_scan", lambda d, files, *a: scanned.extend(files) or real_scan(d, files, *a))
     rep2 = ingest([drop, orphan], ws_path, CFG, workers=1)
-    assert [f.name for f in scanned] == ["rs.dcm"]  # only the orphan RTSTRUCT is looked at again
+    assert [os.path.basename(f) for f in scanned] == ["rs.dcm"]  # only the orphan RTSTRUCT is looked at again
     monkeypatch.undo()
     assert not rep2.added and {p for p, _ in rep2.skipped} >= {p for p, _ in rep.skipped if "bad/" in p}
     # a file fixed since is no longer listed; the others still are

@@ -8,13 +8,13 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 
 def discover(paths: Iterable[str | os.PathLike], exclude: Callable[[str], bool] | None = None,
              skipped: list[tuple[str, str, str]] | None = None,
-             ) -> list[tuple[Path, str, os.stat_result]]:
-    """Every regular file below the dropped paths: (path, path relative to its drop, stat).
+             ) -> list[tuple[str, str, os.stat_result]]:
+    """Every regular file below the dropped paths: (path, path relative to its drop, stat),
+    paths as strings (a Path per file cost half the walk on a 30,000-file cohort).
 
     Folders are walked in name order with os.scandir (one stat per file); symbolic links
     to files are followed, links to folders are not, and a file reached twice (a link, or
@@ -31,7 +31,7 @@ def discover(paths: Iterable[str | os.PathLike], exclude: Callable[[str], bool] 
     def add(p: str, rel: str, st: os.stat_result, key: str) -> None:
         if key not in seen and not (exclude and exclude(key)):
             seen.add(key)
-            out.append((Path(p), rel, st))
+            out.append((p, rel, st))
 
     def skip(p: str, rel: str, reason: str) -> None:
         if skipped is not None:

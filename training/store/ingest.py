@@ -762,8 +762,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     report.n_files = len(files)
     rel_of: dict[str, str] = {}
     quick_of: dict[str, str] = {}
-    unknown: list[Path] = []
-    known_by_series: dict[str, list[Path]] = defaultdict(list)
+    unknown: list[str] = []
+    known_by_series: dict[str, list[str]] = defaultdict(list)
     known_series: set[str] = set()
     for p, rel, stt in files:
         q = quick_identity(p, stt)
@@ -858,25 +858,10 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             return "."  # a dropped folder itself: its name and what is above it stay out
         return clean(key)
 
-    st.seen_paths = {rel(p) for p, _, _ in files}
-    if scan.skipped or scan.structs or found_skipped:
-        # Patients of this drop whose files were all known were not read; their names
-        # may still be folder names above a newly unusable file. One header each.
-        for s in sorted(known_series):
-            _learn_identifiers(known_by_series[s][:1], st, replacements)
-
-    for _, r, why in found_skipped:  # not regular files: nothing to remember them by
-        report.skip((clean(r), clean(why)))
-    for s in scan.skipped:
-        sp = str(_attr(s, "path", default=""))
-        reason = str(_attr(s, "reason", default="unusable"))
-        report.skip((rel(sp), clean(reason)))
-        q = quick_of.get(sp)
-        if q and not reason.startswith("cannot read file"):  # permissions change, mtimes do not
-            st.remember({q: ["", "", clean(reason), rel(sp)]})
-
     # RTSTRUCT → CT series: by referenced series UID, else by Frame of Reference UID.
+    # Matched first: an RTSTRUCT left without its CT is a row to store (below).
     by_series = {p[5]: p for p in plan}
+    unmatched: list[tuple[str, str]] = []  # (path, reason)
     for sref in scan.structs:
         sp = str(_attr(sref, "path", default=""))
         ref_for = str(_attr(sref, "frame_of_reference_uid", default="") or "")
@@ -898,14 +883,45 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         else:
             reason = "its CT series is not in this drop"
         if target is None:
-            report.skip((rel(sp), reason or "no matching CT series"))
-            q = quick_of.get(sp)
-            if q and "differs" in (reason or ""):
-                # A mismatch stays one until the file changes; an RTSTRUCT whose CT is
-                # absent is looked at again next time (its CT may come in a later drop).
-                st.remember({q: ["", "", reason, rel(sp)]})
-            continue
-        target[2].append(sp)
+            unmatched.append((sp, reason or "no matching CT series"))
+        else:
+            target[2].append(sp)
+
+    # Patients of this drop whose files were all known were not read; their names may
+    # still be folder or file names in a path this drop stores (a newly unusable file, an
+    # RTSTRUCT without its CT, an old skipped row to match). One header each, read once,
+    # and only when such a path exists: adding one patient to a cohort of 300 does not
+    # read 299 headers.
+    learnt: list[bool] = []
+
+    def learn_known() -> None:
+        if not learnt:
+            learnt.append(True)
+            for s in sorted(known_series):
+                _learn_identifiers(known_by_series[s][:1], st, replacements)
+
+    if scan.skipped or found_skipped or unmatched or merger.skip_rows:
+        learn_known()
+    # Old skipped rows of files in this drop are replaced by this drop's (merger.finish);
+    # without old rows there is nothing to match, and scrubbing every path is skipped.
+    st.seen_paths = {rel(p) for p, _, _ in files} if merger.skip_rows else set()
+
+    for _, r, why in found_skipped:  # not regular files: nothing to remember them by
+        report.skip((clean(r), clean(why)))
+    for s in scan.skipped:
+        sp = str(_attr(s, "path", default=""))
+        reason = str(_attr(s, "reason", default="unusable"))
+        report.skip((rel(sp), clean(reason)))
+        q = quick_of.get(sp)
+        if q and not reason.startswith("cannot read file"):  # permissions change, mtimes do not
+            st.remember({q: ["", "", clean(reason), rel(sp)]})
+    for sp, reason in unmatched:
+        report.skip((rel(sp), reason))
+        q = quick_of.get(sp)
+        if q and "differs" in reason:
+            # A mismatch stays one until the file changes; an RTSTRUCT whose CT is
+            # absent is looked at again next time (its CT may come in a later drop).
+            st.remember({q: ["", "", reason, rel(sp)]})
 
     total = len(plan)
     done = 0
@@ -935,6 +951,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         except Exception as exc:
             if wsmod.storage_error(exc) is not None:
                 raise  # a full disk is not this series' fault: stop (see _storage_errors)
+            learn_known()  # rows to store follow
             files = _ref_files(ref)
             where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
             reason = clean(str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
@@ -950,6 +967,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             report.unchanged.append(label)
             _call(progress, "ingest", done, total, f"{label} unchanged")
             continue
+        if res["struct_skipped"] or res.get("left_out") or (st.image_shape and res["shape"] != st.image_shape):
+            learn_known()  # rows to store follow
         for sp, why in res["struct_skipped"]:
             report.skip((rel(sp), clean(str(why))))
         shape = res["shape"]
@@ -1003,7 +1022,7 @@ def _is_own_file(real: str, ws_real: str) -> bool:
         "." + os.path.basename(ws_real) + ".") and name.endswith(".tmp")
 
 
-def _learn_identifiers(files: list[Path], st: _State, replacements: dict[str, str]) -> None:
+def _learn_identifiers(files: list[str], st: _State, replacements: dict[str, str]) -> None:
     import pydicom
 
     from training.dicom.identity import READ_KEYWORDS
@@ -1092,7 +1111,7 @@ def _scan_job(files: list[str]):
     return dicom.scan(files)
 
 
-def _scan_chunks(files: list[Path], n_chunks: int) -> list[list[str]]:
+def _scan_chunks(files: list[str], n_chunks: int) -> list[list[str]]:
     """Files grouped by folder (a series normally lives in one), folders dealt to chunks."""
     by_dir: dict[str, list[str]] = defaultdict(list)
     for f in files:
@@ -1103,7 +1122,7 @@ def _scan_chunks(files: list[Path], n_chunks: int) -> list[list[str]]:
     return [c for c in chunks if c]
 
 
-def _scan(dicom, files: list[Path], progress: Progress | None, cancel: Callable[[], bool] | None,
+def _scan(dicom, files: list[str], progress: Progress | None, cancel: Callable[[], bool] | None,
           pool: "_Pool | None" = None):
     """dicom.scan, in the worker pool by folder chunks when there is enough to share.
 
