@@ -285,9 +285,11 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         series_uid=stage["series_uid"], frame_of_reference_uid=geometry.frame_of_reference_uid,
         n_source_files=len(hashes) - len(left_out) - len(struct_skipped), hu=hu16, masks=masks,
         geometry=geometry, role=stage.get("role", ""), fidelity=fidelity)
+    head_rows: dict[str, dict] = {}
+    pseudonyms = {stage["digest"]: stage["number"]}
     tmp = wsmod.write_staged_tmp(Path(stage["final"]), entry, stage["phash"], stage["salt"], rows,
-                                 {stage["digest"]: stage["number"]})
-    out.update(status="loaded", tmp=str(tmp), n_images=int(images.shape[0]),
+                                 pseudonyms, rows_out=head_rows)
+    out.update(status="loaded", tmp=str(tmp), written=(head_rows, rows, pseudonyms), n_images=int(images.shape[0]),
                shape=tuple(images.shape[1:]), spacing=spacing, rois=entry.rois,
                warnings=tuple(warnings), missing=missing, struct_skipped=struct_skipped,
                source_shape=tuple(hu16.shape))
@@ -982,7 +984,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             report.skip((rel(sp), clean(str(why))))
         st.image_shape = st.image_shape or shape
         wsmod.commit_staged(Path(res["tmp"]), Path(final))  # the commit point
-        merger.add_staged(seq, Path(final))
+        merger.add_staged(seq, Path(final), res["written"])  # its rows: no need to open it
         st.identity.update(res["identity"])  # carried by the staged entry itself
         role = st.entries.get(label, {}).get("role", st.role)
         st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo,

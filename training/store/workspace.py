@@ -30,13 +30,14 @@ Entry file ``W.h5.d/<seq>-<label>.h5`` (seq: 8 digits, increasing with each comm
                entries row holds the current role, set_roles changes only that),
                fidelity (JSON per-ROI rasterisation report; absent in older workspaces)
         source/hu     int16 (z, y, x) HU at native resolution, one chunk per slice,
-                      Blosc zstd level 1 with bit shuffle (hdf5plugin; lossless,
-                      ~0.38× on a thorax CT)
+                      Blosc lz4 with bit shuffle (hdf5plugin; lossless, ~0.42× on
+                      a thorax CT; zstd or deflate in workspaces written before)
         source/masks  uint8 (n_rois, z, y, ceil(x/8)): np.packbits of each ROI mask along x,
                       lzf; attrs geometry (VolumeGeometry.to_dict JSON), roi_names (JSON)
         derived/<preprocess_hash>/images  uint16 (n, H, W) or (n, D, H, W): round(v · 65535)
                       of the [0, 1] image (step 1.5e-5, below a 16-bit display's step and
-                      far below an 8-bit window's 1/255); read back as float32
+                      far below an 8-bit window's 1/255), Blosc lz4 with byte shuffle;
+                      read back as float32
         derived/<preprocess_hash>/labels  uint8, same shape, lzf (absent for CT only)
 
 Every dataset carries HDF5's fletcher32 checksum: a flipped byte makes its read fail,
@@ -102,16 +103,21 @@ ROLES = ("", ROLE_QUERY)
 SCHEMA_VERSION = 2
 _STAGED_RE = re.compile(r"^(\d{8})-(.+)\.h5$")
 _STR = h5py.string_dtype("utf-8")
-# HU: Blosc zstd level 1 with bit shuffle (HDF5 filter 32001, registered by hdf5plugin) is
-# lossless, 0.384× on LUNG1-001 at ~470 MB/s written and ~1.4 GB/s read per worker; byte
-# shuffle + deflate 1 (h5py built in, used until 2026-12-07 and still read) gave 0.391× at
-# 100 MB/s and cut ingest to 0.4× the bare pydicom loop (benchmarks/README.md, "Ingest").
+# HU: Blosc lz4 (level 9) with bit shuffle (HDF5 filter 32001, registered by hdf5plugin),
+# lossless: 0.42× on LUNG1-001 and 0.54× on the (noisier) phantom, ~600 MB/s written per
+# worker. zstd level 1 (used from 2026-12-07 until the fourth session) gave 0.38× / 0.47×
+# at ~300 MB/s: half an ingest worker's time per series went into it; byte shuffle +
+# deflate 1 (h5py built in, before) 0.39× at 100 MB/s. Both are still read.
+# Derived images (uint16, re-derivable): Blosc lz4 with byte shuffle, 0.65× for 2 ms a
+# 64-slice series; a training batch reads ~10 % slower than uncompressed (within the 1.2×
+# budget; benchmarks/batch_read.py) and the workspace stays ≤ 0.6× its DICOM.
 # Packed masks and labels are mostly zeros, which lzf compresses quickly. Every dataset
 # has fletcher32.
-_HU_FILTERS: dict[str, Any] = {**hdf5plugin.Blosc(cname="zstd", clevel=1, shuffle=hdf5plugin.Blosc.BITSHUFFLE),
+_HU_FILTERS: dict[str, Any] = {**hdf5plugin.Blosc(cname="lz4", clevel=9, shuffle=hdf5plugin.Blosc.BITSHUFFLE),
                                "fletcher32": True}
 _MASK_FILTERS: dict[str, Any] = {"compression": "lzf", "fletcher32": True}
-_IMAGE_FILTERS: dict[str, Any] = {"fletcher32": True}
+_IMAGE_FILTERS: dict[str, Any] = {**hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE),
+                                  "fletcher32": True}
 IMAGE_SCALE = 65535.0  # stored images: uint16 round(v · IMAGE_SCALE) of v in [0, 1]
 
 
@@ -314,8 +320,10 @@ def read_source(grp: h5py.Group) -> tuple[np.ndarray, dict[str, np.ndarray], Vol
 
 def to_stored_images(images: np.ndarray) -> np.ndarray:
     """float [0, 1] → the stored uint16 (round(v · 65535); max error 7.6e-6)."""
-    a = np.asarray(images, dtype=np.float32)
-    return np.rint(np.clip(a, 0.0, 1.0) * np.float32(IMAGE_SCALE)).astype(np.uint16)
+    scaled = np.multiply(np.asarray(images, dtype=np.float32), np.float32(IMAGE_SCALE))  # one copy
+    np.clip(scaled, 0.0, np.float32(IMAGE_SCALE), out=scaled)  # = clip to [0, 1], then scale
+    np.rint(scaled, out=scaled)
+    return scaled.astype(np.uint16)
 
 
 def as_stored(images: np.ndarray) -> np.ndarray:
@@ -662,9 +670,12 @@ def staged_path(path: str | os.PathLike, seq: int, label: str) -> Path:
 
 
 def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
-                     identity: dict[str, list], pseudonyms: dict[str, int]) -> Path:
+                     identity: dict[str, list], pseudonyms: dict[str, int],
+                     rows_out: dict[str, dict] | None = None) -> Path:
     """Write one entry as a complete temporary file beside `final` (not yet committed:
-    `commit_staged` renames it). Not fsynced (see the module's Durability note)."""
+    `commit_staged` renames it). Not fsynced (see the module's Durability note).
+    rows_out: receives {label: head row} read from the file as written, so the writer
+    can hand it to Merger.add_staged instead of opening the file again."""
     from training.atomic import temp_path_for
 
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -674,7 +685,9 @@ def write_staged_tmp(final: Path, entry: EntryData, phash: str, salt: str,
         f.attrs["format"] = FORMAT + "-staged"
         f.attrs["salt"] = salt
         f.attrs["preprocess_hash"] = phash
-        write_entry(f.create_group("entries"), entry, phash)
+        g = write_entry(f.create_group("entries"), entry, phash)
+        if rows_out is not None:
+            rows_out[entry.label] = _entry_row(g, phash)
         _write_meta(f, "identity", identity)
         _write_meta(f, "pseudonyms", pseudonyms)
 
@@ -742,30 +755,37 @@ class Merger:
         self.damaged: list[str] = []  # staged files that could not be read (left out)
         self.dropped: list[str] = []  # entries removed (damaged data found by a re-derive)
 
-    def add_staged(self, seq: int, staged: Path) -> None:
+    def add_staged(self, seq: int, staged: Path,
+                   written: tuple[dict[str, dict], dict[str, list], dict[str, int]] | None = None) -> None:
         """Fold a committed entry file into the next head. One that cannot be read
         (damaged by a power cut: not fsynced before a head names it) is left out, recorded
-        in the provenance and removed; its series comes in again with the next drop."""
+        in the provenance and removed; its series comes in again with the next drop.
+        written: (rows, identity, pseudonyms) of a file this writer has just written for
+        this workspace and preprocessing (write_staged_tmp's rows_out), so it is not
+        opened again."""
         from training.atomic import start_writeback
 
-        try:
-            sf = h5py.File(staged, "r")
-        except OSError as exc:
-            self._damaged(seq, staged, exc)
-            return
-        with sf:
+        if written is not None:
+            rows, identity, pseudonyms = written
+        else:
             try:
-                if sf.attrs.get("salt") != self.salt:
-                    return  # not written for this workspace
-                if "entries" in sf and len(sf["entries"]) and \
-                        str(sf.attrs.get("preprocess_hash", "")) != self.phash:
-                    return  # written for other preprocessing (a killed re-derive)
-                rows = {k: _entry_row(sf["entries"][k], self.phash) for k in sf["entries"]}
-                identity = _read_meta(sf, "identity", {})
-                pseudonyms = _read_meta(sf, "pseudonyms", {})
-            except (OSError, KeyError, ValueError) as exc:
+                sf = h5py.File(staged, "r")
+            except OSError as exc:
                 self._damaged(seq, staged, exc)
                 return
+            with sf:
+                try:
+                    if sf.attrs.get("salt") != self.salt:
+                        return  # not written for this workspace
+                    if "entries" in sf and len(sf["entries"]) and \
+                            str(sf.attrs.get("preprocess_hash", "")) != self.phash:
+                        return  # written for other preprocessing (a killed re-derive)
+                    rows = {k: _entry_row(sf["entries"][k], self.phash) for k in sf["entries"]}
+                    identity = _read_meta(sf, "identity", {})
+                    pseudonyms = _read_meta(sf, "pseudonyms", {})
+                except (OSError, KeyError, ValueError) as exc:
+                    self._damaged(seq, staged, exc)
+                    return
         for k, row in rows.items():
             self.rows[k] = row  # a later commit of the same series wins
             self.segments[k] = staged.name
