@@ -82,6 +82,42 @@ def test_query_plan_by_hand(phantom_ws):
             plan_queries(w, None, (2.5,), entries=("PAT-9999",))
 
 
+def test_query_plan_on_a_workspace_resampled_along_z(phantom_ws):
+    """2.5 mm slices resampled onto a 1 mm grid: 6 mm is 6 images, not round(6 / 2.5) = 2."""
+    from training.config import PreprocessConfig
+    from training.explore.experiments import image_z, plan_queries
+    from training.store.ingest import ingest
+    from training.store.workspace import Workspace
+
+    tmp, _ = phantom_ws
+    pre = PreprocessConfig.preset("thorax", crop=None, size=16, rois=(), z_spacing=1.0)
+    ws = tmp / "w_z1.h5"
+    ingest([tmp / "dicom"], ws, pre, workers=1, test_fraction=0.25)
+    with Workspace.open(ws) as w:
+        i = int(np.asarray(w.index(None)).reshape(-1, 2)[0, 0])
+        z = image_z(w, i)
+        n = w.patients[i].n_images
+        assert n == len(z) and n > 10  # 10 slices 2.5 mm apart → 23 images 1 mm apart
+        assert np.allclose(np.diff(z), 1.0)
+        plan = plan_queries(w, 5, (6.0, 2.5))
+        assert plan.spacing.tolist() == pytest.approx([1.0] * len(plan.entries))
+        sel, rows, actual = plan.queries[6.0]
+        assert rows[:, 1].tolist() == [11] * len(sel) and actual == pytest.approx([6.0] * len(sel))
+        sel, rows, actual = plan.queries[2.5]  # the nearest image: 2 or 3 mm away
+        assert set(rows[:, 1].tolist()) <= {7, 8} and np.all(np.abs(actual - 2.5) <= 0.5 + 1e-9)
+
+
+def test_query_slice_on_uneven_positions():
+    from training.explore.experiments import query_slice
+
+    z = np.array([0.0, 2.0, 4.0, 9.0, 11.0, 13.0])  # a gap of 5 mm
+    assert query_slice(z, 1, 7.0) == 3  # 9 − 2 = 7 mm
+    assert query_slice(z, 1, 0.5) == 2  # closer than one slice: the next image
+    assert query_slice(z, 4, 9.0) == 1  # past the end after a: before a, 11 − 2 = 9 mm
+    assert query_slice(z, 4, 7.0) == 2  # 11 − 4 = 7 mm
+    assert query_slice(z, 2, 30.0) is None  # no slice that far on either side
+
+
 @pytest.mark.parametrize("name,files", [("recon", "recon_epoch_00002.png"), ("manifold", "manifold.png"),
                                         ("samples", "samples.png")])
 def test_other_experiments(phantom_ws, name, files):

@@ -8,12 +8,15 @@ Writes a table (CSV), a figure (SVG: fraction identified vs distance per method)
 report.json with the settings, the source workspace's data hash and the hash of the
 training subset.
 
-Distances: the query for a distance d (mm) of a patient with slice spacing dz is slice
-a + round(d / dz) (a − round(d / dz) when that is past the end of its stack); the actual
-distance k·dz is recorded. dz is the entry's source slice spacing; the workspace's 2D
-images are its source slices in position order (the slice index counts them), so this
-holds while the workspace is not resampled along z. A patient without a slice at the
-distance is left out of that distance (the table gives n per distance).
+Distances: each image's z in mm is where the workspace's preprocessing put it
+(training.store.preprocess.output_positions of the entry's source geometry: the source
+slices' positions, or the uniform grid when the workspace is resampled along z). The
+query for a distance d of a patient is the image after a whose z is nearest to z_a + d
+(before a when the stack ends more than half a slice short of that), at least the next
+image; the actual distance |z_b − z_a| is recorded. On a uniform stack of spacing dz
+this is slice a ± round(d / dz). An entry without a stored geometry (arrays workspaces)
+counts slices with its source spacing. A patient without a slice at the distance is
+left out of that distance (the table gives n per distance).
 
 recon (7.1.1, fig. 7.2-7.3), manifold (7.1.1, fig. 7.11), samples (7.1.1, fig. 7.7): train
 (or take a checkpoint) and write the per-epoch reconstructions with their metrics, the
@@ -127,7 +130,7 @@ def plan_queries(ws, slice_a: int | None, distances_mm, entries=()) -> QueryPlan
     unknown = chosen - {ws.patients[i].pseudonym for i in eligible}
     if unknown:
         raise ValueError(f"unknown entries: {', '.join(sorted(unknown))}")
-    idx, names, patients, refs, dzs = [], [], [], [], []
+    idx, names, patients, refs, dzs, zs = [], [], [], [], [], []
     for i in eligible:
         p = ws.patients[i]
         if chosen and p.pseudonym not in chosen:
@@ -137,27 +140,55 @@ def plan_queries(ws, slice_a: int | None, distances_mm, entries=()) -> QueryPlan
         a = (p.n_images - 1) // 2 if slice_a is None else (slice_a + p.n_images if slice_a < 0 else slice_a)
         if not 0 <= a < p.n_images:
             continue
+        z = image_z(ws, i)
         idx.append(i)
         names.append(p.pseudonym)
         patients.append(p.patient or p.pseudonym)
         refs.append((i, a))
-        dzs.append(float(p.spacing[0]))
+        zs.append(z)
+        dzs.append(float(np.median(np.abs(np.diff(z)))))
     if len(idx) < 2:
         raise ValueError("the experiment needs at least 2 entries with 2 or more slices")
     queries = {}
     for d in distances_mm:
         sel, rows, actual = [], [], []
         for k, (i, a) in enumerate(refs):
-            step = max(1, int(round(float(d) / dzs[k]))) if dzs[k] > 0 else 0
-            n = ws.patients[i].n_images
-            b = a + step if a + step < n else a - step
-            if step and 0 <= b < n:
+            b = query_slice(zs[k], a, float(d))
+            if b is not None:
                 sel.append(k)
                 rows.append((i, b))
-                actual.append(step * dzs[k])
+                actual.append(abs(zs[k][b] - zs[k][a]))
         queries[float(d)] = (np.array(sel, np.int64), np.array(rows, np.int64).reshape(-1, 2),
                              np.array(actual, np.float64))
     return QueryPlan(idx, names, patients, np.array(refs, np.int64), np.array(dzs), queries)
+
+
+def image_z(ws, index: int) -> np.ndarray:
+    """z in mm of an entry's stored images (module docstring, Distances)."""
+    from training.store.preprocess import output_positions
+
+    p = ws.patients[index]
+    geometry = ws.source_geometry(index)
+    if geometry is not None:
+        try:
+            return np.asarray(output_positions(geometry, ws.preprocess, p.n_images), np.float64)
+        except ValueError:  # stored images that this geometry and settings do not make
+            pass
+    return np.arange(p.n_images, dtype=np.float64) * float(p.spacing[0])
+
+
+def query_slice(z: np.ndarray, a: int, d: float) -> int | None:
+    """The image d mm from image a (module docstring, Distances), or None."""
+    z = np.asarray(z, np.float64)
+    half = 0.5 * float(np.median(np.abs(np.diff(z)))) + 1e-6
+    for side in (np.arange(a + 1, len(z)), np.arange(a - 1, -1, -1)):
+        if not len(side):
+            continue
+        dist = np.abs(z[side] - z[a])
+        k = int(np.argmin(np.abs(dist - d)))
+        if abs(dist[k] - d) <= half or (k == 0 and d < dist[0]):
+            return int(side[k])
+    return None
 
 
 def _hash_arrays(*arrays) -> str:
