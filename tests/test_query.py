@@ -51,6 +51,32 @@ def test_divergences_match_torch_distributions():
     assert "query" in r.definition and "KL(q_query || q_j)" in r.definition
 
 
+def test_monotone_pairing_is_the_best_order_keeping_choice():
+    """Against every order-keeping choice, on random and tied matrices."""
+    import itertools
+
+    from training.explore.query import monotone_pairing
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n_rows, n_cols = int(rng.integers(1, 5)), int(rng.integers(1, 7))
+        d = rng.random((n_rows, n_cols))
+        if rng.random() < 0.3:
+            d = np.round(d, 1)  # ties
+        strict = n_cols >= n_rows
+
+        def keeps_order(c):
+            return all(c[i] < c[i + 1] if strict else c[i] <= c[i + 1] for i in range(len(c) - 1))
+
+        best = min(sum(d[r, c[r]] for r in range(n_rows))
+                   for c in itertools.product(range(n_cols), repeat=n_rows) if keeps_order(c))
+        got = monotone_pairing(d)
+        assert keeps_order(got) and sum(d[r, got[r]] for r in range(n_rows)) == pytest.approx(best)
+    # slice by slice the middle query slice would take match slice 0, below the first pair
+    d = np.array([[0.0, 5, 5, 5], [0.1, 0.2, 5, 5], [5, 5, 5, 0.0]])
+    assert monotone_pairing(d).tolist() == [0, 1, 3]
+
+
 def test_top_k_and_ranks_with_ties():
     v = np.array([3.0, 1.0, 2.0, 1.0, 5.0])
     assert lq.top_k(v, 3).tolist() == [1, 3, 2]
@@ -174,6 +200,7 @@ def test_answer_pairs_slices_and_volumes(trained, tmp_path):
     m = a.matches[0]
     assert m.images.shape == (3, SIZE, SIZE) and m.labels.shape == (3, SIZE, SIZE)
     assert len(m.match_images) == 3 and all(0 <= k < SLICES for k in m.match_images)
+    assert m.match_images == sorted(set(m.match_images))  # the pairs keep the stacks' order
     assert b.direction == "symmetric" and b.matches[0].divergence == pytest.approx(b.matches[0].symmetric)
     # the cohort encoding was reused (cached by data hash; the query does not change it)
     assert b.seconds["cohort"] < a.seconds["cohort"] + 0.05

@@ -17,9 +17,11 @@ What each match shows:
   with its own rank among all;
 - images side by side at matching anatomical positions. 2D: the query's slices at
   POSITIONS of its stack, and for each the match's slice whose posterior is closest,
-  argmin_t KL(q_query,s ‖ q_match,t) over the match's slices (the model's own notion of
-  "same place", which needs no landmark and works across different scan ranges); the
-  slice KL is shown. 3D: each patient is one preprocessed cube, so the same depth index
+  KL(q_query,s ‖ q_match,t) over the match's slices t (the model's own notion of "same
+  place", which needs no landmark and works across different scan ranges), chosen
+  jointly so that the pairs keep the stacks' order (monotone_pairing: the least summed
+  KL with t increasing as s does; a pair chosen slice by slice could show a lower
+  query slice beside a higher match slice); the slice KL is shown. 3D: each patient is one preprocessed cube, so the same depth index
   (the cubes span each series' own slice range);
 - ROI overlays (the workspace's chosen ROIs, preprocessed labels) and, for every ROI of
   either patient, its volume in cm³ from the stored native-resolution mask: voxels whose
@@ -47,7 +49,8 @@ from training.latent import query as lq
 POSITIONS = (0.25, 0.5, 0.75)  # fractions of the query's stack shown
 BASELINE_SIDE = 64
 POSITION_METHOD_2D = ("2D: for each shown query slice s, the match's slice t with the closest posterior, "
-                      "argmin_t KL(q_query,s || q_match,t)")
+                      "KL(q_query,s || q_match,t), chosen jointly so that the pairs keep the stacks' order "
+                      "(least summed KL)")
 POSITION_METHOD_3D = "3D: the same depth index of both preprocessed cubes (each spans its own series' slice range)"
 PIXEL_L2_TEXT = (f"pixel L2: RMS difference of the patients' mean preprocessed images ([0, 1] windowed CT, "
                  f"block-averaged to <= {BASELINE_SIDE} px a side); position-free, no model")
@@ -56,8 +59,42 @@ VOLUME_TEXT = ("ROI volume: voxels of the stored native-resolution mask (centre 
                "x dz*dy*dx / 1000, cm^3; difference = match - query")
 
 
-# ----------------------------------------------------------------------------- cohort
+# ----------------------------------------------------------------------------- pairing
 
+
+def monotone_pairing(d: np.ndarray) -> np.ndarray:
+    """For each row r of d (P shown query slices in stack order × M match slices), a
+    column t_r with t_0 < t_1 < … (t_0 ≤ t_1 ≤ … when M < P) minimising Σ_r d[r, t_r]:
+    dynamic programming over a running minimum, O(P·M)."""
+    d = np.asarray(d, dtype=np.float64)
+    n_rows, n_cols = d.shape
+    strict = n_cols >= n_rows
+    cost = np.empty_like(d)
+    back = np.zeros(d.shape, dtype=np.int64)
+    cost[0] = d[0]
+    for r in range(1, n_rows):
+        prev = cost[r - 1]
+        if strict:  # the best t' < t: running minimum shifted by one
+            run = np.minimum.accumulate(prev)
+            arg = _running_argmin(prev)
+            cost[r, 0] = np.inf
+            cost[r, 1:] = d[r, 1:] + run[:-1]
+            back[r, 1:] = arg[:-1]
+        else:  # t' ≤ t
+            cost[r] = d[r] + np.minimum.accumulate(prev)
+            back[r] = _running_argmin(prev)
+    out = np.empty(n_rows, dtype=np.int64)
+    out[-1] = int(np.argmin(cost[-1]))
+    for r in range(n_rows - 1, 0, -1):
+        out[r - 1] = back[r, out[r]]
+    return out
+
+
+def _running_argmin(a: np.ndarray) -> np.ndarray:
+    """index of the minimum of a[:t + 1] for each t (the first one on ties)."""
+    best = np.minimum.accumulate(a)
+    is_new = np.r_[True, a[1:] < best[:-1]]  # a new running minimum
+    return np.maximum.accumulate(np.where(is_new, np.arange(len(a)), 0))
 
 def _block_mean(img: np.ndarray, side: int = BASELINE_SIDE) -> np.ndarray:
     """Average (H, W) down by an integer factor so both sides are ≤ `side`."""
@@ -390,7 +427,7 @@ def answer_query(model, ws, query: str, *, top: int = 5, direction: str = "query
             img_idx = cohort.encoded.rows[sel, 1]
             d = np.stack([lq.kl_query_to_many(q_mu[s], q_lv[s], cohort.encoded.mu[sel], cohort.encoded.logvar[sel])
                           for s in shown])  # (P, n_match_slices)
-            best = d.argmin(1)
+            best = monotone_pairing(d)
             pair = [int(img_idx[b]) for b in best]
             skl = [float(d[r, b]) for r, b in enumerate(best)]
             rows = np.stack([np.full(len(pair), wi), np.asarray(pair)], 1)
