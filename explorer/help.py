@@ -29,6 +29,11 @@ TAB_GUIDE = {
               "show their HU range.",
     "Similarity": "KL divergences between the patients' posteriors (direction stated), the nearest patients "
                   "of the one selected, and identification across slices.",
+    "Query": "Find similar patients: drop a new patient's folder on this tab (or File ▸ Find similar "
+             "patients…, Ctrl+F). It is ingested with the workspace's settings, stored apart as a query (never trained on), "
+             "encoded with the current model and ranked against every earlier patient by KL divergence "
+             "(the direction chosen in the tab), beside the Euclidean and pixel baselines; its slices are "
+             "shown beside each match's, with each ROI's volume. \"Move into cohort\" makes it training data.",
 }
 
 

@@ -6,8 +6,9 @@ part in the split or the data hash. `set_roles` is the only way an entry changes
 the user moves a query into the cohort (it then joins its patient's split, and the data
 hash changes, so models trained before no longer match), or a cohort entry out of it.
 
-The change is written like every workspace change: a complete new copy replacing the old
-one atomically (workspace.Merger), under the one-writer lock.
+The change is written like every workspace change, under the one-writer lock: the roles
+live in the head's entry table, so a new head replaces the old one atomically
+(workspace.Merger); no entry file is rewritten.
 """
 
 from __future__ import annotations
