@@ -1,7 +1,10 @@
 """Layer 1, DICOM: discovery, headers, CT series, RTSTRUCT, geometry, writers, phantom.
 
 This module is the public entry (SPEC F1, F2); its siblings are `scan`, `header`, `load`,
-`types`, `write`, `rtstruct`, `rtstruct_raw`, `geometry`, `phantom`.
+`types`, `write`, `rtstruct`, `rtstruct_raw` (the ROIContourSequence from the raw bytes),
+`contour_rule` (duplicates, holes, XOR, overlaps of one ROI's outlines), `fidelity` (the
+per-ROI rasterisation report), `identity` (identifiers learnt from every header),
+`deflate` (deflated transfer syntax), `geometry`, `phantom`.
 
     result = scan(["/drop/folder"], progress=None, cancel=None)
     for ref in result.series:            # CT image series (SeriesRef)
