@@ -41,7 +41,10 @@ def test_patient_level_does_not_count_another_series_of_the_patient():
     plain = similarity.identify(mu, lv, mu_b, lv, names=["P", "P-2", "Q"])
     grouped = similarity.identify(mu, lv, mu_b, lv, names=["P", "P-2", "Q"], groups=patients)
     assert plain.n_identified == 1 and len(plain.confusions) == 2
-    assert grouped.n_identified == 3 and grouped.confusions == []
+    assert (plain.unit, plain.n) == ("series", 3)
+    # patient level counts patients: P (both its series) and Q
+    assert grouped.n_identified == 2 and grouped.n_series_identified == 3 and grouped.confusions == []
+    assert (grouped.unit, grouped.n, grouped.n_series, grouped.n_patients) == ("patient", 2, 3, 2)
 
 
 def test_compare_computes_every_method_independently():
@@ -163,5 +166,174 @@ def test_identify_csv_says_which_rows_belong_to_one_patient(files):
     tmp, ck, ws = files
     assert main(["identify", ck, ws, "--out", str(tmp / "csv")]) == 0
     lines = (tmp / "csv" / "identify.csv").read_text().splitlines()
-    assert lines[1].split(",")[:2] == ["patient", "of_patient"]
+    assert lines[1].split(",")[:4] == ["series", "patient", "nearest", "nearest_patient"]
     assert lines[2].split(",")[0] == lines[2].split(",")[1] == "PAT-0001"
+
+
+# -- counts name their unit on a workspace where one patient has two series (issue 11) --------
+
+def _two_series_images(seed: int = 1):
+    """4 patients, 5 series: PAT-0001-2 is a second (identical) CT series of PAT-0001."""
+    rng = np.random.default_rng(seed)
+    imgs = {}
+    for k in range(1, 5):
+        base = rng.random((16, 16)).astype(np.float32)
+        imgs[f"PAT-{k:04d}"] = np.stack([base, base, np.clip(base + 0.01 * rng.random((16, 16)), 0, 1)]
+                                        ).astype(np.float32)
+    imgs["PAT-0001-2"] = imgs["PAT-0001"].copy()
+    return imgs
+
+
+@pytest.fixture(scope="module")
+def two_series(tmp_path_factory):
+    from training.config import ModelConfig, PreprocessConfig, TrainConfig
+    from training.store.workspace import write_arrays_workspace
+    from training.vae.checkpoint import save_checkpoint
+    from training.vae.model import VAE
+
+    tmp = tmp_path_factory.mktemp("two_series")
+    pre = PreprocessConfig(crop=16, hu_min=-1000.0, hu_max=1000.0, window_name="custom")
+    ws = write_arrays_workspace(tmp / "ws.h5", _two_series_images(), None, preprocess=pre, test_fraction=0.0,
+                                patients={"PAT-0001-2": "PAT-0001"})
+    torch.manual_seed(0)
+    mc = ModelConfig(input_size=16, n_blocks=2, filters=4, fc_units=16, latent_dim=3)
+    ck = save_checkpoint(tmp / "m.pt", model_config=mc, train_config=TrainConfig(), preprocess_config=pre,
+                         model_state=VAE(mc).state_dict(), optimizer_state=None, epoch=0, history=[],
+                         data_hash="x", roi_names=())
+    return tmp, str(ck), str(ws)
+
+
+def test_patient_counts_by_hand():
+    # P has two series, only one of them finds P (the other: rank 2); Q is found, R is second
+    ranks, worst = similarity.patient_ranks([0, 2, 0, 1], ["P", "P", "Q", "R"])
+    assert ranks == ["P", "Q", "R"] and worst.tolist() == [2, 0, 1]
+    st = similarity.unit_stats([0, 2, 0, 1], ["P", "P", "Q", "R"], "patient")
+    assert st == {"unit": "patient", "n": 3, "n_identified": 1, "n_top3": 3, "mean_rank": 2.0}  # (3+1+2)/3
+    st = similarity.unit_stats([0, 2, 0, 1], ["P", "P", "Q", "R"], "series")
+    assert (st["unit"], st["n"], st["n_identified"]) == ("series", 4, 2)
+    assert similarity.count_text(1, 1, "series") == "1 of 1 series"
+    assert similarity.count_text(3, 4, "patient") == "3 of 4 patients"
+    assert similarity.count_text(1, 1, "patient") == "1 of 1 patient"
+    # identify: a patient counts only when the query of each of its series is identified
+    mu_a = np.array([[0.0], [1.0], [5.0]])
+    lv = np.zeros((3, 1))
+    mu_b = np.array([[0.0], [5.0], [5.0]])  # P-2's slice b lands on Q
+    res = similarity.identify(mu_a, lv, mu_b, lv, names=["P", "P-2", "Q"], groups=["P", "P", "Q"])
+    assert (res.n_series_identified, res.n_identified, res.n) == (2, 1, 2)
+    assert "identified 1 of 2 patients" in res.summary() and "3 series queried" in res.summary()
+    assert res.score_text() == "1 of 2 patients identified"
+    with pytest.raises(ValueError, match="level"):
+        similarity.compare(mu_a, lv, mu_b, lv, level="patients")
+
+
+def test_api_defaults_are_the_patient_level(two_series):
+    import inspect
+
+    from training.commands.identify import run_identification
+    from training.explore.similarity import compare_slices, identify_slices
+    from training.store.workspace import Workspace
+    from training.vae.checkpoint import load_model
+
+    for fn in (identify_slices, run_identification, compare_slices):
+        assert inspect.signature(fn).parameters["level"].default == "patient", fn.__name__
+    _, ck, ws = two_series
+    model, _ = load_model(ck)
+    with Workspace.open(ws) as w:
+        res = identify_slices(model, w, 0, 2)
+        by_series = identify_slices(model, w, 0, 2, level="series")
+        with pytest.raises(ValueError, match="level"):
+            identify_slices(model, w, 0, 2, level="entry")
+    assert (res.level, res.unit, res.n, res.n_series, res.n_patients) == ("patient", "patient", 4, 5, 4)
+    assert res.patients[res.names.index("PAT-0001-2")] == "PAT-0001"
+    assert (by_series.unit, by_series.n, by_series.n_patients) == ("series", 5, 4)
+    assert "of 5 series" in by_series.summary() and "patients" not in by_series.summary().splitlines()[0].split(";")[0]
+
+
+@pytest.mark.parametrize("level", ["patient", "series"])
+def test_identify_counts_name_their_unit_with_two_series_of_one_patient(two_series, level, capsys):
+    import csv
+
+    from training.cli import main
+
+    tmp, ck, ws = two_series
+    out = tmp / f"id-{level}"
+    assert main(["identify", ck, ws, "--level", level, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "of 5 patients" not in text  # the bug: 5 series counted as patients
+    first = next(line for line in text.splitlines() if line.startswith("identified"))
+    if level == "patient":
+        assert " of 4 patients (counted per patient" in first and "5 series queried" in first
+        assert "of 4 patients" in text.split("baselines")[1] and "counted per patient" in text
+    else:
+        assert " of 5 series (counted per series" in first and "5 series of 4 patients" in first
+        assert "of 5 series" in text.split("baselines")[1] and "counted per series" in text
+    doc = json.loads((out / "identify.json").read_text())
+    assert (doc["level"], doc["unit"], doc["n_series"], doc["n_patients"]) == (level, level, 5, 4)
+    assert doc["n"] == (4 if level == "patient" else 5) and doc["n_identified"] <= doc["n"]
+    assert doc["n_series_identified"] <= 5 and "mean_kl_same_series" in doc
+    methods = json.loads((out / "identify_methods.json").read_text())
+    assert (methods["n_series"], methods["n_patients"]) == (5, 4)
+    kl = methods["methods"]["kl_directed"]
+    assert kl["unit"] == "series" and kl["n"] == 5
+    assert ("per_patient" in kl) == (level == "patient")
+    if level == "patient":
+        assert kl["per_patient"]["n"] == 4
+    # the matrix CSV: rows are series, a column names each row's patient
+    rows = list(csv.reader((out / "identify_kl.csv").read_text().splitlines()))
+    assert rows[0][0].startswith("series \\ KL(q_b,i || q_a,j)") and rows[0][1] == "patient"
+    assert rows[0][2:] == ["PAT-0001", "PAT-0001-2", "PAT-0002", "PAT-0003", "PAT-0004"]
+    assert {r[0]: r[1] for r in rows[1:]} == {"PAT-0001": "PAT-0001", "PAT-0001-2": "PAT-0001",
+                                             "PAT-0002": "PAT-0002", "PAT-0003": "PAT-0003",
+                                             "PAT-0004": "PAT-0004"}
+    m = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    assert m.shape == (5, 5)
+    series_rows = [r for r in csv.reader((out / "identify.csv").read_text().splitlines()[1:])]
+    assert series_rows[0][:2] == ["series", "patient"] and len(series_rows) == 6
+    assert series_rows[2][:2] == ["PAT-0001-2", "PAT-0001"]
+
+
+def _kl(m1, v1, m2, v2):
+    return 0.5 * np.sum(np.log(v2) - np.log(v1) + (v1 + (m1 - m2) ** 2) / v2 - 1)
+
+
+def test_similarity_command_levels_with_two_series_of_one_patient(two_series, capsys):
+    import csv
+
+    from training.cli import main
+    from training.latent import encode as latent
+    from training.store.workspace import Workspace
+    from training.vae.checkpoint import load_model
+
+    tmp, ck, ws = two_series
+    read = lambda p: list(csv.reader(p.read_text().splitlines()))  # noqa: E731
+    assert main(["similarity", ck, ws, "--level", "patient", "--out", str(tmp / "p.csv"), "--nearest", "0"]) == 0
+    assert "one row per patient (5 series of 4 patients" in capsys.readouterr().out
+    rows = read(tmp / "p.csv")
+    assert rows[0][0].startswith("patient \\ KL(q_i || q_j)") and rows[0][1] == "patient"
+    assert rows[0][2:] == [f"PAT-{k:04d}" for k in range(1, 5)] and len(rows) == 5
+    got = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
+    # independently: PAT-0001's posterior is the moment-matched mixture of the 6 slices of both series
+    model, _ = load_model(ck)
+    with Workspace.open(ws) as w:
+        enc = latent.encode_workspace(model, w)
+        owner = [(p.patient or p.pseudonym) for p in w.patients]
+    post = {}
+    for pat in sorted(set(owner)):
+        sel = np.isin(enc.rows[:, 0], [s for s, o in enumerate(owner) if o == pat])
+        m, v = enc.mu[sel].astype(np.float64), np.exp(enc.logvar[sel].astype(np.float64))
+        post[pat] = (m.mean(0), v.mean(0) + m.var(0), int(sel.sum()))
+    assert post["PAT-0001"][2] == 6
+    names = [f"PAT-{k:04d}" for k in range(1, 5)]
+    want = np.array([[_kl(*post[a][:2], *post[b][:2]) for b in names] for a in names])
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+    assert main(["similarity", ck, ws, "--level", "series", "--out", str(tmp / "s.csv"), "--nearest", "0"]) == 0
+    assert "one row per series (5 series of 4 patients" in capsys.readouterr().out
+    rows = read(tmp / "s.csv")
+    assert rows[0][0].startswith("series \\ ") and rows[0][1] == "patient" and len(rows) == 6
+    assert [r[:2] for r in rows[1:3]] == [["PAT-0001", "PAT-0001"], ["PAT-0001-2", "PAT-0001"]]
+
+    assert main(["similarity", ck, ws, "--level", "image", "--out", str(tmp / "i.csv"), "--nearest", "0"]) == 0
+    rows = read(tmp / "i.csv")
+    assert rows[0][0].startswith("image \\ ") and len(rows) == 16
+    assert {r[0]: r[1] for r in rows[1:]}["PAT-0001-2:1"] == "PAT-0001"

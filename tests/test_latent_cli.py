@@ -59,7 +59,7 @@ def test_similarity_csv_states_direction(files, capsys):
     assert "KL(q_i || q_j)" in text[0] and not text[0].startswith("#") and len(text) == 6
     assert "PAT-0001:" in capsys.readouterr().out
     assert main(["similarity", ck, ws, "--out", str(tmp / "skl.csv"), "--symmetric", "--level", "image"]) == 0
-    m = np.loadtxt(tmp / "skl.csv", delimiter=",", skiprows=1, usecols=range(1, 21))
+    m = np.loadtxt(tmp / "skl.csv", delimiter=",", skiprows=1, usecols=range(2, 22))  # 0: image, 1: patient
     np.testing.assert_allclose(m, m.T)
 
 
@@ -69,8 +69,9 @@ def test_identify_prints_and_writes(files, capsys):
     out = capsys.readouterr().out
     assert "of 5 patients" in out and "KL(q_b,i || q_a,j)" in out
     s = json.loads((tmp / "id" / "identify.json").read_text())
-    assert s["n_patients"] == 5 and 0 <= s["n_identified"] <= 5
-    assert (tmp / "id" / "identify_kl.csv").read_text().startswith('"patient \\ KL(q_b,i || q_a,j)')
+    assert s["n_patients"] == s["n_series"] == s["n"] == 5 and s["unit"] == "patient"
+    assert 0 <= s["n_identified"] <= 5
+    assert (tmp / "id" / "identify_kl.csv").read_text().startswith('"series \\ KL(q_b,i || q_a,j)')
 
 
 def test_manifold_interpolate_sample(files):

@@ -237,14 +237,14 @@ def test_identification_equals_headless(qtbot, panel_env):
     np.testing.assert_allclose(res.kl, want.kl, rtol=1e-5, atol=1e-7)
     assert res.n_identified == want.n_identified
     assert [c[:2] for c in res.confusions] == [c[:2] for c in want.confusions]
-    assert panel.id_score.text() == f"{want.n_identified} of {n} identified"
+    assert panel.id_score.text() == f"{want.n_identified} of {n} patients identified"
     assert f"{want.mean_same:.4g}" in panel.id_detail.text()
     assert panel.id_confused.count() == max(len(want.confusions), 1)
     # an impossible slice pair is one readable line, not a crash
     panel.slice_a.setValue(50)
     panel.run_identification()
     settle(qtbot, panel)
-    assert "fewer than 2 patients" in panel.id_detail.text()
+    assert "fewer than 2 series" in panel.id_detail.text()
 
 
 def test_new_checkpoint_recomputes_and_exports(qtbot, tmp_path, settings):
@@ -263,8 +263,11 @@ def test_new_checkpoint_recomputes_and_exports(qtbot, tmp_path, settings):
     # CSV of the matrix through training.latent.similarity.write_matrix_csv (direction stated)
     out = panel.export(tmp_path / "exports" / "kl.csv")
     lines = out.read_text().splitlines()
-    assert lines[0].startswith('"patient \\ KL(q_i || q_j)')  # a plain header row, no '#' line
-    back = np.array([[float(v) for v in row.split(",")[1:]] for row in lines[1:]])
+    assert lines[0].startswith('"series \\ KL(q_i || q_j)')  # a plain header row, no '#' line
+    import csv
+
+    assert next(csv.reader(lines[:1]))[1] == "patient"  # each row's patient, then the matrix
+    back = np.array([[float(v) for v in row.split(",")[2:]] for row in lines[1:]])
     np.testing.assert_allclose(back, d2, rtol=1e-12)
     # heat map figure as PNG / SVG / PDF
     from explorer.qt import QtGui
@@ -338,7 +341,7 @@ def test_identification_shows_every_method(qtbot, panel_env):
     rows = panel.id_methods.rows()
     assert [r[0] for r in rows] == list(similarity.METHODS)
     res, comp = panel.identification, panel.comparison
-    assert rows[0][1] == f"{comp.scores['kl_directed'].n_identified} of {res.n_patients}"
+    assert rows[0][1] == f"{comp.scores['kl_directed'].stats()['n_identified']} of {res.n_patients} patients"
     assert comp.scores["kl_directed"].n_identified == res.n_identified  # one KL, two views
 
 
@@ -369,3 +372,45 @@ def test_distance_experiment_dialog_runs_off_the_gui_thread(qtbot, tmp_path, set
     d.cancel()
     qtbot.waitUntil(lambda: not d.is_running(), timeout=60000)
     assert "Cancelled" in d.status.text() and d.run_btn.isEnabled()
+
+
+def test_counts_name_their_unit_with_two_series_of_one_patient(qtbot, tmp_path, settings):
+    """4 patients, 5 series (PAT-0001-2 is a second series of PAT-0001): the score says
+    patients or series by the level, the message series of patients, the CSV export names
+    each row's patient (issue 11)."""
+    import csv
+
+    from training.config import PreprocessConfig
+    from training.store.workspace import write_arrays_workspace
+
+    imgs, _ = tiny_images(4)
+    imgs["PAT-0001-2"] = imgs["PAT-0001"] + 0.01
+    pre = PreprocessConfig(crop=None, hu_min=-1000.0, hu_max=1000.0)
+    ws = write_arrays_workspace(tmp_path / "ws.h5", imgs, None, preprocess=pre,
+                                patients={"PAT-0001-2": "PAT-0001"})
+    ckpt = write_checkpoint(tmp_path / "m.pt", n_classes=0)
+    panel = make_panel(qtbot, make_state(settings, ws, ckpt))
+    settle(qtbot, panel)
+    assert "5 series of 4 patients" in panel.message.text()
+    panel.slice_a.setValue(0)
+    panel.slice_b.setValue(3)
+    assert panel.id_level.currentText() == "patient"
+    panel.run_identification()
+    settle(qtbot, panel)
+    res = panel.identification
+    assert (res.unit, res.n, res.n_series) == ("patient", 4, 5)
+    assert panel.id_score.text() == f"{res.n_identified} of 4 patients identified"
+    assert all(r[1].endswith(" of 4 patients") for r in panel.id_methods.rows())
+    panel.id_level.setCurrentText("series")
+    panel.run_identification()
+    settle(qtbot, panel)
+    res = panel.identification
+    assert panel.id_score.text() == f"{res.n_identified} of 5 series identified"
+    assert all(r[1].endswith(" of 5 series") for r in panel.id_methods.rows())
+    assert "5 series of 4 patients" in panel.id_detail.text()
+
+    rows = list(csv.reader(panel.export(tmp_path / "kl.csv").read_text().splitlines()))
+    assert rows[0][0].startswith("series \\ ") and rows[0][1] == "patient"
+    assert {r[0]: r[1] for r in rows[1:]}["PAT-0001-2"] == "PAT-0001"
+    np.testing.assert_allclose(np.array([[float(v) for v in r[2:]] for r in rows[1:]]), panel.matrix(),
+                               rtol=1e-12)

@@ -54,7 +54,7 @@ def test_direction_is_stated_in_csv(tmp_path):
     import csv
 
     header = next(csv.reader([first]))
-    assert header[1:] == ["a", "b", "c"] and header[0].startswith("patient")
+    assert header[1:] == ["a", "b", "c"] and header[0].startswith("series \\ KL")
     rows = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(1, 2, 3))
     np.testing.assert_allclose(rows, sim.kl_matrix(mu, lv), rtol=1e-15)
 

@@ -152,7 +152,8 @@ class SimilarityPanel(Panel):
         self.id_level = QtWidgets.QComboBox()
         self.id_level.addItems(["patient", "series"])
         self.id_level.setToolTip("patient: a match to another CT series of the same patient is not a "
-                                 "confusion; series: only the query's own series counts")
+                                 "confusion, counts per patient; series: only the query's own series "
+                                 "counts, counts per series")
         self.run_id_btn = QtWidgets.QPushButton("Run")
         self.run_id_btn.setToolTip("Encode slices a and b of every patient and rank by KL(q_b,i ‖ q_a,j)")
         self.run_id_btn.clicked.connect(self.run_identification)
@@ -164,7 +165,8 @@ class SimilarityPanel(Panel):
         self.id_detail = QtWidgets.QLabel()
         self.id_detail.setWordWrap(True)
         self.id_confused = QtWidgets.QListWidget()
-        self.id_confused.setToolTip("Patients whose own slice a was not the nearest to their slice b")
+        self.id_confused.setToolTip("Series (queries) whose nearest slice a was not their own (level series) "
+                                    "or not one of their patient's series (level patient)")
         il = QtWidgets.QVBoxLayout(id_box)
         ir = QtWidgets.QHBoxLayout()
         ir.addWidget(QtWidgets.QLabel("slice a"))
@@ -184,7 +186,7 @@ class SimilarityPanel(Panel):
         self.experiment_btn.clicked.connect(self.open_experiment)
         self.experiment_dialog = None
         il.addWidget(self.experiment_btn, 0, Qt.AlignmentFlag.AlignLeft)
-        il.addWidget(QtWidgets.QLabel("Confused patients"))
+        il.addWidget(QtWidgets.QLabel("Confused series"))
         il.addWidget(self.id_confused, 1)
 
         side = QtWidgets.QWidget()
@@ -329,9 +331,13 @@ class SimilarityPanel(Panel):
     def _matrix_ready(self, _rid: int, result) -> None:
         self.result = result
         self.error = ""
+        from training.store.units import series_of_patients
+
         n = len(result.names)
+        n_patients = len(set(result.patients)) if result.patients else n
         how = AGGREGATE_TEXT.get(result.aggregate, result.aggregate)
-        self._set_message(f"{n} patients, one posterior each ({how})")
+        self._set_message(f"{series_of_patients(n, n_patients)}; one posterior per series ({how}), "
+                          "one row and column per series")
         self._show_matrix()
 
     def _matrix_failed(self, _rid: int, message: str) -> None:
@@ -346,10 +352,10 @@ class SimilarityPanel(Panel):
         res, self.comparison = result
         self.id_methods.set_comparison(self.comparison)
         self.identification = res
-        self.id_score.setText(f"{res.n_identified} of {res.n_patients} identified")
+        self.id_score.setText(res.score_text())
+        self.id_score.setToolTip(res.rule_text())
         self.id_detail.setText(
-            f"mean divergence, same patient: {res.mean_same:.4g} nats; different patients: "
-            f"{res.mean_different:.4g} nats<br><small>{res.direction}</small>")
+            f"{res.means_text('.4g', ' nats')}<br><small>{res.rule_text()}<br>{res.direction}</small>")
         self.id_confused.clear()
         for i, j, v, own in res.confusions:
             self.id_confused.addItem(f"{res.names[i]} → {res.names[j]} ({v:.4g} < own {own:.4g})")
@@ -446,11 +452,13 @@ class SimilarityPanel(Panel):
 
     # -- export
     def export_matrix_csv(self, path) -> Path:
-        """The matrix shown (directed or symmetric) as CSV, its definition in the header row."""
+        """The matrix shown (directed or symmetric) as CSV, its definition in the header row:
+        one row per series (entry), column "patient" naming each row's patient pseudonym."""
         m = self.matrix()
         if m is None:
             raise ValueError("no divergences to export yet")
-        similarity.write_matrix_csv(path, m, self.result.names, self.symmetric.isChecked())
+        similarity.write_matrix_csv(path, m, self.result.names, self.symmetric.isChecked(),
+                                    patients=self.result.patients or list(self.result.names), unit="series")
         return Path(path)
 
     def export(self, path) -> Path:

@@ -18,15 +18,41 @@ import numpy as np
 from explorer.qt import QtCore, QtGui, QtWidgets, Qt, Signal, pg
 from training.explore.similarity import heat_rgb, is_dark
 
-def column_formats(matrix: np.ndarray) -> list[str]:
+class ColumnFormat:
+    """The number format of one column: fixed point with `decimals` places (`spec`), except
+    that a nonzero value it would show as "0" (or "0.0", …) and, in a column of whole
+    numbers, any value under 1 keep 3 significant digits: the nearest patient at 0.03 nats
+    beside others at 1300 must not read "0" like the diagonal (a posterior against itself)."""
+
+    __slots__ = ("decimals", "spec", "_small")
+
+    def __init__(self, decimals: int) -> None:
+        self.decimals = int(decimals)
+        self.spec = f"{{:.{self.decimals}f}}"
+        # below this a value keeps 3 significant digits
+        self._small = 1.0 if self.decimals == 0 else 0.5 * 10.0 ** -self.decimals
+
+    def __call__(self, v: float) -> str:
+        if v != 0 and abs(v) < self._small:
+            return f"{v:.3g}"
+        return self.spec.format(v)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ColumnFormat) and other.decimals == self.decimals
+
+    def __repr__(self) -> str:
+        return f"ColumnFormat({self.decimals})"
+
+
+def column_formats(matrix: np.ndarray) -> list[ColumnFormat]:
     """One fixed-point format per column, chosen from its largest finite value: whole
-    numbers from 100 up, then 1, 2 or 3 decimals (no "260" beside "1.31e+03")."""
+    numbers from 100 up, then 1, 2 or 3 decimals (no "260" beside "1.31e+03"); small
+    values keep 3 significant digits (see ColumnFormat)."""
     out = []
     for col in np.asarray(matrix, np.float64).T:
         finite = np.abs(col[np.isfinite(col)])
         top = float(finite.max()) if finite.size else 0.0
-        decimals = 0 if top >= 100 else 1 if top >= 10 else 2 if top >= 1 else 3
-        out.append(f"{{:.{decimals}f}}")
+        out.append(ColumnFormat(0 if top >= 100 else 1 if top >= 10 else 2 if top >= 1 else 3))
     return out
 
 
@@ -44,7 +70,8 @@ _ALIGN_RIGHT = int((Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
 
 
 class KLTableModel(QtCore.QAbstractTableModel):
-    """Rows and columns are patients; rows can be reordered by `sort`, columns stay put."""
+    """Rows and columns are workspace entries (CT series; `set_patients` names each one's
+    patient); rows can be reordered by `sort`, columns stay put."""
 
     def __init__(self, parent: QtCore.QObject | None = None) -> None:
         super().__init__(parent)
@@ -170,7 +197,7 @@ class KLTableModel(QtCore.QAbstractTableModel):
         if role == _FONT:
             return self._bold if (i == self.highlight or j == self.highlight) and self.highlight >= 0 else None
         if role == _DISPLAY:
-            return self._formats[j].format(self.matrix[i, j])
+            return self._formats[j](float(self.matrix[i, j]))
         if role == _BACKGROUND:
             return self._colour(i, j)
         if role == _FOREGROUND:
@@ -250,7 +277,7 @@ class KLTableView(QtWidgets.QTableView):
 
 
 class HeatMapView(pg.GraphicsLayoutWidget):
-    """The matrix as an image in patient order: row i at the top down, column j left → right."""
+    """The matrix as an image in entry (series) order: row i at the top down, column j left → right."""
 
     MAX_TICKS = 40
 
@@ -264,7 +291,9 @@ class HeatMapView(pg.GraphicsLayoutWidget):
         self.image = pg.ImageItem()
         self.plot.addItem(self.image)
         self.plot.setLabel("bottom", "reference j (column)")
-        self.plot.setLabel("left", "patient i (row)")
+        self.plot.setLabel("left", "series i (row)")
+        for side in ("bottom", "left"):  # entry indices: never "(×0.001)" (an empty map spans ±0.5)
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.caption = self.addLabel("", row=1, col=0, size="9pt")
         self.rgb: np.ndarray | None = None
         # outline of the selected patient's row (and column)

@@ -1,5 +1,5 @@
 """Identification by every method side by side (training.latent.similarity.Comparison):
-"n of N nearest to self", top-3 and mean rank for KL directed, KL symmetric, Euclidean
+"n of N nearest to self" in the level's unit (patients or series), top-3 and mean rank for KL directed, KL symmetric, Euclidean
 between posterior means, pixel L2 between images and between reconstructions."""
 
 from __future__ import annotations
@@ -24,14 +24,21 @@ class MethodTable(QtWidgets.QTableWidget):
         self.setRowCount(0)
         if comp is None:
             return
-        n = len(comp.names)
+        from training.latent.similarity import count_text
+
+        unit = comp.level
+        how = ("counted per patient: a patient counts when the query of each of its series is nearest one "
+               "of its own series; its rank is the worst of its series'" if unit == "patient"
+               else "counted per series: only the query's own series counts")
         for sc in comp.scores.values():
             r = self.rowCount()
             self.insertRow(r)
-            cells = (sc.method, f"{sc.n_identified} of {n}", f"{sc.n_top3} of {n}", f"{sc.mean_rank:.2f}")
+            st = sc.stats()
+            cells = (sc.method, count_text(st["n_identified"], st["n"], unit),
+                     count_text(st["n_top3"], st["n"], unit), f"{st['mean_rank']:.2f}")
             for c, text in enumerate(cells):
                 item = QtWidgets.QTableWidgetItem(text)
-                item.setToolTip(f"{sc.title}; level: {comp.level}")
+                item.setToolTip(f"{sc.title}; level: {comp.level} ({how})")
                 self.setItem(r, c, item)
         self.resizeColumnsToContents()
 

@@ -1,12 +1,13 @@
 """What the explorer's Similarity tab shows, computed headless (thesis 4.6, 7.5; SPEC F23).
 
-- `patient_similarity`: encode a workspace, one posterior per patient
-  (latent.aggregate_patients), and the directed matrix D[i, j] = KL(q_i ‖ q_j) in nats
+- `patient_similarity`: encode a workspace, one posterior per entry (CT series;
+  latent.aggregate_patients aggregates a series' slices; `patients` names each row's
+  patient), and the directed matrix D[i, j] = KL(q_i ‖ q_j) in nats
   (row i = the posterior the expectation is under, column j = the reference;
   training.latent.similarity). `PatientSimilarity.matrix(symmetric=True)` is ½ (D + Dᵀ).
 - `identify_slices`: the identification experiment of thesis 7.5 on slice indices a and
-  b (training.latent.similarity.identify; query i = patient i's slice b, reference j = patient
-  j's slice a, KL(q_b,i ‖ q_a,j)).
+  b (training.latent.similarity.identify; query i = series i's slice b, reference j = series
+  j's slice a, KL(q_b,i ‖ q_a,j); level "patient" counts per patient, "series" per series).
 - `heat_rgb`: the table's heat-map colours (low divergence = dark), on a log scale.
 """
 
@@ -74,8 +75,8 @@ def patient_similarity(model, ws, aggregate: str = "mixture", split: str | None 
 
 
 def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int], np.ndarray, np.ndarray]:
-    """(patient indices, rows of slice a, rows of slice b) of the patients having both
-    (negative indices count from the end of each patient's stack; a == b is left out)."""
+    """(entry indices, rows of slice a, rows of slice b) of the entries (CT series) having
+    both (negative indices count from the end of each series' stack; a == b is left out)."""
     pats, ra, rb = [], [], []
     for i, p in enumerate(ws.patients):
         if split not in (None, p.split) or p.n_images == 0:
@@ -91,20 +92,24 @@ def slice_rows(ws, a: int, b: int, split: str | None = None) -> tuple[list[int],
 
 def identify_slices(model, ws, a: int, b: int, symmetric: bool = False, split: str | None = None,
                     batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
-                    cancel: Callable[[], bool] | None = None, level: str = "series") -> similarity.Identification:
-    """Thesis 7.5 on slices a and b of every patient (see training.latent.similarity.identify).
+                    cancel: Callable[[], bool] | None = None, level: str = "patient") -> similarity.Identification:
+    """Thesis 7.5 on slices a and b of every entry (CT series; see
+    training.latent.similarity.identify).
 
-    level "patient": a match to another series (entry) of the same patient is not a confusion.
+    level "patient" (the default, as in `ct-vae identify` and the Similarity tab): a match
+    to another series (entry) of the same patient is not a confusion, and the counts are
+    per patient; level "series": only the query's own series counts, counts per series.
 
-    progress(done, total) counts encoded images (2 per patient). Needs a 2D workspace
-    and at least 2 patients having both slices (ValueError otherwise).
+    progress(done, total) counts encoded images (2 per series). Needs a 2D workspace
+    and at least 2 series having both slices (ValueError otherwise).
     """
+    similarity._check_level(level)
     _check(model, ws)
     if ws.preprocess.mode == "3d":
         raise ValueError("identification compares two slices of each patient: it needs a 2D workspace")
     pats, ra, rb = slice_rows(ws, a, b, split)
     if len(pats) < 2:
-        raise ValueError(f"fewer than 2 patients have both slice {a} and slice {b}")
+        raise ValueError(_too_few(a, b))
     total = 2 * len(pats)
     ea = latent.encode_workspace(model, ws, rows=ra, batch_size=batch_size, cancel=cancel,
                                  progress=None if progress is None else (lambda d, t: progress(d, total)))
@@ -113,9 +118,13 @@ def identify_slices(model, ws, a: int, b: int, symmetric: bool = False, split: s
     if len(ea.mu) < len(pats) or len(eb.mu) < len(pats):
         raise InterruptedError("cancelled")
     names = [ws.patients[i].pseudonym for i in pats]
-    groups = [ws.patients[i].patient or ws.patients[i].pseudonym for i in pats] if level == "patient" else None
+    patients = [ws.patients[i].patient or ws.patients[i].pseudonym for i in pats]
     return similarity.identify(ea.mu, ea.logvar, eb.mu, eb.logvar, names=names, symmetric=symmetric,
-                               groups=groups)
+                               groups=patients if level == "patient" else None, patients=patients)
+
+
+def _too_few(a: int, b: int) -> str:
+    return f"fewer than 2 series (workspace entries) have both slice {a} and slice {b}"
 
 
 def compare_rows(model, ws, ra: np.ndarray, rb: np.ndarray, names: list[str], patients: list[str],
@@ -149,7 +158,7 @@ def compare_slices(model, ws, a: int, b: int, split: str | None = None, level: s
         raise ValueError("identification compares two slices of each patient: it needs a 2D workspace")
     pats, ra, rb = slice_rows(ws, a, b, split)
     if len(pats) < 2:
-        raise ValueError(f"fewer than 2 patients have both slice {a} and slice {b}")
+        raise ValueError(_too_few(a, b))
     names = [ws.patients[i].pseudonym for i in pats]
     patients = [ws.patients[i].patient or ws.patients[i].pseudonym for i in pats]
     return compare_rows(model, ws, ra, rb, names, patients, level, batch_size, progress, cancel)
