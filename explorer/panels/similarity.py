@@ -116,6 +116,8 @@ class SimilarityPanel(Panel):
         # -- table and heat map
         self.table = KLTableView()
         self.heatmap = HeatMapView()
+        # the selected patient's outline is an on-screen cue, not part of the figure
+        self.export_btn.hide_while_exporting(self.heatmap.row_box, self.heatmap.col_box)
         self.views = QtWidgets.QTabWidget()
         self.views.addTab(self.table, "Table")
         self.views.addTab(self.heatmap, "Heat map")
