@@ -300,7 +300,9 @@ class DataPanel(Panel):
                     cfg = ws.preprocess
                     available = ws.available_rois
                     self._workspace_cfg = cfg
-                    self._scale_patients = list(ws.patients)
+                    from training.store.scale import series_with_positions
+
+                    self._scale_patients = series_with_positions(ws)  # z step from real positions
                     n_img = ws.n_images
                     shape = " × ".join(map(str, ws.image_shape)) or "–"
                     from training.store.units import split_summary

@@ -123,7 +123,7 @@ def _scale(ws) -> dict:
     under the workspace's settings, and a warning for mixed spacings (training/store/scale.py)."""
     from training.store import scale
 
-    out = scale.scale_summary(ws.preprocess, ws.patients)
+    out = scale.scale_summary(ws.preprocess, scale.series_with_positions(ws))  # the real z step
     out["settings"] = scale.describe_settings(ws.preprocess)
     return out
 

@@ -230,9 +230,11 @@ def export_right(pair: VolumePair, ws, index: int, out_dir, formats=("png", "npy
     labels = pair.right.labels
     if labels is not None and volume:
         labels = labels[None]
+    z = pair.right.z_mm if pair.right.z_mm is not None else pair.left.z_mm  # the stored images' z
+    z = z if volume and z is not None and len(z) == len(pair.right.images) else None
     return export_generated(out_dir, images, labels, preprocess=ws.preprocess,
                             spacing=workspace_spacing(ws, index), roi_names=pair.right.roi_names,
-                            formats=tuple(formats), prefix=pair.source, notes=notes)
+                            formats=tuple(formats), prefix=pair.source, notes=notes, z_mm=z)
 
 
 __all__ = [

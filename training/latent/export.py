@@ -8,7 +8,11 @@ Geometry: arrays are (z, y, x) as DICOM axial slices, rows anterior → posterio
 columns patient right → left (ImageOrientationPatient 1,0,0,0,1,0, the same orientation
 the ingest stores), slices ascending in z (inferior → superior). Voxel spacing comes from
 the preprocessing (`output_spacing`): cropping keeps the source pixel spacing, resizing
-scales it, 3D depth interpolation stretches the slice spacing.
+scales it; along z the step of the stored images' real positions
+(training.store.scale.z_step): a 3D cube's planes evenly span the first selected source
+slice to the last, (z_last − z_first)/(D − 1), whatever the source gaps. A stack whose
+slices are not evenly spaced (a 2D patient stack of an unevenly acquired series) is
+written with each slice's own z (`export_dicom`'s z_mm), relative to its first slice.
 
 Privacy: exports carry a pseudonymous patient ("CTVAE-GEN-" + random hex by default),
 brand-new Study/Series/Frame-of-Reference/SOP UIDs and no birth date; nothing links them to
@@ -42,15 +46,19 @@ def new_pseudonym() -> str:
 
 
 def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Sequence[int] | None = None,
-                   image_shape: Sequence[int] | None = None) -> tuple[float, float, float]:
+                   image_shape: Sequence[int] | None = None, positions=None) -> tuple[float, float, float]:
     """(dz, dy, dx) in mm of a preprocessed image, from the source spacing and the settings.
 
     In-plane: crop keeps the spacing; `size` resamples crop (or the source extent) to size
-    pixels, so spacing × extent / size. Depth (3D): the chosen slices (slice_count for
-    "around", the range length for "range", all source slices for "all") interpolated to
-    the volume's depth D from the first chosen slice's centre to the last's
-    (`training.store.preprocess.to_cube`), so dz × (n_chosen − 1) / (D − 1). 2D slices keep the
-    source dz.
+    pixels, so spacing × extent / size. Along z, with `positions` (the source series'
+    slice positions in mm, ascending, or its VolumeGeometry): the step of the stored
+    images' real z (training.store.scale.z_step of image_z): 3D the cube's D planes evenly
+    from the first chosen slice to the last (`training.store.preprocess.to_cube`), so
+    (z_last − z_first)/(D − 1); 2D the chosen slices' step, or for unevenly spaced slices
+    their median gap (no single spacing exists: export such a stack with its real z,
+    `export_dicom(z_mm=...)`); z_spacing: z_spacing. Without positions (no source
+    geometry) the estimate from the median source spacing dz: 3D dz × (n_chosen − 1)/(D − 1)
+    (exact only for evenly spaced slices), 2D dz.
     """
     dz, dy, dx = (float(v) for v in source_spacing)
     if getattr(preprocess, "physical", False):  # settings in mm: training/store/scale.py
@@ -68,7 +76,17 @@ def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Se
             ey = ex = preprocess.size
         dy *= ey / preprocess.size
         dx *= ex / preprocess.size
-    if preprocess.mode == "3d" and image_shape is not None and len(image_shape) == 3:
+    cube = preprocess.mode == "3d" and image_shape is not None and len(image_shape) == 3
+    if positions is not None and (cube or preprocess.mode != "3d"):
+        from training.store import scale
+
+        try:
+            step = scale.z_step(scale.image_z(preprocess, positions, image_shape[0] if cube else 0))["z_mm"]
+        except ValueError:  # the settings select nothing of these positions
+            step = None
+        if step is not None:
+            return (step, dy, dx)
+    if cube:
         depth = image_shape[0]
         n_src = source_shape[0] if source_shape is not None else depth
         if preprocess.slices == "around":
@@ -84,11 +102,36 @@ def output_spacing(preprocess, source_spacing: Sequence[float], source_shape: Se
     return (dz, dy, dx)
 
 
+def _source_positions(workspace, index: int):
+    """Entry `index`'s source slice positions (VolumeGeometry), None where not stored."""
+    try:
+        return workspace.source_geometry(index)
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return None
+
+
 def workspace_spacing(workspace, patient: int | None = None) -> tuple[float, float, float]:
-    """Spacing of the preprocessed arrays of `patient` (default: the median over patients)."""
-    pats = workspace.patients if patient is None else [workspace.patients[patient]]
-    sp = [output_spacing(workspace.preprocess, p.spacing, p.source_shape, workspace.image_shape) for p in pats]
+    """Spacing of the preprocessed arrays of `patient` (default: the median over patients),
+    z from each entry's real slice positions where the workspace keeps its source
+    geometry (`output_spacing`)."""
+    idx = range(len(workspace.patients)) if patient is None else [patient]
+    sp = [output_spacing(workspace.preprocess, workspace.patients[i].spacing, workspace.patients[i].source_shape,
+                         workspace.image_shape, positions=_source_positions(workspace, i)) for i in idx]
     return tuple(float(v) for v in np.median(np.asarray(sp, dtype=np.float64), axis=0)) if sp else (1.0, 1.0, 1.0)
+
+
+def uneven_note(z_mm) -> str | None:
+    """What a reader of a series with unevenly spaced slices at z_mm should know; None when
+    the slices are evenly spaced."""
+    from training.store.scale import z_step
+
+    st = z_step(z_mm)
+    if st["z_even"] is not False:
+        return None
+    lo, hi = st["z_range_mm"]
+    return (f"slices unevenly spaced ({lo:.3g}–{hi:.3g} mm apart): ImagePositionPatient and "
+            f"SliceLocation give each slice's real z; SpacingBetweenSlices and SliceThickness "
+            f"hold the median gap ({st['z_mm']:.3g} mm)")
 
 
 # ----------------------------------------------------------------------------- PNG / npy
@@ -169,6 +212,7 @@ def export_dicom(
     rtstruct: bool = True,
     pseudonym: str | None = None,
     description: str = GENERATED_DESCRIPTION,
+    z_mm: Sequence[float] | None = None,
 ) -> DicomExport:
     """Write a generated image (y, x) or volume (z, y, x) in [0, 1] as a DICOM CT series.
 
@@ -179,6 +223,12 @@ def export_dicom(
     so) and always as a label array beside the series folder (`labels_path_for`). Files:
     out_dir/CT_0001.dcm …, out_dir/RS.dcm, and <out_dir>_labels.npy next to out_dir.
     `notes` also states that HU outside the training window cannot be restored.
+    z_mm: each slice's z in mm (strictly ascending; e.g. the stored images' positions,
+    training.store.preprocess.output_positions), written relative to the first slice
+    (ImagePositionPatient z and SliceLocation = z − z_mm[0], no source table position);
+    `spacing`'s dz is then ignored and the result's dz is the step of z_mm
+    (training.store.scale.z_step: the median gap for uneven slices, noted in `notes`).
+    Without z_mm slice k lies at k·dz.
     """
     from training.dicom.write import masks_to_rois, write_ct_series, write_rtstruct
 
@@ -190,10 +240,25 @@ def export_dicom(
     out = Path(out_dir)
     pseudonym = pseudonym or new_pseudonym()
     dz, dy, dx = (float(v) for v in spacing)
+    geometry, uneven = None, None
+    if z_mm is not None:
+        from training.dicom.write import default_geometry
+        from training.store.scale import z_step
+
+        z = np.asarray(z_mm, dtype=np.float64).ravel()
+        if len(z) != ct.shape[0]:
+            raise ValueError(f"export_dicom: {len(z)} z positions for {ct.shape[0]} slices")
+        if len(z) > 1 and np.any(np.diff(z) <= 0):
+            raise ValueError("export_dicom: z positions must be strictly ascending")
+        step = z_step(z)["z_mm"]
+        dz = step if step is not None else dz
+        geometry = default_geometry(ct.shape, (dy, dx), dz if dz > 0 else 1.0)
+        geometry.ipp[:, 2] = z - z[0]  # relative: nothing ties the export to the source table
+        uneven = uneven_note(z)
     hu = np.rint(window_to_hu(ct, *hu_window))
     series = write_ct_series(
         hu,
-        None,
+        geometry,
         out,
         patient_name=pseudonym,
         patient_id=pseudonym,
@@ -204,7 +269,7 @@ def export_dicom(
         window=(0.5 * (hu_window[0] + hu_window[1]), hu_window[1] - hu_window[0]),
     )
     rs_path = lab_path = None
-    notes = [window_note(hu_window)]
+    notes = [window_note(hu_window)] + ([uneven] if uneven else [])
     if labels is not None:
         lab = np.asarray(labels, dtype=np.uint8)
         if lab.ndim == 2:
@@ -234,6 +299,7 @@ def export_generated(
     formats: Sequence[str] = ("png", "npy", "dicom"),
     prefix: str = "generated",
     notes: list[str] | None = None,
+    z_mm: Sequence[float] | None = None,
 ) -> dict[str, list[Path]]:
     """Export N generated images (N, H, W) or volumes (N, D, H, W) in every format asked.
 
@@ -242,6 +308,8 @@ def export_generated(
     slices of one body. PNG: one file per image (the middle
     slice of a volume) and a grid; npy: {prefix}_ct.npy (and _labels.npy) of all.
     notes: a list that receives what the DICOM files' reader should know (each once).
+    z_mm: for volumes (N, D, H, W), each of the D slices' z in mm (`export_dicom`), e.g.
+    a patient stack's real positions; ignored for single images.
     """
     images = np.asarray(images)
     out = Path(out_dir)
@@ -267,6 +335,7 @@ def export_generated(
                 spacing=spacing,
                 labels=None if labels is None else labels[i],
                 roi_names=roi_names,
+                z_mm=z_mm if volumetric else None,
             )
             written["dicom"] += res.ct_paths + ([res.rtstruct_path] if res.rtstruct_path else [])
             if notes is not None:
@@ -288,5 +357,6 @@ __all__ = [
     "export_generated",
     "labels_path_for",
     "window_note",
+    "uneven_note",
     "GENERATED_DESCRIPTION",
 ]

@@ -16,6 +16,21 @@ Along z (PreprocessConfig.z_spacing): a uniform grid of that spacing centred on 
 series' extent, from its real slice positions; slice selection ("around", "range")
 then counts slices of that grid. 3D takes `depth` (else the in-plane edge) samples
 centred on the selected slices: every cube is depth × z_spacing mm tall.
+
+The z step reported for the stored images (`output_spacing`'s z_mm, `z_step`) comes from
+where those images really lie (training.store.preprocess.output_positions of the
+series' slice positions), never from the series' one median slice spacing:
+- z_spacing set: z_spacing (a uniform grid, 2D and 3D);
+- 3D without z_spacing: the cube's D planes evenly span the first selected slice to the
+  last, so (z_last − z_first)/(D − 1): with uneven source gaps this is not the median gap
+  times anything (a head CT with 1.08–7.0 mm gaps, 144.1 mm over 28 slices, cut to a
+  16-deep cube: 144.1/15 = 9.61 mm, where the median gap gave 7.20);
+- 2D without z_spacing: the selected slices at their acquired positions. Evenly spaced
+  (all gaps within max(0.01 mm, 1 % of the median), the ingest's test for "uneven slice
+  spacing"): the step (z_last − z_first)/(n − 1). Uneven: there is no single spacing;
+  z_mm is the median gap, flagged z_even False with the smallest and largest gap in
+  z_range_mm, and each image's own z (output_positions) is what distances and DICOM
+  exports use.
 """
 
 from __future__ import annotations
@@ -87,12 +102,58 @@ def z_grid(positions: np.ndarray, z_spacing: float) -> np.ndarray:
     return centre + (np.arange(n) - (n - 1) / 2) * z_spacing
 
 
+def z_step(z) -> dict:
+    """The step between stored images at z (mm, ascending; `output_positions`):
+    {"z_mm": step or None, "z_range_mm": (smallest gap, largest gap) or None,
+    "z_even": bool or None}.
+
+    Evenly spaced (every gap within max(0.01 mm, 1 % of the median gap) of the others, as
+    the ingest's "uneven slice spacing" warning decides): z_mm = (z_last − z_first)/(n − 1).
+    Uneven (a 2D stack of unevenly acquired slices): no single spacing exists; z_mm is the
+    median gap and z_even False, z_range_mm says how far the gaps spread. Fewer than two
+    images, or images all at one z (one source slice repeated through a cube): all None."""
+    z = np.asarray(z, dtype=np.float64).ravel()
+    if len(z) < 2 or not z[-1] - z[0] > 0:
+        return {"z_mm": None, "z_range_mm": None, "z_even": None}
+    gaps = np.diff(z)
+    med = float(np.median(gaps))
+    lo, hi = float(gaps.min()), float(gaps.max())
+    even = hi - lo <= max(0.01, 0.01 * abs(med))
+    step = float(z[-1] - z[0]) / (len(z) - 1) if even else med
+    return {"z_mm": step, "z_range_mm": (lo, hi), "z_even": bool(even)}
+
+
+def image_z(cfg: PreprocessConfig, positions, depth: int) -> np.ndarray:
+    """z (mm) of each image preprocessing stores from a series with these slice positions
+    (ascending mm, or a VolumeGeometry): 3D the `depth` cube planes, 2D every selected
+    slice (on the z grid with z_spacing). training.store.preprocess.output_positions,
+    with the 2D image count worked out here."""
+    from training.store.preprocess import output_positions, select_slices
+
+    if hasattr(positions, "positions"):
+        positions = positions.positions
+    pos = np.asarray(positions, dtype=np.float64)
+    if cfg.mode == "3d":
+        n = int(depth)
+    else:
+        base = z_grid(pos, cfg.z_spacing) if cfg.z_spacing is not None else pos
+        n = len(select_slices(base, cfg))
+    return output_positions(pos, cfg, n)
+
+
 def output_spacing(cfg: PreprocessConfig, spacing: Sequence[float],
-                   shape: Sequence[int] | None) -> dict:
+                   shape: Sequence[int] | None, positions=None) -> dict:
     """What a series of source spacing (dz, dy, dx) mm and shape (z, y, x) becomes:
-    {"pixel_mm": (sy, sx), "pixels": (ny, nx), "fov_mm": (fy, fx), "z_mm": dz or None}.
-    z_mm is None where slices keep their acquired positions (2D without z_spacing) and,
-    in 3D without z_spacing, the mean spacing after stretching the extent to the cube."""
+    {"pixel_mm": (sy, sx), "pixels": (ny, nx), "fov_mm": (fy, fx), "z_mm": step or None,
+    "z_range_mm": (smallest, largest gap) or None, "z_even": bool or None}.
+
+    positions: the series' slice positions (mm along the normal, ascending) or its
+    VolumeGeometry. With them the z step is that of the images really stored (`z_step`
+    of `image_z`; module docstring): 3D (z_last − z_first)/(D − 1) of the cube's planes,
+    2D the acquired step, or for uneven slices the median gap with z_even False.
+    Without them (no source geometry) the old estimate from the median spacing dz: 3D
+    with all slices dz·(nz − 1)/(D − 1), which is exact only for evenly spaced slices,
+    else None; z_even and z_range_mm are None (not known). With z_spacing: z_spacing."""
     dz, dy, dx = (float(v) for v in spacing)
     h, w = (int(shape[1]), int(shape[2])) if shape else (0, 0)
     grid = inplane_grid(cfg, (dy, dx), (h, w))
@@ -101,17 +162,53 @@ def output_spacing(cfg: PreprocessConfig, spacing: Sequence[float],
         grid = InplaneGrid((dy, dx), (int(n[0]), int(n[1])))
     fov = grid.fov
     px, pix = grid.spacing, grid.shape
+    depth = int(cfg.depth or cfg.size or pix[1])  # preprocess.output_depth of this grid
     if cfg.size and pix != (cfg.size, cfg.size):
         pix = (cfg.size, cfg.size)
         px = (fov[0] / cfg.size, fov[1] / cfg.size)
-    z_mm: float | None = None
+    z: dict = {"z_mm": None, "z_range_mm": None, "z_even": None}
     if cfg.z_spacing is not None:
         z_mm = float(cfg.z_spacing)
-    elif cfg.mode == "3d" and shape:
-        depth = int(cfg.depth or cfg.size or pix[1])
-        # the cube spans the selected slices; with all slices that is the whole extent
-        z_mm = dz * (int(shape[0]) - 1) / max(depth - 1, 1) if cfg.slices == "all" else None
-    return {"pixel_mm": px, "pixels": pix, "fov_mm": fov, "z_mm": z_mm}
+        z = {"z_mm": z_mm, "z_range_mm": (z_mm, z_mm), "z_even": True}
+    elif positions is not None:
+        try:
+            z = z_step(image_z(cfg, positions, depth))
+        except ValueError:  # nothing selected: no stored images to measure
+            pass
+    elif cfg.mode == "3d" and shape and cfg.slices == "all":
+        # no positions: the cube spans the whole extent, estimated from the median dz
+        z["z_mm"] = dz * (int(shape[0]) - 1) / max(depth - 1, 1)
+    return {"pixel_mm": px, "pixels": pix, "fov_mm": fov, **z}
+
+
+class _WithPositions:
+    """A workspace entry (PatientInfo) that also carries its source slice positions."""
+
+    __slots__ = ("_info", "positions")
+
+    def __init__(self, info, positions) -> None:
+        self._info = info
+        self.positions = positions
+
+    def __getattr__(self, name):
+        if name == "_info":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self._info, name)
+
+
+def series_with_positions(ws) -> list:
+    """The workspace's entries (PatientInfo, every attribute kept) each with
+    `.positions`: its source series' slice positions in mm (None where the workspace keeps
+    no source geometry), for scale_summary / scale_warnings to report the real z step."""
+    out = []
+    for i, p in enumerate(ws.patients):
+        try:
+            geometry = ws.source_geometry(i)
+            pos = None if geometry is None else np.asarray(geometry.positions, np.float64)
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            pos = None
+        out.append(_WithPositions(p, pos))
+    return out
 
 
 def source_fov(spacing: Sequence[float], shape: Sequence[int] | None) -> tuple[float, float] | None:
@@ -130,8 +227,9 @@ def scale_warnings(cfg: PreprocessConfig, patients: Sequence) -> list[str]:
     """Warnings for a workspace whose series do not share one physical scale.
 
     patients: objects with .spacing (dz, dy, dx) mm and .source_shape (workspace
-    PatientInfo). In-plane: mixed pixel spacings without `spacing` (or fov with size);
-    3D: mixed slice spacings or extents without `z_spacing`."""
+    PatientInfo), and optionally .positions (source slice positions in mm,
+    `series_with_positions`) for the real z step. In-plane: mixed pixel spacings without
+    `spacing` (or fov with size); 3D: mixed cube plane steps without `z_spacing`."""
     out = []
     rows = [p for p in patients if getattr(p, "spacing", None)]
     inplane = {round(float(p.spacing[k]), 3) for p in rows for k in (1, 2)}
@@ -144,7 +242,8 @@ def scale_warnings(cfg: PreprocessConfig, patients: Sequence) -> list[str]:
                    f"resampling{what}: the model would learn scale differences. Set a pixel "
                    f"spacing (mm), e.g. 1.0, and a field of view in mm.")
     if cfg.mode == "3d" and cfg.z_spacing is None and len(rows) > 1:
-        zs = [output_spacing(cfg, p.spacing, p.source_shape)["z_mm"] for p in rows]
+        zs = [output_spacing(cfg, p.spacing, p.source_shape, getattr(p, "positions", None))["z_mm"]
+              for p in rows]
         zs = [z for z in zs if z]
         if zs and not math.isclose(min(zs), max(zs), rel_tol=0.02):
             out.append(f"3D cubes stretch each series along z by a different factor (voxels "
@@ -154,14 +253,21 @@ def scale_warnings(cfg: PreprocessConfig, patients: Sequence) -> list[str]:
 
 def scale_summary(cfg: PreprocessConfig, patients: Sequence) -> dict:
     """Per series: its own pixel spacing and field of view, and the training images'
-    pixel spacing and field of view under `cfg` (mm); plus scale_warnings. Plain data for
-    `ct-vae info` (--json) and the Data tab."""
+    pixel spacing, field of view and z step under `cfg` (mm); plus scale_warnings. Plain
+    data for `ct-vae info` (--json) and the Data tab.
+
+    patients as scale_warnings (give .positions, `series_with_positions`, for the z step
+    of the images really stored). image_z_mm: the step between stored images
+    (`output_spacing`); image_z_even: False for a 2D stack of unevenly spaced slices
+    (then image_z_mm is the median gap and image_z_range_mm the smallest and largest),
+    None where the positions are not known; slice_mm: the source's median gap."""
     rows = []
     for p in patients:
         sp = tuple(float(v) for v in p.spacing)
         shape = tuple(p.source_shape) if p.source_shape else None
-        out = output_spacing(cfg, sp, shape)
+        out = output_spacing(cfg, sp, shape, getattr(p, "positions", None))
         src = source_fov(sp, shape)
+        zr = out["z_range_mm"]
         rows.append({
             "series": p.pseudonym,
             "pixel_mm": [sp[1], sp[2]],
@@ -170,6 +276,8 @@ def scale_summary(cfg: PreprocessConfig, patients: Sequence) -> dict:
             "image_pixel_mm": [round(v, 4) for v in out["pixel_mm"]],
             "image_fov_mm": [round(v, 2) for v in out["fov_mm"]] if shape or cfg.fov else None,
             "image_z_mm": None if out["z_mm"] is None else round(out["z_mm"], 4),
+            "image_z_range_mm": None if zr is None else [round(v, 4) for v in zr],
+            "image_z_even": out["z_even"],
         })
     return {"series": rows, "warnings": scale_warnings(cfg, patients)}
 
