@@ -36,8 +36,9 @@ def add_encode_args(p: argparse.ArgumentParser) -> None:
         "--aggregate",
         choices=("mixture", "product", "middle"),
         default="mixture",
-        help="per-patient posterior from its slices: moment-matched mixture (default), "
-        "product of experts, or the middle slice (see training/latent/encode.py)",
+        help="posterior of a series (or, where a command says so, of a patient) from its slices: "
+        "moment-matched mixture (default), product of experts, or the middle slice "
+        "(see training/latent/encode.py)",
     )
 
 
