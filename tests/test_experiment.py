@@ -55,6 +55,8 @@ def test_identify_experiment_on_the_phantom(phantom_ws, capsys):
                                                      "pixel_l2", "recon_l2"}
     csv_lines = (out / "identify.csv").read_text().splitlines()
     assert csv_lines[0].startswith("#") and len(csv_lines) == 2 + 3 * 5
+    header = csv_lines[1].split(",")
+    assert "unit" in header and all(line.split(",")[header.index("unit")] == "series" for line in csv_lines[2:])
     svg = (out / "identify.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 5
     # the model saw only slice a of each entry (the middle one)

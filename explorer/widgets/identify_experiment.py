@@ -168,12 +168,13 @@ class IdentifyExperimentDialog(QtWidgets.QDialog):
         self.table.clear()
         self.table.setRowCount(len(methods))
         self.table.setColumnCount(len(results))
-        self.table.setHorizontalHeaderLabels([f"{r['distance_mm']:g} mm (n={r['n']})" for r in results])
+        self.table.setHorizontalHeaderLabels([f"{r['distance_mm']:g} mm (n = {r['n']} series)" for r in results])
         self.table.setVerticalHeaderLabels(methods)
         for i, m in enumerate(methods):
             for j, r in enumerate(results):
                 s = r["methods"][m]
-                item = QtWidgets.QTableWidgetItem(f"{s['n_identified']} of {r['n']}  (top-3 {s['n_top3']}, "
+                item = QtWidgets.QTableWidgetItem(f"{s['n_identified']} of {r['n']} {s.get('unit', 'series')}  "
+                                                  f"(top-3 {s['n_top3']}, "
                                                   f"rank {s['mean_rank']:.2f})")
                 item.setToolTip(report["methods"][m])
                 self.table.setItem(i, j, item)

@@ -289,12 +289,14 @@ def _read_json(path: Path) -> dict:
 
 
 def identify_rows(report: dict) -> list[dict[str, Any]]:
-    """Flat table rows: distance, n, method, identified, fraction, top-3, mean rank."""
+    """Flat table rows: distance, n, unit, method, identified, fraction, top-3, mean rank.
+    n counts the query series (one per entry; at level patient a series nearest another
+    series of its own patient counts as identified)."""
     rows = []
     for r in report["results"]:
         for m, s in r["methods"].items():
             rows.append({"distance_mm": r["distance_mm"], "actual_mm_mean": r["actual_mm_mean"], "n": r["n"],
-                         "method": m, "n_identified": s["n_identified"],
+                         "unit": s.get("unit", "series"), "method": m, "n_identified": s["n_identified"],
                          "fraction": s["n_identified"] / r["n"] if r["n"] else None,
                          "n_top3": s["n_top3"], "mean_rank": s["mean_rank"]})
     return rows
@@ -302,10 +304,11 @@ def identify_rows(report: dict) -> list[dict[str, Any]]:
 
 def identify_table(report: dict) -> str:
     """The table as text (the same as identify.csv)."""
-    lines = [f"{'distance':>9} {'actual':>7} {'method':<13} {'identified':>11} {'top-3':>7} {'mean rank':>9}"]
+    lines = [f"{'distance':>9} {'actual':>7} {'method':<13} {'identified':>11} {'top-3':>7} {'mean rank':>9}  unit"]
     for r in identify_rows(report):
         lines.append(f"{r['distance_mm']:>6g} mm {r['actual_mm_mean']:>7.1f} {r['method']:<13} "
-                     f"{r['n_identified']:>4} of {r['n']:<3} {r['n_top3']:>3} of {r['n']:<3} {r['mean_rank']:>6.2f}")
+                     f"{r['n_identified']:>4} of {r['n']:<3} {r['n_top3']:>3} of {r['n']:<3} {r['mean_rank']:>6.2f}"
+                     f"  {r['unit']}")
     return "\n".join(lines)
 
 
