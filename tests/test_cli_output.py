@@ -57,3 +57,42 @@ def test_escaped_names_in_ingest_and_info_and_quiet_broken_pipe(tmp_path):
     assert piped.stderr == ""
     lines = piped.stdout.splitlines()
     assert lines[0].startswith("workspace ") and lines[-1] in ("status 0", "status 141")
+
+
+EVIL_ROI = "GTV\nct-vae: FORGED roi\x1b[31m\r\x07x"
+
+
+@pytest.mark.filterwarnings("ignore:Found unknown escape sequence")
+def test_roi_names_with_control_characters_are_printed_escaped(tmp_path, capsys):
+    """An RTSTRUCT's ROI names (hand-built: a newline, an escape sequence, CR, BEL) appear
+    escaped in every line `ct-vae info` prints them: the settings' ROI list, the series'
+    ROIs and its per-ROI rasterisation report."""
+    import pydicom
+
+    from training.cli import main
+
+    drop = tmp_path / "drop"
+    generate_cohort(drop, 1, slices=4, size=32, seed=0, fsync=False)
+    rs = next(drop.rglob("rs.dcm"))
+    ds = pydicom.dcmread(rs)
+    names = [str(r.ROIName) for r in ds.StructureSetROISequence]
+    assert "Heart" in names and "Body" in names
+    for r in ds.StructureSetROISequence:
+        if r.ROIName == "Body":
+            r.ROIName = EVIL_ROI
+    ds.save_as(rs, enforce_file_format=True)
+    assert EVIL_ROI in [str(r.ROIName) for r in pydicom.dcmread(rs).StructureSetROISequence]
+    ws = tmp_path / "w.h5"
+    assert main(["ingest", str(drop), "-w", str(ws), "--crop", "24", "--workers", "1",
+                 "--rois", f"Heart,{EVIL_ROI}"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(ws)]) == 0
+    text = capsys.readouterr().out
+    escaped = printable(EVIL_ROI)
+    assert escaped == "GTV\\nct-vae: FORGED roi\\x1b[31m\\r\\x07x"
+    assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert not any(line.startswith("ct-vae: FORGED") for line in text.splitlines())
+    lines = [line for line in text.splitlines() if escaped in line]
+    assert any(line.startswith("preprocessing: ") for line in lines), text  # the chosen ROIs
+    assert any(line.startswith("PAT-0001 ") for line in lines), text  # the series' ROIs
+    assert any(line.strip().startswith(escaped + " [") for line in lines), text  # its fidelity report

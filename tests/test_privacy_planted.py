@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from planted import plant_drop, search_markers
@@ -53,11 +55,20 @@ def test_no_planted_marker_reaches_any_output(tmp_path, make_window, qtbot, capl
     texts: dict[str, str] = {}
 
     _cli(texts, "ingest", "ingest", str(drop), "-w", str(ws), "--crop", "24", "--rois", "Heart", "--workers", "2")
+    # The ROIs named after their patient ("GTV_<family name>") are stored under the
+    # pseudonym; train on them too, so their names go through the model, its history,
+    # the CSVs and the generated RTSTRUCT (chosen by their stored names, as a user would
+    # from `ct-vae info`; the change re-derives the labels from the stored masks).
+    _cli(texts, "info first", "info", str(ws), "--json")
+    gtvs = sorted(r for r in json.loads(texts["info first stdout"])["available_rois"] if r.startswith("GTV_"))
+    assert "GTV_PAT-0001" in gtvs and len(gtvs) >= 2, gtvs  # patients A and B (and E)
+    rois = ",".join(["Heart", *gtvs])
     (drop / "late.txt").write_text("x")  # a second drop re-reads known headers for names
-    _cli(texts, "ingest json", "ingest", str(drop), "-w", str(ws), "--json", "--workers", "1")
+    _cli(texts, "ingest json", "ingest", str(drop), "-w", str(ws), "--json", "--workers", "1", "--rois", rois)
     _cli(texts, "info", "info", str(ws))
     _cli(texts, "info json", "info", str(ws), "--json")
     assert "GTV_PAT-0001" in texts["info stdout"]
+    assert json.loads(texts["info json stdout"])["roi_names"] == ["Heart", *gtvs]
     _cli(texts, "train", "train", "--workspace", str(ws), *TRAIN, "--out", str(run), "--log-json")
     ck = str(run / "last.pt")
     _cli(texts, "encode", "encode", ck, str(ws), "--out", str(out / "enc"))
@@ -68,6 +79,14 @@ def test_no_planted_marker_reaches_any_output(tmp_path, make_window, qtbot, capl
          "--out", str(out / "gen"))
     _cli(texts, "manifold", "manifold", ck, "--n", "3", "--out", str(out / "manifold.png"))
     assert list((out / "gen").rglob("*.dcm"))
+    # the identifier-bearing ROIs did reach the outputs searched below (pseudonymous)
+    gen_rois = {str(r.ROIName) for p in (out / "gen").rglob("*.dcm")
+                for r in pydicom.dcmread(p, stop_before_pixels=True).get("StructureSetROISequence", [])}
+    assert set(gtvs) <= gen_rois, gen_rois
+    assert all(g in (run / "history.json").read_text() for g in gtvs)
+    import torch
+
+    assert torch.load(run / "last.pt", map_location="cpu", weights_only=False)["roi_names"] == ["Heart", *gtvs]
 
     # the window: a drop into another workspace, then the first one with its model
     w = make_window(out / "gui.h5")

@@ -107,3 +107,36 @@ def test_other_key_refused_until_imported(tmp_path, key_file, monkeypatch):
     assert done.returncode == 0, done.stderr
     report = ingest([drop / "patient_001"], ws, CFG, workers=1)
     assert report.added == ["PAT-0002"]
+
+
+def test_migrate_refuses_a_read_only_workspace_and_keeps_its_mode(tmp_path, key_file, capsys):
+    """`ct-vae key migrate` refuses a read-only workspace as every other write does (one
+    line, nothing changed, mode kept); a writable one keeps its mode when rewritten."""
+    from training.cli import main
+
+    drop = tmp_path / "drop"
+    generate_cohort(drop, 1, slices=4, size=32, seed=0, fsync=False)
+    ws = tmp_path / "w.h5"
+    ingest([drop], ws, CFG, workers=1)
+    salt, pseudonyms = _meta(ws)
+    key = pk.load_key(create=False)
+    legacy = {_salted(salt, pid): n for pid, n in zip(_pids(drop), sorted(pseudonyms.values()))}
+    with h5py.File(ws, "a") as f:  # as an older version wrote it
+        wsmod._write_meta(f, "pseudonyms", legacy)
+    os.chmod(ws, 0o444)
+    before = ws.read_bytes()
+    capsys.readouterr()
+    assert main(["key", "migrate", str(ws)]) == 1
+    out = capsys.readouterr()
+    assert not out.out and out.err.count("\n") == 1, out
+    assert out.err.startswith("ct-vae key: ") and "read-only" in out.err and "chmod u+w" in out.err
+    assert ws.read_bytes() == before and ws.stat().st_mode & 0o777 == 0o444
+    with pytest.raises(WorkspaceError, match="read-only"):
+        pk.migrate_workspace(ws, key)
+    assert ws.read_bytes() == before
+
+    os.chmod(ws, 0o640)  # writable, not the umask's mode: kept by the rewrite
+    assert main(["key", "migrate", str(ws)]) == 0
+    assert "1 pseudonym digest(s) keyed" in capsys.readouterr().out
+    assert ws.stat().st_mode & 0o777 == 0o640
+    assert _meta(ws)[1] == pseudonyms

@@ -70,8 +70,10 @@ class RawHeader:
         return self._elements.get(int(tag))
 
     def dataset(self):
-        if self._dataset is None:
-            self._dataset = pydicom.dcmread(self.path, stop_before_pixels=True)
+        if self._dataset is None:  # bounded: the file may have been replaced by a deflated one
+            from training.dicom.deflate import dcmread_bounded
+
+            self._dataset = dcmread_bounded(self.path, stop_before_pixels=True)
         return self._dataset
 
     def get(self, keyword: str, default=None):

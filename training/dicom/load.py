@@ -16,6 +16,7 @@ import numpy as np
 import pydicom
 from pydicom.uid import UID
 
+from training.dicom.deflate import InflateError, dcmread_bounded
 from training.dicom.scan import (
     NATIVE_LE,
     check_pixel_length,
@@ -242,7 +243,9 @@ def _read_decoded(s: SliceHeader, out: np.ndarray) -> None:
     where pydicom has no decoder for the transfer syntax."""
     _check_decoder(s.path, s.transfer_syntax)
     try:
-        ds = pydicom.dcmread(s.path)
+        ds = dcmread_bounded(s.path)  # a deflated data set: bounded before pydicom inflates it
+    except InflateError as exc:
+        raise _SliceProblem(str(exc)) from None
     except Exception as exc:
         raise _SliceProblem(f"unreadable ({type(exc).__name__}: {exc}); truncated or damaged file?") from None
     if "PixelData" not in ds:

@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 
 from training.dicom.contour_rule import (
     RULE, XOR_TYPES, SliceOutlines, combine, region_area, resolve_slice)
+from training.dicom.deflate import InflateError, check_deflated_file
 from training.dicom.header import quiet_pydicom_validation
 from training.dicom.geometry import VolumeGeometry
 
@@ -115,12 +116,18 @@ class RasterResult:
 
 def _read_dataset(path: str | Path, **kwargs) -> pydicom.Dataset:
     try:
-        try:
-            ds = pydicom.dcmread(str(path), **kwargs)
-        except InvalidDicomError:
-            # Files without the 128-byte preamble / 'DICM' (older writers, pydicom's own
-            # rtstruct.dcm) are still DICOM; the Modality check below rejects non-DICOM.
-            ds = pydicom.dcmread(str(path), force=True, **kwargs)
+        with open(path, "rb") as fp:
+            # a deflated data set is inflated whole by pydicom, with or without force
+            check_deflated_file(fp)
+            try:
+                ds = pydicom.dcmread(fp, **kwargs)
+            except InvalidDicomError:
+                # Files without the 128-byte preamble / 'DICM' (older writers, pydicom's own
+                # rtstruct.dcm) are still DICOM; the Modality check below rejects non-DICOM.
+                fp.seek(0)
+                ds = pydicom.dcmread(fp, force=True, **kwargs)
+    except InflateError as exc:
+        raise RTStructError(path, str(exc)) from None
     except (InvalidDicomError, FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         raise RTStructError(path, f"not readable as DICOM ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on damaged files

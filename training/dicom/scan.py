@@ -253,8 +253,9 @@ def _read_header(path: str):
         preamble = len(head) == 132 and head[128:132] == b"DICM"
         if not preamble and not _looks_metaless(head):
             raise _NotDicom("not a DICOM file (no 'DICM' marker and no DICOM data set at the start)")
-        if preamble:  # a deflated data set is inflated whole by pydicom: bound it first
-            check_deflated_file(fp)
+        # pydicom inflates a deflated data set whole, with or without the preamble (a
+        # file meta group at the start is read with force): bound it first
+        check_deflated_file(fp)
         fp.seek(0)
         try:
             ds = pydicom.dcmread(fp, stop_before_pixels=True, force=not preamble)

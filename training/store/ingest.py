@@ -13,7 +13,11 @@ What is stored, and why (see training/store/workspace.py for the file layout):
   DICOM at all and leaves the workspace untouched; a copied or touched file is hashed
   (bytes only) and, when its series' content hash is unchanged, not parsed further. A new
   series is hashed from the bytes its loader reads (each file is read once).
-- pseudonyms: HMAC-SHA256(salt, PatientID) → number; the salt is random per workspace.
+- pseudonyms: a keyed digest of the PatientID → number: '<key id>:' +
+  HMAC-SHA256(key, HMAC-SHA256(salt, PatientID)), the salt random per workspace, the key
+  this account's pseudonym key, kept outside every workspace (training/store/
+  pseudonym_key.py; a workspace written before keys existed is migrated once). A
+  different key's workspace is refused rather than renumbered.
   DICOM UIDs (study, series, frame of reference, SOP instances in the geometry) are kept:
   they are needed to attach RTSTRUCTs and are not names, IDs or birth dates.
 
@@ -23,10 +27,15 @@ split keeps all of a patient's series on one side.
 Privacy of stored paths: unusable files are listed by their path relative to the
 dropped folder (the dropped folder's own name and everything above it are not stored).
 Folder names below it may be a user's naming with patient names or IDs in them, so
-every occurrence of a PatientID, PatientName (whole, its ^-separated parts, or spelt
-with _ / space) or PatientBirthDate (as stored, YYYYMMDD) read from the headers of this
-drop is replaced by that patient's pseudonym before the path (or a warning) is stored. When a drop has new unusable files,
-one header of each already-known series in it is read for the same purpose.
+every occurrence of an identifying value read from the headers of this drop (PatientID,
+other patient IDs, AccessionNumber; PatientName and the other patient names whole, by
+their parts and in any order with _ - . space or comma; PatientBirthDate as stored and in
+the spellings people use: 1923-04-17, 17.04.1923, 4/17/1923, …; training/store/
+pseudonym.py) is replaced, in any case, by that patient's pseudonym (the institution's
+name by "[institution]") before the path, a warning or an ROI name is stored. Only what
+this drop's headers say is known: a folder named after a patient none of whose headers is
+in the drop is stored as it is. When a drop has new unusable files, one header of each
+already-known series in it is read for the same purpose.
 
 Parallelism: header scanning (by folder chunks) and, per series, hashing, loading,
 rasterising, preprocessing and writing the entry's staged file run in a pool of

@@ -177,18 +177,25 @@ def check_workspace_key(path: Path, pseudonyms: dict[str, int], key: bytes) -> N
 def migrate_workspace(path: Path, key: bytes) -> int:
     """Key the unkeyed digests of a workspace written before pseudonym keys existed (one
     atomic rewrite, so no old digest stays behind in the file). Returns how many were
-    migrated (0: nothing to do). Call only while holding the workspace's writer lock."""
+    migrated (0: nothing to do). Call only while holding the workspace's writer lock.
+
+    A read-only workspace (file, folder or data folder) is refused with a one-line
+    WorkspaceError and left as it is, as every other write refuses it; a writable one
+    keeps its mode (the rewrite would otherwise get the umask's)."""
     import h5py
 
     from training.atomic import atomic_write_path
     from training.store import workspace as wsmod
 
+    path = Path(path)
     with h5py.File(path, "r") as f:
         pseudonyms = wsmod._read_meta(f, "pseudonyms", {})
     _, unkeyed = workspace_key_ids(pseudonyms)
     if not unkeyed:
         return 0
+    wsmod._writable_or_refuse(path)
     check_workspace_key(path, pseudonyms, key)
+    mode = path.stat().st_mode & 0o7777
     new = {(keyed(key, d) if digest_key_id(d) is None else d): n for d, n in pseudonyms.items()}
     with atomic_write_path(path) as tmp:
         # A fresh file: HDF5 does not overwrite the space of a deleted dataset, so the
@@ -206,4 +213,5 @@ def migrate_workspace(path: Path, key: bytes) -> int:
                 if name != "pseudonyms":
                     src.copy(src["meta"][name], meta, name=name)
             wsmod._write_meta(dst, "pseudonyms", new)
+    os.chmod(path, mode)  # atomic_write_path gives the umask's mode; the user's stays
     return unkeyed
