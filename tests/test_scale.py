@@ -409,3 +409,26 @@ def test_export_spacing_follows_the_mm_settings():
     assert got == pytest.approx((3.0, 2.0, 2.0))
     # pixels, unchanged: a 128 px crop keeps the source pixels
     assert output_spacing(PreprocessConfig(crop=128), src, (40, 512, 512)) == src
+
+
+def test_crop_none_or_fov_none_means_the_whole_field():
+    """--crop none replaces the default 128 mm field of view too (it once kept it, so a
+    user asking for no crop got the centre 128 mm)."""
+    import argparse
+
+    from training.commands.ingest import add_preprocess_args, preprocess_from_args
+
+    p = argparse.ArgumentParser(argument_default=argparse.SUPPRESS)
+    add_preprocess_args(p)
+    base = PreprocessConfig.new_workspace()
+    assert base.fov == 128.0 and base.crop is None
+
+    def cfg(*argv):
+        return preprocess_from_args(p.parse_args(list(argv)), base)
+
+    assert (cfg("--crop", "none").crop, cfg("--crop", "none").fov) == (None, None)
+    assert (cfg("--fov", "none").crop, cfg("--fov", "none").fov) == (None, None)
+    assert (cfg("--crop", "96").crop, cfg("--crop", "96").fov) == (96, None)
+    assert (cfg("--fov", "200").crop, cfg("--fov", "200").fov) == (None, 200.0)
+    assert cfg("--size", "64").fov == 128.0  # neither given: the default stays
+    assert cfg("--crop", "none", "--fov", "200").fov == 200.0

@@ -27,7 +27,8 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--window", choices=sorted(WINDOW_PRESETS), help="HU window preset")
     w.add_argument("--hu-min", type=float, help="custom window lower limit, HU (with --hu-max)")
     g.add_argument("--hu-max", type=float, help="custom window upper limit, HU")
-    g.add_argument("--crop", type=_int_or_none, metavar="N|none", help="centre crop N×N pixels (of the --spacing grid when one is set; replaces --fov)")
+    g.add_argument("--crop", type=_int_or_none, metavar="N|none", help="centre crop N×N pixels (of the --spacing grid when one is set; replaces --fov; "
+                   "none: no crop, the whole field)")
     g.add_argument("--size", type=_int_or_none, metavar="N|none", help="resample in-plane to N×N after cropping")
     g.add_argument("--slices", choices=("all", "around", "range"), help="which slices to keep")
     g.add_argument("--slice-center", type=float, metavar="MM", help="'around': centre z position, mm")
@@ -39,7 +40,7 @@ def add_preprocess_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spacing", type=_mm_or_none, metavar="MM|none",
                    help="resample in-plane to MM × MM pixels before cropping (none: keep each series' pixels)")
     g.add_argument("--fov", type=_mm_or_none, metavar="MM|none",
-                   help="field of view: centred MM × MM square (replaces --crop)")
+                   help="field of view: centred MM × MM square (replaces --crop; none: the whole field)")
     g.add_argument("--z-spacing", type=_mm_or_none, metavar="MM|none",
                    help="resample along z onto a uniform MM grid from the real slice positions")
     g.add_argument("--rois", metavar="NAMES", help='comma-separated ROI names in priority order, e.g. "Lung-Left,Lung-Right"; "" for CT only')
@@ -63,10 +64,11 @@ def preprocess_from_args(args: argparse.Namespace, base: PreprocessConfig) -> Pr
     for name in ("spacing", "fov", "z_spacing"):
         if name in given:
             changes[name] = given[name]
-    # crop (pixels) and fov (mm) are one setting in two units: the one given replaces the other
-    if changes.get("crop") is not None and "fov" not in given:
+    # crop (pixels) and fov (mm) are one setting in two units: the one given replaces the
+    # other, also when it is "none" (--crop none: the whole field, not the default FOV)
+    if "crop" in given and "fov" not in given:
         changes["fov"] = None
-    if changes.get("fov") is not None and "crop" not in given:
+    if "fov" in given and "crop" not in given:
         changes["crop"] = None
     if "rois" in given:
         changes["rois"] = tuple(r.strip() for r in args.rois.split(",") if r.strip())
