@@ -34,6 +34,7 @@ TRAIN_DEFAULTS = dict(epochs=30, batch_size=16, lr=1e-3, seed=0, recon_sigma2=0.
 
 
 RECON_DELAY_MS = 40
+NO_DATA = "No training data yet: drop DICOM folders on the window (or File ▸ Add DICOM folder…)."
 
 
 def format_duration(seconds: float) -> str:
@@ -106,9 +107,9 @@ class TrainerPanel(Panel):
         self._int(tf, "early_stopping_patience", "Early stop", 0, 1000, "Stop when the test loss has not improved for K epochs (0: off)")
         self._int(tf, "threads", "CPU threads", 0, 256, "Torch threads for training (0: one per physical core; "
                   "1 is fastest on a small or busy machine)")
-        self.info = QtWidgets.QLabel()
+        self.info = QtWidgets.QLabel(NO_DATA)
         self.info.setWordWrap(True)
-        self.error = QtWidgets.QLabel()
+        self.error = _LineIfAny()
         self.error.setWordWrap(True)
         self.error.setStyleSheet("color: #b00020")
         defaults = QtWidgets.QPushButton("Defaults")
@@ -118,18 +119,20 @@ class TrainerPanel(Panel):
         fl = QtWidgets.QVBoxLayout(form_w)
         fl.addWidget(model_box)
         fl.addWidget(train_box)
-        fl.addWidget(self.info)
-        fl.addWidget(self.error)
         fl.addStretch(1)
         scroll = QtWidgets.QScrollArea()
         scroll.setWidget(form_w)
         scroll.setWidgetResizable(True)
         scroll.setMinimumWidth(form_w.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 4)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        # the Defaults button below the scrolled form, always in view (inside it, it was cut off)
+        # The data line ("No training data yet: …", or the input size and image counts) and
+        # the red line of settings to fix above the scrolled form, the Defaults button below
+        # it: always in view (inside the form, below its last field, they were cut off).
         form_side = QtWidgets.QWidget()
         fsl = QtWidgets.QVBoxLayout(form_side)
         fsl.setContentsMargins(0, 0, 0, 0)
+        fsl.addWidget(self.info)
+        fsl.addWidget(self.error)
         fsl.addWidget(scroll, 1)
         fsl.addWidget(defaults, 0, Qt.AlignmentFlag.AlignLeft)
 
@@ -151,7 +154,7 @@ class TrainerPanel(Panel):
         self.more_epochs.setValue(TRAIN_DEFAULTS["epochs"])
         self.progress = QtWidgets.QProgressBar()
         self.progress.setToolTip("Epochs completed")
-        self.progress.setFormat("epoch %v / %m")
+        self._show_no_run()  # "epoch %v / %m" once a run is started or a model's run shown
         self.batch_progress = QtWidgets.QProgressBar()
         self.batch_progress.setMaximumWidth(120)
         self.batch_progress.setMaximumHeight(10)
@@ -337,7 +340,7 @@ class TrainerPanel(Panel):
     # -- workspace and checkpoints
     def on_workspace_changed(self) -> None:
         self._image_shape, self._n_classes = (), 0
-        text = "No training data yet: drop DICOM folders on the window (or File ▸ Add DICOM folder…)."
+        text = NO_DATA
         if self.state.has_workspace_data():
             try:
                 with self.state.open_workspace() as ws:
@@ -364,7 +367,7 @@ class TrainerPanel(Panel):
             self.plot.clear_curves()
             self.metrics_plot.clear_curves()
             self.history.clear()
-            self.progress.setValue(0)
+            self._show_no_run()
             self.eta.setText("")
             return
         if Path(path) == self.last_checkpoint:
@@ -384,8 +387,7 @@ class TrainerPanel(Panel):
         self._history_for = Path(path)
         self.history_loader.submit(workers.load_recon_history, Path(path))
         self._show_configs(ckpt.model_config, ckpt.train_config)
-        self.progress.setRange(0, max(ckpt.train_config.epochs, 1))
-        self.progress.setValue(min(ckpt.epoch, ckpt.train_config.epochs))
+        self._show_epochs(min(ckpt.epoch, ckpt.train_config.epochs), max(ckpt.train_config.epochs, 1))
 
     def _show_loaded_history(self, _rid: int, result) -> None:
         checkpoint, snapshots = result
@@ -498,7 +500,7 @@ class TrainerPanel(Panel):
         self.last_checkpoint = None
         self.eta.setText("")
         self._resume_epoch = resume_epoch
-        self.progress.setRange(0, train.epochs)
+        self._show_epochs(resume_epoch, train.epochs)
         worker = workers.TrainingWorker(self.state.workspace_path, model, train, out_dir,
                                         resume=Path(resume_from) if resume_from else None, parent=self)
         worker.started_run.connect(self._on_started)
@@ -562,8 +564,7 @@ class TrainerPanel(Panel):
     def _on_started(self, start_epoch: int, epochs: int) -> None:
         self.plot.set_epoch_range(epochs)
         self.metrics_plot.set_epoch_range(epochs)
-        self.progress.setRange(0, epochs)
-        self.progress.setValue(start_epoch)
+        self._show_epochs(start_epoch, epochs)
         self._start_time = time.monotonic()
         self._paused_s = 0.0  # time spent paused is not time per epoch
         self._start_epoch = start_epoch
@@ -577,8 +578,7 @@ class TrainerPanel(Panel):
         epoch, epochs = ev["epoch"], ev["epochs"]
         self.plot.add_epoch(epoch, {k: ev[k] for k in ("train", "test") if ev.get(k)})
         self.metrics_plot.add_epoch(epoch, ev.get("metrics"))
-        self.progress.setRange(0, epochs)
-        self.progress.setValue(epoch)
+        self._show_epochs(epoch, epochs)
         elapsed = time.monotonic() - getattr(self, "_start_time", time.monotonic()) - self._paused_total()
         done = max(epoch - getattr(self, "_start_epoch", 0), 1)
         eta = elapsed / done * (epochs - epoch)
@@ -626,6 +626,17 @@ class TrainerPanel(Panel):
             self.state.set_checkpoint(self.last_checkpoint)
         if worker is not None:
             worker.deleteLater()
+
+    def _show_no_run(self) -> None:
+        """No run started or shown: an empty bar saying so (not "epoch 0 / 100")."""
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("no run yet")
+
+    def _show_epochs(self, epoch: int, epochs: int) -> None:
+        self.progress.setRange(0, epochs)
+        self.progress.setValue(epoch)
+        self.progress.setFormat("epoch %v / %m · paused" if self.run_state == "paused" else "epoch %v / %m")
 
     def _show_error(self, message: str) -> None:
         self.error.setText(message)
@@ -702,6 +713,14 @@ class TrainerPanel(Panel):
         ckpt = worker.checkpoint_path if worker.checkpoint_path.exists() else None
         if ckpt is not None and self.state.workspace_path is not None:
             self.state.settings.set_interrupted_run(self.state.workspace_path, ckpt)
+
+
+class _LineIfAny(QtWidgets.QLabel):
+    """A label shown only while it has text (no empty gap above the form)."""
+
+    def setText(self, text: str) -> None:  # noqa: N802 (Qt name)
+        super().setText(text)
+        self.setVisible(bool(text))
 
 
 class _CurvesExportButton(figures.ExportButton):
