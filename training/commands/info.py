@@ -18,8 +18,9 @@ def register(sub) -> None:
     p.add_argument("workspace", type=Path, help="workspace file (.h5)")
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--check", action="store_true",
-                   help="also read every stored array and verify its checksums (exit 1 when "
-                        "an entry is damaged)")
+                   help="also read every stored array and verify its checksums, and those of "
+                        "the head's tables and every entry's attributes (exit 1 when anything "
+                        "is damaged; a damaged entry is re-loaded by the next drop of its DICOM)")
     p.set_defaults(func=main)
 
 
@@ -75,10 +76,15 @@ def _patients(infos) -> list[dict]:
 def main(args: argparse.Namespace) -> int:
     from training.commands._printable import printable as pr
     from training.dicom.fidelity import format_report
-    from training.store.workspace import WorkspaceError
+    from training.store.workspace import DamagedError, WorkspaceError
 
     try:
         d = describe(args.workspace)
+    except DamagedError as exc:
+        if exc.label and getattr(args, "check", False):  # an entry: --check lists them all
+            return check(args.workspace, as_json=args.json)
+        print(f"ct-vae info: {pr(exc)}", file=sys.stderr)
+        return 1
     except WorkspaceError as exc:
         print(f"ct-vae info: {pr(exc)}", file=sys.stderr)
         return 1
@@ -146,24 +152,55 @@ def _print_scale(d: dict) -> None:
 
 
 def check(path: Path, *, as_json: bool = False, summary: dict | None = None) -> int:
-    """`info --check`: verify every stored array (fletcher32); name each damaged entry."""
+    """`info --check`: verify every stored array (fletcher32), the head's tables and each
+    entry's attributes (digests); name each damaged entry (recording it, so the next drop
+    of its DICOM re-loads it) and each damaged head table."""
     from training.commands._printable import printable as pr
-    from training.store.workspace import Workspace
+    from training.store.workspace import Workspace, WorkspaceError, data_dir
 
-    with Workspace.open(path) as ws:
-        damaged, nbytes = ws.verify()
-        n = len(ws.patients)
+    try:
+        with Workspace.open(path) as ws:
+            found, nbytes = ws.verify()
+            n = len(ws.patients)
+            head_checked, unchecked, unrecorded = ws.head_checked, list(ws.unchecked), list(ws.unrecorded)
+    except WorkspaceError as exc:  # the head itself (its settings, entry table, file list)
+        print(f"ct-vae info: {pr(exc)}", file=sys.stderr)
+        return 1
+    head = [(k, r) for k, r in found if k == path.name and k not in {p.pseudonym for p in ws.patients}]
+    damaged = [(k, r) for k, r in found if (k, r) not in head]
     if as_json:
         print(json.dumps({**(summary or {}), "check": {
             "entries": n, "bytes": nbytes,
-            "damaged": [{"entry": k, "reason": r} for k, r in damaged]}}, indent=1))
-    else:
-        if damaged:
-            for k, r in damaged:
-                print(f"DAMAGED {pr(k)}: {pr(r)}")
-            print(f"check: {len(damaged)} of {n} entries damaged; drop their DICOM again to "
-                  f"re-ingest them")
-        else:
-            print(f"check: all {n} entries read back with valid checksums "
-                  f"({nbytes / 1e6:.1f} MB stored)")
-    return 1 if damaged else 0
+            "damaged": [{"entry": k, "reason": r} for k, r in damaged],
+            "head_damaged": [r for _, r in head],
+            "unrecorded": unrecorded,  # damaged entries a next drop would not re-load
+            "head_checked": head_checked,  # False: written before table checksums
+            "unchecked_entries": unchecked}}, indent=1))  # no attribute checksums
+        return 1 if found else 0
+    for _, r in head:
+        print(f"DAMAGED {pr(path.name)} (head): {pr(r)}")
+    if head:
+        print(f"check: the head {pr(path.name)} is damaged; the entries in "
+              f"{pr(data_dir(path).name)}/ are not affected, but {pr(path.name)} must be "
+              f"restored from a copy (or the workspace built again from its DICOM)")
+    for k, r in damaged:
+        print(f"DAMAGED {pr(k)}: {pr(r)}")
+    if damaged and unrecorded:
+        print(f"check: {len(damaged)} of {n} entries damaged; the damage of "
+              f"{pr(', '.join(unrecorded))} could not be recorded: make "
+              f"{pr(data_dir(path))} writable, run this check again, then drop their DICOM "
+              f"again to re-ingest them")
+    elif damaged:
+        print(f"check: {len(damaged)} of {n} entries damaged; drop their DICOM again to "
+              f"re-ingest them (the damage is recorded: the next ingest re-loads them instead "
+              f"of calling them unchanged)")
+    elif not head:
+        print(f"check: all {n} entries read back with valid checksums "
+              f"({nbytes / 1e6:.1f} MB stored)")
+    if not head_checked:
+        print("note: the head was written before its tables and settings had checksums: "
+              "they were not checked (the next ingest writes them)")
+    if unchecked:
+        print(f"note: {len(unchecked)} entries were written before their attributes had "
+              f"checksums: their attributes were not checked (their arrays were)")
+    return 1 if found else 0

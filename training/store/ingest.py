@@ -776,11 +776,17 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     unknown: list[str] = []
     known_by_series: dict[str, list[str]] = defaultdict(list)
     known_series: set[str] = set()
+    # Entries a reader found damaged (workspace.recorded_damage): their series are read
+    # and loaded again when their files come in, never called unchanged.
+    damaged = {k for k in wsmod.recorded_damage(st.path) if k in st.entries}
+    redo = {st.entries[k]["series_uid"] for k in damaged} - {""}
     for p, rel, stt in files:
         q = quick_identity(p, stt)
         rel_of[str(p)] = rel
         quick_of[str(p)] = q
         row = st.identity.get(q)
+        if row is not None and row[1] in redo:
+            row = None
         if row is None:
             unknown.append(p)
         elif row[2]:  # known unusable file: report it again without reading it
@@ -942,7 +948,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
     def jobs():
         for k, item in enumerate(plan):
             label, ref, structs, pseudo, digest, suid = item
-            known = st.entries.get(label, {}).get("content_hash", "")
+            known = "" if label in damaged else st.entries.get(label, {}).get("content_hash", "")
             stage = {
                 "final": str(wsmod.staged_path(st.path, seq0 + k, label)), "label": label,
                 "patient": pseudo, "digest": digest, "number": st.pseudonyms[digest],
@@ -999,6 +1005,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         st.entries[label] = {"content_hash": res["content_hash"], "series_uid": suid, "patient": pseudo,
                              "role": role}
         report.added.append(label)
+        if label in damaged:
+            report.notes.append(f"{label}: its damaged stored data was loaded again from its DICOM")
         for r in res["missing"]:
             report.rois_missing.setdefault(r, []).append(label)
         if on_patient is not None:

@@ -42,6 +42,24 @@ Entry file ``W.h5.d/<seq>-<label>.h5`` (seq: 8 digits, increasing with each comm
 
 Every dataset carries HDF5's fletcher32 checksum: a flipped byte makes its read fail,
 reported as a WorkspaceError naming the entry (``ct-vae info --check`` reads everything).
+Tables and attributes, which fletcher32 does not cover, carry SHA-256 digests of their
+canonical bytes, written with them: /meta attribute ``digests`` (each table's JSON text,
+head and entry files), root attribute ``head_digest`` (the head's settings: format,
+schema_version, preprocess, preprocess_hash, merged_through, image_shape, test_fraction,
+split_seed, salt) and the entry group's ``attrs_digest`` (its attributes and those below
+it, source datasets' shapes and types; not derived/, which a re-derive rewrites).
+``Workspace.open`` checks the settings, the entry table and the file list (<1 ms for 300
+entries); other tables are checked when read (writers read them all) and by ``verify``;
+an entry's attributes when first used (source, geometry, fidelity) and by ``verify``.
+A mismatch is a DamagedError of one line naming the table or the entry. Files written
+before digests existed have none and are read unchecked (``info --check`` says so).
+
+Damaged entries are re-loaded by the next drop of their DICOM: a reader that finds an
+entry damaged (a failed read, ``verify``) leaves ``W.h5.d/<entry file>.damaged`` beside it,
+and ingest then reads and loads that series again instead of calling it unchanged (the
+quick identity and content hash of its DICOM still match). The new file replaces the
+damaged one and the marker goes with it. A damaged head cannot be re-derived from its
+entries here: the message says to restore it from a copy.
 Workspaces of schema 1 (float32 images, everything inside W.h5) are read as they are and
 converted once by the next writer (``convert_v1``).
 
@@ -123,6 +141,127 @@ IMAGE_SCALE = 65535.0  # stored images: uint16 round(v · IMAGE_SCALE) of v in [
 
 class WorkspaceError(Exception):
     """The workspace file is missing, foreign, newer than this program, or inconsistent."""
+
+
+class DamagedError(WorkspaceError):
+    """Stored data that fails its checksum: an entry's chunks (fletcher32) or attributes,
+    or one of the head's tables (`digest`). label: the entry ("" for a head table);
+    detail: the cause without the advice."""
+
+    def __init__(self, message: str, label: str = "", detail: str = ""):
+        super().__init__(message)
+        self.label = label
+        self.detail = detail or message
+
+
+# ----------------------------------------------------------------------------- digests
+# Tables and attributes have no fletcher32 (HDF5 checksums chunks only), so each carries a
+# SHA-256 of its canonical bytes, written with it and checked when it is read:
+# - a head or entry file's /meta tables: /meta attribute "digests" = {table: sha256 of the
+#   stored JSON text} (kept by _write_meta);
+# - the head's root attributes (_SEALED_HEAD_ATTRS): root attribute "head_digest";
+# - an entry's attributes and those of its source group and datasets, with the source
+#   datasets' shapes and types: the entry group's attribute "attrs_digest" (derived arrays
+#   are left out: a re-derive copies the attributes and source as they are).
+# Files written before these existed have none and are read unchecked.
+_DIGESTS_ATTR = "digests"
+_HEAD_DIGEST_ATTR = "head_digest"
+_ENTRY_DIGEST_ATTR = "attrs_digest"
+# A reader that finds an entry damaged leaves "<entry file>.damaged" beside it in W.h5.d/;
+# the next ingest re-loads that series from its DICOM instead of calling it unchanged.
+DAMAGE_SUFFIX = ".damaged"
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _canon(v: Any) -> Any:
+    """An attribute value as plain JSON-able data (bytes as text, arrays as lists)."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "surrogateescape")
+    if isinstance(v, np.ndarray):
+        return [_canon(x) for x in v.tolist()]
+    if isinstance(v, (list, tuple)):
+        return [_canon(x) for x in v]
+    if isinstance(v, np.generic):
+        return _canon(v.item())
+    return v
+
+
+def _attrs_of(obj: h5py.HLObject, skip: str = "") -> dict:
+    return {k: _canon(v) for k, v in obj.attrs.items() if k != skip}
+
+
+def entry_digest(g: h5py.Group) -> str:
+    """SHA-256 over the canonical bytes of an entry's attributes: its own, and those of
+    everything below it except derived/ (with the datasets' shapes and types)."""
+    items: dict[str, Any] = {".": _attrs_of(g, _ENTRY_DIGEST_ATTR)}
+
+    def visit(name: str, obj: Any) -> None:
+        if name == "derived" or name.startswith("derived/"):
+            return
+        d: dict[str, Any] = {"attrs": _attrs_of(obj)}
+        if isinstance(obj, h5py.Dataset):
+            d["shape"], d["dtype"] = list(obj.shape), obj.dtype.str
+        items[name] = d
+
+    g.visititems(visit)
+    return _text_digest(json.dumps(items, sort_keys=True))
+
+
+def seal_entry(g: h5py.Group) -> None:
+    """Store the digest of an entry's attributes (after they are all written)."""
+    g.attrs[_ENTRY_DIGEST_ATTR] = entry_digest(g)
+
+
+def check_entry(g: h5py.Group) -> bool | None:
+    """True: the entry's attributes match their digest; False: they do not (damaged);
+    None: written before attribute digests existed (not checked)."""
+    want = g.attrs.get(_ENTRY_DIGEST_ATTR)
+    if want is None:
+        return None
+    return _canon(want) == entry_digest(g)
+
+
+def _head_digest(attrs: Any) -> str:
+    return _text_digest(json.dumps({k: _canon(attrs.get(k)) for k in _SEALED_HEAD_ATTRS},
+                                   sort_keys=True))
+
+
+def _check_head_digest(attrs: Any, path: Path) -> bool:
+    """Raise DamagedError when the head's root attributes do not match their digest;
+    False when the head has none (written before digests existed)."""
+    want = attrs.get(_HEAD_DIGEST_ATTR)
+    if want is None or _schema(attrs) < 2:  # schema 1 heads were written before digests
+        return False
+    if _canon(want) != _head_digest(attrs):
+        raise DamagedError(_head_damage(path, "its settings (root attributes)"),
+                           detail="settings (root attributes) do not match their checksum")
+    return True
+
+
+def _head_damage(path: Path | str, what: str) -> str:
+    path = Path(path)
+    return (f"{path}: the workspace head is damaged: {what} do not match their checksum; "
+            f"the entries in {data_dir(path).name}/ are not affected, but {path.name} must be "
+            f"restored from a copy (or the workspace built again from its DICOM)")
+
+
+def _meta_digests(f: h5py.File | h5py.Group) -> dict | None:
+    """The /meta tables' digests; None for a file written before they existed."""
+    if "meta" not in f:
+        return None
+    raw = f["meta"].attrs.get(_DIGESTS_ATTR)
+    if raw is None:
+        return None
+    try:
+        d = json.loads(_canon(raw))
+        if isinstance(d, dict):
+            return d
+    except ValueError:
+        pass
+    return {"": ""}  # unreadable: every table then fails its check
 
 
 def _h5_reason(exc: BaseException) -> str:
@@ -362,6 +501,7 @@ def write_entry(entries: h5py.Group, e: EntryData, phash: str) -> h5py.Group:
     if e.hu is not None:
         write_source(g.create_group("source"), e.hu, e.masks, e.geometry)
     write_derived(g.create_group("derived").create_group(phash), e.images, e.labels)
+    seal_entry(g)
     return g
 
 
@@ -413,10 +553,22 @@ def assign_splits(patients: Sequence[str], test_fraction: float, seed: int) -> d
 # ----------------------------------------------------------------------------- file level
 
 
-def _read_meta(f: h5py.File, name: str, default: Any) -> Any:
+def _read_meta(f: h5py.File, name: str, default: Any, digests: dict | None | bool = True) -> Any:
+    """A /meta table, checked against its digest (DamagedError on a mismatch) where the
+    file has digests. digests: the file's, already read (None: it has none); True: read them."""
     if "meta" in f and name in f["meta"]:
         raw = f["meta"][name][()]
-        return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if digests is True:
+            digests = _meta_digests(f)
+        if digests is not None and digests.get(name) != _text_digest(text):
+            where = Path(f.filename)
+            if str(f.attrs.get("format", "")) == FORMAT:  # the head
+                raise DamagedError(_head_damage(where, f"its table {name!r}"),
+                                   detail=f"table {name!r} does not match its checksum")
+            raise DamagedError(f"{where}: its table {name!r} does not match its checksum (damaged)",
+                               detail=f"table {name!r} does not match its checksum")
+        return json.loads(text)
     return default
 
 
@@ -424,7 +576,13 @@ def _write_meta(f: h5py.File, name: str, obj: Any) -> None:
     meta = f.require_group("meta")
     if name in meta:
         del meta[name]
-    meta.create_dataset(name, data=json.dumps(obj, sort_keys=True), dtype=_STR)
+    text = json.dumps(obj, sort_keys=True)
+    meta.create_dataset(name, data=text, dtype=_STR)
+    digests = _meta_digests(f) or {}
+    if "" in digests:
+        digests = {}
+    digests[name] = _text_digest(text)
+    meta.attrs[_DIGESTS_ATTR] = json.dumps(digests, sort_keys=True)
 
 
 def _init_attrs(f: h5py.File, cfg: PreprocessConfig, *, salt: str, seed: int,
@@ -448,6 +606,9 @@ def _init_attrs(f: h5py.File, cfg: PreprocessConfig, *, salt: str, seed: int,
 # Root attributes Workspace.open reads.
 _HEAD_ATTRS = ("format", "schema_version", "preprocess", "preprocess_hash", "merged_through",
                "image_shape", "test_fraction", "split_seed")
+# Those the head's digest covers (created, modified and tool_version are informational).
+_SEALED_HEAD_ATTRS = (*_HEAD_ATTRS, "salt")
+_OPEN_ATTRS = (*_SEALED_HEAD_ATTRS, _HEAD_DIGEST_ATTR)
 
 
 def _check_format(f: h5py.File | dict, path: Path) -> None:
@@ -537,6 +698,7 @@ def _write_head(path: Path, *, cfg: PreprocessConfig, salt: str, seed: int, test
     def fill(f: h5py.File) -> None:
         _init_attrs(f, cfg, salt=salt, seed=seed, test_fraction=test_fraction,
                     created=created, image_shape=image_shape, merged_through=merged_through)
+        f.attrs[_HEAD_DIGEST_ATTR] = _head_digest(f.attrs)  # read back: as a reader sees them
         for name, obj in meta.items():
             _write_meta(f, name, obj)
 
@@ -550,10 +712,10 @@ def _write_head(path: Path, *, cfg: PreprocessConfig, salt: str, seed: int, test
 
 
 def create_empty(path: str | os.PathLike, cfg: PreprocessConfig | None = None, *,
-                 test_fraction: float = 0.25, seed: int = 0) -> Path:
-    """Write an empty workspace atomically (a fresh random pseudonym salt)."""
+                 test_fraction: float = 0.25, seed: int = 0, salt: str | None = None) -> Path:
+    """Write an empty workspace atomically (a fresh random pseudonym salt unless given)."""
     path = Path(path)
-    return _write_head(path, cfg=cfg or PreprocessConfig(), salt=new_salt(), seed=seed,
+    return _write_head(path, cfg=cfg or PreprocessConfig(), salt=salt or new_salt(), seed=seed,
                        test_fraction=test_fraction, created=None, image_shape=(),
                        merged_through=0,
                        meta={"provenance": [], "skipped": [], "identity": {}, "pseudonyms": {},
@@ -602,7 +764,25 @@ def remove_stale_temps(path: str | os.PathLike) -> int:
                     n += 1
                 except OSError:
                     pass
+        for p in data_dir(path).glob("*" + DAMAGE_SUFFIX):  # damage of files gone since
+            if not p.with_name(p.name[:-len(DAMAGE_SUFFIX)]).exists():
+                p.unlink(missing_ok=True)
     return n
+
+
+def recorded_damage(path: str | os.PathLike) -> set[str]:
+    """Labels of the entries a reader found damaged (a "<file>.damaged" marker beside the
+    entry file the head names): the next ingest re-loads their series from DICOM."""
+    path = Path(path)
+    folder = data_dir(path)
+    if not folder.is_dir():
+        return set()
+    marked = {p.name[:-len(DAMAGE_SUFFIX)] for p in folder.glob("*" + DAMAGE_SUFFIX)}
+    if not marked:
+        return set()
+    with h5py.File(path, "r") as f:
+        segments = _read_meta(f, "segments", {})
+    return {k for k, name in segments.items() if name in marked}
 
 
 def _staged_phash(p: Path) -> str | None:
@@ -730,6 +910,7 @@ class Merger:
             _check_format(src, self.path)
             if _schema(src.attrs) < 2:
                 raise WorkspaceError(f"{self.path}: schema 1 workspace; convert it first")
+            _check_head_digest(src.attrs, self.path)  # its tables are checked as read
             self.merged_through = int(src.attrs.get("merged_through", 0))
             self.cfg = new_cfg or PreprocessConfig.from_json(src.attrs["preprocess"])
             self.phash = preprocess_hash(self.cfg)
@@ -780,10 +961,12 @@ class Merger:
                     if "entries" in sf and len(sf["entries"]) and \
                             str(sf.attrs.get("preprocess_hash", "")) != self.phash:
                         return  # written for other preprocessing (a killed re-derive)
+                    if any(check_entry(sf["entries"][k]) is False for k in sf["entries"]):
+                        raise DamagedError(f"{staged.name}: attributes do not match their checksum")
                     rows = {k: _entry_row(sf["entries"][k], self.phash) for k in sf["entries"]}
                     identity = _read_meta(sf, "identity", {})
                     pseudonyms = _read_meta(sf, "pseudonyms", {})
-                except (OSError, KeyError, ValueError) as exc:
+                except (OSError, KeyError, ValueError, DamagedError) as exc:
                     self._damaged(seq, staged, exc)
                     return
         for k, row in rows.items():
@@ -861,6 +1044,7 @@ class Merger:
                 (folder / name).unlink()
             except OSError:
                 pass
+            (folder / (name + DAMAGE_SUFFIX)).unlink(missing_ok=True)  # re-loaded since
         return self.path
 
     def abort(self) -> None:
@@ -982,11 +1166,9 @@ def write_arrays_workspace(path: str | os.PathLike, images: dict[str, np.ndarray
     old = sorted(data_dir(path).iterdir()) if data_dir(path).is_dir() else []
     seq = next_seq(path) if path.exists() else 1
     tmp = create_empty(path.with_name(f".{path.name}.arrays.tmp"), cfg,
-                       test_fraction=test_fraction, seed=seed)
+                       test_fraction=test_fraction, seed=seed, salt=salt)
     written: list[Path] = []
     try:
-        with h5py.File(tmp, "r+") as f:
-            f.attrs["salt"] = salt
         staged_tmp = Path(tmp)
         for label, arr in images.items():
             arr = np.asarray(arr, dtype=np.float32)
@@ -1065,6 +1247,10 @@ class Workspace:
         self.schema_version = int(a["schema_version"])
         # (label, file holding it, row); datasets are looked up on first read
         self._entries = entries
+        self.head_checked = a.get(_HEAD_DIGEST_ATTR) is not None  # False: no digests
+        self._sealed: dict[int, bool] = {}  # entry → attributes checked (False: no digest)
+        self.unrecorded: list[str] = []  # damaged entries whose marker could not be written
+        self.unchecked: list[str] = []  # entries without an attribute digest (set by verify)
         self._ds: dict[tuple[str, int], h5py.Dataset | None] = {}
         self._ds_info: dict[tuple[str, int], tuple[int, bool]] = {}
         shape = tuple(int(v) for v in a["image_shape"])
@@ -1114,14 +1300,19 @@ class Workspace:
         files = [main]
         try:
             # each root attribute read once (an h5py attribute read costs ~50 µs)
-            head = {k: main.attrs.get(k) for k in _HEAD_ATTRS}
+            head = {k: main.attrs.get(k) for k in _OPEN_ATTRS}
             _check_format(head, path)
+            _check_head_digest(head, path)
             phash = str(head["preprocess_hash"])
             through = int(head["merged_through"] or 0)
             found: dict[str, tuple[str, h5py.File | Path, dict]] = {}
             if _schema(head) >= 2:
-                table = _read_meta(main, "entries", {})
-                segments = _read_meta(main, "segments", {})
+                digests = _meta_digests(main)  # the tables' checksums (None: written before)
+                table = _read_meta(main, "entries", {}, digests)
+                segments = _read_meta(main, "segments", {}, digests)
+                if set(segments) != set(table):
+                    raise DamagedError(_head_damage(path, "its entry table and file list"),
+                                       detail="entry table and file list disagree")
                 folder = data_dir(path)
                 for k in sorted(segments):
                     found[k] = (k, folder / segments[k], table[k])
@@ -1133,7 +1324,7 @@ class Workspace:
                     table = {k: _entry_row(main["entries"][k], phash) for k in names}
                 found = {k: (k, main, table[k]) for k in names}
                 staged = list_staged(path, through, folder=_old_staging_dir(path))
-            salt = main.attrs["salt"] if staged else None
+            salt = head["salt"]
             for _, p in staged:  # committed by a writer that has not written its head yet
                 try:
                     sf = h5py.File(p, "r", rdcc_nbytes=0)
@@ -1145,6 +1336,8 @@ class Workspace:
                             continue
                         if len(sf["entries"]) and str(sf.attrs.get("preprocess_hash", "")) != phash:
                             continue  # a killed re-derive's: not part of this workspace
+                        if any(check_entry(sf["entries"][k]) is False for k in sf["entries"]):
+                            continue  # damaged: skipped like an unreadable one
                         rows = {k: _entry_row(sf["entries"][k], phash) for k in sf["entries"]}
                 except (OSError, KeyError, ValueError):  # damaged (a power cut): skip
                     continue
@@ -1228,15 +1421,54 @@ class Workspace:
             return self.LRU_STAGED
         return _open_file_budget()
 
-    def damaged(self, p: int, exc: BaseException) -> WorkspaceError:
-        """The error for an entry whose stored data cannot be read back (checksum)."""
+    def damaged(self, p: int, exc: BaseException | None, reason: str = "") -> DamagedError:
+        """The error for an entry whose stored data cannot be read back (a chunk failing
+        its checksum, attributes not matching their digest, an unreadable file). Records
+        the damage ("<file>.damaged" beside the entry file) so that the next ingest
+        re-loads the series when its DICOM is dropped again, as the message says."""
         label, f, _ = self._entries[p]
         where = f"{f.parent.name}/{f.name}" if isinstance(f, Path) else self.path.name
-        return WorkspaceError(
-            f"{self.path}: {label}: stored data is damaged ({_h5_reason(exc)}) in {where}; "
-            f"drop its DICOM again to re-ingest it (ct-vae info --check lists every damaged entry)")
+        detail = f"stored data is damaged ({reason or _h5_reason(exc)}) in {where}"
+        why = self._record_damage(p)
+        if why is None:
+            advice = ("drop its DICOM again: the damage is recorded, so the next ingest "
+                      "re-loads this series instead of calling it unchanged")
+        else:
+            if label not in self.unrecorded:
+                self.unrecorded.append(label)
+            advice = (f"the damage could not be recorded ({why}): make {data_dir(self.path)} "
+                      f"writable, run `ct-vae info --check {self.path}`, then drop its DICOM again")
+        return DamagedError(f"{self.path}: {label}: {detail}; {advice} "
+                            f"(ct-vae info --check lists every damaged entry)",
+                            label=label, detail=detail)
 
-    def _group(self, p: int) -> h5py.Group:
+    def _record_damage(self, p: int) -> str | None:
+        """Leave the damage marker of entry p; None when it is there, else why not."""
+        label, f, _ = self._entries[p]
+        if not isinstance(f, Path):
+            return "the workspace has the old single-file layout"
+        marker = f.with_name(f.name + DAMAGE_SUFFIX)
+        try:
+            with open(marker, "x", encoding="utf-8") as fh:
+                fh.write(f"{label}\n")
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            return storage_error(exc) or type(exc).__name__
+        return None
+
+    def _check_attrs(self, p: int, g: h5py.Group) -> None:
+        """Once per entry: its attributes against their digest (DamagedError on a mismatch)."""
+        if p not in self._sealed:
+            ok = check_entry(g)
+            if ok is False:
+                raise self.damaged(p, None, "its attributes do not match their checksum")
+            self._sealed[p] = ok is not None
+
+    def _group(self, p: int, attrs: bool = True) -> h5py.Group:
+        """The entry's group; attrs: its attributes are about to be used, so check them
+        against their digest first (once per entry, ~1-3 ms; batch reads of the derived
+        arrays use the head's row, not these attributes, and skip it)."""
         label, f, _ = self._entries[p]
         if isinstance(f, Path):
             if f not in self._lru:
@@ -1249,16 +1481,18 @@ class Workspace:
                     self._lru[f] = h5py.File(f, "r", rdcc_nbytes=0)
                 except OSError as exc:
                     if f.exists():
-                        raise WorkspaceError(f"{self.path}: {label}: its file {f.parent.name}/{f.name} "
-                                             f"cannot be opened ({_h5_reason(exc)})") from exc
+                        raise self.damaged(p, exc, f"its file cannot be opened: {_h5_reason(exc)}") from exc
                     raise WorkspaceError(f"{self.path}: {label} was replaced or removed by another "
                                          "process meanwhile; open the workspace again") from exc
             self._lru.move_to_end(f)
             f = self._lru[f]
         try:
-            return f["entries"][label]
+            g = f["entries"][label]
         except (KeyError, OSError) as exc:
             raise self.damaged(p, exc) from exc
+        if attrs:
+            self._check_attrs(p, g)
+        return g
 
     def _dataset(self, kind: str, p: int) -> h5py.Dataset | None:
         """The entry's images or labels for the current preprocessing (None if absent)."""
@@ -1266,8 +1500,12 @@ class Workspace:
         if key not in self._ds:
             ds = None
             if self.patients[p].n_images:
-                d = self._group(p).get(f"derived/{self.preprocess_hash}")
+                d = self._group(p, attrs=False).get(f"derived/{self.preprocess_hash}")
                 ds = d.get(kind) if d is not None else None
+            if ds is not None and int(ds.shape[0]) != self.patients[p].n_images:
+                raise self.damaged(p, None, f"the workspace's entry table says "
+                                            f"{self.patients[p].n_images} images, its {kind} hold "
+                                            f"{int(ds.shape[0])}")
             self._ds[key] = ds
             if ds is not None:  # read once: h5py builds dtype and shape on every access
                 self._ds_info[key] = (int(ds.shape[0]), ds.dtype == np.uint16)
@@ -1345,14 +1583,29 @@ class Workspace:
 
     def verify(self, progress: "Callable[[int, int, str], None] | None" = None
                ) -> tuple[list[tuple[str, str]], int]:
-        """Read every stored array of every entry (source and derived), which checks each
-        chunk's fletcher32 checksum. Returns ([(entry label, reason)] of the damaged
-        entries, bytes checked). Entries written before checksums existed are only read."""
+        """Check the head's tables against their digests, then read every stored array of
+        every entry (source and derived), which checks each chunk's fletcher32 checksum,
+        and check each entry's attributes against their digest. Returns ([(label, reason)]
+        of what is damaged: an entry's label, or the head's file name for a head table;
+        bytes checked). A damaged entry is recorded (see `damaged`). What was written
+        before checksums existed is only read: see `head_checked` and `unchecked`."""
         damaged: list[tuple[str, str]] = []
         nbytes = 0
+        self.unchecked: list[str] = []  # entries whose attributes have no digest
+        if self.schema_version >= 2:
+            digests = _meta_digests(self._main)
+            for name in sorted(self._main["meta"]) if "meta" in self._main else ():
+                try:
+                    _read_meta(self._main, name, None, digests)
+                except DamagedError as exc:
+                    damaged.append((self.path.name, exc.detail))
+                except ValueError:
+                    damaged.append((self.path.name, f"table {name!r} is not readable JSON"))
         for p, (label, _, _) in enumerate(self._entries):
             try:
                 g = self._group(p)
+                for kind in ("images", "labels"):  # the head's row against the file
+                    self._dataset(kind, p)
                 datasets: list[h5py.Dataset] = []
                 g.visititems(lambda _, obj: datasets.append(obj)
                              if isinstance(obj, h5py.Dataset) else None)
@@ -1364,10 +1617,14 @@ class Workspace:
                     else:
                         ds[()]
                     nbytes += ds.id.get_storage_size()
+                if not self._sealed.get(p, True):
+                    self.unchecked.append(label)
+            except DamagedError as exc:
+                damaged.append((label, exc.detail))
             except WorkspaceError as exc:
                 damaged.append((label, str(exc).split(": ", 2)[-1]))
             except (OSError, KeyError, ValueError) as exc:
-                damaged.append((label, str(self.damaged(p, exc)).split(": ", 2)[-1]))
+                damaged.append((label, self.damaged(p, exc).detail))
             if progress is not None:
                 progress(p + 1, len(self._entries), label)
         return damaged, nbytes
