@@ -19,6 +19,7 @@ from pydicom.uid import UID
 from training.dicom.deflate import InflateError, dcmread_bounded
 from training.dicom.scan import (
     NATIVE_LE,
+    _same_kind,
     check_pixel_length,
     check_rescale,
     copy_key,
@@ -300,7 +301,12 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
     size or spacing, unreadable slices (a lying header among them, see _check_hu) and
     copies at one position are left out, each in .skipped with the reason and what it
     means for the series (and as a warning). Of copies at one position the lossless one
-    is read (scan.copy_key: lossless first, then path), another copy where it cannot be.
+    is read (scan.copy_key: lossless first, then path), another copy where it cannot be;
+    ref.copies (files with a slice's SOPInstanceUID, which scan() lists as left out) are
+    such copies too: one is read only where its slice's file cannot be, and then
+    .skipped says so and supersedes the scan's line for every copy it names (the copy
+    used is in .sources, the file each slice was read from). A slice is lost only when
+    no copy of it decodes.
     A gantry tilt (slices stacked off the normal) is corrected by shifting each slice
     in-plane (linear interpolation) onto an orthogonal grid. Raises DicomError for an
     unusable series (no readable slice, a missing decoder) and Cancelled when
@@ -323,15 +329,19 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
     positions = np.array([np.asarray(s.ipp) @ normal for s in slices])
     order = np.argsort(positions, kind="stable")
     groups = _position_groups([slices[i] for i in order], positions[order])
+    alternates, strays = _alternates(slices, getattr(ref, "copies", ()), normal)
 
     ny, nx = first.rows, first.columns
     hu = np.empty((len(groups), ny, nx), dtype=np.dtype(dtype))
     good: list[SliceHeader] = []
-    lost: list[tuple[float, SliceHeader, str]] = []  # unreadable, no copy at its position
+    lost: list[tuple[float, SliceHeader, str, int]] = []  # unreadable, no copy at its position decodes
+    unusable: dict[str, str] = {}  # path → why it cannot be read
     for pos, group in groups:
         if cancel is not None and cancel.is_set():
             raise Cancelled(f"loading {name} cancelled")
         target = hu[len(good)]
+        if alternates:  # same-UID copies (scan lists them) are tried where their file fails
+            group = sorted([*group, *(c for s in group for c in alternates.get(s.path, ()))], key=copy_key)
         kept, failed = None, []
         for s in group:
             try:
@@ -345,26 +355,34 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
                 break
             failed.append((s, problem))
         if kept is None:
-            lost.extend((pos, s, problem) for s, problem in failed)
+            lost.extend((pos, s, problem, len(group)) for s, problem in failed)
+            unusable.update((s.path, problem) for s, problem in failed)
             continue
         good.append(kept)
         for s, problem in failed:
-            skipped.append(Skipped(s.path, f"{problem}; the copy at the same position ({_fmt(pos)} mm "
-                                           f"along the normal), {kept.path}, is used instead"))
+            unusable[s.path] = problem
+            skipped.append(Skipped(s.path, f"{problem}; {_copy_of(s, kept, pos)}, {kept.path}, is used instead"))
         for s in group[group.index(kept) + 1:]:
+            if s in alternates.get(kept.path, ()):
+                continue  # the scan's reason for it stands: the file it names is kept
             skipped.append(Skipped(s.path, _copy_reason(s, kept, pos, target)))
     if not good:
         raise DicomError(slices[0].path, "no slice of the series could be read; "
-                         + "; ".join(f"{s.path}: {p}" for _, s, p in lost[:3]))
+                         + "; ".join(f"{s.path}: {p}" for _, s, p, _ in lost[:3]))
     kept_pos = np.array([np.asarray(s.ipp) @ normal for s in good])
-    for pos, s, problem in lost:
+    for pos, s, problem, n in lost:
         below, above = kept_pos[kept_pos < pos], kept_pos[kept_pos > pos]
         if len(below) and len(above):
             what = (f"the series is stored without it, with a gap between its slices at "
                     f"{_fmt(below.max())} and {_fmt(above.min())} mm along the normal")
         else:
             what = f"the series is stored without it, {len(good)} slices, one fewer at its {'end' if len(below) else 'start'}"
-        skipped.append(Skipped(s.path, f"{problem}; slice left out: {what}"))
+        both = f"; none of the {n} copies of this slice could be decoded" if n > 1 else ""
+        skipped.append(Skipped(s.path, f"{problem}{both}; slice left out: {what}"))
+    for c, s, why_not in strays:  # the scan named s as kept: say what became of it
+        if s.path in unusable:
+            skipped.append(Skipped(c.path, f"same SOPInstanceUID as {s.path}, which cannot be decoded "
+                                           f"({unusable[s.path]}), but not read in its place: {why_not}"))
     warnings.extend(f"{k.path}: {k.reason}" for k in skipped)
     if len(good) < len(hu):
         hu = hu[: len(good)].copy()
@@ -383,7 +401,8 @@ def load_ct_series(ref: SeriesRef, cancel=None, *, dtype=np.float32, on_file=Non
         frame_of_reference_uid=ref.frame_of_reference_uid,
         sop_uids=tuple(s.sop_instance_uid for s in good),
     )
-    return CTVolume(hu=hu, geometry=geometry, warnings=warnings, skipped=skipped)
+    return CTVolume(hu=hu, geometry=geometry, warnings=warnings, skipped=skipped,
+                    sources=tuple(s.path for s in good))
 
 
 def _read_one(s: SliceHeader, target: np.ndarray, on_file=None) -> str | None:
@@ -417,6 +436,38 @@ def _position_groups(slices: list[SliceHeader], pos: np.ndarray) -> list[tuple[f
         if len(g) > 1:
             g.sort(key=copy_key)
     return groups
+
+
+def _alternates(slices: list[SliceHeader], copies, normal: np.ndarray):
+    """(SeriesRef.copies by the path of the slice whose SOPInstanceUID they share: the
+    files read in its place where it cannot be decoded; [(copy, slice, why it cannot
+    stand in)]): a copy at another position or of another size, orientation or spacing
+    is no stand-in for its slice (which of the two is right?)."""
+    out: dict[str, list[SliceHeader]] = {}
+    strays: list[tuple[SliceHeader, SliceHeader, str]] = []
+    if not copies:
+        return out, strays
+    by_uid = {s.sop_instance_uid: s for s in slices if s.sop_instance_uid}
+    for c in copies:
+        s = by_uid.get(c.sop_instance_uid)
+        if s is None or c.path == s.path:
+            continue
+        at, at_s = np.asarray(c.ipp) @ normal, np.asarray(s.ipp) @ normal
+        if not _same_kind(s, c):
+            strays.append((c, s, "its size, orientation or pixel spacing differs"))
+        elif abs(at - at_s) > DUPLICATE_TOLERANCE_MM:
+            strays.append((c, s, f"it lies at another position ({_fmt(at)} mm along the normal, "
+                                 f"that file at {_fmt(at_s)} mm)"))
+        else:
+            out.setdefault(s.path, []).append(c)
+    return out, strays
+
+
+def _copy_of(s: SliceHeader, kept: SliceHeader, pos: float) -> str:
+    """How kept, read in place of s, relates to it (for "…, <kept>, is used instead")."""
+    if s.sop_instance_uid and s.sop_instance_uid == kept.sop_instance_uid:
+        return "the copy with the same SOPInstanceUID"
+    return f"the copy at the same position ({_fmt(pos)} mm along the normal)"
 
 
 def _copy_reason(s: SliceHeader, kept: SliceHeader, pos: float, kept_hu: np.ndarray) -> str:

@@ -507,11 +507,14 @@ def scan(
     _say_series_consequence(result, by_series, bad_slices)
 
     for key, slices in by_series.items():
-        unique = _unique_instances(slices, result.skipped)
+        unique, copies = _unique_instances(slices, result.skipped)
         kept, dropped = majority_filter(unique)
         result.skipped.extend(dropped)
+        if copies:  # the loader's fallbacks, for the instances still in the series
+            uids = {s.sop_instance_uid for s in kept}
+            copies = [c for c in copies if c.sop_instance_uid in uids]
         info = series_info[key]
-        result.series.append(SeriesRef(slices=tuple(kept), **info))
+        result.series.append(SeriesRef(slices=tuple(kept), copies=tuple(copies), **info))
     result.series.sort(key=lambda r: (r.patient_id, r.study_uid, r.series_number or 0, r.series_uid))
     result.structs.sort(key=lambda r: (r.patient_id, r.study_uid, r.path))
     return result
@@ -523,24 +526,29 @@ def copy_key(s: SliceHeader) -> tuple:
     return (s.lossy, s.path)
 
 
-def _unique_instances(slices: list[SliceHeader], skipped: list[Skipped]) -> list[SliceHeader]:
-    """One slice per SOPInstanceUID (copies of an instance: the lossless one, see copy_key);
-    the others are listed in skipped, naming the copy kept."""
+def _unique_instances(slices: list[SliceHeader], skipped: list[Skipped]
+                      ) -> tuple[list[SliceHeader], list[SliceHeader]]:
+    """(one slice per SOPInstanceUID, the other copies). Of copies of an instance the
+    lossless one is kept (see copy_key); the others are listed in skipped, naming the copy
+    kept, and returned: load_ct_series reads one of them where the kept file cannot be
+    decoded (SeriesRef.copies), and then lists what it did instead. Reading them here
+    would cost every ingest a read of each copy; they are only read when needed."""
     best: dict[str, SliceHeader] = {}
     for s in slices:
         if s.sop_instance_uid:
             b = best.get(s.sop_instance_uid)
             if b is None or copy_key(s) < copy_key(b):
                 best[s.sop_instance_uid] = s
-    unique = []
+    unique, copies = [], []
     for s in slices:
         kept = best.get(s.sop_instance_uid)
         if kept is None or kept is s:
             unique.append(s)
             continue
+        copies.append(s)
         why = " (lossy compressed; the lossless copy is kept)" if s.lossy and not kept.lossy else ""
         skipped.append(Skipped(s.path, f"same SOPInstanceUID as {kept.path}, which is kept (a copy){why}"))
-    return unique
+    return unique, copies
 
 
 def _say_series_consequence(result: ScanResult, by_series, bad_slices) -> None:

@@ -93,6 +93,11 @@ class SeriesRef:
     patient_id: str = field(default="", repr=False)
     patient_name: str = field(default="", repr=False)
     birth_date: str = field(default="", repr=False)
+    # Other files with the SOPInstanceUID of one of `slices` (a lossy and a lossless
+    # export of one slice, or two lossless ones). scan() lists them in its skipped list
+    # and keeps the preferred file (scan.copy_key) in `slices`; load_ct_series reads a
+    # copy in its place when that file cannot be decoded. Not in files/identity/len.
+    copies: tuple[SliceHeader, ...] = field(default=(), repr=False)
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -146,3 +151,6 @@ class CTVolume:
     # files of the series left out of hu, each with the reason and what it means for the
     # series (the ingest lists them with the drop's unusable files)
     skipped: list[Skipped] = field(default_factory=list)
+    # the file each slice of hu was read from (a copy of SeriesRef.copies where the file
+    # in SeriesRef.slices could not be decoded)
+    sources: tuple[str, ...] = ()

@@ -153,6 +153,12 @@ def _ref_files(ref: Any) -> list[Path]:
     return [Path(p) for p in _ref_paths(ref)]
 
 
+def _copy_paths(ref: Any) -> list[str]:
+    """Files with the SOPInstanceUID of one of the series' files (SeriesRef.copies): read
+    by the loader only where that file cannot be decoded."""
+    return [str(_attr(c, "path", default=c)) for c in getattr(ref, "copies", None) or ()]
+
+
 def hash_bytes(data: bytes) -> str:
     """The content hash of one file (hash_file of a file holding `data`): BLAKE3, 128 bits
     in hex. BLAKE3 runs at several GB/s where SHA-256 manages ~0.9 GB/s here, and hashing
@@ -239,13 +245,16 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
     from training.dicom.rtstruct import read_rtstruct, rasterise
 
     files = [*_ref_paths(ref), *map(str, struct_paths)]
+    copies = stage.get("copies", {})  # path → the scan's reason, which stands unless read
     hashes: dict[str, str] = {}
     if known_hash:  # seen before: hash first, load only when the content changed
         hashes = {p: hash_file(p) for p in files}
         content = combine_hashes(hashes.values())
         if content == known_hash:
-            return {"content_hash": content, "status": "unchanged",
-                    "identity": _identity_rows(hashes, stage)}
+            rows = _identity_rows(hashes, stage)
+            _copy_rows(list(copies.items()), rows, stage)
+            return {"content_hash": content, "status": "unchanged", "identity": rows,
+                    "left_out": list(copies.items())}
         vol = load_ct_series(ref, dtype=np.int16)
     else:  # new: each file is hashed from the bytes the loader reads (one read per file)
         vol = load_ct_series(ref, dtype=np.int16,
@@ -254,13 +263,22 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
             if p not in hashes:
                 hashes[p] = hash_file(p)
         content = combine_hashes(hashes.values())
+    used = [p for p in getattr(vol, "sources", ()) if p in copies]  # read where its slice's own file could not be
+    if used:
+        for p in used:
+            if p not in hashes:
+                hashes[p] = hash_file(p)
+        content = combine_hashes(hashes.values())
     rows = _identity_rows(hashes, stage)
     left_out = [(sk.path, sk.reason) for sk in vol.skipped]
+    listed = {p for p, _ in left_out}  # the loader's line supersedes the scan's
+    left_out += [(p, why) for p, why in copies.items() if p not in listed and p not in used]
     for p, why in left_out:  # listed again with the drop that brings them unchanged
         q = stage["quick"].get(p)
         if q in rows:
             rows[q] = [rows[q][0], "", clean_text(why, stage["roots"], stage["replacements"]),
                        clean_text(p, stage["roots"], stage["replacements"])]
+    _copy_rows(left_out, rows, stage)
     out: dict[str, Any] = {"content_hash": content, "identity": rows, "left_out": left_out}
     cfg = PreprocessConfig.from_json(cfg_json)
     geometry = vol.geometry
@@ -292,7 +310,7 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
         label=stage["label"], patient=stage["patient"], content_hash=content, images=images,
         labels=labels, spacing=spacing, rois=tuple(sorted(masks)), warnings=tuple(warnings),
         series_uid=stage["series_uid"], frame_of_reference_uid=geometry.frame_of_reference_uid,
-        n_source_files=len(hashes) - len(left_out) - len(struct_skipped), hu=hu16, masks=masks,
+        n_source_files=len(hashes) - sum(p in hashes for p, _ in left_out) - len(struct_skipped), hu=hu16, masks=masks,
         geometry=geometry, role=stage.get("role", ""), fidelity=fidelity)
     head_rows: dict[str, dict] = {}
     pseudonyms = {stage["digest"]: stage["number"]}
@@ -303,6 +321,15 @@ def _load_job(ref: Any, struct_paths: list[str], cfg_json: str, known_hash: str,
                warnings=tuple(warnings), missing=missing, struct_skipped=struct_skipped,
                source_shape=tuple(hu16.shape))
     return out
+
+
+def _copy_rows(left_out: list[tuple[str, str]], rows: dict[str, list], stage: dict[str, Any]) -> None:
+    """Identity rows of copies left out unread (no content hash, like the scan's rows)."""
+    for p, why in left_out:
+        q = stage["quick"].get(p)
+        if q and q not in rows:
+            rows[q] = ["", "", clean_text(why, stage["roots"], stage["replacements"]),
+                       clean_text(p, stage["roots"], stage["replacements"])]
 
 
 def _fidelity_report(rois: list[tuple[str, dict]], failed: list[tuple[str, str]],
@@ -925,9 +952,14 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
 
     for _, r, why in found_skipped:  # not regular files: nothing to remember them by
         report.skip((clean(r), clean(why)))
+    copy_paths = {p for r in scan.series for p in _copy_paths(r)}
+    copy_reasons: dict[str, str] = {}  # listed with their series, once the loader has run
     for s in scan.skipped:
         sp = str(_attr(s, "path", default=""))
         reason = str(_attr(s, "reason", default="unusable"))
+        if sp in copy_paths:
+            copy_reasons[sp] = reason
+            continue
         report.skip((rel(sp), clean(reason)))
         q = quick_of.get(sp)
         if q and not reason.startswith("cannot read file"):  # permissions change, mtimes do not
@@ -953,8 +985,9 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
                 "final": str(wsmod.staged_path(st.path, seq0 + k, label)), "label": label,
                 "patient": pseudo, "digest": digest, "number": st.pseudonyms[digest],
                 "salt": st.salt, "phash": phash, "series_uid": suid,
-                "quick": {f: quick_of[f] for f in [*_ref_paths(ref), *map(str, structs)]
+                "quick": {f: quick_of[f] for f in [*_ref_paths(ref), *_copy_paths(ref), *map(str, structs)]
                           if f in quick_of},
+                "copies": {p: copy_reasons[p] for p in _copy_paths(ref) if p in copy_reasons},
                 "roots": roots_sorted, "replacements": replacements,
                 "role": st.entries[label].get("role", "") if label in st.entries else st.role,
             }
@@ -969,7 +1002,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             if wsmod.storage_error(exc) is not None:
                 raise  # a full disk is not this series' fault: stop (see _storage_errors)
             learn_known()  # rows to store follow
-            files = _ref_files(ref)
+            files = [*_ref_files(ref), *map(Path, _copy_paths(ref))]
             where = rel(getattr(exc, "path", None) or (files[0].parent if files else label))
             reason = clean(str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"))
             named = str(getattr(exc, "path", None) or "")
@@ -981,6 +1014,8 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
             continue
         if res["status"] == "unchanged":
             st.remember(res["identity"])
+            for sp, why in res.get("left_out", ()):  # copies of its slices, unread
+                report.skip((rel(sp), clean(str(why))))
             report.unchanged.append(label)
             _call(progress, "ingest", done, total, f"{label} unchanged")
             continue
@@ -991,7 +1026,7 @@ def _ingest_with_pool(paths, st: _State, cfg: PreprocessConfig, dicom, report: I
         shape = res["shape"]
         if st.image_shape and shape != st.image_shape:
             Path(res["tmp"]).unlink(missing_ok=True)
-            _skip_series_files(report, [*_ref_files(ref), *map(Path, structs)], (
+            _skip_series_files(report, [*_ref_files(ref), *map(Path, _copy_paths(ref)), *map(Path, structs)], (
                 f"preprocessed image shape {shape} differs from the workspace's "
                 f"{st.image_shape}; set a crop or size"), rel)
             continue
