@@ -2,6 +2,8 @@
 
     python benchmarks/query.py [--n 10000] [--dims 12 64 128] [--repeats 30] [--threads 2]
                                [--cohort 4] [--slices 100] [--query-size 512] [--skip-drop]
+                               [--skip-ranking] [--cache-cohort 60] [--cache-slices 50]
+                               [--cache-size 128] [--skip-cache]
 
 A. Ranking: one query posterior against N stored patients' posteriors (synthetic, float64
    as training.latent.encode.PatientPosteriors holds them), J latent dimensions.
@@ -20,7 +22,20 @@ B. Drop to answer: a phantom cohort (--cohort patients × --slices slices, 256²
    (cold: includes encoding the whole cohort). bare: pydicom reads of the query's CT files,
    window, 4×4 block mean to 128², the model's encoder on the 100 slices, numpy KL
    against the cached cohort posteriors and argsort (no RTSTRUCT, no workspace write, no
-   images or volumes). Target ≤ 5 s.
+   images or volumes). Target ≤ 5 s. "project, from file" is a new process's first query:
+   the in-memory cache empty, the cohort read from RUN/encoded/ (C).
+
+C. The encoded cohort kept beside the model (RUN/encoded/<model>-<data hash>.npz,
+   training.explore.query.encode_cohort(store=...)): an arrays workspace of --cache-cohort
+   entries × --cache-slices images of --cache-size² (synthetic, no DICOM, so that a bigger
+   cohort fits in the time: 300 × 100 is the realistic size), the thesis 2D net. project
+   cold = encode_cohort with no file (read + encode every image + write the file, atomic,
+   fsync'd); bare cold = read every entry + the encoder, nothing written. project warm =
+   encode_cohort with the file there and the in-memory cache empty (model fingerprint,
+   zip size check, np.load(allow_pickle=False), every validation, reorder, per-patient
+   aggregation); bare warm = np.load(allow_pickle=False) of mu and logvar from the same
+   file and nothing else. Then answer_query end to end (a query entry of --cache-slices
+   images, top 5), cold (no file) and warm (file), the in-memory cache emptied before each.
 """
 
 from __future__ import annotations
@@ -102,20 +117,28 @@ def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> 
         model.to(memory_format=torch.channels_last)  # as the explorer's loaded models (LatentDecoder)
         key = ("bench", id(model))
 
-        def project(cold: bool) -> tuple[float, dict]:
+        store = tmp / "run" / "encoded"
+
+        def project(mode: str) -> tuple[float, dict]:
+            """mode: "memory" (the cohort's encoding in this process already), "file" (a new
+            process: read from RUN/encoded/), "cold" (encoded here)."""
             shutil.rmtree(data_dir(tmp / "wq.h5"), ignore_errors=True)  # the last round's query
             copy_workspace(tmp / "w.h5", tmp / "wq.h5")  # the cohort without the query (head + W.h5.d/)
             clear_cache()
-            if not cold:  # the window (or a first query) encoded the cohort already
+            shutil.rmtree(store, ignore_errors=True)
+            if mode != "cold":  # the window (or a first query) encoded the cohort already
                 with Workspace.open(tmp / "wq.h5") as ws:
-                    encode_cohort(model, ws, model_key=key)
+                    encode_cohort(model, ws, model_key=key, store=store)
+            if mode == "file":
+                clear_cache()
             t0 = time.perf_counter()
             rep = ingest([tmp / "query"], tmp / "wq.h5", role="query", workers=1)  # as ct-vae query / the tab
             t1 = time.perf_counter()
             with Workspace.open(tmp / "wq.h5") as ws:
-                a = answer_query(model, ws, rep.added[0], top=5, model_key=key)
+                a = answer_query(model, ws, rep.added[0], top=5, model_key=key, store=store)
             t2 = time.perf_counter()
             assert a.n_query_images == slices
+            assert a.cohort_source == {"memory": "memory", "file": "file", "cold": "encoded"}[mode], a.cohort_source
             return t2 - t0, {"ingest": t1 - t0, **a.seconds}
 
         with Workspace.open(tmp / "w.h5") as ws:
@@ -140,16 +163,112 @@ def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> 
         rows = []
         for rnd in range(rounds):
             b = bare()
-            w, wp = project(cold=False)
-            c, cp = project(cold=True)
-            rows.append((b, w, c))
+            w, wp = project("memory")
+            f, fp = project("file")
+            c, cp = project("cold")
+            rows.append((b, w, f, c))
             print(f"  round {rnd + 1}: bare {b:.2f} s | project warm {w:.2f} s "
-                  f"({', '.join(f'{k} {v:.2f}' for k, v in wp.items())}) | project cold {c:.2f} s "
-                  f"(cohort encode {cp['cohort']:.2f})")
-        b, w, c = np.median(np.asarray(rows), axis=0)
-        print(f"| bare | project, cohort encoding cached | project, cohort encoded too | warm/bare |")
-        print(f"|---|---|---|---|")
-        print(f"| {b:.2f} s | {w:.2f} s | {c:.2f} s | {w / b:.2f} |")
+                  f"({', '.join(f'{k} {v:.2f}' for k, v in wp.items())}) | project from file {f:.2f} s "
+                  f"(cohort {fp['cohort']:.2f}) | project cold {c:.2f} s (cohort encode {cp['cohort']:.2f})")
+        b, w, f, c = np.median(np.asarray(rows), axis=0)
+        print("| bare | project, cohort in memory | project, cohort from file | project, cohort encoded too "
+              "| memory/bare | file/bare |")
+        print("|---|---|---|---|---|---|")
+        print(f"| {b:.2f} s | {w:.2f} s | {f:.2f} s | {c:.2f} s | {w / b:.2f} | {f / b:.2f} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_cache(n_cohort: int, slices: int, size: int, rounds: int = 2) -> None:
+    import torch
+
+    from training.config import ModelConfig
+    from training.explore import query as xq
+    from training.latent import encode as latent
+    from training.store.roles import mark_as_query
+    from training.store.workspace import Workspace, write_arrays_workspace
+    from training.vae.model import VAE
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-query-cache-"))
+    try:
+        t = time.perf_counter()
+        rng = np.random.default_rng(0)
+        base = rng.random((slices, size, size), dtype=np.float32)
+        images = {f"PAT-{i + 1:04d}": np.clip(base + 0.1 * rng.standard_normal((slices, size, size),
+                                                                              dtype=np.float32), 0, 1)
+                  for i in range(n_cohort + 1)}
+        ws_path = write_arrays_workspace(tmp / "w.h5", images, test_fraction=0.0)
+        del images
+        query = f"PAT-{n_cohort + 1:04d}"
+        mark_as_query(ws_path, [query])
+        torch.manual_seed(0)
+        model = VAE(ModelConfig(input_size=size)).eval()
+        model.to(memory_format=torch.channels_last)
+        store = tmp / "run" / "encoded"
+        print(f"\nC. cohort encoding file: {n_cohort} entries × {slices} images of {size}² "
+              f"({n_cohort * slices} images; setup {time.perf_counter() - t:.0f} s)")
+
+        def project_cold():
+            shutil.rmtree(store, ignore_errors=True)
+            xq.clear_cache()
+            with Workspace.open(ws_path) as ws:
+                t0 = time.perf_counter()
+                c = xq.encode_cohort(model, ws, store=store)
+                dt = time.perf_counter() - t0
+            assert c.source == "encoded" and c.cache_file is not None
+            return dt
+
+        def bare_cold():
+            with Workspace.open(ws_path) as ws:
+                t0 = time.perf_counter()
+                for i, p in enumerate(ws.patients):
+                    if not p.is_query:
+                        im, lab = ws.read_patient(i)
+                        latent.encode_arrays(model, im, lab, 32)
+                return time.perf_counter() - t0
+
+        def project_warm():
+            xq.clear_cache()
+            with Workspace.open(ws_path) as ws:
+                t0 = time.perf_counter()
+                c = xq.encode_cohort(model, ws, store=store)
+                dt = time.perf_counter() - t0
+            assert c.source == "file"
+            return dt
+
+        def bare_warm():
+            (f,) = store.iterdir()
+            t0 = time.perf_counter()
+            with np.load(f, allow_pickle=False) as z:
+                mu, lv = z["mu"], z["logvar"]
+            assert len(mu) == len(lv) == n_cohort * slices
+            return time.perf_counter() - t0
+
+        def answer(cold: bool):
+            if cold:
+                shutil.rmtree(store, ignore_errors=True)
+            xq.clear_cache()
+            with Workspace.open(ws_path) as ws:
+                t0 = time.perf_counter()
+                a = xq.answer_query(model, ws, query, top=5, store=store)
+                dt = time.perf_counter() - t0
+            assert a.cohort_source == ("encoded" if cold else "file")
+            return dt
+
+        rows = []
+        for rnd in range(rounds):
+            r = (bare_cold(), project_cold(), bare_warm(), project_warm(), answer(True), answer(False))
+            rows.append(r)
+            (f,) = store.iterdir()
+            print(f"  round {rnd + 1}: cold bare {r[0]:.2f} s, project {r[1]:.2f} s | warm bare {r[2] * 1000:.1f} ms, "
+                  f"project {r[3] * 1000:.1f} ms | answer_query cold {r[4]:.2f} s, warm {r[5]:.2f} s "
+                  f"(file {f.stat().st_size / 1e6:.1f} MB)")
+        bc, pc, bw, pw, ac, aw = np.median(np.asarray(rows), axis=0)
+        print("| images | cold: bare (read + encode) | cold: project (+ write file) | ratio "
+              "| warm: bare np.load | warm: project (file, validated) | ratio | answer_query cold | warm | cold/warm |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        print(f"| {n_cohort * slices} | {bc:.2f} s | {pc:.2f} s | {pc / bc:.2f} | {bw * 1000:.1f} ms | "
+              f"{pw * 1000:.1f} ms | {pw / bw:.1f} | {ac:.2f} s | {aw:.2f} s | {ac / aw:.0f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -165,13 +284,21 @@ def main() -> None:
     ap.add_argument("--query-size", type=int, default=512)
     ap.add_argument("--skip-drop", action="store_true")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--skip-ranking", action="store_true")
+    ap.add_argument("--skip-cache", action="store_true")
+    ap.add_argument("--cache-cohort", type=int, default=60, help="C: cohort entries (realistic: 300)")
+    ap.add_argument("--cache-slices", type=int, default=50, help="C: images per entry (realistic: 100)")
+    ap.add_argument("--cache-size", type=int, default=128, help="C: image side (the thesis net: 128)")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
-    bench_ranking(args.n, args.dims, args.repeats)
+    if not args.skip_ranking:
+        bench_ranking(args.n, args.dims, args.repeats)
     if not args.skip_drop:
         bench_drop(args.cohort, args.slices, args.query_size, args.rounds)
+    if not args.skip_cache:
+        bench_cache(args.cache_cohort, args.cache_slices, args.cache_size, args.rounds)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,11 @@ patient is ranked. Everything shown comes from training.explore.query.answer_que
 ranking divergence KL(q_query ‖ q_j) and why, the baselines, the position pairing, the
 ROI volumes); this tab only shows it. Queries are listed apart, on the left; "Move into
 cohort" makes one ordinary training data (training.store.roles).
+
+The encoded cohort is kept beside the checkpoint (RUN/encoded/, see
+training.explore.query.encode_cohort), so the first query after a model loads reads it
+instead of encoding the cohort again. A dropped folder that is already in the cohort is
+answered as `ct-vae query` does: ranked against the other patients, with a note saying so.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def _compute(ckpt: str, ws_path: str, label: str, top: int, direction: str, prog
     lm = load_latent_model(ckpt)  # cached while the file is unchanged
     with Workspace.open(ws_path) as ws:
         return answer_query(lm.model, ws, label, top=top, direction=direction, model_key=lm.key,
-                            progress=progress, cancel=cancel)
+                            progress=progress, cancel=cancel, store=Path(ckpt).resolve().parent / "encoded")
 
 
 def run_query_ingest(ctx, paths: list[Path], workspace: Path, workers_n: int = 1):
@@ -87,6 +92,9 @@ class QueryPanel(Panel):
         super().__init__(state, parent)
         self.answer = None  # training.explore.query.QueryAnswer
         self.current: str | None = None
+        # a dropped folder that was already in the cohort: answered like a query (ranked
+        # against the other patients), though it is not in the list of queries
+        self.cohort_entry: str | None = None
         self.error = ""
         self.worker = LatestWorker(self, "query-answer")
         self.worker.resultReady.connect(self._answer_ready)
@@ -236,23 +244,28 @@ class QueryPanel(Panel):
 
     def _fill_queries(self) -> None:
         labels = self.query_labels()
-        keep = self.current if self.current in labels else (labels[-1] if labels else None)
+        if self.cohort_entry is not None and self.cohort_entry == self.current and self.cohort_entry not in labels:
+            keep = self.current  # a cohort entry asked for by a drop: not in the list
+        else:
+            self.cohort_entry = None
+            keep = self.current if self.current in labels else (labels[-1] if labels else None)
         self.queries.blockSignals(True)
         self.queries.clear()
         self.queries.addItems(labels)
-        if keep is not None:
+        if keep is not None and keep in labels:
             self.queries.setCurrentRow(labels.index(keep))
         self.queries.blockSignals(False)
         self.current = keep
         self._update_buttons()
 
     def _query_chosen(self, label: str) -> None:
+        self.cohort_entry = None
         self.current = label or None
         self._update_buttons()
         self.refresh()
 
     def _update_buttons(self) -> None:
-        self.move_btn.setEnabled(self.current is not None and not self.state.busy)
+        self.move_btn.setEnabled(self.current is not None and self.cohort_entry is None and not self.state.busy)
         self.save_btn.setEnabled(self.answer is not None)
 
     def drop_text(self, n_paths: int) -> str:
@@ -303,6 +316,13 @@ class QueryPanel(Panel):
                               + (f" ({len(skipped)} file(s) skipped; see the list)" if skipped else ""))
             return
         self.current = labels[0]  # answered when the window reports the changed workspace
+        self.cohort_entry = None
+        if labels[0] not in self.query_labels():
+            # already stored as cohort data (ingest keeps an entry's role): answer it anyway,
+            # left out of its own ranking, and say so (as ct-vae query does)
+            self.cohort_entry = labels[0]
+            self._set_message(f"{labels[0]} is already in the cohort (training data, not a query): ranking it "
+                              "against the other patients…")
 
     def move_current_to_cohort(self) -> None:
         if self.current is None or self.state.busy:
@@ -325,10 +345,15 @@ class QueryPanel(Panel):
             self.worker.cancel()
             return None
         if self.state.checkpoint_path is None:
-            self._set_message(f"{self.current} is stored as a query. Load or train a model to rank the earlier "
+            what = "is already in the cohort" if self.cohort_entry == self.current else "is stored as a query"
+            self._set_message(f"{self.current} {what}. Load or train a model to rank the earlier "
                               "patients (the divergences are between its posteriors).")
             return None
-        self._set_message(f"Encoding and ranking for {self.current}…")
+        if self.cohort_entry == self.current:
+            self._set_message(f"{self.current} is already in the cohort (training data, not a query): ranking it "
+                              "against the other patients…")
+        else:
+            self._set_message(f"Encoding and ranking for {self.current}…")
         box: list[int] = []
         stale = lambda: bool(box) and not self.worker.is_current(box[0])  # noqa: E731
         progress = lambda d, t: self._progress.emit(d, t)  # noqa: E731 (queued to the GUI thread)
@@ -362,6 +387,9 @@ class QueryPanel(Panel):
         self.error = ""
         best = answer.matches[0] if answer.matches else None
         head = f"{answer.query}: {answer.n_cohort} earlier patients ranked"
+        if answer.query_in_cohort:
+            head = (f"{answer.query} is already in the cohort (training data, not a query): ranked against the "
+                    f"other {answer.n_cohort} patients")
         if best is not None:
             head += f"; nearest {best.name}" + (" (the same patient, another series)" if best.same_patient else "")
         head += f"  ({answer.seconds.get('total', 0) * 1000:.0f} ms)"

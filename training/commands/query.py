@@ -11,6 +11,12 @@ the folder, one sub-folder per query. --no-store ingests into a temporary worksp
 the same preprocessing instead (deleted afterwards), leaving W.h5 untouched; the query is
 then called QUERY and is never linked to a stored patient (its pseudonym comes from the
 temporary workspace's own key), so same_patient is False throughout.
+
+The encoded cohort is kept beside the model, RUN/encoded/<model>-<data hash>.npz
+(training/explore/query.py, encode_cohort): the next query with the same model and the
+same cohort reads it instead of encoding every cohort image again. It holds posteriors,
+mean images and entry labels (pseudonyms), no names or IDs; a file that does not match
+the model and the data is ignored and rewritten. --no-cache neither reads nor writes it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ def register(sub) -> None:
                    help="per-patient posterior from its slices (training/latent/encode.py)")
     p.add_argument("--no-store", action="store_true",
                    help="do not add the query to the workspace (a temporary workspace is used)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither read nor write the encoded cohort beside the model (RUN/encoded/); "
+                        "without it, the first query encodes the cohort once and later ones read it")
     p.add_argument("--workers", type=int, default=1,
                    help="ingest worker processes (a query is usually one series: 1, no process pool, was "
                         "fastest; see benchmarks/README.md)")
@@ -85,6 +94,7 @@ def main(args) -> int:
         if ckpt.data_hash and ckpt.data_hash != ws.data_hash:
             print(f"note: {args.checkpoint} was trained on other data than {args.workspace} holds now",
                   file=sys.stderr)
+    store = None if args.no_cache else args.checkpoint.resolve().parent / "encoded"
     tmp = tempfile.TemporaryDirectory(prefix="ct-vae-query-") if args.no_store else None
     try:
         q_path = Path(tmp.name) / "query.h5" if tmp else args.workspace
@@ -108,9 +118,16 @@ def main(args) -> int:
                         ans = xq.answer_query(model, ws, label, top=args.top, direction=args.direction,
                                               aggregate=args.aggregate, batch_size=args.batch_size,
                                               progress=common.progress_printer("encoding the cohort"),
-                                              query_ws=qws, query_name=name if tmp else None)
+                                              query_ws=qws, query_name=name if tmp else None,
+                                              store=store)
                     except ValueError as exc:
                         raise common.CommandError(str(exc)) from exc
+                    if ans.cohort_source == "file":
+                        print(f"cohort: {ans.n_cohort} patients' posteriors {ans.cohort_note} "
+                              f"({ans.seconds['cohort']:.2f} s)", file=sys.stderr)
+                    elif ans.cohort_source == "encoded":
+                        print(f"cohort: encoded in {ans.seconds['cohort']:.2f} s"
+                              + (f"; cache {ans.cohort_note}" if ans.cohort_note else ""), file=sys.stderr)
                     out = args.out if len(labels) == 1 else args.out / name
                     paths = write_report(ans, out)
                     print(f"query {name}: {ans.n_query_images} images, ranked against {ans.n_cohort} patients "

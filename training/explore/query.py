@@ -4,9 +4,11 @@
 
 Steps: the cohort (every workspace entry that is not a query, train and test alike) is
 encoded with the model, one posterior per patient (training.latent.encode.aggregate_patients,
-"mixture" by default, as the Similarity tab); the query entry is encoded the same way; every
-cohort patient is ranked by the divergence of training.latent.query (KL(q_query ‖ q_j) by
-default; the module says why; "reverse" and "symmetric" on request).
+"mixture" by default, as the Similarity tab; kept in memory and, with `store`, in a file
+beside the model, RUN/encoded/, for the next process: see encode_cohort); the query entry
+is encoded the same way; every cohort patient is ranked by the divergence of
+training.latent.query (KL(q_query ‖ q_j) by default; the module says why; "reverse" and
+"symmetric" on request).
 
 What each match shows:
 - rank among all cohort patients, the divergence in both directions and the symmetric mean;
@@ -33,8 +35,14 @@ Only pseudonyms (entry labels) appear anywhere in the answer.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import hashlib
 import io
+import json
+import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -43,6 +51,7 @@ from typing import Callable
 
 import numpy as np
 
+from training.atomic import atomic_save_npz
 from training.latent import encode as latent
 from training.latent import query as lq
 
@@ -125,6 +134,12 @@ class CohortLatents:
     mean_images: np.ndarray
     seconds: float = 0.0
     _index: lq.PosteriorIndex | None = None
+    # where the posteriors came from: "encoded" (the model ran over the cohort), "file"
+    # (read from the cohort encoding file, see load_cohort_file); cache_note says what
+    # happened to that file (read, written, ignored and why); "" without a store
+    source: str = "encoded"
+    cache_file: Path | None = None
+    cache_note: str = ""
 
     @property
     def index(self) -> lq.PosteriorIndex:
@@ -143,6 +158,188 @@ _cohorts: dict[tuple, CohortLatents] = {}
 _CACHE = 2
 
 
+# ----------------------------------------------------------------------------- on-disk cache
+#
+# Encoding the cohort is the slow part of a query (300 patients x 100 slices: tens of
+# seconds on a CPU), and the in-memory cache above lives only as long as the process.
+# The encoded cohort is therefore also kept in a file beside the model,
+#
+#     RUN/encoded/<model fingerprint[:16]>-<data hash>.npz
+#
+# (ct-vae query and the Query tab use the checkpoint's folder). The name says what it
+# depends on: the model's weights (model_fingerprint: a hash of the configuration and of
+# every tensor of the state dict, so a checkpoint rewritten by the next epoch is a new
+# model even at the same path) and the workspace's data hash (pseudonyms, content and
+# split of the cohort entries and the preprocessing; query entries are left out of it, so
+# adding a query keeps the file valid, and moving one into the cohort makes it stale).
+# Held: per-image µ and log σ² (float32), rows (entry ordinal, image index), the cohort's
+# entry labels (pseudonyms such as PAT-0003-2, never names or IDs) and image counts, and
+# the pixel baseline's mean images. Written atomically (training.atomic), read with
+# np.load(allow_pickle=False) (no code runs), and trusted only when every key, dtype,
+# shape, the fingerprint, the data hash and the cohort's labels and image counts agree
+# with the workspace as it is now: anything else is ignored and encoded (and written)
+# again.
+
+CACHE_FORMAT = "ct-vae-cohort-encoding"
+CACHE_VERSION = 1
+CACHE_KEEP = 8  # newest cohort encoding files kept in one folder
+_CACHE_NAME = re.compile(r"^[0-9a-f]{16}-[0-9a-f]{16}\.npz$")
+_CACHE_KEYS = {"format", "version", "model_key", "data_hash", "preprocess_hash", "labels", "counts",
+               "mu", "logvar", "rows", "mean_images"}
+
+
+def model_fingerprint(model) -> str:
+    """sha256 (hex) of a model's configuration and weights: equal for equal encoders,
+    whatever file or object holds them. A few ms for the thesis 2D net (0.9 M values)."""
+    import torch
+
+    h = hashlib.sha256(b"ct-vae-model\n")
+    cfg = getattr(model, "cfg", None)
+    if cfg is not None and hasattr(cfg, "to_json"):
+        h.update(json.dumps(cfg.to_json(), sort_keys=True, default=str).encode())
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"\n{name}\t{t.dtype}\t{tuple(t.shape)}\n".encode())
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        h.update(np.ascontiguousarray(t.numpy()).view(np.uint8).reshape(-1))
+    return h.hexdigest()
+
+
+def cohort_file(store: str | os.PathLike, fingerprint: str, data_hash: str) -> Path:
+    """The cohort encoding file of a model (fingerprint) and a workspace's data (hash)."""
+    return Path(store) / f"{fingerprint[:16]}-{data_hash}.npz"
+
+
+def _cohort_entries(ws) -> list[int]:
+    return [i for i, p in enumerate(ws.patients) if p.n_images and not p.is_query]
+
+
+def _expected_mean_shape(ws) -> tuple[int, ...]:
+    return mean_image(np.zeros((1, *ws.image_shape), np.float32)).shape
+
+
+def save_cohort_file(path: str | os.PathLike, cohort: "CohortLatents", ws, fingerprint: str) -> Path:
+    """Write the encoded cohort of `ws` atomically (module comment above)."""
+    enc = cohort.encoded
+    pats = _cohort_entries(ws)
+    ordinal = {wi: n for n, wi in enumerate(pats)}
+    rows = np.stack([np.array([ordinal[int(w)] for w in enc.rows[:, 0]], dtype=np.int64),
+                     enc.rows[:, 1].astype(np.int64)], 1) if len(enc.rows) else np.zeros((0, 2), np.int64)
+    return atomic_save_npz(
+        path, format=np.array(CACHE_FORMAT), version=np.array(CACHE_VERSION, dtype=np.int64),
+        model_key=np.array(fingerprint), data_hash=np.array(ws.data_hash),
+        preprocess_hash=np.array(ws.preprocess_hash),
+        labels=np.array([ws.patients[i].pseudonym for i in pats], dtype=str),
+        counts=np.array([ws.patients[i].n_images for i in pats], dtype=np.int64),
+        mu=np.asarray(enc.mu, dtype=np.float32), logvar=np.asarray(enc.logvar, dtype=np.float32),
+        rows=rows, mean_images=np.asarray(cohort.mean_images, dtype=np.float32))
+
+
+class CacheRejected(ValueError):
+    """A cohort encoding file that is not trusted (the message says why)."""
+
+
+def _scalar_text(z, key: str) -> str:
+    a = z[key]
+    if a.shape != () or a.dtype.kind != "U":
+        raise CacheRejected(f"{key} is not a text scalar")
+    return str(a[()])
+
+
+def load_cohort_file(path: str | os.PathLike, ws, fingerprint: str) -> tuple[latent.Encoded, np.ndarray]:
+    """(per-image posteriors with workspace rows, mean images) from a cohort encoding
+    file, checked against the workspace as it is now and the model's fingerprint.
+    FileNotFoundError when there is none; CacheRejected (why) when it is damaged, stale
+    or does not fit. Never executes anything from the file (allow_pickle=False)."""
+    import zipfile
+
+    path = Path(path)
+    pats = _cohort_entries(ws)
+    labels_now = [ws.patients[i].pseudonym for i in pats]
+    counts_now = np.array([ws.patients[i].n_images for i in pats], dtype=np.int64)
+    n_rows = int(counts_now.sum())
+    mean_shape = _expected_mean_shape(ws)
+    # the most the members may hold when the file fits: refuse anything larger before
+    # reading it (a damaged or hostile file must not make us allocate without bound)
+    limit = (n_rows * (2 * 4 * 1024 + 16) + len(pats) * (4 * int(np.prod(mean_shape)) + 8 + 4 * 256)
+             + (1 << 20))
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            names = {i.filename[:-4] for i in infos if i.filename.endswith(".npy")}
+            if names != _CACHE_KEYS or len(infos) != len(_CACHE_KEYS):
+                raise CacheRejected(f"members {sorted(names)} are not those of a cohort encoding")
+            if sum(i.file_size for i in infos) > limit:
+                raise CacheRejected("larger than the cohort it should describe")
+        with np.load(path, allow_pickle=False) as z:
+            if _scalar_text(z, "format") != CACHE_FORMAT:
+                raise CacheRejected("not a cohort encoding file")
+            version = z["version"]
+            if version.shape != () or version.dtype.kind not in "iu" or int(version) != CACHE_VERSION:
+                raise CacheRejected("another format version")
+            if _scalar_text(z, "model_key") != fingerprint:
+                raise CacheRejected("encoded with another model")
+            if _scalar_text(z, "data_hash") != ws.data_hash:
+                raise CacheRejected("encoded from other data (data hash differs)")
+            if _scalar_text(z, "preprocess_hash") != ws.preprocess_hash:
+                raise CacheRejected("encoded with other preprocessing")
+            labels, counts = z["labels"], z["counts"]
+            if labels.ndim != 1 or labels.dtype.kind != "U" or counts.shape != labels.shape \
+                    or counts.dtype.kind not in "iu":
+                raise CacheRejected("labels or counts malformed")
+            stored = {str(k): n for n, k in enumerate(labels.tolist())}
+            if len(stored) != len(labels) or set(stored) != set(labels_now):
+                raise CacheRejected("the cohort's entries differ")
+            mu, lv, rows, means = z["mu"], z["logvar"], z["rows"], z["mean_images"]
+    except FileNotFoundError:
+        raise
+    except CacheRejected:
+        raise
+    except Exception as exc:  # truncated, not a zip, an object array, a bad header, ...
+        raise CacheRejected(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if (mu.dtype != np.float32 or lv.dtype != np.float32 or mu.ndim != 2 or mu.shape != lv.shape
+            or mu.shape[0] != n_rows):
+        raise CacheRejected(f"posteriors malformed: mu {mu.dtype}{mu.shape}, logvar {lv.dtype}{lv.shape}, "
+                            f"{n_rows} images in the cohort")
+    if rows.dtype != np.int64 or rows.shape != (n_rows, 2):
+        raise CacheRejected(f"rows malformed: {rows.dtype}{rows.shape}")
+    if means.dtype != np.float32 or means.shape != (len(pats), *mean_shape):
+        raise CacheRejected(f"mean images malformed: {means.dtype}{means.shape}")
+    order = np.array([stored[k] for k in labels_now], dtype=np.int64)  # stored ordinal of each entry now
+    counts = counts.astype(np.int64)
+    if not np.array_equal(counts[order], counts_now):
+        raise CacheRejected("image counts differ from the workspace's")
+    want_ord = np.repeat(np.arange(len(labels)), counts)
+    want_img = np.concatenate([np.arange(c) for c in counts]) if len(counts) else np.zeros(0, np.int64)
+    if not (np.array_equal(rows[:, 0], want_ord) and np.array_equal(rows[:, 1], want_img)):
+        raise CacheRejected("rows do not enumerate the cohort's images")
+    if not (np.isfinite(mu).all() and np.isfinite(lv).all() and np.isfinite(means).all()):
+        raise CacheRejected("non-finite values")
+    # reorder to the workspace's entry order, rows as workspace rows
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    take = np.concatenate([starts[o] + np.arange(counts[o]) for o in order]) if len(order) else \
+        np.zeros(0, np.int64)
+    ws_rows = np.stack([np.repeat(np.asarray(pats, dtype=np.int64), counts_now),
+                        np.concatenate([np.arange(c) for c in counts_now]) if len(counts_now) else
+                        np.zeros(0, np.int64)], 1).astype(np.int64)
+    enc = latent.Encoded(mu=np.ascontiguousarray(mu[take]), logvar=np.ascontiguousarray(lv[take]), rows=ws_rows,
+                         names=[p.pseudonym for p in ws.patients], splits=[p.split for p in ws.patients])
+    return enc, np.ascontiguousarray(means[order])
+
+
+def _prune(store: Path, keep_path: Path, keep: int = CACHE_KEEP) -> None:
+    """Keep the `keep` newest cohort encoding files of a folder (and always keep_path)."""
+    try:
+        files = [p for p in store.iterdir() if _CACHE_NAME.match(p.name) and p != keep_path]
+        files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    except OSError:
+        return
+    for p in files[max(0, keep - 1):]:
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
 def _model_key(model) -> tuple:
     key = getattr(model, "_query_cache_key", None)
     return key if key is not None else ("id", id(model))
@@ -150,46 +347,79 @@ def _model_key(model) -> tuple:
 
 def encode_cohort(model, ws, aggregate: str = "mixture", batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None,
-                  cancel: Callable[[], bool] | None = None, model_key: tuple | None = None) -> CohortLatents:
+                  cancel: Callable[[], bool] | None = None, model_key: tuple | None = None,
+                  store: str | os.PathLike | None = None) -> CohortLatents:
     """Encode every cohort entry (not the queries) of an open workspace.
 
-    Cached per (model_key, workspace path, data hash, preprocessing, aggregate): the data
-    hash leaves queries out, so adding a query does not encode the cohort again.
+    Cached in memory per (model_key, workspace path, data hash, preprocessing, aggregate):
+    the data hash leaves queries out, so adding a query does not encode the cohort again.
+    store: a folder (ct-vae query and the Query tab: RUN/encoded/ beside the checkpoint)
+    where the encoded cohort is also kept on disk, for the next process or window (see
+    the comment above save_cohort_file); a file that does not fit is ignored and
+    rewritten, one that cannot be written is only noted (cache_note).
     Raises InterruptedError when cancel() stopped it, ValueError when the model does not
     fit the workspace or the cohort has no images.
     """
     latent.check_model_fits(model, ws)
+    fingerprint = model_fingerprint(model) if store is not None else None
+    if model_key is None and fingerprint is not None:
+        model_key = ("weights", fingerprint)
     key = None
     if model_key is not None:
         key = (model_key, str(Path(ws.path).resolve()), ws.data_hash, ws.preprocess_hash, aggregate)
         with _lock:
             hit = _cohorts.get(key)
-            if hit is not None:
-                return hit
+        if hit is not None:
+            hit.index  # noqa: B018 (built once, shared by the copy below)
+            return dataclasses.replace(hit, source="memory", seconds=0.0)
     t0 = time.perf_counter()
-    pats = [i for i, p in enumerate(ws.patients) if p.n_images and not p.is_query]
+    pats = _cohort_entries(ws)
     if not pats:
         raise ValueError(f"{ws.path}: the workspace has no cohort images to compare a query with")
-    mus, lvs, rows, means = [], [], [], []
-    total = sum(ws.patients[i].n_images for i in pats)
-    done = 0
-    for i in pats:
-        if cancel is not None and cancel():
-            raise InterruptedError("cancelled")
-        images, labels = ws.read_patient(i)
-        mu, lv = latent.encode_arrays(model, images, labels, batch_size)
-        mus.append(mu)
-        lvs.append(lv)
-        rows.append(np.stack([np.full(len(images), i), np.arange(len(images))], 1))
-        means.append(mean_image(images))
-        done += len(images)
-        if progress is not None:
-            progress(done, total)
-    enc = latent.Encoded(mu=np.concatenate(mus), logvar=np.concatenate(lvs),
-                         rows=np.concatenate(rows).astype(np.int64),
-                         names=[p.pseudonym for p in ws.patients], splits=[p.split for p in ws.patients])
-    out = CohortLatents(enc, latent.aggregate_patients(enc, aggregate), np.stack(means),
-                        time.perf_counter() - t0)
+    out = None
+    note = ""
+    path = cohort_file(store, fingerprint, ws.data_hash) if store is not None else None
+    if path is not None:
+        try:
+            enc, means = load_cohort_file(path, ws, fingerprint)
+        except FileNotFoundError:
+            note = "none yet"
+        except Exception as exc:  # noqa: BLE001 (an optional file: whatever is wrong with it, encode)
+            note = f"ignored ({exc})"
+        else:
+            out = CohortLatents(enc, latent.aggregate_patients(enc, aggregate), means,
+                                time.perf_counter() - t0, source="file", cache_file=path,
+                                cache_note=f"read {path}")
+    if out is None:
+        mus, lvs, rows, means = [], [], [], []
+        total = sum(ws.patients[i].n_images for i in pats)
+        done = 0
+        for i in pats:
+            if cancel is not None and cancel():
+                raise InterruptedError("cancelled")
+            images, labels = ws.read_patient(i)
+            mu, lv = latent.encode_arrays(model, images, labels, batch_size)
+            mus.append(mu)
+            lvs.append(lv)
+            rows.append(np.stack([np.full(len(images), i), np.arange(len(images))], 1))
+            means.append(mean_image(images))
+            done += len(images)
+            if progress is not None:
+                progress(done, total)
+        enc = latent.Encoded(mu=np.concatenate(mus), logvar=np.concatenate(lvs),
+                             rows=np.concatenate(rows).astype(np.int64),
+                             names=[p.pseudonym for p in ws.patients], splits=[p.split for p in ws.patients])
+        out = CohortLatents(enc, latent.aggregate_patients(enc, aggregate), np.stack(means),
+                            time.perf_counter() - t0)
+        if path is not None:
+            try:
+                save_cohort_file(path, out, ws, fingerprint)
+            except (OSError, ValueError) as exc:
+                out.cache_note = f"{note}; not written ({exc})" if note else f"not written ({exc})"
+            else:
+                _prune(path.parent, path)
+                out.cache_file = path
+                out.cache_note = (f"{note}; " if note.startswith("ignored") else "") + f"wrote {path}"
     if key is not None:
         with _lock:
             _cohorts[key] = out
@@ -266,6 +496,13 @@ class QueryAnswer:
     n_classes: int
     matches: list[Match]
     seconds: dict[str, float] = field(default_factory=dict)
+    # the query is a cohort entry (dropped again, or asked by label): left out of its own
+    # ranking, as `ct-vae query` notes
+    query_in_cohort: bool = False
+    # where the cohort's posteriors came from: "memory", "file" (the cohort encoding file
+    # beside the model), "encoded"; cohort_note: what happened to that file
+    cohort_source: str = "encoded"
+    cohort_note: str = ""
 
     @property
     def definition(self) -> str:
@@ -362,15 +599,18 @@ def answer_query(model, ws, query: str, *, top: int = 5, direction: str = "query
                  aggregate: str = "mixture", batch_size: int = 32,
                  progress: Callable[[int, int], None] | None = None,
                  cancel: Callable[[], bool] | None = None, model_key: tuple | None = None,
-                 volumes: bool = True, query_ws=None, query_name: str | None = None) -> QueryAnswer:
+                 volumes: bool = True, query_ws=None, query_name: str | None = None,
+                 store: str | os.PathLike | None = None) -> QueryAnswer:
     """Rank the cohort of the open workspace `ws` for its entry `query` (a label).
 
     The query entry is usually a query (ROLE_QUERY); a cohort entry may be asked too, and
     is then left out of its own ranking. query_ws: another open workspace holding the query
     (`ct-vae query --no-store` ingests into a temporary one with the same preprocessing);
     query_name then replaces its label in the answer (its pseudonym there means nothing
-    here). model_key: caches the cohort's encoding (see encode_cohort); the explorer
-    passes the checkpoint file's identity.
+    here). model_key: caches the cohort's encoding in memory (see encode_cohort); the
+    explorer passes the checkpoint file's identity. store: the folder of the cohort
+    encoding files (RUN/encoded/ beside the checkpoint; encode_cohort), so that the next
+    process or window does not encode the cohort again.
     """
     if direction not in lq.DIRECTIONS:
         raise ValueError(f"direction must be one of {lq.DIRECTIONS}, got {direction!r}")
@@ -381,7 +621,7 @@ def answer_query(model, ws, query: str, *, top: int = 5, direction: str = "query
         latent.check_model_fits(model, qws)
         if qws.preprocess_hash != ws.preprocess_hash:
             raise ValueError(f"{query}: preprocessed with other settings than {ws.path}")
-    cohort = encode_cohort(model, ws, aggregate, batch_size, progress, cancel, model_key)
+    cohort = encode_cohort(model, ws, aggregate, batch_size, progress, cancel, model_key, store)
     t1 = time.perf_counter()
     q_images, q_labels, q_mu, q_lv, pq_mu, pq_lv = encode_query(model, qws, qi, aggregate, batch_size)
     t2 = time.perf_counter()
@@ -452,6 +692,8 @@ def answer_query(model, ws, query: str, *, top: int = 5, direction: str = "query
         roi_names=tuple(ws.roi_names), n_classes=int(ws.preprocess.n_classes), matches=matches,
         seconds={"cohort": t1 - t0, "query_encode": t2 - t1, "rank": t3 - t2, "matches": t4 - t3,
                  "total": t4 - t0},
+        query_in_cohort=qws is ws and not qinfo.is_query, cohort_source=cohort.source,
+        cohort_note=cohort.cache_note,
     )
 
 
