@@ -3,7 +3,6 @@ committed patient intact; the next ingest completes the rest."""
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess

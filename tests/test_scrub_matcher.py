@@ -8,7 +8,6 @@ import time
 
 from training.store.pseudonym import (
     Replacements,
-    Scrubber,
     _NUM,
     _PART,
     _WORD,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from explorer.qt import QtWidgets
 from explorer.widgets.latent_canvas import LatentPanel, TileView, labelled_row
 

@@ -194,11 +194,23 @@ class SimilarityPanel(Panel):
         side = QtWidgets.QWidget()
         sl = QtWidgets.QVBoxLayout(side)
         sl.setContentsMargins(0, 0, 0, 0)
-        sl.addWidget(near_box, 1)
-        sl.addWidget(id_box, 1)
+        self.near_list.setMinimumHeight(90)
+        self.id_confused.setMinimumHeight(60)
+        sl.addWidget(near_box, 2)
+        sl.addWidget(id_box, 3)
+        # in a short window the side column scrolls instead of pressing its widgets onto
+        # each other (the Distance experiment button lay over the method table)
+        side_scroll = QtWidgets.QScrollArea()
+        side_scroll.setWidgetResizable(True)
+        side_scroll.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+        side_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        side_scroll.setWidget(side)
+        # as wide as its widgets need (no horizontal scrolling): the Run button stays in view
+        side_scroll.setMinimumWidth(side.minimumSizeHint().width()
+                                    + side_scroll.verticalScrollBar().sizeHint().width() + 4)
         split = QtWidgets.QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.views)
-        split.addWidget(side)
+        split.addWidget(side_scroll)
         split.setStretchFactor(0, 3)
         split.setStretchFactor(1, 1)
         split.setSizes([700, 300])
@@ -399,7 +411,9 @@ class SimilarityPanel(Panel):
             self.table.set_matrix(m, names, definition)
             self.table.kl_model.set_patients(getattr(self.result, "patients", None))
             off = m[~np.eye(len(m), dtype=bool)] if len(m) > 1 else m.ravel()
-            note = (f"dark blue = smallest, pale yellow = largest (log scale); off-diagonal "
+            # two short lines: the caption's width is the layout's minimum width, and one long
+            # line made the plot wider than a narrow tab (its right columns were cut off)
+            note = (f"dark blue = smallest, pale yellow = largest (log scale)<br>off-diagonal "
                     f"{off.min():.3g} … {off.max():.3g} nats" if off.size else "")
             title = "½ (KL(q_i ‖ q_j) + KL(q_j ‖ q_i))" if sym else "KL(q_i ‖ q_j), row i, column j"
             self.heatmap.set_matrix(m, names, title, note)

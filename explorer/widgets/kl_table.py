@@ -307,8 +307,20 @@ class HeatMapView(pg.GraphicsLayoutWidget):
             self.plot.addItem(box)
         self.highlighted = -1
         self._names: list[str] = []
-        self.plot.vb.sigResized.connect(self._update_ticks)
+        self._fit = True  # the matrix fills the view until the user pans or zooms
+        self.plot.vb.sigResized.connect(self._refit)
         self.plot.vb.sigRangeChanged.connect(self._update_ticks)
+        self.plot.vb.sigRangeChangedManually.connect(self._user_range)
+
+    def _user_range(self, *_) -> None:
+        self._fit = False
+
+    def _refit(self, *_) -> None:
+        """Keep the whole matrix in view when the view's size changes (a matrix set while
+        its tab was hidden was fitted to the hidden view's size and came out clipped)."""
+        if self._fit and self.rgb is not None:
+            self.plot.autoRange(padding=0.01)
+        self._update_ticks()
 
     def _update_ticks(self, *_) -> None:
         """Names as ticks, thinned to what fits: on the bottom axis the names stand side by
@@ -353,6 +365,7 @@ class HeatMapView(pg.GraphicsLayoutWidget):
         self.image.setImage(self.rgb, levels=(0, 255), autoLevels=False)
         self.image.setRect(QtCore.QRectF(0, 0, m.shape[1], m.shape[0]))
         self._names = [str(v) for v in names]
+        self._fit = True
         self.plot.autoRange(padding=0.01)
         self._update_ticks()
         self.caption.setText(scale_note)

@@ -13,7 +13,6 @@ import math
 import os
 
 import numpy as np
-import pydicom
 from pydicom.uid import UID
 
 from training.dicom.deflate import InflateError, dcmread_bounded

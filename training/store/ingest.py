@@ -1077,13 +1077,12 @@ def _is_own_file(real: str, ws_real: str) -> bool:
 
 
 def _learn_identifiers(files: list[str], st: _State, replacements: dict[str, str]) -> None:
-    import pydicom
-
+    from training.dicom.deflate import dcmread_bounded
     from training.dicom.identity import READ_KEYWORDS
 
     for f in files:
-        try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=list(READ_KEYWORDS))
+        try:  # bounded: a known file replaced by a deflate bomb is not inflated
+            ds = dcmread_bounded(f, stop_before_pixels=True, specific_tags=list(READ_KEYWORDS))
         except Exception:
             continue
         _learn_identity(identity_values(ds), st, replacements)

@@ -24,7 +24,6 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 class BatchSource(Protocol):
