@@ -12,7 +12,9 @@ What is stored, and why (see training/store/workspace.py for the file layout):
   reason and its (scrubbed) relative path. Re-dropping unchanged files therefore reads no
   DICOM at all and leaves the workspace untouched; a copied or touched file is hashed
   (bytes only) and, when its series' content hash is unchanged, not parsed further. A new
-  series is hashed from the bytes its loader reads (each file is read once).
+  series is hashed from the bytes its loader reads (each file is read once). An entry a
+  reader found damaged (W.h5.d/<file>.damaged, workspace.py) is not "unchanged": its
+  series is loaded again from the DICOM of the drop.
 - pseudonyms: a keyed digest of the PatientID → number: '<key id>:' +
   HMAC-SHA256(key, HMAC-SHA256(salt, PatientID)), the salt random per workspace, the key
   this account's pseudonym key, kept outside every workspace (training/store/
