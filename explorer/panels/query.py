@@ -467,7 +467,7 @@ class QueryPanel(Panel):
         self.grid.addWidget(label(f"query\n{a.query}", True), 0, 0)
         for c, k in enumerate(a.query_images_shown):
             lab = None if a.query_labels is None else a.query_labels[c]
-            image(a.query_images[c], lab, f"{what} {k}", 0, c + 1)
+            image(a.query_images[c], lab, f"{what} {k + 1}", 0, c + 1)
         for r, m in enumerate(a.matches, start=1):
             text = f"#{m.rank} {m.name}\nKL {m.divergence:.4g}"
             if m.same_patient:
@@ -475,7 +475,7 @@ class QueryPanel(Panel):
             self.grid.addWidget(label(text, True), r, 0)
             for c, k in enumerate(m.match_images):
                 lab = None if m.labels is None else m.labels[c]
-                cap = f"{what} {k}" + ("" if a.spatial_dims == 3 else f"  slice KL {m.slice_kl[c]:.3g}")
+                cap = f"{what} {k + 1}" + ("" if a.spatial_dims == 3 else f"  slice KL {m.slice_kl[c]:.3g}")
                 image(m.images[c], lab, cap, r, c + 1)
         self.grid.setColumnStretch(len(a.query_images_shown) + 1, 1)
         self.grid.setRowStretch(len(a.matches) + 1, 1)

@@ -124,7 +124,7 @@ def render(answer: "xq.QueryAnswer"):
     d.text((MARGIN, y + 24), a.query, fill="black", font=font)
     for c in range(n_pos):
         lab = None if a.query_labels is None else a.query_labels[c]
-        cell(x_img + c * (CELL + 8), y, a.query_images[c], lab, f"{what} {a.query_images_shown[c]}")
+        cell(x_img + c * (CELL + 8), y, a.query_images[c], lab, f"{what} {a.query_images_shown[c] + 1}")
     y += CELL + 30
     for m in a.matches:
         d.text((MARGIN, y), f"#{m.rank} {m.name}", fill="black", font=bold)
@@ -133,7 +133,7 @@ def render(answer: "xq.QueryAnswer"):
             d.text((MARGIN, y + 24 + LINE), "same patient, other series", fill=(150, 0, 0), font=small)
         for c in range(min(n_pos, len(m.match_images))):
             lab = None if m.labels is None else m.labels[c]
-            cap = f"{what} {m.match_images[c]}"
+            cap = f"{what} {m.match_images[c] + 1}"
             if a.spatial_dims != 3:
                 cap += f"  slice KL {_fmt(m.slice_kl[c], 3)}"
             cell(x_img + c * (CELL + 8), y, m.images[c], lab, cap)
