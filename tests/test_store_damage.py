@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
+from test_store_faults import _chunk_offset, _flip
 from training.config import PreprocessConfig
 from training.dicom.phantom import generate_cohort
 from training.store import workspace as wsmod
@@ -40,19 +41,6 @@ def _fresh(cohort, tmp_path) -> Path:
     wsmod.copy_workspace(cohort[1], path)
     return path
 
-
-def _flip(path: Path, offset: int) -> None:
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        b = f.read(1)
-        f.seek(offset)
-        f.write(bytes([b[0] ^ 0xFF]))
-
-
-def _chunk_offset(file: Path, dataset: str, index: int = 0) -> int:
-    with h5py.File(file, "r") as f:
-        info = f[dataset].id.get_chunk_info(index)
-        return info.byte_offset + min(info.size // 2, 40)
 
 
 def _contents(path: Path) -> dict:
