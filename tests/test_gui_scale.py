@@ -36,6 +36,9 @@ def test_data_tab_shows_fov_in_mm_warns_and_resamples(make_window, mixed, qtbot,
     assert not summary.warning.isHidden() and summary.table.rowCount() == 2
     texts = {summary.table.item(i, 2).text() for i in range(2)}
     assert texts == {"60 × 60"}
+    assert summary.COLUMNS[4].startswith("Image z step")
+    assert [summary.table.item(i, 4).text() for i in range(2)] == [
+        f"{r['image_z_mm']:.3g}" for r in summary.rows]  # even stacks: the step
 
     panel.scale.spacing.setValue(1.0)
     panel.scale.fov.setValue(40.0)
@@ -58,3 +61,11 @@ def test_data_tab_shows_fov_in_mm_warns_and_resamples(make_window, mixed, qtbot,
     from training.config import PreprocessConfig
 
     assert AppState().preprocess == PreprocessConfig.new_workspace()
+
+
+def test_z_step_text_names_an_uneven_stack():
+    from explorer.widgets.scale_controls import _z_text
+
+    assert _z_text({"image_z_mm": 3.0, "image_z_range_mm": [3.0, 3.0], "image_z_even": True}) == "3"
+    assert _z_text({"image_z_mm": 2.5, "image_z_range_mm": [1.08, 7.0], "image_z_even": False}) == "uneven 1.08–7"
+    assert _z_text({"image_z_mm": None}) == "–"

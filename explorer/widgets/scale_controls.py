@@ -64,7 +64,7 @@ class ScaleSummary(QtWidgets.QWidget):
     """Each series' pixel spacing and field of view (mm), the training images' field of
     view under the form's settings, and a warning when the cohort mixes spacings."""
 
-    COLUMNS = ("Series", "Pixel (mm)", "FOV (mm)", "Image FOV (mm)")
+    COLUMNS = ("Series", "Pixel (mm)", "FOV (mm)", "Image FOV (mm)", "Image z step (mm)")
 
     def __init__(self, parent=None) -> None:
         super().__init__(parent)
@@ -81,7 +81,9 @@ class ScaleSummary(QtWidgets.QWidget):
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setMaximumHeight(150)
         self.table.setToolTip("FOV: the series' rows × columns × pixel spacing. Image FOV: what a "
-                              "training image covers with the settings above")
+                              "training image covers with the settings above. Image z step: the "
+                              "distance between stored images (3D: between the cube's planes); "
+                              "'uneven' gives the smallest and largest gap of a 2D stack")
         lay = QtWidgets.QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         for w in (self.heading, self.settings, self.warning, self.table):
@@ -105,7 +107,18 @@ class ScaleSummary(QtWidgets.QWidget):
         self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):
             cells = (r["series"], pair(r["pixel_mm"], "{:.3g}"), pair(r["fov_mm"], "{:.0f}"),
-                     pair(r["image_fov_mm"], "{:.0f}"))
+                     pair(r["image_fov_mm"], "{:.0f}"), _z_text(r))
             for j, text in enumerate(cells):
                 self.table.setItem(i, j, QtWidgets.QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
+
+
+def _z_text(row: dict) -> str:
+    """The stored images' z step: "3", "uneven 1.08–7" (2D stack of uneven slices), or "–"."""
+    z = row.get("image_z_mm")
+    if z is None:
+        return "–"
+    zr = row.get("image_z_range_mm")
+    if row.get("image_z_even") is False and zr:
+        return f"uneven {zr[0]:.3g}–{zr[1]:.3g}"
+    return f"{z:.3g}"
