@@ -54,9 +54,12 @@ def test_identify_experiment_on_the_phantom(phantom_ws, capsys):
     assert set(report["results"][0]["methods"]) == {"kl_directed", "kl_symmetric", "euclidean_mu",
                                                      "pixel_l2", "recon_l2"}
     csv_lines = (out / "identify.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("#") and len(csv_lines) == 2 + 3 * 5
-    header = csv_lines[1].split(",")
-    assert "unit" in header and all(line.split(",")[header.index("unit")] == "series" for line in csv_lines[2:])
+    assert len(csv_lines) == 1 + 3 * 5  # a plain header row, no '#' line: report.json has the protocol
+    header = csv_lines[0].split(",")
+    assert header[0] == "distance_mm"
+    assert "unit" in header and all(line.split(",")[header.index("unit")] == "series" for line in csv_lines[1:])
+    assert report["protocol"].startswith("thesis 7.5") and report["settings"]["level"]
+    assert report["protocol"] in (out / "README.md").read_text()
     svg = (out / "identify.svg").read_text()
     assert svg.startswith("<svg") and svg.count("<polyline") == 5
     # the model saw only slice a of each entry (the middle one)

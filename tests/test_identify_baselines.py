@@ -166,8 +166,10 @@ def test_identify_csv_says_which_rows_belong_to_one_patient(files):
     tmp, ck, ws = files
     assert main(["identify", ck, ws, "--out", str(tmp / "csv")]) == 0
     lines = (tmp / "csv" / "identify.csv").read_text().splitlines()
-    assert lines[1].split(",")[:4] == ["series", "patient", "nearest", "nearest_patient"]
-    assert lines[2].split(",")[0] == lines[2].split(",")[1] == "PAT-0001"
+    assert lines[0].split(",")[:4] == ["series", "patient", "nearest", "nearest_patient"]
+    assert lines[1].split(",")[0] == lines[1].split(",")[1] == "PAT-0001"
+    # the direction of kl_self / kl_nearest: in identify.json beside it
+    assert json.loads((tmp / "csv" / "identify.json").read_text())["direction"].startswith("KL(q_b,i || q_a,j)")
 
 
 # -- counts name their unit on a workspace where one patient has two series (issue 11) --------
@@ -287,7 +289,7 @@ def test_identify_counts_name_their_unit_with_two_series_of_one_patient(two_seri
                                              "PAT-0004": "PAT-0004"}
     m = np.array([[float(v) for v in r[2:]] for r in rows[1:]])
     assert m.shape == (5, 5)
-    series_rows = [r for r in csv.reader((out / "identify.csv").read_text().splitlines()[1:])]
+    series_rows = [r for r in csv.reader((out / "identify.csv").read_text().splitlines())]
     assert series_rows[0][:2] == ["series", "patient"] and len(series_rows) == 6
     assert series_rows[2][:2] == ["PAT-0001-2", "PAT-0001"]
 

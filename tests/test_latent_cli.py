@@ -43,7 +43,10 @@ def test_encode_writes_csv_and_npz(files):
     assert z["mu"].shape == (20, 3) and z["patient_mu"].shape == (5, 3) and str(z["aggregate"]) == "mixture"
     lines = (tmp / "enc" / "encoded_images.csv").read_text().splitlines()
     assert lines[0].startswith("series,patient,image,split,mu_0") and len(lines) == 21
-    assert "mixture" in (tmp / "enc" / "encoded_patients.csv").read_text().splitlines()[0]
+    assert (tmp / "enc" / "encoded_patients.csv").read_text().startswith("patient,n_series,n_images,mu_0")
+    side = json.loads((tmp / "enc" / "encoded_patients.json").read_text())
+    assert side["aggregate"] == "mixture" and "all the patient's series" in side["posterior"]
+    assert json.loads((tmp / "enc" / "encoded_series.json").read_text())["aggregate"] == "mixture"
     from training.latent.encode import load_encoded
 
     enc, pp = load_encoded(tmp / "enc" / "encoded.npz")

@@ -9,6 +9,7 @@ that patient first.
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -130,13 +131,18 @@ def test_cli_query_ranks_the_patients_other_series_first(trained, tmp_path, caps
     printed = capsys.readouterr().out
     assert "PAT-0003-2" in printed and "KL(q_query || q_j)" in printed
     lines = (out / "ranking.csv").read_text().splitlines()
-    assert lines[0].startswith("# query: PAT-0003-2") and any("KL(q_query || q_j)" in x for x in lines[:4])
-    rows = list(csv.DictReader([x for x in lines if not x.startswith("#")]))
+    assert lines[0].startswith("rank,entry,patient,")  # a plain header row, no '#' line
+    side = json.loads((out / "ranking.json").read_text())
+    assert side["query"] == "PAT-0003-2" and side["n_cohort"] == 6 and side["patient_posterior"] == "mixture"
+    assert "KL(q_query || q_j)" in side["divergence"] and "Euclidean" in side["columns"]["euclidean_mu"]
+    assert "pixel L2" in side["columns"]["pixel_l2"]
+    rows = list(csv.DictReader(lines))
     assert len(rows) == 6 and [int(r["rank"]) for r in rows] == list(range(1, 7))
     assert rows[0]["entry"] == "PAT-0003" and rows[0]["same_patient"] == "True", rows[0]
     assert float(rows[0]["divergence"]) < float(rows[1]["divergence"])
     vols = (out / "roi_volumes.csv").read_text().splitlines()
-    assert vols[1] == "rank,match,roi,query_cm3,match_cm3,difference_cm3" and len(vols) > 3
+    assert vols[0] == "rank,match,roi,query_cm3,match_cm3,difference_cm3" and len(vols) > 2
+    assert "ROI volume" in json.loads((out / "roi_volumes.json").read_text())["volume"]
     assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "report.pdf").read_bytes()[:5] == b"%PDF-"
     # privacy: the phantom's name, ID and birth date appear in no report file
@@ -162,8 +168,8 @@ def test_cli_query_no_store_leaves_the_workspace_alone(trained, tmp_path):
     assert main(["query", str(ck), str(ws), str(root / "query"), "--top", "2", "--out", str(out),
                  "--no-store", "--workers", "1"]) == 0
     assert ws.read_bytes() == before
-    rows = [x for x in (out / "ranking.csv").read_text().splitlines() if not x.startswith("#")]
-    assert rows[1].split(",")[1] == "PAT-0003" and "QUERY" in (out / "ranking.csv").read_text()
+    rows = (out / "ranking.csv").read_text().splitlines()
+    assert rows[1].split(",")[1] == "PAT-0003" and json.loads((out / "ranking.json").read_text())["query"] == "QUERY"
 
 
 def test_cli_query_errors_are_one_line(trained, tmp_path, capsys):

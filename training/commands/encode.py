@@ -19,8 +19,9 @@ def register(sub) -> None:
         description="Encode every image of a workspace (eval mode: deterministic). Writes "
         "OUT/encoded_images.csv (one row per image), OUT/encoded_series.csv (one row per CT "
         "series, aggregated from its slices by --aggregate), OUT/encoded_patients.csv (one row "
-        "per patient, aggregated from the slices of all its series) and OUT/encoded.npz (all "
-        "arrays; its patient_* arrays are per series).",
+        "per patient, aggregated from the slices of all its series), beside each of the last two "
+        "a .json naming the aggregate, and OUT/encoded.npz (all arrays; its patient_* arrays "
+        "are per series).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     common.add_model_args(p)
@@ -60,9 +61,23 @@ def by_patient(enc, patient_of: dict[str, str]):
 
 def write_outputs(out: Path, enc, pp, patient_of: dict[str, str] | None = None) -> list[Path]:
     """patient_of: series label → patient pseudonym (a patient may have several series);
-    without it each series counts as its own patient."""
+    without it each series counts as its own patient.
+
+    Every CSV starts with its plain header row (no '#' comment line: spreadsheets and naive
+    readers trip on it). How the posterior of a series and of a patient is formed is in a
+    sidecar beside each aggregated CSV: encoded_series.json and encoded_patients.json
+    ("aggregate": the method, "posterior": what it does, "source": where it is computed).
+    """
+    import json
+
     from training.atomic import atomic_save_npz, atomic_write_text
     from training.latent.encode import aggregate_patients
+
+    def sidecar(name: str, rows: str, posterior: str) -> Path:
+        doc = {"file": f"{name}.csv", "rows": rows, "aggregate": pp.method, "posterior": posterior,
+               "columns": "mu_d, sigma_d: mean and standard deviation of the posterior in latent dimension d",
+               "source": "training/latent/encode.py"}
+        return atomic_write_text(out / f"{name}.json", json.dumps(doc, indent=1) + "\n")
 
     patient_of = patient_of or {}
     j = enc.mu.shape[1]
@@ -83,18 +98,13 @@ def write_outputs(out: Path, enc, pp, patient_of: dict[str, str] | None = None) 
     ]
     paths = [
         atomic_write_text(out / "encoded_images.csv", _csv(["series", "patient", "image", "split"] + cols, img_rows)),
-        atomic_write_text(
-            out / "encoded_series.csv",
-            f"# per-series posterior: {pp.method} of the slice posteriors of one CT series; a patient "
-            "may have several series (column patient) (training/latent/encode.py)\n"
-            + _csv(["series", "patient", "n_images"] + cols, series_rows),
-        ),
-        atomic_write_text(
-            out / "encoded_patients.csv",
-            f"# per-patient posterior: {pp.method} of the slice posteriors of all the patient's series "
-            "(training/latent/encode.py)\n"
-            + _csv(["patient", "n_series", "n_images"] + cols, pat_rows),
-        ),
+        atomic_write_text(out / "encoded_series.csv", _csv(["series", "patient", "n_images"] + cols, series_rows)),
+        sidecar("encoded_series", "one CT series (a patient may have several: column patient)",
+                f"per-series posterior: {pp.method} of the slice posteriors of one CT series; a patient "
+                "may have several series (column patient)"),
+        atomic_write_text(out / "encoded_patients.csv", _csv(["patient", "n_series", "n_images"] + cols, pat_rows)),
+        sidecar("encoded_patients", "one patient",
+                f"per-patient posterior: {pp.method} of the slice posteriors of all the patient's series"),
         atomic_save_npz(
             out / "encoded.npz",
             mu=enc.mu,

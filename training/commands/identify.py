@@ -71,13 +71,16 @@ def write_outputs(out: Path, res, slice_a: int, slice_b: int, patients=None) -> 
     "n" and "n_identified" in that unit, and "n_series_identified". (Files written before
     had "n_patients" and "n_identified" counting series and no "unit"; nothing in the
     project reads identify.json back.)
+
+    Both CSVs start with a plain header row, no '#' comment line. The direction of the KL
+    in identify.csv's kl_self and kl_nearest is identify.json's "direction" (the same text
+    as identify_kl.csv's first header cell).
     """
     from training.atomic import atomic_write_text
     from training.latent.similarity import write_matrix_csv
 
     patients = [str(p) for p in (patients if patients is not None else res.patients)]
     buf = io.StringIO()
-    buf.write(f"# {res.direction}\n")
     w = csv.writer(buf, lineterminator="\n")
     # one row per CT series (PAT-0001, PAT-0001-2); "patient" says which rows belong to one patient
     w.writerow(["series", "patient", "nearest", "nearest_patient", "rank_of_self", "kl_self", "kl_nearest"])

@@ -313,12 +313,15 @@ def identify_table(report: dict) -> str:
 
 
 def write_identify_report(out_dir: Path, report: dict) -> list[Path]:
+    """identify.csv, identify.svg, report.json and README.md in `out_dir`. identify.csv
+    starts with its plain header row (no '#' comment line: spreadsheets and naive readers
+    trip on it); the protocol, level and data hash are in report.json beside it ("protocol",
+    "settings"."level", "data_hash") and at the top of README.md."""
     import csv
     import io
 
     rows = identify_rows(report)
     buf = io.StringIO()
-    buf.write(f"# {report['protocol']}; level {report['settings']['level']}; data hash {report['data_hash']}\n")
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["distance_mm"], lineterminator="\n")
     w.writeheader()
     for r in rows:
@@ -385,6 +388,7 @@ def _identify_markdown(report: dict) -> str:
     s = report["settings"]
     t = report.get("training") or {}
     lines = ["# Identification vs distance (thesis 7.5 protocol)", "",
+             f"- protocol: {report['protocol']}",
              f"- workspace `{report['workspace']}`, data hash `{report['data_hash']}`; training subset hash "
              f"`{report['training_subset_hash']}`",
              f"- {len(report['entries'])} entries, level {s['level']}; slice a = "

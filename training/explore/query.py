@@ -516,6 +516,10 @@ class QueryAnswer:
     def n_cohort(self) -> int:
         return len(self.ranking.names)
 
+    # the columns of rows() and ranking.csv
+    _ROW_KEYS = ("rank", "entry", "patient", "split", "same_patient", "divergence", "kl_query_to_j",
+                 "kl_j_to_query", "kl_symmetric", "euclidean_mu", "euclidean_rank", "pixel_l2", "pixel_rank")
+
     def rows(self) -> list[dict]:
         """Every cohort patient, best first (the CSV and the tab's table)."""
         r = self.ranking
@@ -533,22 +537,48 @@ class QueryAnswer:
         return out
 
     def csv_text(self) -> str:
+        """ranking.csv: a plain header row (no '#' comment line: spreadsheets and naive
+        readers trip on it), then every cohort patient, best first. What the numbers mean
+        (the query, the cohort size, how a patient's posterior is formed, the divergence's
+        direction, the baselines) is in the sidecar ranking.json, `csv_sidecar()`."""
         buf = io.StringIO()
-        for line in (f"query: {self.query} ({self.n_query_images} images); cohort: {self.n_cohort} patients; "
-                     f"patient posterior: {self.aggregate}",
-                     f"divergence: {self.definition}", EUCLID_TEXT, PIXEL_L2_TEXT):
-            buf.write(f"# {line}\n")
         rows = self.rows()
         w = csv.writer(buf, lineterminator="\n")
-        keys = list(rows[0]) if rows else []
+        keys = list(rows[0]) if rows else list(self._ROW_KEYS)
         w.writerow(keys)
         for row in rows:
             w.writerow([repr(v) if isinstance(v, float) else v for v in row.values()])
         return buf.getvalue()
 
+    def csv_sidecar(self) -> dict:
+        """ranking.json, beside ranking.csv: what was asked and what each column means
+        (formerly the CSV's leading '#' lines)."""
+        return {
+            "file": "ranking.csv",
+            "rows": "every cohort patient, best first",
+            "query": self.query,
+            "n_query_images": self.n_query_images,
+            "n_cohort": self.n_cohort,
+            "patient_posterior": self.aggregate,
+            "patient_posterior_text": (f"{self.aggregate} of the slice posteriors of all the patient's series "
+                                       "(training/latent/encode.py aggregate_patients)"),
+            "direction": self.direction,
+            "divergence": self.definition,
+            "columns": {
+                "divergence": self.definition,
+                "kl_query_to_j": lq.DIRECTION_TEXT["query"],
+                "kl_j_to_query": lq.DIRECTION_TEXT["reverse"],
+                "kl_symmetric": lq.DIRECTION_TEXT["symmetric"],
+                "euclidean_mu": EUCLID_TEXT,
+                "pixel_l2": PIXEL_L2_TEXT,
+            },
+        }
+
     def volumes_csv_text(self) -> str:
+        """roi_volumes.csv: a plain header row, then one row per (match, ROI). The ROI
+        volume definition (VOLUME_TEXT) is in the sidecar roi_volumes.json,
+        `volumes_sidecar()`."""
         buf = io.StringIO()
-        buf.write(f"# {VOLUME_TEXT}\n")
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["rank", "match", "roi", "query_cm3", "match_cm3", "difference_cm3"])
         fmt = lambda v: "" if v is None else repr(float(v))  # noqa: E731
@@ -556,6 +586,12 @@ class QueryAnswer:
             for v in m.volumes:
                 w.writerow([m.rank, m.name, v.name, fmt(v.query_cm3), fmt(v.match_cm3), fmt(v.difference_cm3)])
         return buf.getvalue()
+
+    def volumes_sidecar(self) -> dict:
+        """roi_volumes.json, beside roi_volumes.csv (formerly its leading '#' line)."""
+        return {"file": "roi_volumes.csv", "query": self.query,
+                "rows": "one row per (top match, ROI); rank: the match's rank in ranking.csv",
+                "volume": VOLUME_TEXT}
 
 
 def _positions(n: int, fractions=POSITIONS) -> list[int]:

@@ -1,5 +1,5 @@
 """A query's answer as a report a person reads: one PNG and the same page as PDF
-(`ct-vae query --out REPORT/`), plus the ranking and ROI-volume CSVs.
+(`ct-vae query --out REPORT/`), plus the ranking and ROI-volume CSVs with their JSON sidecars.
 
 Drawn with Pillow (a dependency of scikit-image), so it runs without a screen or Qt.
 The page: what was asked and how it was measured (divergence direction, position method,
@@ -168,7 +168,11 @@ def render(answer: "xq.QueryAnswer"):
 
 def write_report(answer: "xq.QueryAnswer", out_dir) -> dict[str, Path]:
     """Write ranking.csv, roi_volumes.csv, report.png and report.pdf into `out_dir`
-    (atomic each). Returns {kind: path}."""
+    (atomic each), and beside each CSV its sidecar (ranking.json, roi_volumes.json) with
+    what the CSV's numbers mean: the CSVs start with a plain header row, no '#' comment
+    lines. Returns {kind: path} (kinds csv, csv_json, volumes, volumes_json, png, pdf)."""
+    import json
+
     from training.atomic import atomic_write_bytes, atomic_write_text
 
     out = Path(out_dir)
@@ -177,9 +181,15 @@ def write_report(answer: "xq.QueryAnswer", out_dir) -> dict[str, Path]:
     png, pdf = io.BytesIO(), io.BytesIO()
     page.save(png, format="PNG")
     page.save(pdf, format="PDF", resolution=96.0)
+
+    def js(d):
+        return json.dumps(d, indent=1, ensure_ascii=False) + "\n"
+
     paths = {
         "csv": atomic_write_text(out / "ranking.csv", answer.csv_text()),
+        "csv_json": atomic_write_text(out / "ranking.json", js(answer.csv_sidecar())),
         "volumes": atomic_write_text(out / "roi_volumes.csv", answer.volumes_csv_text()),
+        "volumes_json": atomic_write_text(out / "roi_volumes.json", js(answer.volumes_sidecar())),
         "png": atomic_write_bytes(out / "report.png", png.getvalue()),
         "pdf": atomic_write_bytes(out / "report.pdf", pdf.getvalue()),
     }
