@@ -5,8 +5,10 @@
 The folder is ingested with the workspace's own preprocessing as a QUERY entry (never
 trained on: training/store/workspace.py ROLE_QUERY), encoded with the model, and every
 cohort patient is ranked (training/explore/query.py). REPORT/ receives ranking.csv (every
-cohort patient, best first, with the direction of the divergence and the baselines),
-roi_volumes.csv, report.png and report.pdf (pseudonyms only). With several CT series in
+cohort patient, best first, with the baselines) and ranking.json (the direction of the
+divergence, how a patient's posterior is formed, what each column means), roi_volumes.csv
+and roi_volumes.json (how a volume is measured), report.png and report.pdf (pseudonyms
+only). With several CT series in
 the folder, one sub-folder per query. --no-store ingests into a temporary workspace with
 the same preprocessing instead (deleted afterwards), leaving W.h5 untouched; the query is
 then called QUERY and is never linked to a stored patient (its pseudonym comes from the
@@ -136,7 +138,9 @@ def main(args) -> int:
                         same = "  (same patient)" if m.same_patient else ""
                         print(f"  #{m.rank} {m.name}: {m.divergence:.6g}  (Euclidean rank {m.euclid_rank}, "
                               f"pixel L2 rank {m.pixel_rank}){same}")
-                    print(f"wrote {paths['csv']}, {paths['volumes']}, {paths['png']}, {paths['pdf']}")
+                    print("wrote " + ", ".join(str(paths[k]) for k in
+                                               ("csv", "csv_json", "volumes", "volumes_json", "png", "pdf")
+                                               if k in paths))
                     if tmp is None:
                         print(f"{label} is stored in {args.workspace} as a query (never trained on)")
             finally:
