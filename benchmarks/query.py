@@ -91,30 +91,50 @@ def bench_ranking(n: int, dims, repeats: int) -> None:
         print(f"| {j} | {full:.1f} | {kl:.1f} | {b:.1f} | {full / b:.2f} | {build:.1f} |")
 
 
-def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> None:
-    import pydicom
+def drop_case(tmp: Path, n_cohort: int, slices: int, query_size: int):
+    """B's data (also benchmarks/query_window.py): tmp/cohort (phantom, 256², CT + RTSTRUCT)
+    ingested into tmp/w.h5 at 128² with 3 ROIs, and tmp/query, a rescan of patient 2
+    (slices × query_size²). Returns (PreprocessConfig, the rescan's info)."""
+    from training.config import PreprocessConfig
+    from training.dicom.phantom import generate_cohort, write_rescan
+    from training.store.ingest import ingest
+
+    generate_cohort(tmp / "cohort", n_cohort, slices=slices, size=256, fsync=False)
+    qinfo = write_rescan(tmp / "query", 2, slices=slices, size=query_size, fsync=False)
+    cfg = PreprocessConfig(crop=None, size=128, rois=("Lung-Left", "Lung-Right", "Heart"))
+    ingest([tmp / "cohort"], tmp / "w.h5", cfg, workers=2)
+    return cfg, qinfo
+
+
+def thesis_model(cfg):
+    """The thesis 2D net (ModelConfig defaults at 128², untrained, seed 0), channels_last
+    as the explorer's loaded models (LatentDecoder)."""
     import torch
 
-    from training.config import ModelConfig, PreprocessConfig
-    from training.dicom.phantom import generate_cohort, write_rescan
+    from training.config import ModelConfig
+    from training.vae.model import VAE
+
+    torch.manual_seed(0)
+    model = VAE(ModelConfig(input_size=128, n_classes=cfg.n_classes)).eval()
+    model.to(memory_format=torch.channels_last)
+    return model
+
+
+def bench_drop(n_cohort: int, slices: int, query_size: int, rounds: int = 2) -> None:
+    import pydicom
+
     from training.explore.query import answer_query, clear_cache, encode_cohort
     from training.latent.encode import encode_arrays
     from training.store.ingest import ingest
     from training.store.workspace import Workspace, copy_workspace, data_dir
-    from training.vae.model import VAE
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-query-"))
     try:
         t = time.perf_counter()
-        generate_cohort(tmp / "cohort", n_cohort, slices=slices, size=256, fsync=False)
-        qinfo = write_rescan(tmp / "query", 2, slices=slices, size=query_size, fsync=False)
-        cfg = PreprocessConfig(crop=None, size=128, rois=("Lung-Left", "Lung-Right", "Heart"))
-        ingest([tmp / "cohort"], tmp / "w.h5", cfg, workers=2)
+        cfg, qinfo = drop_case(tmp, n_cohort, slices, query_size)
         print(f"\nB. drop to answer: cohort {n_cohort} × {slices} slices (256² → 128²), query {slices} × "
               f"{query_size}² (setup {time.perf_counter() - t:.0f} s)")
-        torch.manual_seed(0)
-        model = VAE(ModelConfig(input_size=128, n_classes=cfg.n_classes)).eval()
-        model.to(memory_format=torch.channels_last)  # as the explorer's loaded models (LatentDecoder)
+        model = thesis_model(cfg)
         key = ("bench", id(model))
 
         store = tmp / "run" / "encoded"
