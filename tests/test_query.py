@@ -186,6 +186,39 @@ def test_cli_query_errors_are_one_line(trained, tmp_path, capsys):
     assert "no such workspace" in capsys.readouterr().err
 
 
+def test_cohort_cached_in_memory_follows_entries_a_query_moved(trained, tmp_path):
+    """The in-memory cohort cache outlives adding a query (the data hash leaves queries
+    out), but the query PAT-0003-2 sorts before PAT-0004 and moves it: the cached rows
+    must follow the labels (they once ranked 5 of 6 and showed the query as a match)."""
+    from training.explore.latent import load_latent_model
+    from training.explore.query import answer_query, clear_cache, encode_cohort
+    from training.store.ingest import ingest
+    from training.store.workspace import Workspace
+
+    root, ck, _, _ = trained
+    ws_path = _copy_ws(trained, tmp_path)
+    lm = load_latent_model(ck)
+    clear_cache()
+    with Workspace.open(ws_path) as ws:
+        encode_cohort(lm.model, ws, model_key=lm.key)
+        before = ws.data_hash
+    ingest([root / "query"], ws_path, role="query", workers=1)
+    with Workspace.open(ws_path) as ws:
+        assert ws.data_hash == before and ws.patient_index("PAT-0004") > ws.patient_index("PAT-0003-2")
+        warm = answer_query(lm.model, ws, "PAT-0003-2", top=6, model_key=lm.key)
+        assert warm.seconds["cohort"] < 0.05  # served from memory
+        clear_cache()
+        fresh = answer_query(lm.model, ws, "PAT-0003-2", top=6, model_key=lm.key)
+        for a in (warm, fresh):
+            assert sorted(a.ranking.names) == [f"PAT-{i:04d}" for i in range(1, 7)] and a.n_cohort == 6
+        assert warm.ranking.names == fresh.ranking.names
+        np.testing.assert_allclose(warm.ranking.divergence, fresh.ranking.divergence, rtol=1e-6)
+        for mw, mf in zip(warm.matches, fresh.matches):
+            assert mw.name == mf.name and mw.match_images == mf.match_images
+            np.testing.assert_array_equal(mw.images, mf.images)
+        np.testing.assert_allclose(warm.pixel_l2, fresh.pixel_l2, rtol=1e-6)
+
+
 def test_answer_pairs_slices_and_volumes(trained, tmp_path):
     from training.explore.latent import load_latent_model
     from training.explore.query import answer_query, roi_volumes_cm3

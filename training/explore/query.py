@@ -345,6 +345,31 @@ def _model_key(model) -> tuple:
     return key if key is not None else ("id", id(model))
 
 
+def _at_current_positions(hit: CohortLatents, ws, aggregate: str) -> CohortLatents | None:
+    """A cohort encoded earlier, with its rows pointing at where its entries are in `ws`
+    now. Adding a query keeps the data hash (and so the cache key) but can move cohort
+    entries (PAT-0003-2 sorts before PAT-0004): the rows name entries by position, so
+    they are mapped through the entries' labels. None when an entry is gone."""
+    names_now = [p.pseudonym for p in ws.patients]
+    if hit.encoded.names == names_now:
+        return hit
+    where = {name: k for k, name in enumerate(names_now)}
+    old_rows = hit.encoded.rows
+    old_pats = np.unique(old_rows[:, 0])
+    try:
+        new_of_old = {int(o): where[hit.encoded.names[int(o)]] for o in old_pats}
+    except KeyError:
+        return None
+    rows = np.stack([np.array([new_of_old[int(o)] for o in old_rows[:, 0]], dtype=np.int64),
+                     old_rows[:, 1].astype(np.int64)], 1) if len(old_rows) else old_rows
+    enc = latent.Encoded(mu=hit.encoded.mu, logvar=hit.encoded.logvar, rows=rows, names=names_now,
+                         splits=[p.split for p in ws.patients])
+    # mean images are in entry order (one per cohort entry): follow the new order
+    order = np.argsort([new_of_old[int(o)] for o in old_pats], kind="stable")
+    return dataclasses.replace(hit, encoded=enc, posteriors=latent.aggregate_patients(enc, aggregate),
+                               mean_images=np.ascontiguousarray(hit.mean_images[order]), _index=None)
+
+
 def encode_cohort(model, ws, aggregate: str = "mixture", batch_size: int = 32,
                   progress: Callable[[int, int], None] | None = None,
                   cancel: Callable[[], bool] | None = None, model_key: tuple | None = None,
@@ -370,6 +395,10 @@ def encode_cohort(model, ws, aggregate: str = "mixture", batch_size: int = 32,
         with _lock:
             hit = _cohorts.get(key)
         if hit is not None:
+            hit = _at_current_positions(hit, ws, aggregate)
+        if hit is not None:
+            with _lock:
+                _cohorts[key] = hit
             hit.index  # noqa: B018 (built once, shared by the copy below)
             return dataclasses.replace(hit, source="memory", seconds=0.0)
     t0 = time.perf_counter()
