@@ -76,24 +76,30 @@ def test_compare_computes_every_method_independently():
     assert f"{n} of {n}" in text and f"0 of {n}" in text
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    from training.config import ModelConfig, PreprocessConfig, TrainConfig
-    from training.store.workspace import write_arrays_workspace
+def _untrained_checkpoint(path, pre) -> str:
+    """A small untrained model (seed 0) saved as a checkpoint for workspaces of 16² images."""
+    from training.config import ModelConfig, TrainConfig
     from training.vae.checkpoint import save_checkpoint
     from training.vae.model import VAE
+
+    torch.manual_seed(0)
+    mc = ModelConfig(input_size=16, n_blocks=2, filters=4, fc_units=16, latent_dim=3)
+    return str(save_checkpoint(path, model_config=mc, train_config=TrainConfig(), preprocess_config=pre,
+                               model_state=VAE(mc).state_dict(), optimizer_state=None, epoch=0, history=[],
+                               data_hash="x", roi_names=()))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from training.config import PreprocessConfig
+    from training.store.workspace import write_arrays_workspace
 
     tmp = tmp_path_factory.mktemp("idb")
     rng = np.random.default_rng(0)
     imgs = {f"PAT-{i:04d}": rng.random((4, 16, 16)).astype(np.float32) for i in range(1, 6)}
     pre = PreprocessConfig(crop=16, hu_min=-1000.0, hu_max=1000.0, window_name="custom")
     ws = write_arrays_workspace(tmp / "ws.h5", imgs, None, preprocess=pre, test_fraction=0.0)
-    torch.manual_seed(0)
-    mc = ModelConfig(input_size=16, n_blocks=2, filters=4, fc_units=16, latent_dim=3)
-    ck = save_checkpoint(tmp / "m.pt", model_config=mc, train_config=TrainConfig(), preprocess_config=pre,
-                         model_state=VAE(mc).state_dict(), optimizer_state=None, epoch=0, history=[],
-                         data_hash="x", roi_names=())
-    return tmp, str(ck), str(ws)
+    return tmp, _untrained_checkpoint(tmp / "m.pt", pre), str(ws)
 
 
 def test_identify_command_prints_every_method(files, capsys):
@@ -188,21 +194,14 @@ def _two_series_images(seed: int = 1):
 
 @pytest.fixture(scope="module")
 def two_series(tmp_path_factory):
-    from training.config import ModelConfig, PreprocessConfig, TrainConfig
+    from training.config import PreprocessConfig
     from training.store.workspace import write_arrays_workspace
-    from training.vae.checkpoint import save_checkpoint
-    from training.vae.model import VAE
 
     tmp = tmp_path_factory.mktemp("two_series")
     pre = PreprocessConfig(crop=16, hu_min=-1000.0, hu_max=1000.0, window_name="custom")
     ws = write_arrays_workspace(tmp / "ws.h5", _two_series_images(), None, preprocess=pre, test_fraction=0.0,
                                 patients={"PAT-0001-2": "PAT-0001"})
-    torch.manual_seed(0)
-    mc = ModelConfig(input_size=16, n_blocks=2, filters=4, fc_units=16, latent_dim=3)
-    ck = save_checkpoint(tmp / "m.pt", model_config=mc, train_config=TrainConfig(), preprocess_config=pre,
-                         model_state=VAE(mc).state_dict(), optimizer_state=None, epoch=0, history=[],
-                         data_hash="x", roi_names=())
-    return tmp, str(ck), str(ws)
+    return tmp, _untrained_checkpoint(tmp / "m.pt", pre), str(ws)
 
 
 def test_patient_counts_by_hand():
