@@ -93,19 +93,32 @@ def _wait_gone(pids: set[int], timeout: float) -> set[int]:
 
 
 def _kill_at_random(cmd: list[str], delay: float, sig: int = signal.SIGKILL,
-                    env: dict | None = None) -> set[int]:
-    """Start cmd, watch its descendants, send sig after `delay` s; the descendants seen."""
+                    env: dict | None = None, workers: int = 0) -> tuple[set[int], int]:
+    """Start cmd, watch its descendants, send sig `delay` s after at least `workers` of
+    them are alive (at once when workers = 0). (descendants seen, how many were alive
+    just before the signal); (…, -1) when cmd ended before it could be killed."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     seen: set[int] = set()
+    deadline = time.monotonic() + 60
+    while workers and proc.poll() is None and time.monotonic() < deadline:
+        kids = _children(proc.pid)
+        seen |= kids
+        if sum(_alive(p) for p in kids) >= workers:
+            break
+        time.sleep(0.01)
     t0 = time.monotonic()
     while time.monotonic() - t0 < delay and proc.poll() is None:
         seen |= _children(proc.pid)
-        time.sleep(0.02)
-    seen |= _children(proc.pid)
+        time.sleep(0.01)
+    kids = _children(proc.pid)
+    seen |= kids
+    alive = sum(_alive(p) for p in kids)
+    if proc.poll() is not None:
+        return seen, -1
     proc.send_signal(sig)
     proc.wait()
-    return seen
+    return seen, alive
 
 
 def _env() -> dict:
@@ -116,7 +129,7 @@ def _env() -> dict:
 @pytest.fixture(scope="module")
 def drop(tmp_path_factory):
     d = tmp_path_factory.mktemp("orph") / "drop"
-    generate_cohort(d, 6, slices=6, size=32, seed=0, fsync=False)
+    generate_cohort(d, 12, slices=12, size=48, seed=0, fsync=False)  # workers live ~0.5 s
     return d
 
 
@@ -130,8 +143,21 @@ def test_killed_ingest_leaves_no_workers_and_no_lock(drop, tmp_path, how):
                "--crop", "24", "--workers", "2", "--json"]
     else:
         cmd = [sys.executable, "-c", WINDOW_CHILD, str(drop), str(ws)]
-    for k, sig in enumerate([signal.SIGKILL, signal.SIGTERM]):
-        seen = _kill_at_random(cmd, rng.uniform(0.8, 2.5), sig, env=_env())
+    # each kill lands while the ingest's two workers are alive (the case that left
+    # orphans holding the lock), a random moment after they started; the window's
+    # descendants also hold the forkserver and its resource tracker
+    need = 2 if how == "cli" else 4
+    for k, sig in enumerate([signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGKILL]):
+        for _ in range(3):  # an ingest that ended before the kill: try again sooner
+            seen, alive = _kill_at_random(cmd, rng.uniform(0.0, 0.15), sig, env=_env(), workers=need)
+            if alive >= 0:
+                break
+            if ws.exists():
+                import shutil
+
+                shutil.rmtree(str(ws) + ".d", ignore_errors=True)
+                ws.unlink()
+        assert alive >= need, f"kill {k}: {alive} descendants alive when killed (wanted the workers)"
         left = _wait_gone(seen, 5.0)
         assert not left, f"kill {k}: processes {sorted(left)} outlived the ingest"
         t0 = time.monotonic()
