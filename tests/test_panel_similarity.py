@@ -346,6 +346,8 @@ def test_identification_shows_every_method(qtbot, panel_env):
 
 
 def test_distance_experiment_dialog_runs_off_the_gui_thread(qtbot, tmp_path, settings):
+    from explorer.qt import Qt
+
     ws = write_workspace(tmp_path / "ws.h5", rt=False, n_patients=3)
     ckpt = write_checkpoint(tmp_path / "model.pt", n_classes=0)
     panel = make_panel(qtbot, make_state(settings, ws, ckpt))
@@ -365,6 +367,18 @@ def test_distance_experiment_dialog_runs_off_the_gui_thread(qtbot, tmp_path, set
     assert d.report is not None, d.error
     assert d.table.rowCount() == 5 and d.table.columnCount() == 2
     assert (d.out_dir / "identify.svg").exists() and "report.json" in d.status.text()
+    assert len(d.report["entries"]) == 3 and not d.report["settings"]["entries"]
+    # a chosen set of series (the CLI's --entries): untick one
+    assert d.entries.count() == 3
+    for i in range(3):
+        d.entries.item(i).setCheckState(Qt.CheckState.Unchecked if i else Qt.CheckState.Checked)
+    assert not d.start() and "at least 2" in d.status.text()
+    d.entries.item(1).setCheckState(Qt.CheckState.Checked)
+    assert d.start()
+    qtbot.waitUntil(lambda: not d.is_running(), timeout=60000)
+    assert d.report is not None, d.error
+    assert [e["entry"] for e in d.report["entries"]] == [d.entries.item(0).text(), d.entries.item(1).text()]
+    d.entries.item(2).setCheckState(Qt.CheckState.Checked)
     # cancel: a long run stops with "Cancelled" and leaves the dialog usable
     d.epochs.setValue(5000)
     assert d.start()

@@ -25,6 +25,18 @@ def _run(ctx, ws_path: str, out_dir: str, settings) -> dict:
                         cancel=ctx.cancel)
 
 
+def _eligible_entries(workspace_path: Path) -> list[str]:
+    """Labels of the cohort entries with 2 or more images (the experiment's candidates);
+    [] when the workspace cannot be read (the run then says why)."""
+    from training.store.workspace import Workspace
+
+    try:
+        with Workspace.open(workspace_path) as ws:
+            return [p.pseudonym for p in ws.patients if not p.is_query and p.n_images >= 2]
+    except Exception:  # noqa: BLE001 (shown when the run fails, not here)
+        return []
+
+
 class IdentifyExperimentDialog(QtWidgets.QDialog):
     """`extra_model` / `extra_train`: ModelConfig / TrainConfig overrides (tests use tiny models)."""
 
@@ -62,12 +74,22 @@ class IdentifyExperimentDialog(QtWidgets.QDialog):
         self.slice_a.setToolTip("Reference slice index (middle: the middle slice of each patient)")
         self.level = QtWidgets.QComboBox()
         self.level.addItems(["patient", "series"])
+        self.entries = QtWidgets.QListWidget()
+        self.entries.setToolTip("The series the experiment trains on and identifies (the CLI's --entries); "
+                                "all by default")
+        self.entries.setMaximumHeight(110)
+        for label in _eligible_entries(self.workspace_path):
+            item = QtWidgets.QListWidgetItem(label)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked)
+            self.entries.addItem(item)
         form = QtWidgets.QFormLayout()
         form.addRow("Model", self.preset)
         form.addRow("Epochs", self.epochs)
         form.addRow("Distances (mm)", self.distances)
         form.addRow("Slice a", self.slice_a)
         form.addRow("Level", self.level)
+        form.addRow("Series", self.entries)
         self.run_btn = QtWidgets.QPushButton("Run")
         self.run_btn.clicked.connect(self.start)
         self.cancel_btn = QtWidgets.QPushButton("Cancel")
@@ -107,10 +129,15 @@ class IdentifyExperimentDialog(QtWidgets.QDialog):
             raise ValueError(f"distances must be numbers in mm, got {self.distances.text()!r}") from None
         if not distances or any(d <= 0 for d in distances):
             raise ValueError("give one or more positive distances in mm")
+        items = [self.entries.item(i) for i in range(self.entries.count())]
+        chosen = tuple(it.text() for it in items if it.checkState() == Qt.CheckState.Checked)
+        if items and len(chosen) < 2:
+            raise ValueError("tick at least 2 series")
+        entries = () if len(chosen) == len(items) else chosen  # (): every entry
         return IdentifySettings(preset=self.preset.currentData(), epochs=self.epochs.value(),
                                 model=dict(self.extra_model), train=dict(self.extra_train),
                                 slice_a=None if self.slice_a.value() < 0 else self.slice_a.value(),
-                                distances_mm=distances, level=self.level.currentText())
+                                distances_mm=distances, level=self.level.currentText(), entries=entries)
 
     def start(self) -> bool:
         if self.job is not None:
