@@ -67,3 +67,17 @@ def test_thesis_preset_fills_the_form(make_window, tiny_workspace, qtbot):
     panel.fields["filters"].setValue(8)  # any change: no longer the preset
     assert panel.preset.currentText() == "custom"
     assert "128" in panel.preset.note((32, 32)) or panel.preset.currentData() is None
+
+
+def test_device_and_gpu_precision_are_train_settings(make_window, tiny_workspace):
+    """The Train tab offers the TrainConfig device and bf16 autocast (issue 15's GPU path)."""
+    w = make_window(tiny_workspace)
+    panel = w.panel("Train")
+    assert panel._value("device") == "auto" and panel._value("autocast") == "none"
+    panel.fields["autocast"].setCurrentText("bf16")
+    panel.fields["device"].setCurrentText("cpu")
+    _, train = panel.configs()
+    assert (train.device, train.autocast) == ("cpu", "bf16")  # bf16 is ignored on the CPU
+    assert "GPU" in panel.fields["autocast"].toolTip()
+    panel.reset_defaults()
+    assert (panel._value("device"), panel._value("autocast")) == ("auto", "none")

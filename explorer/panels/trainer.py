@@ -30,7 +30,8 @@ from explorer.widgets.preset_picker import PresetPicker
 MODEL_DEFAULTS = dict(latent_dim=8, filters=8, convs_per_block=1, n_blocks=3, dropout=0.1, fc_units=64)
 TRAIN_DEFAULTS = dict(epochs=30, batch_size=16, lr=1e-3, seed=0, recon_sigma2=0.01, prior_sigma2=1.0,
                       mc_samples=1, ce_weight=1.0, ce_weighting="none", recon_every=2,
-                      checkpoint_every=5, early_stopping_patience=0, n_recon_examples=6, threads=1)
+                      checkpoint_every=5, early_stopping_patience=0, n_recon_examples=6, threads=1,
+                      device="auto", autocast="none")
 
 
 RECON_DELAY_MS = 40
@@ -107,6 +108,11 @@ class TrainerPanel(Panel):
         self._int(tf, "early_stopping_patience", "Early stop", 0, 1000, "Stop when the test loss has not improved for K epochs (0: off)")
         self._int(tf, "threads", "CPU threads", 0, 256, "Torch threads for training (0: one per physical core; "
                   "1 is fastest on a small or busy machine)")
+        self._combo(tf, "device", "Device", ["auto", "cpu", "cuda"],
+                    "auto: the GPU when there is one, else the CPU; cuda without a GPU is refused with a message")
+        self._combo(tf, "autocast", "GPU precision", ["none", "bf16"],
+                    "bf16: bfloat16 autocast of the forward pass and loss on a GPU (loss sums stay float32); "
+                    "pays for large 3D nets (128³), not for small 2D ones; ignored on the CPU")
         self.info = QtWidgets.QLabel(NO_DATA)
         self.info.setWordWrap(True)
         self.error = _LineIfAny()
@@ -266,6 +272,13 @@ class TrainerPanel(Panel):
     def _int(self, form, key, label, lo, hi, tip):
         w = QtWidgets.QSpinBox()
         w.setRange(lo, hi)
+        w.setToolTip(tip)
+        self.fields[key] = w
+        form.addRow(label, w)
+
+    def _combo(self, form, key, label, items, tip):
+        w = QtWidgets.QComboBox()
+        w.addItems(items)
         w.setToolTip(tip)
         self.fields[key] = w
         form.addRow(label, w)
