@@ -18,7 +18,7 @@ after the panel's stamps the clock). The ingest's end (the window's job `ended`)
 stamped too. A 10 ms timer on the GUI thread (benchmarks/gui.py LatenessProbe) measures
 the event loop's lateness from the drop to the answer.
 
-headless: ingest(role="query", workers=1) + answer_query(top 5, images, ROI volumes), with
+headless: ingest(role="query", workers=1, inline as `ct-vae query` does) + answer_query(top 5, images, ROI volumes), with
 the same checkpoint's model (training.explore.latent.load_latent_model), model key and
 store as the tab's worker uses (explorer/panels/query.py `_compute`), on the main thread
 with no event loop running.
@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     from training.vae.checkpoint import save_checkpoint
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv)
+    from training.store.ingest import start_worker_server
+
+    start_worker_server()  # as the app does at launch (explorer/app.py): the query's ingest pool
     try:
         t = time.perf_counter()
         cfg, _ = drop_case(tmp, args.cohort, args.slices, args.query_size)

@@ -46,10 +46,13 @@ def _compute(ckpt: str, ws_path: str, label: str, top: int, direction: str, prog
                             progress=progress, cancel=cancel, store=Path(ckpt).resolve().parent / "encoded")
 
 
-def run_query_ingest(ctx, paths: list[Path], workspace: Path, workers_n: int = 1):
-    """Job function: ingest `paths` as query entries (workspace preprocessing). One worker:
-    a query is usually one series, and a process pool's start-up cost more than it saved
-    (benchmarks/query.py)."""
+def run_query_ingest(ctx, paths: list[Path], workspace: Path, workers_n: int = 2):
+    """Job function: ingest `paths` as query entries (workspace preprocessing). In a worker
+    process, not inline on the job's thread: a query is usually one series, but reading
+    and parsing it inline held the window's interpreter lock and stalled the GUI thread
+    up to 180 ms (10 ms or less with the process pool; the app starts the pool's
+    forkserver at launch, so the pool costs no start-up here, unlike in `ct-vae query`,
+    which ingests inline; benchmarks/query_window.py)."""
     from training.store.ingest import ingest
     from training.store.workspace import ROLE_QUERY
 
