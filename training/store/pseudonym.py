@@ -27,8 +27,8 @@ import functools
 import hashlib
 import hmac
 import itertools
+import json
 import os
-import pickle
 import re
 from collections.abc import Iterable
 
@@ -180,13 +180,14 @@ class Replacements(dict):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._scrubber: Scrubber | None = None
-        self._packed: tuple[str, bytes] | None = None  # (version, pickled items)
+        self._packed: tuple[str, bytes] | None = None  # (version, items as JSON)
 
     def __reduce__(self):
-        # Sent to a worker with every series job: the items are pickled once per version,
-        # and a worker that already holds this version reuses its copy and matcher.
+        # Sent to a worker with every series job: the items are encoded once per version
+        # (JSON: str → str only, nothing that could run code when read back), and a worker
+        # that already holds this version reuses its copy and matcher.
         if self._packed is None:
-            self._packed = (os.urandom(12).hex(), pickle.dumps(dict(self), protocol=pickle.HIGHEST_PROTOCOL))
+            self._packed = (os.urandom(12).hex(), json.dumps(dict(self), ensure_ascii=False).encode())
         return (_unpacked, self._packed)
 
     def scrubber(self) -> "Scrubber":
@@ -240,7 +241,7 @@ def _unpacked(version: str, packed: bytes) -> Replacements:
     The copy is shared by the jobs of one version, which only read it."""
     r = _RECEIVED.get(version)
     if r is None:
-        r = _RECEIVED[version] = Replacements(pickle.loads(packed))
+        r = _RECEIVED[version] = Replacements(json.loads(packed))  # plain str → str: no code to run
         r._packed = (version, packed)
         while len(_RECEIVED) > 4:
             _RECEIVED.popitem(last=False)
