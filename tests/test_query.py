@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from test_gui_support import _one_torch_thread, data_dir  # noqa: F401 (fixtures)
+from test_gui_support import _one_torch_thread, data_dir, make_window  # noqa: F401 (fixtures)
 from training.latent import query as lq
 
 torch.set_num_threads(1)
@@ -256,23 +256,16 @@ def test_answer_pairs_slices_and_volumes(trained, tmp_path):
 
 
 @pytest.mark.timeout(240)
-def test_query_drop_on_the_window_shows_ranked_list_with_images(trained, tmp_path, qtbot, data_dir):
+def test_query_drop_on_the_window_shows_ranked_list_with_images(trained, tmp_path, qtbot, make_window):
     from test_gui_support import drop_paths, wait_until
 
-    from explorer.main_window import MainWindow
     from explorer.panels.query import QueryPanel
-    from explorer.settings import AppSettings
-    from explorer.state import AppState
     from explorer.qt import QtWidgets
     from training.store.workspace import Workspace
 
     root, ck, _, _ = trained
     ws = _copy_ws(trained, tmp_path)
-    w = MainWindow(AppState(AppSettings()))
-    w.setProperty("quiet", True)
-    qtbot.addWidget(w)
-    w.show()
-    w.open_workspace(ws)
+    w = make_window(ws)
     w.load_model(ck)
     panel = w.panel(QueryPanel)
     assert panel is not None and any(a.text() == "&Find similar patients…" for a in w.menuBar().actions()[0].menu().actions())

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_gui_support import _one_torch_thread, data_dir  # noqa: F401 (fixtures)
+from test_gui_support import _one_torch_thread, data_dir, make_window  # noqa: F401 (fixtures)
 
 torch.set_num_threads(1)
 SLICES, SIZE = 6, 32
@@ -368,23 +368,16 @@ def test_cli_roles_lists_and_moves_entries(copy, capsys):
 # ----------------------------------------------------------------------------- GUI
 
 
-def _window(qtbot, ws, ck):
-    from explorer.main_window import MainWindow
+def _window(make_window, ws, ck):
     from explorer.panels.query import QueryPanel
-    from explorer.settings import AppSettings
-    from explorer.state import AppState
 
-    w = MainWindow(AppState(AppSettings()))
-    w.setProperty("quiet", True)
-    qtbot.addWidget(w)
-    w.show()
-    w.open_workspace(ws)
+    w = make_window(ws)
     w.load_model(ck)
     return w, w.panel(QueryPanel)
 
 
 @pytest.mark.timeout(240)
-def test_file_menu_flow_and_the_direction_box(copy, qtbot, data_dir, monkeypatch):
+def test_file_menu_flow_and_the_direction_box(copy, qtbot, make_window, monkeypatch):
     """File ▸ Find similar patients… (the folder dialog answers with the query folder):
     the Query tab is shown, the folder is ingested as a query and answered from the cohort
     file written beside the model before the window opened; then each direction of the
@@ -406,7 +399,7 @@ def test_file_menu_flow_and_the_direction_box(copy, qtbot, data_dir, monkeypatch
         return str(root / "query")
 
     monkeypatch.setattr(QtWidgets.QFileDialog, "getExistingDirectory", staticmethod(dialog))
-    w, panel = _window(qtbot, ws, ck)
+    w, panel = _window(make_window, ws, ck)
     w.tabs.setCurrentIndex(0)
     (action,) = [a for a in w.menuBar().actions()[0].menu().actions() if a.text() == "&Find similar patients…"]
     action.trigger()
@@ -439,13 +432,13 @@ def test_file_menu_flow_and_the_direction_box(copy, qtbot, data_dir, monkeypatch
 
 
 @pytest.mark.timeout(240)
-def test_dropping_a_cohort_folder_answers_it_with_a_note(copy, qtbot, data_dir):
+def test_dropping_a_cohort_folder_answers_it_with_a_note(copy, qtbot, make_window):
     from test_gui_support import drop_paths, wait_until
 
     from training.store.workspace import Workspace
 
     root, ck, ws = copy
-    w, panel = _window(qtbot, ws, ck)
+    w, panel = _window(make_window, ws, ck)
     w.tabs.setCurrentWidget(panel)
     drop_paths(w, [root / "cohort" / "patient_001"])  # PAT-0002, already training data
     wait_until(qtbot, lambda: w.job is None, timeout_s=120, what="the ingest")

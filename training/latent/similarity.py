@@ -148,8 +148,24 @@ def count_text(k: int, n: int, unit: str) -> str:
     return f"{k} of {n} {unit if n == 1 else many}"
 
 
+class _SeriesOfPatients:
+    """Counts of rows (CT series, `names`) and of the patients among them (`patients`)."""
+
+    names: list[str]
+    patients: list[str] | None
+
+    @property
+    def n_series(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_patients(self) -> int:
+        """Distinct patients among the rows (not the number of rows: see n_series)."""
+        return len(set(self.patients))
+
+
 @dataclass
-class Identification:
+class Identification(_SeriesOfPatients):
     """Result of the identification experiment of thesis 7.5.
 
     Rows are CT series (workspace entries; names PAT-0001, PAT-0001-2, ...), `patients`
@@ -185,15 +201,6 @@ class Identification:
     @property
     def unit(self) -> str:
         return self.level
-
-    @property
-    def n_series(self) -> int:
-        return len(self.names)
-
-    @property
-    def n_patients(self) -> int:
-        """Distinct patients among the rows (not the number of rows: see n_series)."""
-        return len(set(self.patients))
 
     @property
     def n_series_identified(self) -> int:
@@ -394,7 +401,7 @@ def score(method: str, distance, groups=None) -> MethodScore:
 
 
 @dataclass
-class Comparison:
+class Comparison(_SeriesOfPatients):
     """Identification by every method of METHODS on the same queries and references.
 
     names: entry labels (rows, CT series); patients: the patient of each row; level:
@@ -404,14 +411,6 @@ class Comparison:
     patients: list[str]
     level: str
     scores: dict[str, MethodScore]
-
-    @property
-    def n_series(self) -> int:
-        return len(self.names)
-
-    @property
-    def n_patients(self) -> int:
-        return len(set(self.patients))
 
     @property
     def n(self) -> int:
