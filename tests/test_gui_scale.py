@@ -30,6 +30,9 @@ def test_data_tab_shows_fov_in_mm_warns_and_resamples(make_window, mixed, qtbot,
     panel = w.panel("Data")
     w.tabs.setCurrentWidget(panel)
     summary = panel.scale_summary
+    # the slice positions (real z step) are read off the GUI thread, then shown
+    wait_until(qtbot, lambda: panel._scale_patients and all(
+        getattr(p, "positions", None) is not None for p in panel._scale_patients), what="the slice positions")
     assert [r["fov_mm"] for r in summary.rows] == [[60.0, 60.0]] * 2
     assert sorted(r["image_fov_mm"][0] for r in summary.rows) == [16.0, 32.0]
     assert summary.warnings and "mixes pixel spacings" in summary.warnings[0]

@@ -14,8 +14,18 @@ from explorer.qt import Qt, QTimer, QtWidgets
 from explorer.widgets.scale_controls import ScaleControls, ScaleSummary
 from explorer.widgets.fidelity_view import FidelityView
 from explorer.widgets.slice_preview import SlicePreview
+from explorer.widgets.latest_worker import LatestWorker
 
 CUSTOM = "custom"
+
+
+def _series_with_positions(path):
+    """Worker thread: the entries with their slice positions (training.store.scale)."""
+    from training.store.scale import series_with_positions
+    from training.store.workspace import Workspace
+
+    with Workspace.open(path) as ws:
+        return series_with_positions(ws)
 
 
 class DataPanel(Panel):
@@ -60,6 +70,10 @@ class DataPanel(Panel):
         self.scale = ScaleControls(self)  # spacing, fov, z spacing in mm
         self.scale_summary = ScaleSummary()
         self._scale_patients: list = []
+        # each series' slice positions (the real z step) need every entry file opened:
+        # ~0.2-0.5 s for 300 series, so they are read off the GUI thread
+        self.positions_loader = LatestWorker(self, name="scale-positions")
+        self.positions_loader.resultReady.connect(self._positions_ready)
         self.rois = QtWidgets.QListWidget()
         self.rois.setToolTip("ROIs to use, in priority order (drag to reorder; where ROIs overlap the upper wins)")
         self.rois.setDragDropMode(QtWidgets.QAbstractItemView.DragDropMode.InternalMove)
@@ -300,9 +314,7 @@ class DataPanel(Panel):
                     cfg = ws.preprocess
                     available = ws.available_rois
                     self._workspace_cfg = cfg
-                    from training.store.scale import series_with_positions
-
-                    self._scale_patients = series_with_positions(ws)  # z step from real positions
+                    self._scale_patients = list(ws.patients)  # positions follow (_positions_ready)
                     n_img = ws.n_images
                     shape = " × ".join(map(str, ws.image_shape)) or "–"
                     from training.store.units import split_summary
@@ -318,6 +330,20 @@ class DataPanel(Panel):
             self.summary.setText("<b>Empty workspace</b>: these settings are used for the first ingest.")
         self.set_config(cfg, available)
         self.fidelity.load(self.state, self.state.selected_patient)
+        if self._workspace_cfg is not None:
+            self.positions_loader.submit(_series_with_positions, self.state.workspace_path)
+        else:
+            self.positions_loader.cancel()
+
+    def _positions_ready(self, rid: int, patients) -> None:
+        if not self.positions_loader.is_current(rid):
+            return
+        self._scale_patients = patients
+        try:
+            cfg = self.config()
+        except Exception:  # settings being edited: shown with the next valid change
+            return
+        self.scale_summary.update_summary(cfg, patients)
 
     def on_patient_selected(self, pseudonym: str) -> None:
         self._debounce.start()
